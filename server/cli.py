@@ -1,0 +1,49 @@
+"""The ``gpufleet`` command: dispatches to one subcommand module, imported on demand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from server import __version__
+
+# name -> module; every module exposes HELP, add_arguments(parser) and run(args) -> int.
+# A module is listed here only once its command works.
+COMMANDS: dict[str, str] = {
+    "console": "console.command",
+    "status": "server.commands.status",
+}
+DEFAULT_COMMAND = "console"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpufleet",
+        description="GPU fleet console and server. With no subcommand, opens the console.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpufleet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, DEFAULT_COMMAND)
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

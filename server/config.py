@@ -1,0 +1,254 @@
+"""Settings: one model, loaded from TOML and ``GPUFLEET_*`` environment variables.
+
+Precedence, lowest first: defaults, the TOML file (platformdirs config dir, or
+``--config``), environment variables, command-line flags. Settings are passed
+down through constructors, never read from a global.
+
+Environment variables name a field by its path with ``__`` between levels:
+``GPUFLEET_SERVER__PORT=9000``, ``GPUFLEET_LIMITS__MAX_BODY_BYTES=1048576``.
+A few short forms are accepted too: ``GPUFLEET_HOST``, ``GPUFLEET_PORT``,
+``GPUFLEET_DB``, ``GPUFLEET_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field
+
+APP_NAME = "gpufleet"
+
+
+def config_dir() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def state_dir() -> Path:
+    return Path(platformdirs.user_state_dir(APP_NAME))
+
+
+def default_config_path() -> Path:
+    return config_dir() / "config.toml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Limits(Section):
+    """Every limit and timeout of the HTTP server, in one place."""
+
+    max_header_bytes: int = 16 * 1024  # request line + headers -> 431
+    max_body_bytes: int = 8 * 1024 * 1024  # counted on bytes received, chunked too -> 413
+    header_timeout_s: float = 10.0  # absolute deadline for the whole head -> 408
+    body_timeout_s: float = 30.0  # absolute deadline for the whole body -> 408
+    keepalive_timeout_s: float = 15.0  # idle between requests on one connection
+    max_connections: int = 1024  # open connections; past it -> 503 and close
+    handler_timeout_s: float = 30.0  # a handler running longer -> 504
+    write_timeout_s: float = 30.0  # a client not reading its response
+    shutdown_grace_s: float = 10.0  # in-flight requests finish within this on SIGTERM
+    max_samples_per_batch: int = 10_000  # ingest bodies with more -> 400
+
+
+class RateLimit(Section):
+    requests: int
+    per_s: float
+
+
+class RateLimits(Section):
+    """Token buckets per key and route; the documented defaults."""
+
+    ingest: RateLimit = RateLimit(requests=100, per_s=60)
+    chargeback: RateLimit = RateLimit(requests=60, per_s=60)
+    heartbeat: RateLimit = RateLimit(requests=60, per_s=60)
+    hosts: RateLimit = RateLimit(requests=60, per_s=60)
+    key_rotation: RateLimit = RateLimit(requests=5, per_s=3600)
+
+
+DEFAULT_GPU_RATES_USD: dict[str, float] = {
+    # $/GPU-hour by architecture; override in [pricing.gpu_rates_usd]
+    "B200": 6.00,
+    "H200": 4.50,
+    "H100": 3.50,
+    "A100": 2.00,
+    "L40S": 1.20,
+    "L40": 1.00,
+    "A10G": 0.80,
+    "A10": 0.75,
+    "L4": 0.60,
+    "V100": 0.90,
+    "T4": 0.35,
+}
+
+
+class Pricing(Section):
+    gpu_rates_usd: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GPU_RATES_USD))
+    default_rate_usd: float = 1.00  # an architecture missing from the table
+    energy_usd_per_kwh: float = 0.12
+    expected_interval_s: float = 60.0  # a sample covers up to 2x this until the next one
+    idle_utilization_pct: float = 5.0  # below this a GPU-hour counts as idle
+
+
+class RuntimeSettings(Section):
+    """One purge adapter: what holds GPU memory on this node and how to make it let go."""
+
+    type: Literal["ollama", "triton", "process", "simulated"]
+    name: str | None = None
+    url: str | None = None  # ollama / triton base URL
+    process_names: list[str] = Field(default_factory=list)  # process adapter: match by name
+    users: list[str] = Field(default_factory=list)  # process adapter: match by user
+    grace_s: float = 10.0  # SIGTERM -> SIGKILL
+    timeout_s: float = 10.0
+
+
+class SamplerSettings(Section):
+    enabled: bool = True  # `gpufleet serve` samples its own GPUs into its store
+    interval_s: float = Field(default=60.0, ge=1.0)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = 8765
+    db_path: Path | None = None  # default: data_dir()/gpufleet.duckdb
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    account: str = "default"  # the account keys created from the CLI belong to by default
+    heartbeat_interval_s: float = 300.0
+    purge_settle_s: float = 5.0  # after-memory is read once it settles, within this bound
+    simulate: bool = False  # serve the simulated fleet even when NVML finds GPUs
+
+    def resolved_db_path(self) -> Path:
+        return self.db_path or data_dir() / "gpufleet.duckdb"
+
+
+class AttributionRule(Section):
+    """Agent attribution: first matching rule wins."""
+
+    gpu_index: int | None = None
+    process_name: str | None = None
+    user: str | None = None
+    team_id: str | None = None
+    model_tag: str | None = None
+    job_id: str | None = None
+    scheduler_source: Literal["kubernetes", "slurm", "runai", "manual"] | None = None
+
+
+class AgentSettings(Section):
+    server: str | None = None
+    key_file: Path | None = None
+    interval_s: float = Field(default=60.0, ge=1.0)
+    heartbeat_interval_s: float = 300.0
+    spool_dir: Path | None = None  # default: state_dir()/spool
+    spool_max_bytes: int = 64 * 1024 * 1024
+    batch_max_samples: int = 1000
+    rules: list[AttributionRule] = Field(default_factory=list)
+    default_team_id: str | None = None
+    default_model_tag: str | None = None
+    default_scheduler_source: Literal["kubernetes", "slurm", "runai", "manual"] = "manual"
+    # which environment variable / pod label names the team and the model
+    team_env: list[str] = Field(default_factory=lambda: ["SLURM_JOB_ACCOUNT", "RUNAI_PROJECT", "GPUFLEET_TEAM"])
+    model_env: list[str] = Field(default_factory=lambda: ["GPUFLEET_MODEL_TAG", "MODEL_TAG"])
+    team_label: str = "team"
+    model_label: str = "model"
+
+
+class NodeSettings(Section):
+    """A remote node the console watches."""
+
+    name: str
+    url: str
+    token_env: str | None = None
+    token_file: Path | None = None
+
+
+class ConsoleSettings(Section):
+    refresh_s: float = Field(default=2.0, ge=0.5)
+    request_timeout_s: float = 3.0
+    include_local: bool = True
+    local_server_url: str | None = None  # chargeback/hosts server; default http://127.0.0.1:<server.port>
+    theme: str = "textual-dark"
+    readonly: bool = False
+    keybindings: dict[str, str] = Field(default_factory=dict)  # binding id -> keys
+
+
+class Settings(Section):
+    server: ServerSettings = ServerSettings()
+    limits: Limits = Limits()
+    rate_limits: RateLimits = RateLimits()
+    pricing: Pricing = Pricing()
+    sampler: SamplerSettings = SamplerSettings()
+    runtimes: list[RuntimeSettings] = Field(default_factory=list)
+    agent: AgentSettings = AgentSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    nodes: list[NodeSettings] = Field(default_factory=list)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Settings:
+        """A copy with dotted-path overrides applied (``{"server.port": 9000}``); None is skipped."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            _set_path(data, dotted.split("."), value)
+        return Settings.model_validate(data)
+
+
+_SHORT_ENV = {
+    "GPUFLEET_HOST": "server.host",
+    "GPUFLEET_PORT": "server.port",
+    "GPUFLEET_DB": "server.db_path",
+}
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        data = data.setdefault(key, {})
+    data[path[-1]] = value
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if name in _SHORT_ENV:
+            overrides[_SHORT_ENV[name]] = value
+        elif name.startswith("GPUFLEET_") and "__" in name:
+            path = name.removeprefix("GPUFLEET_").lower().split("__")
+            overrides[".".join(path)] = value
+    return overrides
+
+
+class ConfigError(Exception):
+    """The configuration file or an override is invalid; the message says where."""
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    environ = dict(os.environ) if environ is None else environ
+    explicit = path or (Path(environ["GPUFLEET_CONFIG"]) if environ.get("GPUFLEET_CONFIG") else None)
+    file = explicit or default_config_path()
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+    elif explicit is not None:
+        raise ConfigError(f"{file}: no such configuration file")
+    for dotted, value in _env_overrides(environ).items():
+        _set_path(data, dotted.split("."), value)
+    try:
+        settings = Settings.model_validate(data)
+        return settings.with_overrides(overrides or {})
+    except ValueError as exc:
+        raise ConfigError(f"{file}: {exc}") from exc

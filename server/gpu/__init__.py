@@ -1,0 +1,1 @@
+"""GPU backends: what a node's GPUs and their processes look like right now."""

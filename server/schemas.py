@@ -1,0 +1,460 @@
+"""Pydantic models of every request and response body gpufleet speaks.
+
+Field names, nesting and units follow the two API documents in shared/seeds
+exactly; gpufleet's own fields are additive and optional. This module imports
+only pydantic and the standard library: it is the one contract between the
+console, the server, the agent and the SDK.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+)
+
+MIB_PER_GIB = 1024
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value
+
+
+def format_utc(value: datetime, *, millis: bool = False) -> str:
+    """ISO-8601 in UTC with a trailing ``Z``, as the documents write timestamps."""
+    value = _as_utc(value)
+    if millis:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# A UTC instant, serialised as "2025-01-29T12:00:00Z".
+UtcDateTime = Annotated[
+    datetime,
+    BeforeValidator(_as_utc),
+    PlainSerializer(lambda v: format_utc(v), return_type=str, when_used="json-unless-none"),
+]
+# The same with milliseconds, as chargeback's generated_at: "2026-04-01T09:00:00.000Z".
+UtcDateTimeMillis = Annotated[
+    datetime,
+    BeforeValidator(_as_utc),
+    PlainSerializer(lambda v: format_utc(v, millis=True), return_type=str, when_used="json-unless-none"),
+]
+
+
+def mb_to_gb(mb: float) -> float:
+    """MiB to GiB rounded to one decimal, as the documents derive ``*_gb`` from ``*_mb``."""
+    return round(mb / MIB_PER_GIB, 1)
+
+
+def percent(part: float, whole: float) -> float:
+    return round(100.0 * part / whole, 1) if whole else 0.0
+
+
+class Value(BaseModel):
+    """A value object: immutable, and tolerant of fields a newer peer adds."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class ErrorBody(Value):
+    error: str
+
+
+# --------------------------------------------------------------------------
+# Operator GPU API (seed 000): /v1/gpu/status, /v1/gpu/memory, /v1/gpu/purge
+# --------------------------------------------------------------------------
+
+
+class GpuMemory(Value):
+    total_mb: int
+    used_mb: int
+    free_mb: int
+    total_gb: float
+    used_gb: float
+    free_gb: float
+    percent_used: float
+
+    @classmethod
+    def from_mb(cls, total_mb: int, used_mb: int, free_mb: int | None = None) -> GpuMemory:
+        free = total_mb - used_mb if free_mb is None else free_mb
+        return cls(
+            total_mb=total_mb,
+            used_mb=used_mb,
+            free_mb=free,
+            total_gb=mb_to_gb(total_mb),
+            used_gb=mb_to_gb(used_mb),
+            free_gb=mb_to_gb(free),
+            percent_used=percent(used_mb, total_mb),
+        )
+
+
+class GpuUtilization(Value):
+    gpu_percent: int | None = None
+    memory_percent: int | None = None
+
+
+class MigDevice(Value):
+    """A MIG instance of a GPU whose MIG mode is on (additive)."""
+
+    index: int
+    uuid: str | None = None
+    name: str | None = None
+    memory_total_mb: int | None = None
+    memory_used_mb: int | None = None
+
+
+class GpuInfo(Value):
+    index: int
+    name: str
+    memory: GpuMemory
+    utilization: GpuUtilization
+    temperature_c: int | None = None
+    # additive: everything a fleet console and the agent need; None = unsupported
+    uuid: str | None = None
+    power_draw_w: float | None = None
+    power_limit_w: float | None = None
+    energy_j: float | None = None  # total-energy counter since driver load, joules
+    fan_speed_pct: int | None = None
+    sm_clock_mhz: int | None = None
+    memory_clock_mhz: int | None = None
+    pstate: str | None = None  # "P0".."P15"
+    mig_mode: bool | None = None
+    mig_devices: list[MigDevice] = Field(default_factory=list)
+    team_id: str | None = None  # who holds this GPU, when known
+    model_tag: str | None = None
+    lost: bool = False  # the driver reports "GPU is lost": every reading is None
+
+
+class GpuProcess(Value):
+    pid: int
+    name: str
+    memory_mb: int | None = None
+    # additive
+    gpu_index: int | None = None
+    user: str | None = None
+    command: str | None = None
+    type: Literal["compute", "graphics"] | None = None
+    visible: bool = True  # False: the driver reports the PID but this host cannot see it
+
+
+class NodeInfo(Value):
+    """Whose GPUs these are and whether they are real (additive, top level)."""
+
+    hostname: str
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    nvml_version: str | None = None
+    simulated: bool
+    backend: Literal["nvml", "simulated"]
+    gpufleet_version: str | None = None
+
+
+class LoadedModel(Value):
+    """A model a runtime holds on this node, as a purge would see it (additive)."""
+
+    name: str
+    runtime: str  # ollama | triton | process | simulated
+    gpu_index: int | None = None
+    memory_mb: int | None = None
+    in_use: bool = False
+
+
+class GpuStatusResponse(Value):
+    status: Literal["success"] = "success"
+    timestamp: UtcDateTime
+    gpus: list[GpuInfo]
+    processes: list[GpuProcess]
+    total_gpus: int
+    # additive
+    node: NodeInfo | None = None
+    models: list[LoadedModel] | None = None
+
+
+class GpuMemoryEntry(Value):
+    total_gb: float
+    used_gb: float
+    free_gb: float
+    percent_used: float
+    percent_free: float
+    # additive
+    index: int | None = None
+    uuid: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def from_memory(cls, mem: GpuMemory, *, index: int | None = None, uuid: str | None = None,
+                    name: str | None = None) -> GpuMemoryEntry:
+        return cls(
+            total_gb=mem.total_gb,
+            used_gb=mem.used_gb,
+            free_gb=mem.free_gb,
+            percent_used=mem.percent_used,
+            percent_free=round(100.0 - mem.percent_used, 1) if mem.total_mb else 0.0,
+            index=index,
+            uuid=uuid,
+            name=name,
+        )
+
+
+class GpuMemoryResponse(Value):
+    status: Literal["success"] = "success"
+    timestamp: UtcDateTime
+    memory: list[GpuMemoryEntry]
+    node: NodeInfo | None = None
+
+
+class PurgeRequest(Value):
+    force: bool = False
+    gpu_indices: list[Annotated[int, Field(ge=0)]] | None = None  # additive: limit to some GPUs
+
+
+class MemorySummary(Value):
+    used_gb: float
+    total_gb: float
+    percent_used: float
+
+
+class PurgeResult(Value):
+    status: Literal["success", "partial", "error"] = "success"
+    timestamp: UtcDateTime
+    actions: list[str]
+    memory_before: MemorySummary
+    memory_after: MemorySummary
+    memory_freed_gb: float
+    models_unloaded: list[str]
+    errors: list[str]
+    recommendation: str
+    # additive
+    node: NodeInfo | None = None
+    skipped: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# Metrics ingest (seed 004): /v1/metrics/ingest, /v1/agent/heartbeat
+# --------------------------------------------------------------------------
+
+SchedulerSource = Literal["kubernetes", "slurm", "runai", "manual"]
+
+REQUIRED_SAMPLE_FIELDS: tuple[str, ...] = (
+    "timestamp",
+    "gpu_index",
+    "gpu_uuid",
+    "power_draw_w",
+    "utilization_gpu_pct",
+    "utilization_memory_pct",
+    "temperature_c",
+    "memory_used_mb",
+)
+OPTIONAL_SAMPLE_FIELDS: tuple[str, ...] = (
+    "gpu_name",
+    "power_limit_w",
+    "energy_delta_j",
+    "fan_speed_pct",
+    "memory_total_mb",
+    "sm_clock_mhz",
+    "memory_clock_mhz",
+    "job_id",
+    "team_id",
+    "model_tag",
+    "scheduler_source",
+)
+
+
+class MetricSample(Value):
+    """One GPU reading as the agent posts it. Ranges are the documented ones."""
+
+    timestamp: UtcDateTime
+    gpu_index: Annotated[int, Field(ge=0)]
+    gpu_uuid: Annotated[str, Field(min_length=1)]
+    power_draw_w: Annotated[float, Field(ge=0, le=1500)]
+    utilization_gpu_pct: Annotated[float, Field(ge=0, le=100)]
+    utilization_memory_pct: Annotated[float, Field(ge=0, le=100)]
+    temperature_c: Annotated[float, Field(ge=0, le=120)]
+    memory_used_mb: Annotated[float, Field(ge=0)]
+    gpu_name: str | None = None
+    power_limit_w: Annotated[float, Field(ge=0)] | None = None
+    energy_delta_j: Annotated[float, Field(ge=0)] | None = None
+    fan_speed_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    memory_total_mb: Annotated[float, Field(ge=0)] | None = None
+    sm_clock_mhz: Annotated[float, Field(ge=0)] | None = None
+    memory_clock_mhz: Annotated[float, Field(ge=0)] | None = None
+    job_id: str | None = None
+    team_id: Annotated[str, Field(max_length=128)] | None = None
+    model_tag: Annotated[str, Field(max_length=128)] | None = None
+    scheduler_source: SchedulerSource | None = None
+
+
+class IngestResult(Value):
+    success: bool
+    inserted: int
+    message: str
+    duplicates: int = 0  # additive: samples already stored, not stored again
+
+
+class IngestHealth(Value):
+    status: Literal["ok"] = "ok"
+    endpoint: str = "GPU Metrics Ingestion API"
+    methods: list[str] = Field(default_factory=lambda: ["POST"])
+    documentation: str = "https://github.com/gpufleet/gpufleet#api"
+
+
+class Heartbeat(Value):
+    agent_version: Annotated[str, Field(min_length=1, max_length=64)]
+    gpu_count: Annotated[int, Field(ge=0, le=1024)]
+    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class HeartbeatResult(Value):
+    success: bool = True
+    hostname: str
+    received_at: UtcDateTime
+
+
+HostStatus = Literal["alive", "stale", "offline"]
+
+
+class HostInfo(Value):
+    hostname: str
+    agent_version: str
+    gpu_count: int
+    first_heartbeat: UtcDateTime
+    last_heartbeat: UtcDateTime
+    last_sample_at: UtcDateTime | None = None
+    status: HostStatus
+
+
+class HostsResponse(Value):
+    generated_at: UtcDateTime
+    heartbeat_interval_s: int
+    hosts: list[HostInfo]
+
+
+# --------------------------------------------------------------------------
+# Chargeback (seed 004): /v1/chargeback/report
+# --------------------------------------------------------------------------
+
+
+class ReportPeriod(Value):
+    from_: date = Field(alias="from")
+    to: date
+
+
+class ReportSummary(Value):
+    total_cost_usd: float
+    total_gpu_hours: float
+    # additive
+    energy_kwh: float = 0.0
+    energy_cost_usd: float = 0.0
+    idle_gpu_hours: float = 0.0
+
+
+class GpuArchUsage(Value):
+    gpu_arch: str
+    gpu_hours: float
+    rate: float  # $/GPU-hour
+    cost_usd: float
+    # additive
+    energy_kwh: float = 0.0
+    idle_gpu_hours: float = 0.0
+
+
+class ModelUsage(Value):
+    model_tag: str
+    gpu_hours: float
+    cost_usd: float
+    # additive
+    energy_kwh: float = 0.0
+
+
+class TeamUsage(Value):
+    team_id: str
+    total_cost_usd: float
+    total_gpu_hours: float
+    by_gpu: list[GpuArchUsage]
+    by_model: list[ModelUsage]
+    # additive
+    energy_kwh: float = 0.0
+    energy_cost_usd: float = 0.0
+    idle_gpu_hours: float = 0.0
+
+
+class ChargebackReport(Value):
+    period: ReportPeriod
+    generated_at: UtcDateTimeMillis
+    summary: ReportSummary
+    teams: list[TeamUsage]
+
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "team_id",
+    "model_tag",
+    "gpu_arch",
+    "gpu_hours",
+    "rate_per_hour_usd",
+    "cost_usd",
+    # additive, only ever appended after the documented six
+    "energy_kwh",
+    "idle_gpu_hours",
+)
+
+
+class ChargebackCsvRow(Value):
+    team_id: str
+    model_tag: str
+    gpu_arch: str
+    gpu_hours: float
+    rate_per_hour_usd: float
+    cost_usd: float
+    energy_kwh: float = 0.0
+    idle_gpu_hours: float = 0.0
+
+
+# --------------------------------------------------------------------------
+# Keys (gpufleet's own): /v1/keys/rotate
+# --------------------------------------------------------------------------
+
+Scope = Literal["operator", "ingest", "read"]
+
+
+class KeyInfo(Value):
+    """A key as listed: never its secret."""
+
+    id: str
+    name: str
+    account: str
+    scopes: list[Scope]
+    prefix: str  # the first characters of the secret, enough to recognise it
+    created_at: UtcDateTime
+    last_used_at: UtcDateTime | None = None
+    revoked_at: UtcDateTime | None = None
+
+
+class KeyCreated(Value):
+    """Returned once, at creation or rotation: the only time the secret is shown."""
+
+    key: str
+    info: KeyInfo
+
+
+# Request and response models the OpenAPI document lists, by route.
+MODELS_BY_NAME: dict[str, type[BaseModel]] = {
+    cls.__name__: cls
+    for cls in (
+        ErrorBody, GpuStatusResponse, GpuMemoryResponse, PurgeRequest, PurgeResult,
+        MetricSample, IngestResult, IngestHealth, Heartbeat, HeartbeatResult, HostsResponse,
+        ChargebackReport, ChargebackCsvRow, KeyCreated, KeyInfo,
+    )
+}
