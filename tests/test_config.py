@@ -1,0 +1,76 @@
+"""Settings load from TOML, then GPUFLEET_* environment variables, then flags."""
+
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, Limits, load_settings
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_documented_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no user config file
+    settings = load_settings(environ={})
+    assert settings.rate_limits.ingest.requests == 100
+    assert settings.rate_limits.ingest.per_s == 60
+    assert settings.rate_limits.key_rotation.requests == 5
+    assert settings.rate_limits.key_rotation.per_s == 3600
+    assert settings.limits.max_header_bytes == 16 * 1024
+    assert settings.server.host == "127.0.0.1"
+
+
+def test_toml_then_env_then_overrides(tmp_path: Path) -> None:
+    file = write(
+        tmp_path / "config.toml",
+        """
+[server]
+port = 9100
+host = "0.0.0.0"
+
+[limits]
+max_body_bytes = 1024
+
+[[nodes]]
+name = "gpu-a"
+url = "http://10.0.0.5:8765"
+token_env = "GPU_A_TOKEN"
+""",
+    )
+    settings = load_settings(
+        file,
+        environ={"GPUFLEET_PORT": "9200", "GPUFLEET_LIMITS__HANDLER_TIMEOUT_S": "2.5"},
+        overrides={"server.host": "127.0.0.2", "server.db_path": None},
+    )
+    assert settings.server.port == 9200  # env beats file
+    assert settings.server.host == "127.0.0.2"  # flags beat everything
+    assert settings.limits.max_body_bytes == 1024
+    assert settings.limits.handler_timeout_s == 2.5
+    assert settings.nodes[0].name == "gpu-a"
+    assert settings.nodes[0].token_env == "GPU_A_TOKEN"
+
+
+def test_unknown_key_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    file = write(tmp_path / "config.toml", "[server]\nprot = 1\n")
+    with pytest.raises(ConfigError, match="config.toml"):
+        load_settings(file, environ={})
+
+
+def test_malformed_toml_is_an_error(tmp_path: Path) -> None:
+    file = write(tmp_path / "config.toml", "[server\n")
+    with pytest.raises(ConfigError, match="config.toml"):
+        load_settings(file, environ={})
+
+
+def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_settings_are_frozen() -> None:
+    limits = Limits()
+    with pytest.raises(ValueError):
+        limits.max_body_bytes = 1  # type: ignore[misc]
