@@ -1,0 +1,385 @@
+"""The gpufleet SDK: sync and async httpx clients of the /v1 API with typed errors.
+
+Operator routes (``/v1/gpu/*``, key rotation) send ``Authorization: Bearer <key>``;
+the collector routes (ingest, heartbeat, report, hosts) send ``X-API-Key`` as their
+document shows. The server accepts either header on every authenticated route.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from server.schemas import (
+    ChargebackReport,
+    GpuMemoryResponse,
+    GpuStatusResponse,
+    Heartbeat,
+    HeartbeatResult,
+    HostsResponse,
+    IngestHealth,
+    IngestResult,
+    KeyCreated,
+    PurgeResult,
+    format_utc,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+URL_ENV = "GPUFLEET_URL"
+KEY_ENV = "GPUFLEET_KEY"
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+AuthStyle = Literal["bearer", "x-api-key", "none"]
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+class GpuFleetError(Exception):
+    """A request failed; ``status`` is the HTTP status (None when no answer came)."""
+
+    def __init__(self, status: int | None, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(f"{status} {message}" if status is not None else message)
+        self.status = status
+        self.message = message
+        self.headers: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
+
+
+class BadRequest(GpuFleetError):
+    """400: the server rejected the request body or parameters."""
+
+
+class Unauthorized(GpuFleetError):
+    """401: no key, or one the server does not know."""
+
+
+class Forbidden(GpuFleetError):
+    """403: the key lacks the scope this route needs."""
+
+
+class NotFound(GpuFleetError):
+    """404: no such route (an older server?)."""
+
+
+class PayloadTooLarge(GpuFleetError):
+    """413: the body is over the server's limit."""
+
+
+class RateLimited(GpuFleetError):
+    """429: slow down; ``retry_after`` says for how many seconds, when the server said."""
+
+    def __init__(self, status: int | None, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
+        self.retry_after = parse_retry_after(self.headers.get("retry-after"))
+
+
+class ServerError(GpuFleetError):
+    """5xx: the server failed; retry with back-off."""
+
+
+class ConnectionFailed(GpuFleetError):
+    """The server could not be reached (refused, reset, DNS, TLS)."""
+
+
+class RequestTimeout(ConnectionFailed):
+    """No answer within the client's timeout (or the server answered 408)."""
+
+
+_ERRORS_BY_STATUS: dict[int, type[GpuFleetError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    408: RequestTimeout,
+    413: PayloadTooLarge,
+    429: RateLimited,
+}
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_for(response: httpx.Response) -> GpuFleetError:
+    """The typed exception for a non-2xx response, carrying the server's message."""
+    message = response.reason_phrase or "HTTP error"
+    try:
+        payload = response.json()
+        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+            message = payload["error"]
+    except ValueError:
+        text = response.text.strip()
+        if text:
+            message = text[:500]
+    status = response.status_code
+    cls = _ERRORS_BY_STATUS.get(status) or (ServerError if status >= 500 else GpuFleetError)
+    return cls(status, message, response.headers)
+
+
+# --------------------------------------------------------------------------
+# Requests, shared by both clients
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str
+    path: str
+    auth: AuthStyle
+    params: dict[str, str] = field(default_factory=dict)
+    json_body: Any = None
+    content: bytes | None = None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.microsecond == 0:
+            return format_utc(value)
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return utc.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def encode_samples(samples: list[dict[str, Any]] | bytes) -> bytes:
+    """An ingest body: raw bytes pass through; dicts (datetimes allowed) become JSON."""
+    if isinstance(samples, bytes | bytearray | memoryview):
+        return bytes(samples)
+    return json.dumps(samples, default=_json_default, separators=(",", ":"),
+                      allow_nan=False).encode()
+
+
+def _report_params(from_: date, to: date, fmt: str) -> dict[str, str]:
+    return {"from": from_.isoformat(), "to": to.isoformat(), "format": fmt}
+
+
+def _ingest_call(samples: list[dict[str, Any]] | bytes) -> _Call:
+    return _Call("POST", "/v1/metrics/ingest", "x-api-key", content=encode_samples(samples))
+
+
+def _purge_body(force: bool, gpu_indices: list[int] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"force": force}
+    if gpu_indices is not None:
+        body["gpu_indices"] = list(gpu_indices)
+    return body
+
+
+class _ClientBase:
+    def __init__(self, base_url: str | None, api_key: str | None,
+                 timeout: float | httpx.Timeout) -> None:
+        self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get(KEY_ENV) or None
+        self.timeout = timeout
+
+    def _headers(self, call: _Call) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if call.json_body is not None or call.content is not None:
+            headers["Content-Type"] = "application/json"
+        if self.api_key and call.auth == "bearer":
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        elif self.api_key and call.auth == "x-api-key":
+            headers["X-API-Key"] = self.api_key
+        return headers
+
+    def _content(self, call: _Call) -> bytes | None:
+        if call.content is not None:
+            return call.content
+        if call.json_body is not None:
+            return json.dumps(call.json_body, default=_json_default, allow_nan=False).encode()
+        return None
+
+    @staticmethod
+    def _check(response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            raise error_for(response)
+        return response
+
+    @staticmethod
+    def _parse(response: httpx.Response, model: type[ModelT]) -> ModelT:
+        try:
+            return model.model_validate_json(response.content)
+        except ValueError as exc:
+            raise GpuFleetError(response.status_code,
+                                f"Unexpected response body for {model.__name__}: {exc}") from None
+
+
+def _transport_error(exc: httpx.TransportError, base_url: str) -> GpuFleetError:
+    if isinstance(exc, httpx.TimeoutException):
+        return RequestTimeout(None, f"Timed out talking to {base_url}: {type(exc).__name__}")
+    return ConnectionFailed(None, f"Cannot reach {base_url}: {exc or type(exc).__name__}")
+
+
+# --------------------------------------------------------------------------
+# Sync client
+# --------------------------------------------------------------------------
+
+
+class GpuFleetClient(_ClientBase):
+    """Blocking client; use as a context manager or call ``close()``."""
+
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
+                 timeout: float | httpx.Timeout = 5.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> GpuFleetClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: _Call) -> httpx.Response:
+        try:
+            response = self._http.request(call.method, call.path, params=call.params or None,
+                                          headers=self._headers(call), content=self._content(call))
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.base_url) from None
+        return self._check(response)
+
+    def _model(self, call: _Call, model: type[ModelT]) -> ModelT:
+        return self._parse(self._send(call), model)
+
+    # Operator GPU API (Bearer)
+    def get_gpu_status(self) -> GpuStatusResponse:
+        return self._model(_Call("GET", "/v1/gpu/status", "bearer"), GpuStatusResponse)
+
+    def get_gpu_memory(self) -> GpuMemoryResponse:
+        return self._model(_Call("GET", "/v1/gpu/memory", "bearer"), GpuMemoryResponse)
+
+    def purge_gpu(self, force: bool = False, gpu_indices: list[int] | None = None) -> PurgeResult:
+        call = _Call("POST", "/v1/gpu/purge", "bearer", json_body=_purge_body(force, gpu_indices))
+        return self._model(call, PurgeResult)
+
+    def rotate_key(self) -> KeyCreated:
+        return self._model(_Call("POST", "/v1/keys/rotate", "bearer"), KeyCreated)
+
+    # Collector API (X-API-Key)
+    def ingest(self, samples: list[dict[str, Any]] | bytes) -> IngestResult:
+        return self._model(_ingest_call(samples), IngestResult)
+
+    def ingest_health(self) -> IngestHealth:
+        return self._model(_Call("GET", "/v1/metrics/ingest", "none"), IngestHealth)
+
+    def heartbeat(self, hb: Heartbeat) -> HeartbeatResult:
+        call = _Call("POST", "/v1/agent/heartbeat", "x-api-key", json_body=hb.model_dump(mode="json"))
+        return self._model(call, HeartbeatResult)
+
+    def hosts(self) -> HostsResponse:
+        return self._model(_Call("GET", "/v1/agent/hosts", "x-api-key"), HostsResponse)
+
+    def chargeback_report(self, from_: date, to: date) -> ChargebackReport:
+        call = _Call("GET", "/v1/chargeback/report", "x-api-key", _report_params(from_, to, "json"))
+        return self._model(call, ChargebackReport)
+
+    def chargeback_csv(self, from_: date, to: date) -> str:
+        call = _Call("GET", "/v1/chargeback/report", "x-api-key", _report_params(from_, to, "csv"))
+        return self._send(call).text
+
+    def openapi(self) -> dict[str, Any]:
+        return self._send(_Call("GET", "/v1/openapi.json", "none")).json()
+
+
+# --------------------------------------------------------------------------
+# Async client
+# --------------------------------------------------------------------------
+
+
+class AsyncGpuFleetClient(_ClientBase):
+    """The same API for asyncio; ``await aclose()`` or use ``async with``."""
+
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
+                 timeout: float | httpx.Timeout = 5.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncGpuFleetClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        try:
+            response = await self._http.request(call.method, call.path, params=call.params or None,
+                                                headers=self._headers(call),
+                                                content=self._content(call))
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.base_url) from None
+        return self._check(response)
+
+    async def _model(self, call: _Call, model: type[ModelT]) -> ModelT:
+        return self._parse(await self._send(call), model)
+
+    async def get_gpu_status(self) -> GpuStatusResponse:
+        return await self._model(_Call("GET", "/v1/gpu/status", "bearer"), GpuStatusResponse)
+
+    async def get_gpu_memory(self) -> GpuMemoryResponse:
+        return await self._model(_Call("GET", "/v1/gpu/memory", "bearer"), GpuMemoryResponse)
+
+    async def purge_gpu(self, force: bool = False,
+                        gpu_indices: list[int] | None = None) -> PurgeResult:
+        call = _Call("POST", "/v1/gpu/purge", "bearer", json_body=_purge_body(force, gpu_indices))
+        return await self._model(call, PurgeResult)
+
+    async def rotate_key(self) -> KeyCreated:
+        return await self._model(_Call("POST", "/v1/keys/rotate", "bearer"), KeyCreated)
+
+    async def ingest(self, samples: list[dict[str, Any]] | bytes) -> IngestResult:
+        return await self._model(_ingest_call(samples), IngestResult)
+
+    async def ingest_health(self) -> IngestHealth:
+        return await self._model(_Call("GET", "/v1/metrics/ingest", "none"), IngestHealth)
+
+    async def heartbeat(self, hb: Heartbeat) -> HeartbeatResult:
+        call = _Call("POST", "/v1/agent/heartbeat", "x-api-key", json_body=hb.model_dump(mode="json"))
+        return await self._model(call, HeartbeatResult)
+
+    async def hosts(self) -> HostsResponse:
+        return await self._model(_Call("GET", "/v1/agent/hosts", "x-api-key"), HostsResponse)
+
+    async def chargeback_report(self, from_: date, to: date) -> ChargebackReport:
+        call = _Call("GET", "/v1/chargeback/report", "x-api-key", _report_params(from_, to, "json"))
+        return await self._model(call, ChargebackReport)
+
+    async def chargeback_csv(self, from_: date, to: date) -> str:
+        call = _Call("GET", "/v1/chargeback/report", "x-api-key", _report_params(from_, to, "csv"))
+        return (await self._send(call)).text
+
+    async def openapi(self) -> dict[str, Any]:
+        return (await self._send(_Call("GET", "/v1/openapi.json", "none"))).json()
