@@ -158,6 +158,11 @@ class AgentSettings(Section):
     model_env: list[str] = Field(default_factory=lambda: ["GPUFLEET_MODEL_TAG", "MODEL_TAG"])
     team_label: str = "team"
     model_label: str = "model"
+    pod_labels_file: str = "/etc/podinfo/labels"  # downward-API labels, read in the pod's root
+    namespace_as_team: bool = False  # a pod without a team label or variable: its namespace
+    flush_timeout_s: float = 5.0  # on SIGTERM, delivery of what is spooled gets this long
+    status_interval_s: float = 60.0  # one status line in the log this often
+    request_timeout_s: float = 10.0
 
 
 class NodeSettings(Section):
