@@ -1,0 +1,413 @@
+"""Chargeback: a period's cost, GPU-hours, energy and idle time by team, with drill-down and CSV export.
+
+Mount with ``ChargebackScreen(source, clock=..., simulated=...)`` where ``source``
+is a :class:`console.datasource.DataSource`. Workers only fetch and post
+messages; the message handlers own every state change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+
+from console.datasource import DataSource, DataSourceError
+from console.export import (
+    ConfirmOverwriteModal,
+    ExportError,
+    ExportPathModal,
+    default_export_path,
+    display_path,
+    write_csv,
+)
+from server.schemas import ChargebackReport, TeamUsage
+
+MAX_SPAN_DAYS = 366
+PeriodKind = Literal["this_month", "last_7_days", "last_month", "custom"]
+PERIOD_NAMES: dict[PeriodKind, str] = {
+    "this_month": "This month",
+    "last_7_days": "Last 7 days",
+    "last_month": "Last month",
+    "custom": "Custom",
+}
+
+
+class PeriodError(ValueError):
+    """A custom period the user typed is not valid; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Period:
+    kind: PeriodKind
+    from_: date
+    to: date
+
+    @property
+    def label(self) -> str:
+        return f"{PERIOD_NAMES[self.kind]} · {self.from_.isoformat()} → {self.to.isoformat()}"
+
+    @classmethod
+    def preset(cls, kind: PeriodKind, today: date) -> Period:
+        if kind == "last_7_days":
+            return cls(kind, today - timedelta(days=6), today)
+        if kind == "last_month":
+            last_day = today.replace(day=1) - timedelta(days=1)
+            return cls(kind, last_day.replace(day=1), last_day)
+        return cls("this_month", today.replace(day=1), today)
+
+    @classmethod
+    def custom(cls, from_text: str, to_text: str) -> Period:
+        from_ = _parse_day(from_text, "From")
+        to = _parse_day(to_text, "To")
+        if from_ > to:
+            raise PeriodError("From must be on or before To")
+        if (to - from_).days + 1 > MAX_SPAN_DAYS:
+            raise PeriodError(f"A period spans at most {MAX_SPAN_DAYS} days")
+        return cls("custom", from_, to)
+
+
+def _parse_day(text: str, field: str) -> date:
+    text = text.strip()
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise PeriodError(f"{field}: enter a date as YYYY-MM-DD") from None
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def share_bar(part: float, whole: float, width: int) -> str:
+    """A text bar of ``part``'s share of ``whole`` followed by the percentage."""
+    share = part / whole if whole > 0 else 0.0
+    filled = round(share * width)
+    return "█" * filled + "░" * (width - filled) + f" {share * 100:5.1f}%"
+
+
+def money(value: float) -> str:
+    return f"${value:,.2f}"
+
+
+def hours(value: float) -> str:
+    return f"{value:,.1f}"
+
+
+class TeamDrilldownModal(ModalScreen[None]):
+    """One team's usage by GPU architecture and by model."""
+
+    BINDINGS = [Binding("escape,enter", "dismiss_drilldown", "Close", id="drilldown.close")]
+
+    DEFAULT_CSS = """
+    TeamDrilldownModal { align: center middle; }
+    TeamDrilldownModal > Vertical {
+        width: 110; max-width: 100%; height: auto; max-height: 100%;
+        border: thick $primary; background: $surface; padding: 0 1;
+    }
+    TeamDrilldownModal .drill-title { text-style: bold; color: $accent; }
+    TeamDrilldownModal .drill-heading { text-style: bold; margin-top: 1; }
+    TeamDrilldownModal DataTable { height: auto; max-height: 10; }
+    TeamDrilldownModal .drill-hint { color: $text-muted; margin-top: 1; }
+    """
+
+    def __init__(self, team: TeamUsage, period: Period) -> None:
+        super().__init__()
+        self._team = team
+        self._period = period
+
+    def compose(self) -> ComposeResult:
+        team = self._team
+        with Vertical():
+            yield Label(f"Team {team.team_id} · {self._period.label}", classes="drill-title")
+            yield Static(
+                f"Cost {money(team.total_cost_usd)}   GPU-hours {hours(team.total_gpu_hours)}   "
+                f"Energy {hours(team.energy_kwh)} kWh   Idle {hours(team.idle_gpu_hours)} GPU-h"
+            )
+            yield Label("By GPU architecture", classes="drill-heading")
+            yield DataTable(id="drill-gpus", cursor_type="row", zebra_stripes=True)
+            yield Label("By model", classes="drill-heading")
+            yield DataTable(id="drill-models", cursor_type="row", zebra_stripes=True)
+            yield Label("esc close", classes="drill-hint")
+
+    def on_mount(self) -> None:
+        gpus = self.query_one("#drill-gpus", DataTable)
+        gpus.add_columns("Architecture", "GPU-h", "Rate $/h", "Cost", "Energy kWh", "Idle GPU-h")
+        for arch in sorted(self._team.by_gpu, key=lambda a: -a.cost_usd):
+            gpus.add_row(arch.gpu_arch, hours(arch.gpu_hours), f"{arch.rate:.2f}",
+                         money(arch.cost_usd), hours(arch.energy_kwh), hours(arch.idle_gpu_hours),
+                         key=arch.gpu_arch)
+        models = self.query_one("#drill-models", DataTable)
+        models.add_columns("Model", "GPU-h", "Cost", "Energy kWh", "Share of team cost")
+        for model in sorted(self._team.by_model, key=lambda m: -m.cost_usd):
+            models.add_row(model.model_tag, hours(model.gpu_hours), money(model.cost_usd),
+                           hours(model.energy_kwh),
+                           share_bar(model.cost_usd, self._team.total_cost_usd, 10),
+                           key=model.model_tag)
+
+    def action_dismiss_drilldown(self) -> None:
+        self.dismiss(None)
+
+
+class ChargebackScreen(Screen[None]):
+    """The chargeback view of one period, fetched from a DataSource."""
+
+    BINDINGS = [
+        Binding("m", "period('this_month')", "This month", id="chargeback.this_month"),
+        Binding("w", "period('last_7_days')", "Last 7 days", id="chargeback.last_7_days"),
+        Binding("p", "period('last_month')", "Last month", id="chargeback.last_month"),
+        Binding("c", "custom_period", "Custom dates", id="chargeback.custom"),
+        Binding("e", "export_csv", "Export CSV", id="chargeback.export"),
+        Binding("r", "reload", "Reload", id="chargeback.reload"),
+    ]
+
+    DEFAULT_CSS = """
+    ChargebackScreen { layout: vertical; }
+    ChargebackScreen #cb-title-row { height: 1; padding: 0 1; }
+    ChargebackScreen #cb-title { text-style: bold; width: 1fr; }
+    ChargebackScreen .badge { background: $warning; color: $text; padding: 0 1; text-style: bold; }
+    ChargebackScreen #cb-periods { height: 1; padding: 0 1; margin-top: 1; }
+    ChargebackScreen #cb-periods Button { margin-right: 1; }
+    ChargebackScreen #cb-periods Button.-active { background: $primary; color: $text; text-style: bold; }
+    ChargebackScreen #cb-custom { height: auto; padding: 0 1; display: none; margin-top: 1; }
+    ChargebackScreen.-custom #cb-custom { display: block; }
+    ChargebackScreen #cb-custom-row { height: 3; }
+    ChargebackScreen #cb-custom Input { width: 18; }
+    ChargebackScreen #cb-custom Label { padding: 1 1 0 0; }
+    ChargebackScreen #cb-custom-error { color: $error; height: auto; }
+    ChargebackScreen #cb-summary { height: 2; padding: 0 1; margin-top: 1; }
+    ChargebackScreen .stat { width: 1fr; height: 2; }
+    ChargebackScreen .stat-name { color: $text-muted; }
+    ChargebackScreen .stat-value { text-style: bold; color: $accent; }
+    ChargebackScreen #cb-message { height: auto; padding: 1 2; display: none; }
+    ChargebackScreen.-empty #cb-message, ChargebackScreen.-failed #cb-message { display: block; }
+    ChargebackScreen.-failed #cb-message { color: $error; }
+    ChargebackScreen.-empty #cb-teams, ChargebackScreen.-failed #cb-teams { display: none; }
+    ChargebackScreen #cb-teams { height: 1fr; margin-top: 1; }
+    """
+
+    class ReportLoaded(Message):
+        def __init__(self, period: Period, report: ChargebackReport) -> None:
+            super().__init__()
+            self.period = period
+            self.report = report
+
+    class ReportFailed(Message):
+        def __init__(self, period: Period, message: str) -> None:
+            super().__init__()
+            self.period = period
+            self.message = message
+
+    class ExportFinished(Message):
+        def __init__(self, path: Path) -> None:
+            super().__init__()
+            self.path = path
+
+    class ExportFailed(Message):
+        def __init__(self, message: str) -> None:
+            super().__init__()
+            self.message = message
+
+    def __init__(self, source: DataSource, *, clock: Callable[[], date] = utc_today,
+                 simulated: bool = False, export_dir: Path | None = None,
+                 name: str | None = None, id: str | None = None) -> None:
+        super().__init__(name=name, id=id)
+        self._source = source
+        self._clock = clock
+        self._simulated = simulated
+        self._export_dir = export_dir
+        self.period = Period.preset("this_month", clock())
+        self.report: ChargebackReport | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="cb-title-row"):
+            yield Label("Chargeback", id="cb-title")
+            if self._simulated:
+                yield Label("SIMULATED DATA", classes="badge")
+        with Horizontal(id="cb-periods"):
+            for kind, name in PERIOD_NAMES.items():
+                yield Button(name + ("…" if kind == "custom" else ""), id=f"period-{kind}",
+                             compact=True)
+        with Vertical(id="cb-custom"):
+            with Horizontal(id="cb-custom-row"):
+                yield Label("From")
+                yield Input(placeholder="YYYY-MM-DD", id="cb-from", max_length=10)
+                yield Label(" To")
+                yield Input(placeholder="YYYY-MM-DD", id="cb-to", max_length=10)
+                yield Button("Apply", id="cb-apply", compact=True)
+            yield Static("", id="cb-custom-error")
+        with Horizontal(id="cb-summary"):
+            for stat, name in (("cost", "Cost"), ("gpu-hours", "GPU-hours"),
+                               ("energy", "Energy"), ("idle", "Idle GPU-hours")):
+                with Vertical(classes="stat"):
+                    yield Label(name, classes="stat-name")
+                    yield Label("-", id=f"stat-{stat}", classes="stat-value")
+        yield Static("", id="cb-message")
+        yield DataTable(id="cb-teams", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#cb-teams", DataTable).add_columns(
+            "Team", "Cost", "GPU-h", "Energy kWh", "Idle GPU-h", "Share of cost")
+        self.query_one("#cb-teams", DataTable).focus()
+        self._load(self.period)
+
+    # -- loading -----------------------------------------------------------
+
+    def _load(self, period: Period) -> None:
+        self.period = period
+        self.query_one("#cb-title", Label).update(f"Chargeback · {period.label}")
+        for button in self.query("#cb-periods Button"):
+            button.set_class(button.id == f"period-{period.kind}", "-active")
+        self.query_one("#cb-teams", DataTable).loading = True
+        self._fetch_report(period)
+
+    @work(exclusive=True, group="chargeback-report")
+    async def _fetch_report(self, period: Period) -> None:
+        try:
+            report = await self._source.chargeback_report(period.from_, period.to)
+        except DataSourceError as exc:
+            self.post_message(self.ReportFailed(period, str(exc)))
+            return
+        self.post_message(self.ReportLoaded(period, report))
+
+    @on(ReportLoaded)
+    def _show_report(self, message: ReportLoaded) -> None:
+        if message.period != self.period:
+            return  # an answer for a period the user already left
+        self.report = report = message.report
+        summary = report.summary
+        self.query_one("#stat-cost", Label).update(money(summary.total_cost_usd))
+        self.query_one("#stat-gpu-hours", Label).update(hours(summary.total_gpu_hours))
+        self.query_one("#stat-energy", Label).update(f"{hours(summary.energy_kwh)} kWh")
+        self.query_one("#stat-idle", Label).update(hours(summary.idle_gpu_hours))
+        table = self.query_one("#cb-teams", DataTable)
+        table.loading = False
+        table.clear()
+        bar_width = 20 if self.size.width >= 110 else 10
+        for team in sorted(report.teams, key=lambda t: (-t.total_cost_usd, t.team_id)):
+            table.add_row(team.team_id, money(team.total_cost_usd), hours(team.total_gpu_hours),
+                          hours(team.energy_kwh), hours(team.idle_gpu_hours),
+                          share_bar(team.total_cost_usd, summary.total_cost_usd, bar_width),
+                          key=team.team_id)
+        empty = not report.teams
+        self.set_class(empty, "-empty")
+        self.set_class(False, "-failed")
+        if empty:
+            self.query_one("#cb-message", Static).update(
+                f"No usage in this period ({self.period.from_} → {self.period.to}).\n"
+                "Try another period, or check that agents are reporting (Hosts).")
+
+    @on(ReportFailed)
+    def _show_failure(self, message: ReportFailed) -> None:
+        if message.period != self.period:
+            return
+        self.report = None
+        self.query_one("#cb-teams", DataTable).loading = False
+        for stat in ("cost", "gpu-hours", "energy", "idle"):
+            self.query_one(f"#stat-{stat}", Label).update("-")
+        self.set_class(False, "-empty")
+        self.set_class(True, "-failed")
+        self.query_one("#cb-message", Static).update(
+            f"Could not load chargeback: {message.message}\nPress r to retry.")
+
+    # -- period selection --------------------------------------------------
+
+    def action_period(self, kind: PeriodKind) -> None:
+        self.remove_class("-custom")
+        self._load(Period.preset(kind, self._clock()))
+
+    def action_reload(self) -> None:
+        self._load(self.period)
+
+    def action_custom_period(self) -> None:
+        self.add_class("-custom")
+        self.query_one("#cb-from", Input).value = self.period.from_.isoformat()
+        self.query_one("#cb-to", Input).value = self.period.to.isoformat()
+        self.query_one("#cb-custom-error", Static).update("")
+        self.query_one("#cb-from", Input).focus()
+
+    @on(Button.Pressed, "#cb-periods Button")
+    def _period_button(self, event: Button.Pressed) -> None:
+        kind = (event.button.id or "").removeprefix("period-")
+        if kind == "custom":
+            self.action_custom_period()
+        else:
+            self.action_period(kind)  # type: ignore[arg-type]
+
+    @on(Input.Submitted, "#cb-from")
+    def _next_field(self) -> None:
+        self.query_one("#cb-to", Input).focus()
+
+    @on(Input.Submitted, "#cb-to")
+    @on(Button.Pressed, "#cb-apply")
+    def apply_custom(self) -> None:
+        error = self.query_one("#cb-custom-error", Static)
+        try:
+            period = Period.custom(self.query_one("#cb-from", Input).value,
+                                   self.query_one("#cb-to", Input).value)
+        except PeriodError as exc:
+            error.update(str(exc))
+            return
+        error.update("")
+        self.remove_class("-custom")
+        self.query_one("#cb-teams", DataTable).focus()
+        self._load(period)
+
+    # -- drill-down ---------------------------------------------------------
+
+    @on(DataTable.RowSelected, "#cb-teams")
+    def _drill_down(self, event: DataTable.RowSelected) -> None:
+        if self.report is None:
+            return
+        team = next((t for t in self.report.teams if t.team_id == event.row_key.value), None)
+        if team is not None:
+            self.app.push_screen(TeamDrilldownModal(team, self.period))
+
+    # -- export -------------------------------------------------------------
+
+    def action_export_csv(self) -> None:
+        period = self.period
+        suggested = default_export_path(period.from_, period.to, self._export_dir)
+        self.app.push_screen(ExportPathModal(suggested, period.label),
+                             lambda path: self._export_to(path, period))
+
+    def _export_to(self, path: Path | None, period: Period) -> None:
+        if path is None:
+            return
+        if path.exists():
+            self.app.push_screen(
+                ConfirmOverwriteModal(path),
+                lambda yes: self._export_csv(path, period, overwrite=True) if yes else None)
+        else:
+            self._export_csv(path, period, overwrite=False)
+
+    @work(exclusive=True, group="chargeback-export")
+    async def _export_csv(self, path: Path, period: Period, *, overwrite: bool) -> None:
+        try:
+            text = await self._source.chargeback_csv(period.from_, period.to)
+            await asyncio.to_thread(write_csv, path, text, overwrite=overwrite)
+        except (DataSourceError, ExportError) as exc:
+            self.post_message(self.ExportFailed(str(exc)))
+            return
+        self.post_message(self.ExportFinished(path))
+
+    @on(ExportFinished)
+    def _export_done(self, message: ExportFinished) -> None:
+        self.notify(f"Saved {display_path(message.path)}", title="CSV exported")
+
+    @on(ExportFailed)
+    def _export_failed(self, message: ExportFailed) -> None:
+        self.notify(message.message, title="Export failed", severity="error")
