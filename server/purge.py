@@ -1,0 +1,265 @@
+"""The purge: ask every runtime to let go of what it holds, then measure what was freed.
+
+Flow: read memory before; list every adapter's models (concurrently; one failing
+adapter is reported, not fatal); unload in adapter order (model servers before
+processes), skipping models in use unless forced; read memory after once it
+settles; compute status and a recommendation from what actually happened.
+Nothing here clears another process's CUDA cache, so no action claims to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from server.gpu.base import GpuBackend, GpuSnapshot
+from server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
+from server.schemas import (
+    LoadedModel,
+    MemorySummary,
+    PurgeRequest,
+    PurgeResult,
+    mb_to_gb,
+    percent,
+    utc_now,
+)
+
+log = logging.getLogger("gpufleet.purge")
+
+SUCCESS_TEXT = "GPU memory cleared successfully"
+MAX_HOLDERS_NAMED = 5
+
+
+class InvalidPurgeRequest(ValueError):
+    """The request names GPUs this node does not have (a 400)."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    actions: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    in_use_skipped: list[str] = field(default_factory=list)
+    failed_runtimes: list[str] = field(default_factory=list)
+    expected_drop_mb: int = 0
+    measure_failed: bool = False
+
+    def failed(self, runtime: str, message: str) -> None:
+        self.errors.append(message)
+        if runtime not in self.failed_runtimes:
+            self.failed_runtimes.append(runtime)
+
+
+class PurgeService:
+    """Purges one node's GPUs through its runtime adapters; one purge at a time."""
+
+    def __init__(self, backend: GpuBackend, adapters: Sequence[RuntimeAdapter], *,
+                 settle_s: float = 5.0, poll_interval_s: float = 0.25,
+                 settle_tolerance_mb: int = 64,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 now: Callable[[], datetime] = utc_now) -> None:
+        self.backend = backend
+        self.adapters = list(adapters)
+        self.settle_s = settle_s
+        self.poll_interval_s = poll_interval_s
+        self.settle_tolerance_mb = settle_tolerance_mb
+        self._clock = clock
+        self._sleep = sleep
+        self._now = now
+        self._lock = asyncio.Lock()
+
+    async def loaded_models(self) -> list[LoadedModel]:
+        """Every adapter's models; an adapter that fails is logged and left out."""
+        models: list[LoadedModel] = []
+        for adapter, listed in await self._list_all():
+            if isinstance(listed, BaseException):
+                log.warning("%s: cannot list models: %s", adapter.name, listed)
+            else:
+                models.extend(listed)
+        return models
+
+    async def _list_all(self) -> list[tuple[RuntimeAdapter, list[LoadedModel] | BaseException]]:
+        results = await asyncio.gather(*(a.list_models() for a in self.adapters),
+                                       return_exceptions=True)
+        for adapter, result in zip(self.adapters, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, RuntimeAdapterError):
+                log.error("%s: listing models failed", adapter.name, exc_info=result)
+        return list(zip(self.adapters, results, strict=True))
+
+    async def purge(self, req: PurgeRequest) -> PurgeResult:
+        async with self._lock:
+            before = await asyncio.to_thread(self.backend.snapshot)
+            selected = _selected_indices(before, req.gpu_indices)
+            outcome = _Outcome()
+            listings = await self._list_all()
+            for adapter, listed in listings:
+                if isinstance(listed, BaseException):
+                    outcome.failed(adapter.name, _list_error(adapter, listed))
+                    continue
+                for model in listed:
+                    await self._purge_model(adapter, model, req, selected, outcome)
+            after = await self._after_snapshot(before, selected, outcome)
+            return self._result(before, after, selected, outcome)
+
+    async def _purge_model(self, adapter: RuntimeAdapter, model: LoadedModel, req: PurgeRequest,
+                           selected: frozenset[int], outcome: _Outcome) -> None:
+        label = f"{model.name} ({adapter.name})"
+        if req.gpu_indices is not None and model.gpu_index not in selected:
+            if model.gpu_index is None:
+                gpus = ", ".join(str(i) for i in sorted(selected))
+                outcome.skipped.append(f"skipped {label}: its GPU is unknown and the purge "
+                                       f"is limited to GPU {gpus}")
+            return
+        if model.in_use and not req.force:
+            message = f"skipped {label}: {adapter.in_use_reason(model)}; use force to unload"
+            outcome.errors.append(message)
+            outcome.skipped.append(message)
+            outcome.in_use_skipped.append(model.name)
+            return
+        try:
+            action = await adapter.unload(model, force=req.force)
+        except ModelGone as gone:
+            outcome.actions.append(str(gone))
+            return
+        except RuntimeAdapterError as exc:
+            outcome.failed(adapter.name, f"could not unload {model.name}: {exc}")
+            return
+        except Exception as exc:  # an adapter bug must not stop the others
+            log.exception("%s: unloading %s failed", adapter.name, model.name)
+            outcome.failed(adapter.name, f"could not unload {model.name}: {adapter.name}: "
+                                         f"unexpected {type(exc).__name__}")
+            return
+        outcome.actions.append(action)
+        outcome.unloaded.append(model.name)
+        outcome.expected_drop_mb += model.memory_mb or 0
+
+    async def _after_snapshot(self, before: GpuSnapshot, selected: frozenset[int],
+                              outcome: _Outcome) -> GpuSnapshot:
+        try:
+            if not outcome.actions:
+                return await asyncio.to_thread(self.backend.snapshot)
+            return await self._settled(before, selected, outcome.expected_drop_mb)
+        except Exception as exc:
+            log.warning("re-measuring GPU memory failed: %s", exc)
+            outcome.errors.append(f"could not re-measure GPU memory: {exc}")
+            outcome.measure_failed = True
+            return before
+
+    async def _settled(self, before: GpuSnapshot, selected: frozenset[int],
+                       expected_drop_mb: int) -> GpuSnapshot:
+        """The first reading that agrees with the previous one, within ``settle_s``.
+
+        When the unloaded models' sizes are known, agreement counts only once at
+        least half of that has gone: a driver that has not started freeing yet
+        reads steady too.
+        """
+        deadline = self._clock() + self.settle_s
+        before_used = _used_mb(before, selected)
+        previous = await asyncio.to_thread(self.backend.snapshot)
+        while self._clock() < deadline:
+            await self._sleep(self.poll_interval_s)
+            current = await asyncio.to_thread(self.backend.snapshot)
+            used = _used_mb(current, selected)
+            steady = abs(used - _used_mb(previous, selected)) <= self.settle_tolerance_mb
+            dropped = before_used - used >= expected_drop_mb / 2
+            if steady and dropped:
+                return current
+            previous = current
+        return previous
+
+    def _result(self, before: GpuSnapshot, after: GpuSnapshot, selected: frozenset[int],
+                outcome: _Outcome) -> PurgeResult:
+        freed_mb = max(_used_mb(before, selected) - _used_mb(after, selected), 0)
+        did_something = bool(outcome.actions) or freed_mb > 0
+        return PurgeResult(
+            status=_status(outcome, did_something),
+            timestamp=self._now(),
+            actions=outcome.actions,
+            memory_before=_summary(before, selected),
+            memory_after=_summary(after, selected),
+            memory_freed_gb=mb_to_gb(freed_mb),
+            models_unloaded=outcome.unloaded,
+            errors=outcome.errors,
+            recommendation=_recommendation(outcome, after, selected),
+            node=before.node,
+            skipped=outcome.skipped,
+        )
+
+
+def _status(outcome: _Outcome, did_something: bool) -> Literal["success", "partial", "error"]:
+    if not outcome.errors:
+        return "success"
+    return "partial" if did_something else "error"
+
+
+def _selected_indices(snapshot: GpuSnapshot, requested: list[int] | None) -> frozenset[int]:
+    present = {g.index for g in snapshot.gpus}
+    if requested is None:
+        return frozenset(present)
+    missing = sorted(set(requested) - present)
+    if missing:
+        have = ", ".join(str(i) for i in sorted(present)) or "none"
+        raise InvalidPurgeRequest(
+            f"no GPU {', '.join(str(i) for i in missing)} on this node (GPUs: {have})"
+        )
+    return frozenset(requested)
+
+
+def _list_error(adapter: RuntimeAdapter, exc: BaseException) -> str:
+    detail = str(exc) if isinstance(exc, RuntimeAdapterError) else f"unexpected {type(exc).__name__}"
+    return f"could not list models of {adapter.name}: {detail}"
+
+
+def _used_mb(snapshot: GpuSnapshot, selected: frozenset[int]) -> int:
+    return sum(g.memory.used_mb for g in snapshot.gpus if g.index in selected)
+
+
+def _summary(snapshot: GpuSnapshot, selected: frozenset[int]) -> MemorySummary:
+    used = _used_mb(snapshot, selected)
+    total = sum(g.memory.total_mb for g in snapshot.gpus if g.index in selected)
+    return MemorySummary(used_gb=mb_to_gb(used), total_gb=mb_to_gb(total),
+                         percent_used=percent(used, total))
+
+
+def _holders(after: GpuSnapshot, selected: frozenset[int]) -> str:
+    """The processes still holding memory on the selected GPUs, largest first."""
+    procs = sorted((p for p in after.processes
+                    if p.memory_mb and (p.gpu_index is None or p.gpu_index in selected)),
+                   key=lambda p: p.memory_mb or 0, reverse=True)
+    if not procs:
+        return ""
+    named = [f"{p.name}[{p.pid}] {mb_to_gb(p.memory_mb or 0)} GB"
+             + (f" on GPU {p.gpu_index}" if p.gpu_index is not None else "")
+             for p in procs[:MAX_HOLDERS_NAMED]]
+    more = len(procs) - MAX_HOLDERS_NAMED
+    return "Still holding GPU memory: " + ", ".join(named) + (f" and {more} more" if more > 0 else "") + "."
+
+
+def _recommendation(outcome: _Outcome, after: GpuSnapshot, selected: frozenset[int]) -> str:
+    holders = _holders(after, selected)
+    if not outcome.errors:
+        if outcome.unloaded:
+            return SUCCESS_TEXT
+        if not holders:
+            return "Nothing to unload: no runtime reported a loaded model and no process holds GPU memory."
+        return (f"Nothing to unload: no runtime reported a loaded model. {holders} "
+                "Configure a runtime adapter for them to purge them.")
+    parts = [holders] if holders else []
+    if outcome.in_use_skipped:
+        count = len(outcome.in_use_skipped)
+        parts.append(f"{count} model{'s' if count != 1 else ''} in use skipped "
+                     f"({', '.join(outcome.in_use_skipped)}); purge with force to unload "
+                     f"{'them' if count != 1 else 'it'}.")
+    if outcome.failed_runtimes:
+        parts.append(f"Check runtime{'s' if len(outcome.failed_runtimes) != 1 else ''} "
+                     f"{', '.join(outcome.failed_runtimes)}: see errors.")
+    if outcome.measure_failed:
+        parts.append("GPU memory could not be re-measured; check the GPU backend.")
+    return " ".join(parts)
