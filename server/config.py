@@ -55,6 +55,7 @@ class Limits(Section):
     handler_timeout_s: float = 30.0  # a handler running longer -> 504
     write_timeout_s: float = 30.0  # a client not reading its response
     shutdown_grace_s: float = 10.0  # in-flight requests finish within this on SIGTERM
+    close_linger_s: float = 1.0  # after an error response, drain unread input so the client sees it
     max_samples_per_batch: int = 10_000  # ingest bodies with more -> 400
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from server.http.router import Route
 
 JSON = "application/json"
 
@@ -36,6 +39,8 @@ class Request:
     key_name: str | None = None
     account: str | None = None
     scopes: frozenset[str] = frozenset()
+    # The matched route (its name, auth scope, models), set by the server before middleware runs.
+    route: Route | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

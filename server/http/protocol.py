@@ -1,0 +1,315 @@
+"""The h11 request/response loop of one connection, with every limit of ``Limits`` enforced."""
+
+from __future__ import annotations
+
+import http
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+
+from server.config import Limits
+from server.http.connection import PeerGone, StreamConnection
+from server.http.errors import error_response, json_error
+from server.http.types import Request, Response
+
+access_log = logging.getLogger("gpufleet.access")
+log = logging.getLogger("gpufleet.http")
+
+# Theory of the loop
+# ------------------
+# h11 is a pure state machine: we feed it bytes (receive_data) and pull events
+# (next_event) until it has a whole Request, then pull Data events until
+# EndOfMessage. Only then is the handler called, with the whole body in memory,
+# so a handler never sees a half-read request and the limits are enforced in one
+# place, here. The response goes out as one write (head + body). If both sides
+# are DONE and nobody asked to close, start_next_cycle() resets the machine and
+# the loop waits for the next request; bytes of a pipelined request already
+# received stay in h11's buffer and are parsed next, so pipelined requests are
+# answered one at a time, in order. Phases and their clocks:
+#   idle  (no byte of the next request yet)  keepalive_timeout_s -> close silently
+#   head  (from its first byte)              header_timeout_s    -> 408 and close
+#   body  (from the end of the head)         body_timeout_s      -> 408 and close
+#   handler                                  handler_timeout_s   -> 504 (server.py)
+# Each deadline is absolute: a client trickling bytes cannot extend it. Any
+# protocol error or exceeded limit answers {"error": ...} with Connection: close,
+# then lingers briefly so the client reads the answer instead of a reset.
+
+Dispatch = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class ServerState:
+    """What every connection needs to know about its server."""
+
+    closing: bool = False  # shutting down: answer in-flight requests with Connection: close
+
+
+class _Reject(Exception):
+    """A request the server refuses before any handler runs; the connection then closes."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_REJECT_MESSAGES = {
+    400: "Malformed HTTP request",
+    431: "Request header fields too large",
+    501: "Unsupported Transfer-Encoding",
+}
+
+
+class HttpProtocol:
+    """Serves requests on one connection until it closes, times out or is told to stop."""
+
+    def __init__(self, stream: StreamConnection, limits: Limits, dispatch: Dispatch,
+                 state: ServerState) -> None:
+        self._stream = stream
+        self._limits = limits
+        self._dispatch = dispatch
+        self._state = state
+        self._h11 = h11.Connection(h11.SERVER,
+                                   max_incomplete_event_size=limits.max_header_bytes)
+        # True while waiting for the first byte of the next request: safe to close.
+        self.idle = True
+        self._method = "-"
+        self._path = "-"
+
+    def close_if_idle(self) -> None:
+        """Close now if no request is in progress (graceful shutdown)."""
+        if self.idle:
+            self._stream.close_soon()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    request = await self._receive_request()
+                except _Reject as reject:
+                    await self._refuse(reject, started)
+                    return
+                if request is None:
+                    return
+                response = await self._dispatch(request)
+                if not await self._send_response(request, response, started):
+                    return
+                self._h11.start_next_cycle()
+        except PeerGone:
+            self._stream.abort()
+        finally:
+            await self._stream.close()
+
+    # -- receiving --------------------------------------------------------------------
+
+    async def _receive_request(self) -> Request | None:
+        """The next whole request, or None when the connection should just close."""
+        h = self._h11
+        stream = self._stream
+        in_head = bool(h.trailing_data[0])
+        if self._state.closing and not in_head:
+            return None
+        self.idle = not in_head
+        self._method = self._path = "-"
+        limits = self._limits
+        deadline = stream.now() + (limits.header_timeout_s if in_head
+                                   else limits.keepalive_timeout_s)
+        while True:
+            event = self._next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.read(deadline)
+                except TimeoutError:
+                    if not in_head:
+                        return None  # idle keep-alive connection: close silently
+                    raise _Reject(408, "Request timed out: headers not received in time") from None
+                if data and not in_head:
+                    in_head, self.idle = True, False
+                    deadline = stream.now() + limits.header_timeout_s
+                h.receive_data(data)
+            elif isinstance(event, h11.Request):
+                self.idle = False
+                return await self._receive_body(event)
+            else:  # ConnectionClosed: the client went away between requests
+                self.idle = False
+                return None
+
+    def _next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        try:
+            return self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            # h11's message may quote request bytes (an Authorization value, say): never echo it.
+            status = exc.error_status_hint
+            raise _Reject(status, _REJECT_MESSAGES.get(status, "Malformed HTTP request")) from None
+
+    async def _receive_body(self, head: h11.Request) -> Request:
+        h = self._h11
+        limits = self._limits
+        self._method = head.method.decode("ascii", "replace")
+        target = head.target.decode("latin-1")
+        raw_path, _, query = target.partition("?")
+        if not raw_path.startswith("/"):
+            raw_path = urlsplit(raw_path).path or "/"  # absolute-form or "*"
+        self._path = unquote(raw_path) if "%" in raw_path else raw_path
+
+        headers: dict[str, str] = {}
+        head_size = len(head.method) + len(head.target) + 13
+        for name_b, value_b in head.headers:
+            head_size += len(name_b) + len(value_b) + 4
+            name = name_b.decode("latin-1")
+            value = value_b.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if head_size > limits.max_header_bytes:
+            raise _Reject(431, _REJECT_MESSAGES[431])
+        if "transfer-encoding" in headers and "content-length" in headers:
+            # h11 lets Transfer-Encoding win; a proxy in front may not agree (smuggling).
+            raise _Reject(400, "Both Content-Length and Transfer-Encoding given")
+        declared = headers.get("content-length")
+        if declared is not None and int(declared) > limits.max_body_bytes:
+            raise _Reject(413, self._too_large())
+
+        if h.they_are_waiting_for_100_continue:
+            await self._stream.write(h.send(h11.InformationalResponse(status_code=100)))
+        chunks: list[bytes] = []
+        size = 0
+        deadline = self._stream.now() + limits.body_timeout_s
+        while True:
+            event = self._next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    h.receive_data(await self._stream.read(deadline))
+                except TimeoutError:
+                    raise _Reject(408, "Request timed out: body not received in time") from None
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limits.max_body_bytes:
+                    raise _Reject(413, self._too_large())
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise _Reject(400, _REJECT_MESSAGES[400])
+
+        peer = self._stream.peer
+        return Request(
+            method=self._method,
+            target=target,
+            path=self._path,
+            query=dict(parse_qsl(query, keep_blank_values=True)) if query else {},
+            headers=headers,
+            body=chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks),
+            client=peer,
+        )
+
+    def _too_large(self) -> str:
+        return f"Request body too large: the limit is {self._limits.max_body_bytes} bytes"
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def _send_response(self, request: Request, response: Response,
+                             started: float) -> bool:
+        """Send ``response``; True when the connection stays open for another request."""
+        h = self._h11
+        if not _headers_are_safe(response):
+            log.error("Handler for %s %s returned a header with CR, LF or NUL",
+                      request.method, request.path)
+            response = error_response(RuntimeError("unsafe response header"))
+        close = self._state.closing
+        data = self._encode(response, close=close, head_only=request.method == "HEAD")
+        await self._stream.write(data)
+        sent = 0 if request.method == "HEAD" else len(response.body)
+        _log_access(request.method, request.path, response.status, sent, started,
+                    request.key_name)
+        return not close and h.our_state is h11.DONE and h.their_state is h11.DONE
+
+    def _encode(self, response: Response, *, close: bool, head_only: bool) -> bytes:
+        h = self._h11
+        body = response.body
+        status = response.status
+        headers: list[tuple[bytes, bytes]] = []
+        if status >= 200 and status not in (204, 304):
+            headers.append((b"content-type", response.content_type.encode("latin-1")))
+            headers.append((b"content-length", str(len(body)).encode()))
+        else:
+            body = b""
+        headers.append((b"date", _http_date()))
+        headers.append((b"server", b"gpufleet"))
+        for name, value in response.headers:
+            if name.lower() not in ("content-length", "transfer-encoding"):
+                headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        if close:
+            headers.append((b"connection", b"close"))
+        parts = [h.send(h11.Response(status_code=status, headers=headers,
+                                     reason=_reason(status)))]
+        if body and not head_only:
+            parts.extend(h.send_with_data_passthrough(h11.Data(data=body)))
+        parts.append(h.send(h11.EndOfMessage()))
+        return b"".join(parts)
+
+    async def _refuse(self, reject: _Reject, started: float) -> None:
+        """Answer a rejected request, then close.
+
+        Written without h11: its state machine may already be in ERROR, and the answer
+        always closes the connection, so no framing beyond Content-Length is needed.
+        """
+        response = json_error(reject.status, reject.message)
+        try:
+            await self._stream.write(encode_closing(response))
+        except PeerGone:
+            pass  # the client is gone; nothing left to tell it
+        _log_access(self._method, self._path, reject.status, len(response.body), started, None)
+        await self._stream.linger_close(self._limits.close_linger_s)
+
+
+def _log_access(method: str, path: str, status: int, nbytes: int, started: float,
+                key_name: str | None) -> None:
+    if access_log.isEnabledFor(logging.INFO):
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        access_log.info("%s %s %d %d %.1fms %s", method, path, status, nbytes, elapsed_ms,
+                        key_name or "-")
+
+
+def _headers_are_safe(response: Response) -> bool:
+    for name, value in response.headers:
+        if any(c in name or c in value for c in "\r\n\0"):
+            return False
+    return True
+
+
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+def _reason(status: int) -> bytes:
+    return _REASONS.get(status, b"")
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    """The Date header value, formatted at most once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+def encode_closing(response: Response) -> bytes:
+    """A complete ``Connection: close`` response without an h11 state machine.
+
+    For answers that end the connection: rejected requests (h11 may be in ERROR by then)
+    and connections refused before any byte is read (too many connections).
+    """
+    head = (f"HTTP/1.1 {response.status} {_reason(response.status).decode()}\r\n"
+            f"content-type: {response.content_type}\r\n"
+            f"content-length: {len(response.body)}\r\n"
+            f"date: {_http_date().decode()}\r\n"
+            "server: gpufleet\r\nconnection: close\r\n\r\n")
+    return head.encode("latin-1") + response.body
