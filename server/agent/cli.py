@@ -1,0 +1,137 @@
+"""``gpufleet agent``: stream this machine's GPU telemetry to a gpufleet server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.config import Settings
+
+HELP = "Stream this machine's GPU telemetry to a gpufleet ingest server (spooled, exactly once)."
+
+log = logging.getLogger("gpufleet.agent")
+
+EXIT_USAGE = 64
+
+
+class KeyProblem(Exception):
+    """The API key cannot be read, or is stored unsafely; the message says how to fix it."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", metavar="URL", help="ingest server base URL (or [agent] server, GPUFLEET_URL)")
+    parser.add_argument("--key-file", type=Path, metavar="F",
+                        help="file holding the API key, mode 0600 (or GPUFLEET_KEY)")
+    parser.add_argument("--interval", type=float, metavar="S", help="seconds between samples (>= 1, default 60)")
+    parser.add_argument("--config", type=Path, metavar="F", help="settings TOML ([agent] section)")
+    parser.add_argument("--spool-dir", type=Path, metavar="DIR", help="where undelivered batches wait")
+    parser.add_argument("--once", action="store_true", help="one sample, deliver (or spool), exit")
+    parser.add_argument("--simulate", action="store_true", help="sample the simulated fleet")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every delivery attempt")
+
+
+def read_key(key_file: Path | None, environ: dict[str, str]) -> str:
+    """The API key from a private file, else GPUFLEET_KEY."""
+    if key_file is not None:
+        try:
+            mode = key_file.stat().st_mode
+        except OSError as exc:
+            raise KeyProblem(f"cannot read key file {key_file}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyProblem(
+                f"key file {key_file} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+                f"run: chmod 600 {key_file}"
+            )
+        try:
+            key = key_file.read_text().strip()
+        except OSError as exc:
+            raise KeyProblem(f"cannot read key file {key_file}: {exc.strerror}") from None
+        if not key:
+            raise KeyProblem(f"key file {key_file} is empty")
+        return key
+    key = environ.get("GPUFLEET_KEY", "").strip()
+    if not key:
+        raise KeyProblem("no API key: pass --key-file F (mode 0600) or set GPUFLEET_KEY")
+    return key
+
+
+def run(args: argparse.Namespace) -> int:
+    from server.config import ConfigError, load_settings, state_dir
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(args.config, overrides={
+            "agent.server": args.server,
+            "agent.interval_s": args.interval,
+            "agent.key_file": str(args.key_file) if args.key_file else None,
+            "agent.spool_dir": str(args.spool_dir) if args.spool_dir else None,
+        })
+    except ConfigError as exc:
+        print(f"gpufleet agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    agent = settings.agent
+    server = agent.server or os.environ.get("GPUFLEET_URL")
+    if not server:
+        print("gpufleet agent: no server: pass --server URL (or set [agent] server, GPUFLEET_URL)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        key = read_key(agent.key_file, dict(os.environ))
+    except KeyProblem as exc:
+        print(f"gpufleet agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    spool_dir = agent.spool_dir or state_dir() / "spool"
+    return asyncio.run(_main(settings, server, key, spool_dir, once=args.once, simulate=args.simulate))
+
+
+async def _main(
+    settings: Settings, server: str, key: str, spool_dir: Path, *, once: bool, simulate: bool
+) -> int:
+    from server.agent.attribution import ProcessAttributor
+    from server.agent.runner import AgentRunner
+    from server.agent.sampler import Sampler
+    from server.agent.spool import Spool, SpoolLocked
+    from server.client import AsyncGpuFleetClient
+    from server.gpu.base import BackendUnavailable
+    from server.gpu.select import open_backend
+
+    agent = settings.agent
+    try:
+        backend = await asyncio.to_thread(open_backend, simulate=simulate)
+    except BackendUnavailable as exc:
+        log.error("no GPUs to sample: %s (use --simulate for the simulated fleet)", exc)
+        return 1
+    try:
+        spool = Spool(spool_dir, max_bytes=agent.spool_max_bytes)
+    except SpoolLocked as exc:
+        log.error("%s", exc)
+        backend.close()
+        return 1
+    sampler = Sampler(backend, ProcessAttributor(agent))
+    client = AsyncGpuFleetClient(server, api_key=key, timeout=agent.request_timeout_s)
+    runner = AgentRunner(agent, sampler=sampler, spool=spool, client=client)
+    log.info("agent: sampling every %.0f s into %s, delivering to %s", agent.interval_s, spool_dir, server)
+    try:
+        if once:
+            return await runner.run_once()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        return await runner.run(stop)
+    finally:
+        await client.aclose()
+        spool.close()
+        backend.close()

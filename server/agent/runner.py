@@ -1,0 +1,225 @@
+"""The agent loop: sample on a monotonic grid, spool first, deliver, heartbeat, report status.
+
+Theory: every batch is written to the spool (fsync) before anything tries to
+send it, and leaves the spool only once the server stored it. Delivery is a
+separate task draining the spool oldest first, so an outage, a 429 or a crash
+only ever delays samples, and a restart picks up where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from server import __version__
+from server.agent.delivery import AuthProblem, Backoff, Delivery, Step, auth_problem
+from server.agent.sampler import Sampler
+from server.agent.spool import Spool
+from server.client import Forbidden, GpuFleetError, RateLimited, Unauthorized
+from server.config import AgentSettings
+from server.schemas import Heartbeat, HeartbeatResult, IngestResult
+
+log = logging.getLogger("gpufleet.agent")
+
+EXIT_OK = 0
+EXIT_AUTH = 2
+
+
+class AgentClient(Protocol):
+    async def ingest(self, samples: bytes) -> IngestResult: ...
+    async def heartbeat(self, hb: Heartbeat) -> HeartbeatResult: ...
+
+
+def encode_batch(samples: list[dict[str, Any]]) -> bytes:
+    return json.dumps(samples, separators=(",", ":"), allow_nan=False).encode()
+
+
+def next_tick(start: float, interval: float, now: float) -> float:
+    """The first grid point ``start + k * interval`` after ``now``: a slow tick skips points, never stacks."""
+    return start + (math.floor((now - start) / interval) + 1) * interval
+
+
+class AgentRunner:
+    """Composes sampler, spool, delivery and heartbeat; ``run`` returns the process exit code."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        sampler: Sampler,
+        spool: Spool,
+        client: AgentClient,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sampler = sampler
+        self._spool = spool
+        self._client = client
+        self._clock = clock
+        self.delivery = Delivery(spool, client, max_samples=settings.batch_max_samples, backoff=backoff)
+        self.samples_taken = 0
+        self.sample_errors = 0
+        self._data = asyncio.Event()
+        self._stopping = asyncio.Event()  # sampling ends (after one final sample)
+        self._draining = asyncio.Event()  # delivery flushes what is left, then returns
+        self._sampled = asyncio.Event()  # the first sample is in: the heartbeat knows the GPUs
+
+    # ---- the whole run ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set (SIGTERM): then one final sample, a bounded flush, exit 0."""
+        sampling = asyncio.create_task(self._sample_loop(), name="agent-sampling")
+        delivery = asyncio.create_task(self._delivery_loop(), name="agent-delivery")
+        helpers = [
+            asyncio.create_task(self._heartbeat_loop(), name="agent-heartbeat"),
+            asyncio.create_task(self._status_loop(), name="agent-status"),
+        ]
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([stopped, delivery, helpers[0]], return_when=asyncio.FIRST_COMPLETED)
+            problem = self._auth_problem(delivery, helpers[0])
+            if problem is not None:
+                return self._stop_for_auth(problem)
+            self._stopping.set()
+            await sampling
+            self._draining.set()
+            self._data.set()
+            try:
+                await asyncio.wait_for(delivery, self._settings.flush_timeout_s)
+            except TimeoutError:
+                log.info("flush timed out; what is left stays in the spool for the next run")
+            except AuthProblem as exc:
+                return self._stop_for_auth(exc)
+            return EXIT_OK
+        finally:
+            for task in (sampling, delivery, stopped, *helpers):
+                task.cancel()
+            await asyncio.gather(sampling, delivery, stopped, *helpers, return_exceptions=True)
+            self.log_status()
+
+    async def run_once(self) -> int:
+        """One sample, delivered or left in the spool; with a heartbeat first."""
+        await self.tick()
+        try:
+            await self._send_heartbeat()
+        except AuthProblem as exc:
+            return self._stop_for_auth(exc)
+        except GpuFleetError as exc:
+            log.warning("heartbeat failed: %s", exc.message)
+        self._draining.set()
+        try:
+            await asyncio.wait_for(self._delivery_loop(), self._settings.flush_timeout_s)
+        except TimeoutError:
+            pass
+        except AuthProblem as exc:
+            return self._stop_for_auth(exc)
+        self.log_status()
+        return EXIT_OK
+
+    @staticmethod
+    def _auth_problem(*tasks: asyncio.Task[Any]) -> AuthProblem | None:
+        for task in tasks:
+            if task.done() and not task.cancelled() and isinstance(task.exception(), AuthProblem):
+                return task.exception()  # type: ignore[return-value]
+        return None
+
+    def _stop_for_auth(self, problem: AuthProblem) -> int:
+        log.error("agent stopped: %s. Samples stay in the spool (%s).", problem, self._spool.directory)
+        return EXIT_AUTH
+
+    # ---- sampling --------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """Sample every GPU and spool the batch; returns how many samples it held."""
+        try:
+            samples = await asyncio.to_thread(self._sampler.sample)
+        except Exception as exc:  # NVML hiccups must not end the agent
+            self.sample_errors += 1
+            log.warning("sampling failed: %s", exc)
+            return 0
+        if samples:
+            try:
+                self._spool.append(encode_batch(samples), len(samples))
+            except OSError as exc:  # a full or failing disk: this batch is lost, say so
+                self.sample_errors += 1
+                log.error("could not spool %d samples: %s", len(samples), exc)
+                return 0
+            self.samples_taken += len(samples)
+            self._data.set()
+        self._sampled.set()
+        return len(samples)
+
+    async def _sample_loop(self) -> None:
+        interval = self._settings.interval_s
+        start = self._clock()
+        while True:
+            await self.tick()
+            wake_at = next_tick(start, interval, self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, wake_at - self._clock()))
+            if self._stopping.is_set():
+                await self.tick()  # the final sample
+                return
+
+    # ---- delivery --------------------------------------------------------------------------
+
+    async def _delivery_loop(self) -> None:
+        while True:
+            self._data.clear()
+            step, delay = await self.delivery.step()
+            if step is Step.SENT:
+                continue
+            if self._draining.is_set():
+                return  # nothing left, or the server is away: the spool keeps it
+            if step is Step.IDLE:
+                await self._data.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._draining.wait(), delay)
+
+    # ---- heartbeat and status --------------------------------------------------------------
+
+    async def _send_heartbeat(self) -> None:
+        snapshot = self._sampler.last_snapshot
+        if snapshot is None:
+            return
+        hb = Heartbeat(agent_version=__version__, gpu_count=len(snapshot.gpus), hostname=snapshot.node.hostname)
+        try:
+            await self._client.heartbeat(hb)
+        except (Unauthorized, Forbidden) as exc:
+            raise auth_problem(exc) from None
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = Backoff(base_s=5.0, max_s=self._settings.heartbeat_interval_s)
+        await self._sampled.wait()
+        while True:
+            delay = self._settings.heartbeat_interval_s
+            try:
+                await self._send_heartbeat()
+                backoff.reset()
+            except GpuFleetError as exc:
+                retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+                delay = min(delay, backoff.next_delay(retry_after))
+                log.info("heartbeat failed (%s); next in %.0f s", exc.message, delay)
+            await asyncio.sleep(delay)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.status_interval_s)
+            self.log_status()
+
+    def log_status(self) -> None:
+        d, s = self.delivery.stats, self._spool.stats
+        log.info(
+            "agent status: %d samples taken, %d sent (%d already stored), %d spooled in %d batches, "
+            "%d dropped, %d rejected, last error: %s",
+            self.samples_taken, d.sent_samples, d.duplicates, s.pending_samples, s.pending_records,
+            s.dropped_samples, d.rejected_samples, d.last_error or "none",
+        )
