@@ -1,0 +1,72 @@
+"""``/v1/chargeback/report``: GPU-hours and cost by team, architecture and model, JSON or CSV."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+
+from server.api.context import ApiContext
+from server.api.guard import add_route
+from server.auth import READ
+from server.http.router import Router
+from server.http.types import HttpError, Request, Response
+from server.schemas import ChargebackReport
+
+MAX_REPORT_DAYS = 366
+
+
+def report_period(query: dict[str, str]) -> tuple[date, date]:
+    """``from`` and ``to`` (inclusive UTC dates) from the query string, or a 400."""
+    values: dict[str, date] = {}
+    for name in ("from", "to"):
+        raw = query.get(name)
+        if not raw:
+            raise HttpError(400, f"Query parameter {name} is required (YYYY-MM-DD)")
+        try:
+            if len(raw) != 10:
+                raise ValueError(raw)
+            values[name] = date.fromisoformat(raw)
+        except ValueError:
+            raise HttpError(400, f"Query parameter {name} must be a date in YYYY-MM-DD form") \
+                from None
+    start, end = values["from"], values["to"]
+    if start > end:
+        raise HttpError(400, "Query parameter from must not be after to")
+    if (end - start).days + 1 > MAX_REPORT_DAYS:
+        raise HttpError(400, f"The report period must be at most {MAX_REPORT_DAYS} days")
+    return start, end
+
+
+def csv_filename(start: date, end: date) -> str:
+    return f"chargeback-{start.isoformat()}-to-{end.isoformat()}.csv"
+
+
+class ChargebackRoutes:
+    def __init__(self, ctx: ApiContext) -> None:
+        if ctx.store is None:
+            raise ValueError("chargeback needs a store")
+        self._ctx = ctx
+        self._store = ctx.store
+
+    def register(self, router: Router) -> None:
+        add_route(router, self._ctx, "GET", "/v1/chargeback/report", self.report, scope=READ,
+                  limit="chargeback", name="getChargebackReport",
+                  response_model=ChargebackReport,
+                  summary="Cost attribution for a date range (format=json|csv)")
+
+    async def report(self, request: Request) -> Response:
+        start, end = report_period(request.query)
+        fmt = (request.query.get("format") or "json").lower()
+        if fmt not in ("json", "csv"):
+            raise HttpError(400, "Query parameter format must be json or csv")
+        account = request.account or ""
+        pricing = self._ctx.settings.pricing
+        now = self._ctx.now()
+        if fmt == "csv":
+            text = await asyncio.to_thread(self._store.chargeback_csv, account, start, end,
+                                           pricing, now)
+            disposition = f'attachment; filename="{csv_filename(start, end)}"'
+            return Response.text(text, content_type="text/csv; charset=utf-8",
+                                 headers=[("Content-Disposition", disposition)])
+        report = await asyncio.to_thread(self._store.chargeback, account, start, end, pricing, now)
+        return Response.json(report)

@@ -1,0 +1,116 @@
+"""Operator GPU routes: ``/v1/gpu/status``, ``/v1/gpu/memory``, ``/v1/gpu/purge``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from server.api.context import ApiContext
+from server.api.guard import add_route
+from server.auth import OPERATOR
+from server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
+from server.http.router import Router
+from server.http.types import HttpError, Request, Response
+from server.schemas import (
+    GpuMemoryEntry,
+    GpuMemoryResponse,
+    GpuStatusResponse,
+    LoadedModel,
+    PurgeRequest,
+    PurgeResult,
+)
+
+log = logging.getLogger("gpufleet.api")
+
+# The status route lists loaded models when it can; a slow runtime must not hold it up.
+MODELS_TIMEOUT_S = 1.0
+
+
+class SnapshotSource:
+    """Reads the backend in a worker thread; concurrent callers share one reading."""
+
+    def __init__(self, backend: GpuBackend) -> None:
+        self._backend = backend
+        self._inflight: asyncio.Future[GpuSnapshot] | None = None
+
+    async def snapshot(self) -> GpuSnapshot:
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._backend.snapshot))
+            self._inflight.add_done_callback(self._clear)
+        try:
+            return await asyncio.shield(self._inflight)
+        except BackendUnavailable as exc:
+            raise HttpError(503, f"GPU backend unavailable: {exc}") from None
+
+    def _clear(self, future: asyncio.Future[GpuSnapshot]) -> None:
+        if self._inflight is future:
+            self._inflight = None
+        if not future.cancelled():
+            future.exception()  # retrieved here so a failure nobody awaited is not logged
+
+
+class GpuRoutes:
+    def __init__(self, ctx: ApiContext) -> None:
+        self._ctx = ctx
+        self._source = SnapshotSource(ctx.backend)
+        self._models_failed = False
+
+    def register(self, router: Router) -> None:
+        ctx = self._ctx
+        add_route(router, ctx, "GET", "/v1/gpu/status", self.status, scope=OPERATOR,
+                  name="getGpuStatus", response_model=GpuStatusResponse,
+                  summary="GPU status: memory, utilization, temperature, processes")
+        add_route(router, ctx, "GET", "/v1/gpu/memory", self.memory, scope=OPERATOR,
+                  name="getGpuMemory", response_model=GpuMemoryResponse,
+                  summary="Simplified GPU memory, one entry per GPU")
+        add_route(router, ctx, "POST", "/v1/gpu/purge", self.purge, scope=OPERATOR,
+                  name="purgeGpu", request_model=PurgeRequest, response_model=PurgeResult,
+                  summary="Unload all models and free GPU memory")
+
+    async def status(self, request: Request) -> Response:
+        snap, models = await asyncio.gather(self._source.snapshot(), self._loaded_models())
+        body = GpuStatusResponse(timestamp=snap.taken_at, gpus=list(snap.gpus),
+                                 processes=list(snap.processes), total_gpus=len(snap.gpus),
+                                 node=snap.node, models=models)
+        return Response.json(body)
+
+    async def memory(self, request: Request) -> Response:
+        snap = await self._source.snapshot()
+        entries = [GpuMemoryEntry.from_memory(gpu.memory, index=gpu.index, uuid=gpu.uuid,
+                                              name=gpu.name) for gpu in snap.gpus]
+        return Response.json(GpuMemoryResponse(timestamp=snap.taken_at, memory=entries,
+                                               node=snap.node))
+
+    async def purge(self, request: Request) -> Response:
+        if self._ctx.purge is None:
+            raise HttpError(503, "Purge is not available on this node")
+        purge_request = (PurgeRequest.model_validate(request.json()) if request.body.strip()
+                         else PurgeRequest())
+        from server.purge import InvalidPurgeRequest  # the purge module pulls in runtimes
+
+        try:
+            result = await self._ctx.purge.purge(purge_request)
+        except InvalidPurgeRequest as exc:
+            raise HttpError(400, str(exc)) from None
+        except BackendUnavailable as exc:
+            raise HttpError(503, f"GPU backend unavailable: {exc}") from None
+        store = self._ctx.store
+        if store is not None:
+            await asyncio.to_thread(store.record_purge, request.account or "",
+                                    request.key_name or "", purge_request.force, result)
+        return Response.json(result)
+
+    async def _loaded_models(self) -> list[LoadedModel] | None:
+        purge = self._ctx.purge
+        if purge is None:
+            return None
+        try:
+            async with asyncio.timeout(MODELS_TIMEOUT_S):
+                models = await purge.loaded_models()
+        except Exception as exc:  # the status must not fail because a runtime did
+            if not self._models_failed:
+                log.warning("listing loaded models failed: %s", exc)
+            self._models_failed = True
+            return None
+        self._models_failed = False
+        return models

@@ -1,0 +1,66 @@
+"""Wraps a route's handler with authentication, scope checks and its rate limit.
+
+Order: who is asking (401) -> take a token from their bucket (429) -> may they
+(403) -> the handler. A limited route carries ``X-RateLimit-*`` on every response,
+errors included; a request without a valid key is limited by client address, so
+guessing keys is limited too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.api.context import ApiContext
+from server.auth import KeyResolver, allows, authenticate, forbidden
+from server.http.errors import error_response
+from server.http.router import Route, Router
+from server.http.types import Handler, HttpError, Request, Response
+from server.ratelimit import RateLimiter, rate_limited
+
+
+def guarded(handler: Handler, *, resolver: KeyResolver | None, limiter: RateLimiter,
+            scope: str | None, limit: str | None) -> Handler:
+    """``handler`` behind auth (when ``scope``) and a rate limit (when ``limit``)."""
+    if scope is None and limit is None:
+        return handler
+
+    async def guarded_handler(request: Request) -> Response:
+        key = None
+        refused: HttpError | None = None
+        if scope is not None:
+            try:
+                key = await authenticate(request, resolver)
+            except HttpError as exc:
+                refused = exc
+        headers: list[tuple[str, str]] = []
+        if limit is not None:
+            who = (f"key:{key.account}/{key.name}" if key is not None
+                   else f"addr:{request.client[0] if request.client else '?'}")
+            decision = limiter.take(who, limit)
+            if not decision.allowed:
+                return error_response(rate_limited(limiter.rule(limit), decision))
+            headers = decision.headers()
+        try:
+            if refused is not None:
+                raise refused
+            if key is not None and scope is not None and not allows(key.scopes, scope):
+                raise forbidden(scope)
+            response = await handler(request)
+        except Exception as exc:  # mapped here so that errors carry the limit headers too
+            if not headers:
+                raise
+            response = error_response(exc)
+        response.headers.extend(headers)
+        return response
+
+    guarded_handler.__name__ = getattr(handler, "__name__", "handler")
+    guarded_handler.rate_limit = limit  # type: ignore[attr-defined]
+    return guarded_handler
+
+
+def add_route(router: Router, ctx: ApiContext, method: str, pattern: str, handler: Handler, *,
+              scope: str | None = None, limit: str | None = None, **meta: Any) -> Route:
+    """Register ``handler`` guarded by ``scope`` and ``limit``; OpenAPI reads both back."""
+    wrapped = guarded(handler, resolver=ctx.resolver, limiter=ctx.limiter, scope=scope,
+                      limit=limit)
+    return router.add(method, pattern, wrapped, auth=scope, **meta)

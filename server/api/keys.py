@@ -1,0 +1,37 @@
+"""``/v1/keys/rotate``: a key replaces itself; the old secret stops working at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from server.api.context import ApiContext
+from server.api.guard import add_route
+from server.auth import ANY_KEY, authenticate
+from server.http.router import Router
+from server.http.types import Request, Response
+from server.schemas import KeyCreated
+
+log = logging.getLogger("gpufleet.auth")
+
+
+class KeyRoutes:
+    def __init__(self, ctx: ApiContext) -> None:
+        if ctx.store is None:
+            raise ValueError("key rotation needs a store")
+        self._ctx = ctx
+        self._store = ctx.store
+
+    def register(self, router: Router) -> None:
+        add_route(router, self._ctx, "POST", "/v1/keys/rotate", self.rotate, scope=ANY_KEY,
+                  limit="key_rotation", name="rotateKey", response_model=KeyCreated,
+                  summary="Replace the calling key with a new secret (shown once)")
+
+    async def rotate(self, request: Request) -> Response:
+        # The guard authenticated already; resolving again gives this handler the key's id.
+        key = await authenticate(request, self._ctx.resolver)
+        created = await asyncio.to_thread(self._store.rotate_key, key.id)
+        if self._ctx.resolver is not None:
+            self._ctx.resolver.forget(key)
+        log.info("key %r of account %r rotated", key.name, key.account)
+        return Response.json(created)

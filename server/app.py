@@ -1,0 +1,153 @@
+"""ServerApp: composes settings, GPU backend, store, purge, keys and limits into one server.
+
+A node with a store (``gpufleet serve``) serves the operator API and the collector
+API (ingest, chargeback, heartbeats, hosts, key rotation) and samples its own GPUs
+into its store; a node without one (``gpufleet simulate``) serves the operator API only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any
+
+from server import __version__
+from server.api.agents import AgentRoutes
+from server.api.chargeback import ChargebackRoutes
+from server.api.context import ApiContext
+from server.api.gpu import GpuRoutes
+from server.api.ingest import IngestRoutes
+from server.api.keys import KeyRoutes
+from server.api.validation import validate_batch
+from server.auth import KeyResolver, StoreKeyResolver
+from server.config import Settings
+from server.gpu.base import GpuBackend
+from server.http.router import Router
+from server.http.server import HttpServer
+from server.http.types import Request, Response
+from server.openapi import openapi_document
+from server.ratelimit import RateLimiter
+from server.schemas import Heartbeat, utc_now
+
+if TYPE_CHECKING:
+    from server.purge import PurgeService
+    from server.store import MetricsStore
+
+log = logging.getLogger("gpufleet.server")
+
+
+def ssl_context_for(settings: Settings) -> ssl.SSLContext | None:
+    """A server TLS context when both a certificate and a key are configured."""
+    cert, key = settings.server.tls_cert, settings.server.tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def default_purge_service(settings: Settings, backend: GpuBackend) -> PurgeService:
+    from server.purge import PurgeService
+    from server.runtimes import build_adapters
+
+    return PurgeService(backend, build_adapters(settings.runtimes, backend),
+                        settle_s=settings.server.purge_settle_s)
+
+
+class ServerApp:
+    """One gpufleet server: routes, auth, limits and (with a store) its own sampler."""
+
+    def __init__(self, settings: Settings, *, backend: GpuBackend,
+                 store: MetricsStore | None = None, key_resolver: KeyResolver | None = None,
+                 purge: PurgeService | None = None) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        resolver = key_resolver or (StoreKeyResolver(store) if store is not None else None)
+        self.purge = purge if purge is not None else default_purge_service(settings, backend)
+        self.context = ApiContext(settings=settings, backend=backend, resolver=resolver,
+                                  limiter=RateLimiter(settings.rate_limits), store=store,
+                                  purge=self.purge)
+        self.router = self._build_router()
+        self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings))
+        self._openapi: bytes | None = None
+        self._sampler_task: asyncio.Task[None] | None = None
+        self.samples_written = 0  # by the in-process sampler (tests and status lines read it)
+
+    def _build_router(self) -> Router:
+        router = Router()
+        GpuRoutes(self.context).register(router)
+        if self.store is not None:
+            IngestRoutes(self.context).register(router)
+            ChargebackRoutes(self.context).register(router)
+            AgentRoutes(self.context).register(router)
+            KeyRoutes(self.context).register(router)
+        router.get("/v1/openapi.json", self._openapi_json, name="getOpenApi",
+                   summary="This API's OpenAPI 3.1 document")
+        return router
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+    async def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+        """Listen (settings' host and port unless given; port 0 picks one) and start sampling."""
+        address = await self.http.start(host or self.settings.server.host,
+                                        self.settings.server.port if port is None else port)
+        if self.store is not None and self.settings.sampler.enabled:
+            self._sampler_task = asyncio.create_task(self._run_sampler(), name="gpufleet-sampler")
+        return address
+
+    async def stop(self) -> None:
+        """Stop sampling, stop accepting, let in-flight requests finish. The store stays open."""
+        if self._sampler_task is not None:
+            self._sampler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler_task
+            self._sampler_task = None
+        await self.http.shutdown()
+
+    async def _openapi_json(self, request: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = Response.json(openapi_document(self.router.routes())).body
+        return Response(body=self._openapi)
+
+    async def _run_sampler(self) -> None:
+        """Every ``sampler.interval_s``: this node's samples into its store, and a heartbeat."""
+        from server.agent.sampler import Sampler
+
+        assert self.store is not None
+        sampler = Sampler(self.backend)
+        account = self.settings.server.account
+        interval = self.settings.sampler.interval_s
+        hostname = socket.gethostname()
+        while True:
+            try:
+                await self.sample_once(sampler, account, hostname)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one failed tick must not end sampling
+                log.exception("in-process sampling failed; trying again next interval")
+            await asyncio.sleep(interval)
+
+    async def sample_once(self, sampler: Any, account: str, hostname: str) -> int:
+        """One tick of the in-process sampler; returns how many samples were stored."""
+        assert self.store is not None
+        samples = await asyncio.to_thread(sampler.sample)
+        now = utc_now()
+        inserted = 0
+        if samples:
+            rows = validate_batch(samples, max_samples=max(len(samples), 1), now=now)
+            result = await self.store.writer.submit(account, rows, now)
+            inserted = result.inserted
+            self.samples_written += inserted
+        gpu_count = len(sampler.last_snapshot.gpus) if sampler.last_snapshot else len(samples)
+        heartbeat = Heartbeat(agent_version=__version__, gpu_count=gpu_count,
+                              hostname=hostname[:255] or "localhost")
+        await asyncio.to_thread(self.store.record_heartbeat, account, heartbeat, now)
+        return inserted

@@ -1,0 +1,128 @@
+"""An OpenAPI 3.1 document of every registered route, built from the pydantic schemas."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from server import __version__
+from server.auth import ANY_KEY, INGEST, OPERATOR, READ
+from server.http.router import Route
+from server.schemas import MODELS_BY_NAME, ChargebackReport, ErrorBody, MetricSample
+
+_REF_TEMPLATE = "#/components/schemas/{model}"
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+_SCOPE_TEXT = {
+    OPERATOR: "operator scope",
+    INGEST: "ingest or operator scope",
+    READ: "read or operator scope",
+    ANY_KEY: "any valid key",
+}
+_ERRORS = {
+    "400": "Invalid request body or parameters",
+    "401": "Missing or invalid API key",
+    "403": "The key lacks the scope this endpoint requires",
+    "413": "Request body too large",
+    "429": "Rate limit exceeded; see Retry-After and X-RateLimit-Reset",
+    "500": "Internal server error; retry with exponential back-off",
+}
+_RATE_HEADERS = {
+    "X-RateLimit-Limit": "Requests allowed per window",
+    "X-RateLimit-Remaining": "Requests left in the current window",
+    "X-RateLimit-Reset": "Unix time (seconds) at which the bucket is full again",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF_TEMPLATE.format(model=model.__name__)}
+
+
+def _component_schemas() -> dict[str, Any]:
+    models = [(cls, "serialization") for cls in MODELS_BY_NAME.values()]
+    models += [(MetricSample, "validation"), (MODELS_BY_NAME["PurgeRequest"], "validation"),
+               (MODELS_BY_NAME["Heartbeat"], "validation")]
+    _, top = models_json_schema(models, ref_template=_REF_TEMPLATE)
+    return dict(sorted(top.get("$defs", {}).items()))
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": route.name, "summary": route.summary or route.name}
+    if route.request_model is not None:
+        schema = _ref(route.request_model)
+        if route.request_model is MetricSample:  # ingest takes an array of samples
+            schema = {"type": "array", "minItems": 1, "items": schema}
+        op["requestBody"] = {"required": route.request_model is not MODELS_BY_NAME["PurgeRequest"],
+                             "content": _json_content(schema)}
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in _PARAM.findall(route.pattern)]
+    if route.response_model is ChargebackReport:
+        params += [
+            {"name": "from", "in": "query", "required": True,
+             "schema": {"type": "string", "format": "date"}, "description": "Start date (inclusive)"},
+            {"name": "to", "in": "query", "required": True,
+             "schema": {"type": "string", "format": "date"}, "description": "End date (inclusive)"},
+            {"name": "format", "in": "query", "required": False,
+             "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}},
+        ]
+    if params:
+        op["parameters"] = params
+    limited = getattr(route.handler, "rate_limit", None) is not None
+    ok: dict[str, Any] = {"description": "Success"}
+    if route.response_model is not None:
+        ok["content"] = _json_content(_ref(route.response_model))
+    if route.response_model is ChargebackReport:
+        ok["content"]["text/csv"] = {"schema": {"type": "string"}}
+    if limited:
+        ok["headers"] = {name: {"description": text, "schema": {"type": "integer"}}
+                         for name, text in _RATE_HEADERS.items()}
+    responses: dict[str, Any] = {"200": ok}
+    wanted = ["500"]
+    if route.request_model is not None or route.response_model is ChargebackReport:
+        wanted += ["400", "413"]
+    if route.auth is not None:
+        wanted += ["401", "403"]
+        op["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+        op["description"] = f"Requires {_SCOPE_TEXT.get(route.auth, route.auth)}."
+    else:
+        op["security"] = []
+    if limited:
+        wanted.append("429")
+    for status in sorted(wanted):
+        responses[status] = {"description": _ERRORS[status],
+                             "content": _json_content(_ref(ErrorBody))}
+    op["responses"] = responses
+    return op
+
+
+def openapi_document(routes: list[Route], *, server_url: str | None = None) -> dict[str, Any]:
+    """The whole document: paths from ``routes``, components from ``server.schemas``."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if route.method == "HEAD":
+            continue
+        paths.setdefault(route.pattern, {})[route.method.lower()] = _operation(route)
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "gpufleet API", "version": __version__,
+                 "description": "Operator GPU API, metrics ingest, chargeback and agents."},
+        "paths": paths,
+        "components": {
+            "schemas": _component_schemas(),
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "Authorization: Bearer <key>"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc
