@@ -1,0 +1,266 @@
+"""SimulatedBackend: a deterministic node of the described fleet (sample_data/fleet.toml).
+
+Readings are a pure function of (fleet seed, node name, clock time) plus what was
+unloaded: the same clock gives the same snapshot. Utilization follows each job's
+schedule; memory, power, temperature, clocks and fan follow utilization; the energy
+counter is the exact integral of the smooth power curve since the simulated drivers
+loaded (``load.EPOCH``), so it never goes backwards while the clock moves forward.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from server import __version__
+from server.fleet import Fleet, GpuModelSpec, JobSpec, ModelSpec, default_fleet
+from server.gpu.base import GpuBackend, GpuSnapshot, ModelHost
+from server.gpu.load import LoadCurve, mix, seconds_since_epoch, unit
+from server.gpu.synthetic import extend_fleet
+from server.schemas import (
+    GpuInfo,
+    GpuMemory,
+    GpuProcess,
+    GpuUtilization,
+    LoadedModel,
+    NodeInfo,
+)
+
+SIM_DRIVER_VERSION = "550.54.15"
+SIM_CUDA_VERSION = "12.4"
+SIM_NVML_VERSION = "12.550.54.15"
+PEAK_POWER_SHARE = 0.92  # a busy GPU draws about this share of its power limit
+FOREIGN_PROCESS_MB = 1536  # the local node's process from another container
+
+_PROCESS_NAMES = {"ollama": "ollama", "triton": "tritonserver", "process": "python"}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _command(model: ModelSpec, job: JobSpec, gpu: int) -> str:
+    if model.runtime == "ollama":
+        return f"/usr/local/bin/ollama runner --model {model.name} --port 114{gpu:02d}"
+    if model.runtime == "triton":
+        return ("/opt/tritonserver/bin/tritonserver --model-repository=/models "
+                f"--model-control-mode=explicit --load-model={model.name}")
+    if job.schedule in ("nightly", "continuous") and len(job.gpus) > 1:
+        return (f"python -m torch.distributed.run --nproc-per-node={len(job.gpus)} "
+                f"train.py --model {model.name} --local-rank={job.gpus.index(gpu)}")
+    return f"python serve.py --model {model.name} --device cuda:{gpu}"
+
+
+@dataclass(slots=True)
+class _SimGpu:
+    """One simulated GPU and its mutable state (loaded or not, energy anchor)."""
+
+    index: int
+    spec: GpuModelSpec
+    uuid: str
+    salt: int
+    job: JobSpec | None
+    model: ModelSpec | None
+    curve: LoadCurve | None
+    pid: int | None
+    overhead_mb: int
+    residual_mb: int
+    ambient_c: float
+    passive: bool  # SXM modules have no fan of their own: NVML says Not Supported
+    foreign_mb: int = 0
+    loaded: bool = False
+    energy_offset_j: float = 0.0
+    idle_since: float | None = None  # seconds since EPOCH when its model was unloaded
+    idle_energy_j: float = 0.0
+    ever_unloaded: bool = False
+
+    def busy_power_w(self) -> float:
+        return PEAK_POWER_SHARE * self.spec.power_limit_w - self.spec.idle_power_w
+
+    def scheduled_energy_j(self, t: float) -> float:
+        idle = self.spec.idle_power_w * max(t, 0.0)
+        if self.curve is None:
+            return idle
+        return idle + self.busy_power_w() * self.curve.integral(t)
+
+    def energy_j(self, t: float) -> float:
+        if self.idle_since is not None:
+            return self.idle_energy_j + self.spec.idle_power_w * max(t - self.idle_since, 0.0)
+        return self.scheduled_energy_j(t) + self.energy_offset_j
+
+
+class SimulatedBackend(GpuBackend, ModelHost):
+    """One node of the simulated fleet; everything it reports says ``simulated``."""
+
+    simulated = True
+
+    def __init__(self, node_name: str | None = None, *, fleet: Fleet | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.fleet = fleet or default_fleet()
+        self.node_name = node_name or self.fleet.local_node
+        try:
+            node = self.fleet.node(self.node_name)
+        except KeyError:
+            raise ValueError(f"no node {self.node_name!r} in the simulated fleet") from None
+        self._clock = clock or _utc_now
+        self._lock = threading.Lock()
+        self._seed = mix(self.fleet.seed, zlib.crc32(self.node_name.encode()))
+        jobs = {i: job for job in self.fleet.jobs if job.node == self.node_name for i in job.gpus}
+        models = {m.name: m for m in self.fleet.models}
+        self._gpus = [self._build_gpu(i, arch, jobs.get(i), models)
+                      for i, arch in enumerate(node.gpus)]
+        if self.node_name == self.fleet.local_node and self._gpus:
+            # A PID from another container: the driver reports it, this host cannot see it.
+            self._gpus[-1].foreign_mb = FOREIGN_PROCESS_MB
+        self._foreign_pid = 200_000 + mix(self._seed, 7) % 100_000
+        self._node = NodeInfo(
+            hostname=self.node_name, driver_version=SIM_DRIVER_VERSION,
+            cuda_version=SIM_CUDA_VERSION, nvml_version=SIM_NVML_VERSION,
+            simulated=True, backend="simulated", gpufleet_version=__version__,
+        )
+
+    def _build_gpu(self, index: int, arch: str, job: JobSpec | None,
+                   models: dict[str, ModelSpec]) -> _SimGpu:
+        spec = self.fleet.gpu_models[arch]
+        salt = mix(self._seed, index)
+        raw = f"{mix(salt, 1):016x}{mix(salt, 2):016x}"
+        model = models[job.model] if job else None
+        job_seed = mix(self._seed, 1000 + job.gpus[0]) if job else 0
+        pid = None
+        if job and model:
+            # A server runtime is one process across the job's GPUs; a training job is one per GPU.
+            pid = 2_000 + job_seed % 60_000 + (0 if model.runtime != "process" else job.gpus.index(index))
+        return _SimGpu(
+            index=index, spec=spec,
+            uuid=f"GPU-{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:32]}",
+            salt=salt, job=job, model=model,
+            curve=LoadCurve(job.schedule, job_seed) if job else None,
+            pid=pid,
+            overhead_mb=400 + int(500 * unit(salt, 3)),
+            residual_mb=300 + int(200 * unit(salt, 4)),
+            ambient_c=28.0 + 6.0 * unit(salt, 5),
+            passive="SXM" in spec.name or "HBM" in spec.name,
+            loaded=model is not None,
+        )
+
+    # ------------------------------------------------------------ GpuBackend
+    def snapshot(self) -> GpuSnapshot:
+        with self._lock:
+            now = self._clock()
+            t = seconds_since_epoch(now)
+            gpus: list[GpuInfo] = []
+            processes: list[GpuProcess] = []
+            for gpu in self._gpus:
+                info, procs = self._read(gpu, t)
+                gpus.append(info)
+                processes.extend(procs)
+            return GpuSnapshot(taken_at=now, node=self._node, gpus=tuple(gpus),
+                               processes=tuple(processes))
+
+    def _read(self, gpu: _SimGpu, t: float) -> tuple[GpuInfo, list[GpuProcess]]:
+        spec = gpu.spec
+        loaded = gpu.loaded and gpu.model is not None and gpu.curve is not None
+        util = gpu.curve.utilization(t, gpu.salt) if loaded and gpu.curve else 0.0
+        procs: list[GpuProcess] = []
+        used = gpu.foreign_mb + (gpu.residual_mb if gpu.ever_unloaded and not loaded else 0)
+        if loaded and gpu.model and gpu.job:
+            room = spec.memory_mb - gpu.model.memory_mb - gpu.overhead_mb - gpu.foreign_mb - 256
+            working = int(util * max(0, min(4096, room)))  # activations / KV cache grow with load
+            process_mb = gpu.model.memory_mb + gpu.overhead_mb + working
+            used += process_mb
+            procs.append(GpuProcess(
+                pid=gpu.pid or 0, name=_PROCESS_NAMES.get(gpu.model.runtime, "python"),
+                memory_mb=process_mb, gpu_index=gpu.index, user=gpu.model.team,
+                command=_command(gpu.model, gpu.job, gpu.index), type="compute",
+            ))
+        if gpu.foreign_mb:
+            procs.append(GpuProcess(
+                pid=self._foreign_pid, name="unknown", memory_mb=gpu.foreign_mb,
+                gpu_index=gpu.index, type="compute", visible=False,
+            ))
+        used = min(used, spec.memory_mb)
+        power = spec.idle_power_w + gpu.busy_power_w() * util
+        if loaded and util < 0.05:
+            power += 0.04 * spec.power_limit_w  # a resident CUDA context keeps clocks up a little
+        sm_max = spec.sm_clock_max_mhz
+        if loaded:
+            sm_clock = int(sm_max * (0.55 + 0.45 * util)) if util >= 0.05 else int(sm_max * 0.5)
+        else:
+            sm_clock = 210
+        info = GpuInfo(
+            index=gpu.index,
+            name=spec.name,
+            uuid=gpu.uuid,
+            memory=GpuMemory.from_mb(spec.memory_mb, used),
+            utilization=GpuUtilization(
+                gpu_percent=round(util * 100),
+                memory_percent=round(util * 62),
+            ),
+            temperature_c=round(gpu.ambient_c + 48.0 * util + (4.0 if loaded else 0.0)),
+            power_draw_w=round(min(power, spec.power_limit_w), 1),
+            power_limit_w=float(spec.power_limit_w),
+            energy_j=round(gpu.energy_j(t), 3),
+            fan_speed_pct=None if gpu.passive else round(30 + 55 * util),
+            sm_clock_mhz=sm_clock,
+            memory_clock_mhz=spec.memory_clock_mhz if loaded or gpu.passive else 405,
+            pstate="P0" if loaded else "P8",
+            mig_mode=False,
+            team_id=gpu.model.team if loaded and gpu.model else None,
+            model_tag=gpu.model.name if loaded and gpu.model else None,
+        )
+        return info, procs
+
+    # ------------------------------------------------------------ ModelHost
+    def loaded_models(self) -> list[LoadedModel]:
+        with self._lock:
+            t = seconds_since_epoch(self._clock())
+            found: dict[str, LoadedModel] = {}
+            for gpu in self._gpus:
+                if not gpu.loaded or gpu.model is None or gpu.curve is None:
+                    continue
+                name = gpu.model.name
+                prior = found.get(name)
+                found[name] = LoadedModel(
+                    name=name, runtime="simulated",
+                    gpu_index=prior.gpu_index if prior else gpu.index,
+                    memory_mb=((prior.memory_mb or 0) if prior else 0) + gpu.model.memory_mb,
+                    in_use=(prior.in_use if prior else False) or gpu.curve.busy(t),
+                )
+            return list(found.values())
+
+    def unload(self, name: str) -> None:
+        """Free the model on every GPU it was on; it stays unloaded until reload_all()."""
+        with self._lock:
+            targets = [g for g in self._gpus if g.loaded and g.model and g.model.name == name]
+            if not targets:
+                raise KeyError(name)
+            t = seconds_since_epoch(self._clock())
+            for gpu in targets:
+                gpu.idle_energy_j = gpu.energy_j(t)
+                gpu.idle_since = t
+                gpu.loaded = False
+                gpu.ever_unloaded = True
+
+    def reload_all(self) -> None:
+        """Load every unloaded model again (tests and demos); energy carries on from where it was."""
+        with self._lock:
+            t = seconds_since_epoch(self._clock())
+            for gpu in self._gpus:
+                if gpu.model is not None and not gpu.loaded:
+                    energy = gpu.energy_j(t)
+                    gpu.idle_since = None
+                    gpu.energy_offset_j = energy - gpu.scheduled_energy_j(t)
+                    gpu.loaded = True
+
+
+def simulated_backends(count: int, gpus_per_node: int | None = None, *,
+                       clock: Callable[[], datetime] | None = None,
+                       fleet: Fleet | None = None) -> list[SimulatedBackend]:
+    """``count`` simulated nodes: the described ones first, then synthetic ``sim-node-NNN``."""
+    base = fleet or default_fleet()
+    extended = extend_fleet(base, count - len(base.nodes), gpus_per_node)
+    return [SimulatedBackend(node.name, fleet=extended, clock=clock)
+            for node in extended.nodes[:count]]
