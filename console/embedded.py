@@ -1,0 +1,282 @@
+"""Find or start the servers the console talks to: the local chargeback/hosts server and the demo fleet.
+
+Call :func:`start_demo_or_connect` once before the app runs (or
+:func:`start_demo_or_connect_async` from a running loop) and ``stop()`` the
+returned :class:`Connections` when the app exits. The local server is, in order:
+
+1. the configured one (``console.local_server_url``, default
+   ``http://127.0.0.1:<server.port>``) if it answers;
+2. another console's embedded server, named by the discovery file in the data
+   dir, if its process is alive and the server answers;
+3. a server started here, inside this process, on ``127.0.0.1`` with an
+   ephemeral port, over the DuckDB store in the data dir, with a generated local
+   key (its secret in a 0600 file: the store keeps only hashes); the sample month
+   is loaded when the data is simulated and the store holds no recent usage. The
+   discovery file (0600) then names it for other consoles until ``stop()``.
+
+With no NVIDIA GPU (or ``server.simulate``) a small simulated fleet is served
+from this process too, each node on its own loopback port with a static
+operator token, and everything is flagged ``simulated``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+from server.config import Settings, data_dir
+
+log = logging.getLogger("gpufleet.console.embedded")
+
+DISCOVERY_FILE = "console-server.json"
+KEY_FILE = "console-key"
+LOCAL_KEY_SCOPES = ["operator", "ingest", "read"]
+DEMO_NODE_COUNT = 4
+PROBE_TIMEOUT_S = 1.0
+STORE_BUSY_WAIT_S = 10.0  # another console may be starting its server right now
+RECENT_USAGE_DAYS = 30
+
+Origin = Literal["configured", "shared", "embedded"]
+
+
+class EmbeddedServerError(Exception):
+    """No local server could be found or started; the message says why."""
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """A node the fleet poller watches; ``token`` is secret and never shown or logged."""
+
+    name: str
+    url: str
+    token: str | None = field(default=None, repr=False)
+    simulated: bool = False
+
+
+@dataclass
+class Connections:
+    """What the console talks to, and how to let it go."""
+
+    local_url: str
+    local_key: str | None = field(repr=False)
+    nodes: list[NodeTarget]
+    simulated: bool
+    origin: Origin
+    _stoppers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def stop(self) -> None:
+        """Stop what this console started (servers, discovery file); idempotent."""
+        while self._stoppers:
+            stopper = self._stoppers.pop()
+            try:
+                stopper()
+            except Exception:
+                log.exception("stopping an embedded server failed")
+
+
+def discovery_path(directory: Path | None = None) -> Path:
+    return (directory or data_dir()) / DISCOVERY_FILE
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def server_answers(url: str, *, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True when a gpufleet server answers the unauthenticated ingest health check at ``url``."""
+    from server.client import GpuFleetClient, GpuFleetError
+
+    try:
+        with GpuFleetClient(url, timeout=timeout) as client:
+            client.ingest_health()
+    except GpuFleetError:
+        return False
+    return True
+
+
+def nvidia_gpu_present() -> bool:
+    """True when NVML loads and finds at least one GPU (the server layer owns pynvml)."""
+    from server.gpu.base import BackendUnavailable
+    from server.gpu.nvml import NvmlBackend
+
+    try:
+        NvmlBackend().close()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def _read_key(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _read_discovery(directory: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(discovery_path(directory).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and {"url", "pid"} <= info.keys() else None
+
+
+def _shared_server(directory: Path, *, timeout: float) -> tuple[str, str | None] | None:
+    """Another console's server, when its discovery file names a live process that answers."""
+    info = _read_discovery(directory)
+    if info is None or not psutil.pid_exists(int(info["pid"])):
+        return None
+    if not server_answers(str(info["url"]), timeout=timeout):
+        return None
+    key_file = info.get("key_file")
+    return str(info["url"]), _read_key(Path(key_file)) if key_file else None
+
+
+def _local_key(store: Any, directory: Path, account: str) -> str:
+    """The console's key: the one in the key file when the store still accepts it, else a new one."""
+    key_path = directory / KEY_FILE
+    secret = _read_key(key_path)
+    if secret is not None:
+        info = store.authenticate(secret)
+        if info is not None and info.revoked_at is None:
+            return secret
+    name = f"console-local-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+    created = store.create_key(name, list(LOCAL_KEY_SCOPES), account)
+    write_private(key_path, created.key)
+    return created.key
+
+
+def _load_sample_if_empty(store: Any, settings: Settings) -> None:
+    from server.sample import load_sample_month
+
+    today = datetime.now(UTC).date()
+    report = store.chargeback(settings.server.account, today - timedelta(days=RECENT_USAGE_DAYS),
+                              today, settings.pricing, datetime.now(UTC))
+    if not report.teams:
+        inserted = load_sample_month(store, settings.server.account)
+        log.info("loaded the sample month into the console's store: %d samples", inserted)
+
+
+def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
+                        ) -> tuple[Any, None] | tuple[None, tuple[str, str | None]]:
+    """Open the store, or, when another process holds it, wait for that console's discovery file."""
+    from server.store import MetricsStore
+
+    db_path = settings.server.resolved_db_path()
+    db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    deadline = time.monotonic() + STORE_BUSY_WAIT_S
+    while True:
+        try:
+            return MetricsStore.open(db_path), None
+        except Exception as exc:  # DuckDB reports a held lock as a generic IOException
+            shared = _shared_server(directory, timeout=timeout)
+            if shared is not None:
+                return None, shared
+            if time.monotonic() >= deadline:
+                raise EmbeddedServerError(f"cannot open the store {db_path}: {exc}") from exc
+            time.sleep(0.2)  # bounded retry while the other console finishes starting
+
+
+def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
+                        timeout: float, connections: Connections) -> None:
+    from server.embedded import EmbeddedServer
+    from server.gpu.select import open_backend
+
+    store, shared = _open_store_or_wait(settings, directory, timeout)
+    if shared is not None:
+        connections.local_url, connections.local_key = shared
+        connections.origin = "shared"
+        return
+    connections._stoppers.append(store.close)
+    key = _local_key(store, directory, settings.server.account)
+    if simulated:
+        _load_sample_if_empty(store, settings)
+    local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0})
+    backend = open_backend(simulate=simulated)
+    connections._stoppers.append(backend.close)
+    server = EmbeddedServer(local, backend=backend, store=store)
+    url = server.start()
+    connections._stoppers.append(server.stop)
+    write_private(discovery_path(directory), json.dumps(
+        {"url": url, "pid": os.getpid(), "key_file": str(directory / KEY_FILE),
+         "started_at": datetime.now(UTC).isoformat()}))
+    connections._stoppers.append(lambda: _remove_discovery(directory, url))
+    connections.local_url, connections.local_key, connections.origin = url, key, "embedded"
+    log.info("started an embedded server at %s", url)
+
+
+def _start_demo_fleet(settings: Settings, count: int, connections: Connections) -> list[NodeTarget]:
+    """``count`` simulated nodes, each an operator-only server on its own loopback port."""
+    from server.auth import StaticKeyResolver
+    from server.embedded import EmbeddedServer
+    from server.gpu.simulated import simulated_backends
+
+    token = secrets.token_urlsafe(24)
+    local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0})
+    nodes: list[NodeTarget] = []
+    for backend in simulated_backends(count):
+        name = backend.snapshot().node.hostname
+        server = EmbeddedServer(local, backend=backend, store=None,
+                                key_resolver=StaticKeyResolver.operator(token, name="console-demo"))
+        url = server.start()
+        connections._stoppers.append(server.stop)
+        nodes.append(NodeTarget(name=name, url=url, token=token, simulated=True))
+    log.info("serving a simulated demo fleet of %d nodes", len(nodes))
+    return nodes
+
+
+def _remove_discovery(directory: Path, url: str) -> None:
+    # Only our own file: a later console may have replaced it with its own server's.
+    info = _read_discovery(directory)
+    if info is not None and info.get("url") == url and int(info["pid"]) == os.getpid():
+        discovery_path(directory).unlink(missing_ok=True)
+
+
+def start_demo_or_connect(settings: Settings, *, directory: Path | None = None,
+                          gpu_present: bool | None = None, demo_nodes: int = DEMO_NODE_COUNT,
+                          probe_timeout_s: float = PROBE_TIMEOUT_S) -> Connections:
+    """Find or start the local server and, without a GPU, the demo fleet. Blocking."""
+    directory = directory or data_dir()
+    if gpu_present is None:
+        gpu_present = nvidia_gpu_present()
+    simulated = settings.server.simulate or not gpu_present
+    configured = (settings.console.local_server_url
+                  or f"http://127.0.0.1:{settings.server.port}").rstrip("/")
+    connections = Connections(configured, None, [], simulated, "configured")
+    try:
+        if server_answers(configured, timeout=probe_timeout_s):
+            connections.local_key = os.environ.get("GPUFLEET_KEY") or _read_key(directory / KEY_FILE)
+        elif (shared := _shared_server(directory, timeout=probe_timeout_s)) is not None:
+            connections.local_url, connections.local_key = shared
+            connections.origin = "shared"
+        else:
+            _start_local_server(settings, directory, simulated=simulated,
+                                timeout=probe_timeout_s, connections=connections)
+        if simulated and demo_nodes > 0:
+            connections.nodes = _start_demo_fleet(settings, demo_nodes, connections)
+    except BaseException:
+        connections.stop()
+        raise
+    return connections
+
+
+async def start_demo_or_connect_async(settings: Settings, **kwargs: Any) -> Connections:
+    """:func:`start_demo_or_connect` in a thread, for callers already inside an event loop."""
+    return await asyncio.to_thread(start_demo_or_connect, settings, **kwargs)
