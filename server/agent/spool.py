@@ -330,6 +330,8 @@ class Spool:
     def close(self) -> None:
         self._close_active()
         if self._lock_fd >= 0:
+            self._delete_consumed()
+        if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = -1
 
