@@ -1,0 +1,214 @@
+"""The console app: composes the screens, runs one poller per node and owns the fleet state.
+
+Pollers post messages; the handlers here apply them to ``FleetState`` and mark
+the screen dirty; one short timer per burst redraws it, so 64 nodes answering
+in the same 50 ms cost one redraw, not 64.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from console.config import NodeTarget
+from console.datasource import DataSource
+from console.messages import NodeFailed, NodePolled
+from console.poller import ClientFactory, default_client_factory, poll_node
+from console.screens.detail import GpuDetailScreen
+from console.screens.fleet import FleetScreen
+from console.screens.purge import PurgeModal
+from console.state import FleetState
+from server.client import AsyncGpuFleetClient
+from server.config import ConsoleSettings
+from server.schemas import PurgeResult, utc_now
+
+log = logging.getLogger("gpufleet.console")
+
+REDRAW_DELAY_S = 0.05  # a burst of node updates within this window redraws once
+PURGE_TIMEOUT_S = 120.0  # a purge waits for runtimes to unload and memory to settle
+LIGHT_THEME = "textual-light"
+
+
+class NoServerScreen(Screen[None]):
+    """Stands in for chargeback and hosts when no local server is known."""
+
+    BINDINGS = [Binding("escape", "app.switch_mode('fleet')", "Fleet", id="noserver.back")]
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield Static(f"{self.what}: no local gpufleet server is configured or running.\n"
+                     "Start one with `gpufleet serve`, or set [console] local_server_url.",
+                     id="noserver-text")
+        yield Footer()
+
+
+class GpuFleetApp(App[None]):
+    """The gpufleet console."""
+
+    CSS_PATH = "console.tcss"
+    TITLE = "gpufleet"
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="app.quit", tooltip="Quit the console"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="app.quit_ctrl_c"),
+        Binding("f", "switch_mode('fleet')", "Fleet", id="app.fleet", tooltip="The live fleet"),
+        Binding("c", "switch_mode('chargeback')", "Chargeback", id="app.chargeback",
+                tooltip="Cost by team, architecture and model"),
+        Binding("h", "switch_mode('hosts')", "Hosts", id="app.hosts", tooltip="Agents reporting to the server"),
+        Binding("question_mark", "help", "Help", id="app.help", tooltip="Every key binding"),
+        Binding("t", "toggle_dark", "Theme", id="app.toggle_theme", tooltip="Switch light / dark"),
+    ]
+
+    def __init__(
+        self,
+        settings: ConsoleSettings,
+        targets: Iterable[NodeTarget],
+        *,
+        data_source: DataSource | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        readonly: bool | None = None,
+        refresh_s: float | None = None,
+        client_factory: ClientFactory = default_client_factory,
+        mask_rtt: bool = False,
+        export_dir: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.targets = {t.name: t for t in targets}
+        self.data_source = data_source
+        self.clock = clock
+        self.readonly = settings.readonly if readonly is None else readonly
+        self.refresh_s = max(0.5, refresh_s if refresh_s is not None else settings.refresh_s)
+        self.client_factory = client_factory
+        self.mask_rtt = mask_rtt
+        self.fleet = FleetState(self.targets, refresh_s=self.refresh_s)
+        self._clients: dict[str, AsyncGpuFleetClient] = {}
+        self._redraw_pending = False
+        self.redraws = 0  # how many coalesced redraws ran (tests and the bench read it)
+        self.theme = settings.theme
+        self._dark_theme = settings.theme if settings.theme != LIGHT_THEME else "textual-dark"
+        if settings.keybindings:
+            self.set_keymap(dict(settings.keybindings))
+        self.add_mode("fleet", self._fleet_screen)
+        self.add_mode("chargeback", self._chargeback_screen)
+        self.add_mode("hosts", self._hosts_screen)
+        self._export_dir = export_dir
+
+    # -- screens -------------------------------------------------------------------
+
+    def _fleet_screen(self) -> Screen[None]:
+        return FleetScreen(self.fleet, clock=self.clock, readonly=self.readonly, mask_rtt=self.mask_rtt)
+
+    def _chargeback_screen(self) -> Screen[None]:
+        if self.data_source is None:
+            return NoServerScreen("Chargeback")
+        from console.screens.chargeback import ChargebackScreen
+
+        return ChargebackScreen(self.data_source, clock=lambda: self.clock().date(),
+                                simulated=self.fleet.simulated, export_dir=self._export_dir)
+
+    def _hosts_screen(self) -> Screen[None]:
+        if self.data_source is None:
+            return NoServerScreen("Hosts")
+        from console.screens.hosts import HostsScreen
+
+        return HostsScreen(self.data_source, clock=self.clock, simulated=self.fleet.simulated)
+
+    def open_detail(self, node: str, gpu_index: int) -> None:
+        self.push_screen(GpuDetailScreen(self.fleet, node, gpu_index, clock=self.clock,
+                                         readonly=self.readonly, mask_rtt=self.mask_rtt))
+
+    def open_purge(self, node: str, gpu_indices: list[int] | None) -> None:
+        if self.readonly:
+            return
+        target = self.targets[node]
+        self.push_screen(PurgeModal(self.fleet.nodes[node], gpu_indices, partial(self._purge, target)))
+
+    async def _purge(self, target: NodeTarget, force: bool, gpu_indices: list[int] | None) -> PurgeResult:
+        # Its own client: a purge outlives the poll timeout, and must not queue behind a poll.
+        client = self.client_factory(target, PURGE_TIMEOUT_S)
+        try:
+            result = await client.purge_gpu(force=force, gpu_indices=gpu_indices)
+        finally:
+            await client.aclose()
+        log.info("purge on %s (force=%s, gpus=%s): %s", target.name, force, gpu_indices, result.status)
+        return result
+
+    def action_help(self) -> None:
+        from console.screens.help import HelpScreen
+
+        self.push_screen(HelpScreen([FleetScreen, GpuDetailScreen, PurgeModal]))
+
+    def action_toggle_dark(self) -> None:
+        self.theme = self._dark_theme if self.theme == LIGHT_THEME else LIGHT_THEME
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Fleet", "The live fleet", partial(self.switch_mode, "fleet"))
+        yield SystemCommand("Chargeback", "Cost by team", partial(self.switch_mode, "chargeback"))
+        yield SystemCommand("Hosts", "Agents reporting to the server", partial(self.switch_mode, "hosts"))
+        yield SystemCommand("Help", "Every key binding", self.action_help)
+        yield SystemCommand("Toggle light/dark", "Switch the theme", self.action_toggle_dark)
+        if isinstance(screen, FleetScreen):
+            yield SystemCommand("Filter", "Filter the fleet", screen.action_filter)
+            yield SystemCommand("Sort by next column", "Cycle the sort column", screen.action_sort_next)
+            yield SystemCommand("Reverse sort", "Reverse the sort order", screen.action_sort_reverse)
+            if not self.readonly:
+                yield SystemCommand("Purge", "Purge the GPU or node under the cursor", screen.action_purge)
+        if isinstance(screen, GpuDetailScreen) and not self.readonly:
+            yield SystemCommand("Purge this GPU", "Purge this GPU's memory", screen.action_purge)
+
+    # -- polling -------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.switch_mode("fleet")
+        for target in self.targets.values():
+            client = self.client_factory(target, self.settings.request_timeout_s)
+            self._clients[target.name] = client
+            self.run_worker(
+                poll_node(target, client, interval_s=self.refresh_s,
+                          timeout_s=self.settings.request_timeout_s,
+                          post=self.post_message, clock=self.clock),
+                name=f"poll {target.name}", group=f"poll:{target.name}",
+                exclusive=True, exit_on_error=False,
+            )
+
+    async def on_unmount(self) -> None:
+        self.workers.cancel_all()
+        closers = [c.aclose() for c in self._clients.values()]
+        source_close = getattr(self.data_source, "aclose", None)
+        if source_close is not None:
+            closers.append(source_close())
+        await asyncio.gather(*closers, return_exceptions=True)
+        self._clients.clear()
+
+    def on_node_polled(self, message: NodePolled) -> None:
+        self.fleet.apply_status(message.node, message.status, message.rtt_ms, message.at)
+        self._schedule_redraw()
+
+    def on_node_failed(self, message: NodeFailed) -> None:
+        self.fleet.apply_failure(message.node, message.error, message.at)
+        self._schedule_redraw()
+
+    def _schedule_redraw(self) -> None:
+        if not self._redraw_pending:
+            self._redraw_pending = True
+            self.set_timer(REDRAW_DELAY_S, self._redraw)
+
+    def _redraw(self) -> None:
+        self._redraw_pending = False
+        self.redraws += 1
+        refresh = getattr(self.screen, "refresh_fleet", None)
+        if refresh is not None:
+            refresh()

@@ -1,0 +1,101 @@
+"""``gpufleet console`` (also plain ``gpufleet``): the live fleet console."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from console.config import NodeTarget
+    from server.config import Settings
+
+HELP = "Open the fleet console: live GPUs of every node, purge, chargeback and hosts."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, metavar="PATH",
+                        help="configuration file (default: the platformdirs config dir)")
+    parser.add_argument("--nodes-file", type=Path, action="append", default=[], metavar="PATH",
+                        help="extra [[nodes]] TOML (e.g. the one `gpufleet simulate` writes); repeatable")
+    parser.add_argument("--readonly", action="store_true", default=None,
+                        help="no purge: watch only")
+    parser.add_argument("--refresh", type=float, default=None, metavar="S",
+                        help="seconds between polls of each node (default 2, at least 0.5)")
+    parser.add_argument("--theme", default=None, help="Textual theme name (t toggles light/dark)")
+    parser.add_argument("--no-demo", action="store_true",
+                        help="never start the simulated demo fleet, even without an NVIDIA driver")
+    parser.add_argument("--demo-nodes", type=int, default=None, metavar="N",
+                        help="size of the simulated demo fleet (default 4)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    import tomllib
+
+    from server.config import ConfigError, NodeSettings, load_settings
+
+    settings = load_settings(args.config, overrides={
+        "console.readonly": args.readonly,
+        "console.refresh_s": args.refresh,
+        "console.theme": args.theme,
+    })
+    extra = []
+    for path in args.nodes_file:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        try:
+            extra += [NodeSettings.model_validate(n) for n in data.get("nodes", [])]
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    if extra:
+        settings = settings.model_copy(update={"nodes": [*settings.nodes, *extra]})
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from console.config import ConsoleConfigError, NodeTarget, Secret, node_targets
+    from server.config import ConfigError
+
+    # The terminal belongs to the UI: log warnings to a file only if asked.
+    logging.getLogger("gpufleet").addHandler(logging.NullHandler())
+    try:
+        settings = _settings(args)
+        targets: list[NodeTarget] = node_targets(settings)
+    except (ConfigError, ConsoleConfigError) as exc:
+        print(f"gpufleet console: {exc}", file=sys.stderr)
+        return 2
+
+    from console.embedded import EmbeddedServerError, start_demo_or_connect
+
+    demo_nodes = 0 if args.no_demo or targets else (args.demo_nodes if args.demo_nodes is not None else 4)
+    try:
+        connections = start_demo_or_connect(settings, demo_nodes=demo_nodes)
+    except EmbeddedServerError as exc:
+        print(f"gpufleet console: {exc}", file=sys.stderr)
+        return 1
+    try:
+        names = {t.name for t in targets}
+        for node in connections.nodes:
+            if node.name not in names:
+                targets.append(NodeTarget(node.name, node.url, Secret(node.token) if node.token else None))
+        if settings.console.include_local and not connections.simulated:
+            key = Secret(connections.local_key) if connections.local_key else None
+            targets.insert(0, NodeTarget("local", connections.local_url, key))
+        return _run_app(settings, targets, connections.local_url, connections.local_key)
+    finally:
+        connections.stop()
+
+
+def _run_app(settings: Settings, targets: list[NodeTarget], local_url: str, local_key: str | None) -> int:
+    from console.app import GpuFleetApp
+    from console.datasource import ClientDataSource
+
+    source = ClientDataSource.connect(local_url, local_key, timeout=max(10.0, settings.console.request_timeout_s))
+    app = GpuFleetApp(settings.console, targets, data_source=source)
+    app.run()
+    return int(app.return_code or 0)

@@ -1,0 +1,140 @@
+"""The fleet screen: every GPU of every node, sortable and filterable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+
+from console.state import SORT_KEYS, FleetRow, FleetState, SortKey
+from console.widgets.badges import SimulatedBadge
+from console.widgets.fleet_table import FleetTable
+
+
+class FleetScreen(Screen[None]):
+    """The console's home: a live table of the fleet."""
+
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", id="fleet.filter", tooltip="Filter by node, GPU, team, model or process"),
+        Binding("s", "sort_next", "Sort", id="fleet.sort", tooltip="Sort by the next column"),
+        Binding("r", "sort_reverse", "Reverse", id="fleet.reverse", tooltip="Reverse the sort order"),
+        Binding("p", "purge", "Purge", id="fleet.purge", tooltip="Purge the GPU (or node) under the cursor"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="fleet.clear_filter"),
+    ]
+
+    def __init__(self, state: FleetState, *, clock: Callable[[], datetime], readonly: bool,
+                 mask_rtt: bool = False) -> None:
+        super().__init__(id="fleet")
+        self.state = state
+        self.clock = clock
+        self.readonly = readonly
+        self.mask_rtt = mask_rtt
+        self.sort: SortKey = "node"
+        self.reverse = False
+        self.query_text = ""
+        self._drawn_version = -1
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="fleet-bar"):
+            yield Static("gpufleet", id="fleet-title")
+            yield Static("", id="fleet-summary")
+            yield SimulatedBadge(id="fleet-simulated")
+        yield FleetTable(id="fleet-table", mask_rtt=self.mask_rtt)
+        yield Input(placeholder="filter: node, GPU, team, model or process (enter keeps, esc clears)",
+                    id="fleet-filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#fleet-filter", Input).display = False
+        self.refresh_fleet(force=True)
+        self.query_one(FleetTable).focus()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_fleet(force=True)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "purge" and self.readonly:
+            return None  # hidden, not merely disabled: a read-only console has no purge
+        return True
+
+    @property
+    def table(self) -> FleetTable:
+        return self.query_one(FleetTable)
+
+    def refresh_fleet(self, *, force: bool = False) -> None:
+        """Redraw from the state (called once per coalesced burst of updates)."""
+        if not force and self._drawn_version == self.state.version:
+            return
+        self._drawn_version = self.state.version
+        rows = self.state.rows(sort=self.sort, reverse=self.reverse, query=self.query_text)
+        self.table.show(rows, sort=self.sort, reverse=self.reverse, now=self.clock())
+        up, total, gpus = self.state.counts()
+        summary = f"{up}/{total} nodes up · {gpus} GPUs · sort {self.sort}{' ▼' if self.reverse else ' ▲'}"
+        if self.query_text:
+            summary += f" · filter “{self.query_text}” ({sum(1 for r in rows if r.kind == 'gpu')} GPUs)"
+        if self.readonly:
+            summary += " · read-only"
+        self.query_one("#fleet-summary", Static).update(summary)
+        self.query_one(SimulatedBadge).set_on(self.state.simulated)
+
+    # -- sorting and filtering ---------------------------------------------------------
+
+    def set_sort(self, sort: SortKey, *, reverse: bool | None = None) -> None:
+        if reverse is None:
+            reverse = not self.reverse if sort == self.sort else sort not in ("node", "holder")
+        self.sort, self.reverse = sort, reverse
+        self.refresh_fleet(force=True)
+
+    def action_sort_next(self) -> None:
+        following = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
+        self.set_sort(following, reverse=following not in ("node", "holder"))
+
+    def action_sort_reverse(self) -> None:
+        self.set_sort(self.sort, reverse=not self.reverse)
+
+    @on(FleetTable.HeaderClicked)
+    def _header_clicked(self, event: FleetTable.HeaderClicked) -> None:
+        self.set_sort(event.sort)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#fleet-filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#fleet-filter", Input)
+        box.value = ""
+        box.display = False
+        self.table.focus()
+
+    @on(Input.Changed, "#fleet-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.query_text = event.value
+        self.refresh_fleet(force=True)
+
+    @on(Input.Submitted, "#fleet-filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if not event.value:
+            event.input.display = False
+        self.table.focus()
+
+    # -- navigation ----------------------------------------------------------------
+
+    @on(FleetTable.Selected)
+    def _row_selected(self, event: FleetTable.Selected) -> None:
+        row = event.row
+        if row.kind == "gpu" and row.gpu is not None:
+            self.app.open_detail(row.node.name, row.gpu.index)  # type: ignore[attr-defined]
+
+    def action_purge(self) -> None:
+        row: FleetRow | None = self.table.current
+        if row is None or self.readonly:
+            return
+        indices = [row.gpu.index] if row.kind == "gpu" and row.gpu is not None else None
+        self.app.open_purge(row.node.name, indices)  # type: ignore[attr-defined]

@@ -1,0 +1,184 @@
+"""The guarded purge: says exactly what will happen, asks, runs, then shows what happened."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static, Switch
+
+from console.poller import describe_error
+from console.state import NodeState
+from console.widgets.format import gib, short_gpu_name
+from server.schemas import PurgeResult
+
+PurgeCall = Callable[[bool, list[int] | None], Awaitable[PurgeResult]]
+
+
+def _esc(text: str) -> str:
+    """Escape markup in text that came from a server (model and process names, errors)."""
+    return text.replace("[", r"\[")
+
+
+def describe_plan(node: NodeState, gpu_indices: list[int] | None) -> list[str]:
+    """The confirmation text: memory in use, each model and whether in use, processes signalled."""
+    status = node.status
+    lines: list[str] = []
+    gpus = [g for g in (status.gpus if status else []) if gpu_indices is None or g.index in gpu_indices]
+    scope = "every GPU" if gpu_indices is None else ", ".join(f"GPU {i}" for i in gpu_indices)
+    lines.append(f"Node [b]{_esc(node.name)}[/b] · {scope}")
+    if not node.reachable:
+        lines.append("[$error]This node is not answering: the purge will most likely fail.[/]")
+    used = sum(g.memory.used_mb for g in gpus)
+    total = sum(g.memory.total_mb for g in gpus)
+    lines.append(f"Memory in use: [b]{gib(used)} / {gib(total)} GiB[/b]")
+    for gpu in gpus:
+        lines.append(f"  GPU {gpu.index} {short_gpu_name(gpu.name)}: {gib(gpu.memory.used_mb)} GiB used")
+    models = node.models_on(gpu_indices)
+    runtimes = [m for m in models if m.runtime != "process"]
+    processes = [m for m in models if m.runtime == "process"]
+    lines.append("")
+    lines.append("Loaded models (unloaded by the purge):" if runtimes else "No loaded models reported.")
+    for model in runtimes:
+        where = f"GPU {model.gpu_index}" if model.gpu_index is not None else "any GPU"
+        size = f"{gib(model.memory_mb)} GiB" if model.memory_mb is not None else "size unknown"
+        state = ("[$warning]in use: skipped unless forced[/]" if model.in_use
+                 else "[$success]idle: unloaded[/]")
+        lines.append(f"  {_esc(model.name)} ({model.runtime}, {where}, {size}) {state}")
+    if processes:
+        lines.append("Processes that would be signalled (SIGTERM, then SIGKILL):")
+        for proc in processes:
+            state = "[$warning]busy: only with force[/]" if proc.in_use else "idle"
+            lines.append(f"  {_esc(proc.name)} (GPU {proc.gpu_index}) {state}")
+    others = [p for p in (status.processes if status else [])
+              if gpu_indices is None or p.gpu_index in gpu_indices]
+    if others:
+        lines.append(f"{len(others)} GPU process(es) on these GPUs; a process is only signalled "
+                     "when a configured runtime owns it.")
+    return lines
+
+
+def describe_result(result: PurgeResult) -> list[str]:
+    """The outcome: status, freed memory, models unloaded and skipped, actions, errors, advice."""
+    colour = {"success": "$success", "partial": "$warning", "error": "$error"}[result.status]
+    lines = [
+        f"Status: [{colour}]{result.status}[/]",
+        f"Freed [b]{result.memory_freed_gb:.1f} GiB[/b]: {result.memory_before.used_gb:.1f} → "
+        f"{result.memory_after.used_gb:.1f} of {result.memory_after.total_gb:.1f} GiB",
+        "Models unloaded: " + (", ".join(_esc(m) for m in result.models_unloaded) or "none"),
+    ]
+    if result.skipped:
+        lines.append("[$warning]Skipped:[/] " + ", ".join(_esc(s) for s in result.skipped))
+    lines.append("Actions:" if result.actions else "Actions: none")
+    lines += [f"  • {_esc(a)}" for a in result.actions]
+    if result.errors:
+        lines.append("[$error]Errors:[/]")
+        lines += [f"  [$error]✖ {_esc(e)}[/]" for e in result.errors]
+    lines.append(f"Recommendation: {_esc(result.recommendation)}")
+    return lines
+
+
+class PurgeModal(ModalScreen[PurgeResult | None]):
+    """Confirm a purge of some GPUs of one node; Cancel is focused first."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="purge.cancel", tooltip="Close without purging")]
+
+    def __init__(self, node: NodeState, gpu_indices: list[int] | None, purge: PurgeCall) -> None:
+        super().__init__(id="purge")
+        self.node = node
+        self.gpu_indices = gpu_indices
+        self._purge = purge
+        self.result: PurgeResult | None = None
+        self.error: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="purge-dialog"):
+            yield Label("Purge GPU memory", id="purge-title")
+            with VerticalScroll(id="purge-body"):
+                yield Static("\n".join(describe_plan(self.node, self.gpu_indices)), id="purge-plan")
+                with Horizontal(id="purge-force-row"):
+                    yield Switch(value=False, id="purge-force")
+                    yield Label("Force: also unload models in use and signal busy processes",
+                                id="purge-force-label")
+                yield Input(placeholder=f"type {self.node.name} to confirm force", id="purge-confirm")
+                yield Static("", id="purge-result")
+            with Horizontal(id="purge-buttons"):
+                yield Button("Cancel", id="purge-cancel", variant="primary")
+                yield Button("Purge", id="purge-go", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#purge-confirm", Input).display = False
+        self.query_one("#purge-result", Static).display = False
+        self.query_one("#purge-cancel", Button).focus()
+
+    @property
+    def force(self) -> bool:
+        return self.query_one("#purge-force", Switch).value
+
+    def _ready(self) -> bool:
+        if not self.force:
+            return True
+        return self.query_one("#purge-confirm", Input).value.strip() == self.node.name
+
+    @on(Switch.Changed, "#purge-force")
+    def _force_changed(self, event: Switch.Changed) -> None:
+        confirm = self.query_one("#purge-confirm", Input)
+        confirm.display = event.value
+        if event.value:
+            confirm.focus()
+        self.query_one("#purge-go", Button).disabled = not self._ready()
+
+    @on(Input.Changed, "#purge-confirm")
+    def _confirm_changed(self) -> None:
+        self.query_one("#purge-go", Button).disabled = not self._ready()
+
+    @on(Button.Pressed, "#purge-cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(self.result)
+
+    @on(Button.Pressed, "#purge-go")
+    def _go(self) -> None:
+        if not self._ready():
+            return
+        go = self.query_one("#purge-go", Button)
+        go.disabled = True
+        go.label = "Purging…"
+        self.query_one("#purge-force", Switch).disabled = True
+        self.query_one("#purge-confirm", Input).disabled = True
+        self._run(self.force)
+
+    @work(exclusive=True, group="purge")
+    async def _run(self, force: bool) -> None:
+        try:
+            result = await self._purge(force, self.gpu_indices)
+        except Exception as exc:  # every failure is shown, never swallowed
+            self._show_failure(describe_error(exc))
+        else:
+            self._show_result(result)
+
+    def _show_result(self, result: PurgeResult) -> None:
+        self.result = result
+        self._finish("\n".join(describe_result(result)), result.status)
+
+    def _show_failure(self, message: str) -> None:
+        self.error = message
+        self._finish(f"[$error]Purge failed: {_esc(message)}[/]\nNothing is known to have been "
+                     "unloaded; check the node and try again.", "error")
+
+    def _finish(self, text: str, status: str) -> None:
+        self.query_one("#purge-plan", Static).display = False
+        self.query_one("#purge-force-row").display = False
+        self.query_one("#purge-confirm", Input).display = False
+        outcome = self.query_one("#purge-result", Static)
+        outcome.update(text)
+        outcome.display = True
+        self.query_one("#purge-title", Label).update(f"Purge result · {self.node.name}")
+        self.set_class(True, f"-{status}")
+        self.query_one("#purge-go", Button).display = False
+        cancel = self.query_one("#purge-cancel", Button)
+        cancel.label = "Close"
+        cancel.focus()

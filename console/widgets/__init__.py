@@ -1,0 +1,1 @@
+"""Widgets of the console: they render what they are given and never do I/O."""

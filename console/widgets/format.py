@@ -1,0 +1,58 @@
+"""Text formatting and threshold levels shared by the console's widgets (pure functions)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+Level = Literal["ok", "warn", "crit"]
+
+# Thresholds: (warn at, critical at). Colours come from the theme via these level names.
+MEMORY_PCT = (70.0, 90.0)
+TEMP_C = (75.0, 85.0)
+POWER_PCT_OF_LIMIT = (80.0, 95.0)
+UTIL_PCT = (101.0, 101.0)  # a busy GPU is the point of a GPU: utilisation is never a warning
+
+
+def level(value: float | None, thresholds: tuple[float, float]) -> Level:
+    if value is None or value < thresholds[0]:
+        return "ok"
+    return "warn" if value < thresholds[1] else "crit"
+
+
+def short_gpu_name(name: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``H100 80GB HBM3``: the vendor is the same on every row."""
+    return name.removeprefix("NVIDIA ").removeprefix("Tesla ")
+
+
+def gib(mb: float) -> str:
+    return f"{mb / 1024:.1f}"
+
+
+def pct(value: float | int | None) -> str:
+    return "—" if value is None else f"{value:.0f}%"
+
+
+def temp(value: int | None) -> str:
+    return "—" if value is None else f"{value}°C"
+
+
+def watts(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}W"
+
+
+def ago(then: datetime | None, now: datetime) -> str:
+    """``12s ago``, ``4m ago``, ``3h ago``, ``2d ago``; ``never`` without a time."""
+    if then is None:
+        return "never"
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def rtt(ms: float | None, *, masked: bool = False) -> str:
+    if ms is None:
+        return ""
+    return "·· ms" if masked else f"{ms:.0f} ms"
