@@ -175,7 +175,7 @@ class HttpProtocol:
             raise _Reject(413, self._too_large())
 
         if h.they_are_waiting_for_100_continue:
-            await self._stream.write(h.send(h11.InformationalResponse(status_code=100)))
+            await self._stream.write(h.send(h11.InformationalResponse(status_code=100, headers=[])))
         chunks: list[bytes] = []
         size = 0
         deadline = self._stream.now() + limits.body_timeout_s

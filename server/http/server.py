@@ -52,6 +52,7 @@ class HttpServer:
         self._protocols: dict[HttpProtocol, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # every connection task, refused ones too
         self._chains: dict[Route, Handler] = {}
+        self._stopped: asyncio.Future[None] | None = None
         self.address: tuple[str, int] | None = None
 
     @property
@@ -83,8 +84,13 @@ class HttpServer:
         """Stop accepting, close idle connections, let in-flight requests finish, then close.
 
         Requests still running after ``limits.shutdown_grace_s`` are cancelled. Then the
-        ``on_shutdown`` callbacks run, in order.
+        ``on_shutdown`` callbacks run, in order. Calling it again waits for the first call.
         """
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stopped)
+
+    async def _shutdown(self) -> None:
         self._state.closing = True
         if self._server is not None:
             self._server.close()
