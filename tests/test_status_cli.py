@@ -1,0 +1,83 @@
+"""``gpufleet status`` end to end, in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from server.schemas import GpuStatusResponse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gpufleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_status_simulated_table():
+    result = _gpufleet("status", "--simulate")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "ws-gpu-01" in out and "SIMULATED" in out and "CUDA 12.4" in out
+    assert "NVIDIA H100 80GB HBM3" in out and "NVIDIA L40S" in out
+    assert "ollama" in out and "not visible from this host" in out
+    assert "/ 81559" in out  # memory used / total in MiB
+
+
+def test_status_json_is_the_status_body():
+    result = _gpufleet("status", "--simulate", "--json")
+    assert result.returncode == 0, result.stderr
+    body = GpuStatusResponse.model_validate_json(result.stdout)
+    assert body.status == "success" and body.total_gpus == len(body.gpus) == 2
+    assert body.node is not None and body.node.simulated and body.node.backend == "simulated"
+    assert body.models and {m.name for m in body.models} == {"qwen-3.5-27b", "bge-embed"}
+    assert result.stdout.count("\n") == 1  # exactly one JSON document
+    assert '"timestamp":"' in result.stdout and 'Z"' in result.stdout
+
+
+def test_status_without_simulate_falls_back_and_says_so():
+    # No NVIDIA driver on CI machines: the simulated node, clearly labelled.
+    result = _gpufleet("status", "--json")
+    assert result.returncode == 0, result.stderr
+    body = GpuStatusResponse.model_validate_json(result.stdout)
+    assert body.node is not None
+    assert body.node.simulated == (body.node.backend == "simulated")
+
+
+def test_status_reports_no_backend_with_exit_1(monkeypatch, capsys):
+    import argparse
+
+    from server.commands import status
+    from server.gpu.base import BackendUnavailable
+
+    def unavailable(*, simulate=False):
+        raise BackendUnavailable("no driver and a broken fleet file")
+
+    monkeypatch.setattr("server.gpu.select.open_backend", unavailable)
+    rc = status.run(argparse.Namespace(json=False, simulate=False, verbose=False))
+    err = capsys.readouterr().err
+    assert rc == 1 and "no GPU data: no driver and a broken fleet file" in err
+
+
+def test_table_marks_lost_gpus_and_unsupported_fields():
+    from datetime import UTC, datetime
+
+    from server.commands.status import render_table
+    from server.schemas import GpuInfo, GpuMemory, GpuUtilization, NodeInfo
+
+    status = GpuStatusResponse(
+        timestamp=datetime(2026, 3, 3, 14, tzinfo=UTC), total_gpus=2, processes=[],
+        node=NodeInfo(hostname="node-a", driver_version="550.54.15", cuda_version="12.4",
+                      simulated=False, backend="nvml"),
+        gpus=[
+            GpuInfo(index=0, name="NVIDIA A100-SXM4-80GB", memory=GpuMemory.from_mb(81920, 1024),
+                    utilization=GpuUtilization(gpu_percent=None, memory_percent=None)),
+            GpuInfo(index=1, name="NVIDIA A100-SXM4-80GB", memory=GpuMemory.from_mb(0, 0),
+                    utilization=GpuUtilization(), lost=True),
+        ],
+    )
+    table = render_table(status)
+    assert "SIMULATED" not in table and "NVML" in table and "2026-03-03T14:00:00Z" in table
+    assert "n/a" in table and "GPU is lost" in table and "No GPU processes." in table
