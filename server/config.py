@@ -164,6 +164,8 @@ class AgentSettings(Section):
     flush_timeout_s: float = 5.0  # on SIGTERM, delivery of what is spooled gets this long
     status_interval_s: float = 60.0  # one status line in the log this often
     request_timeout_s: float = 10.0
+    retry_base_s: float = 1.0  # delivery backoff: doubles per failure up to retry_max_s, jittered
+    retry_max_s: float = 60.0
 
 
 class NodeSettings(Section):

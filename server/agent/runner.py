@@ -63,6 +63,7 @@ class AgentRunner:
         self._spool = spool
         self._client = client
         self._clock = clock
+        backoff = backoff or Backoff(base_s=settings.retry_base_s, max_s=settings.retry_max_s)
         self.delivery = Delivery(spool, client, max_samples=settings.batch_max_samples, backoff=backoff)
         self.samples_taken = 0
         self.sample_errors = 0
