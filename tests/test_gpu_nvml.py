@@ -163,6 +163,24 @@ def test_fake_errors_are_subclassed_by_code_like_pynvml(fake_nvml):
         fake_nvml.nvmlDeviceGetCount()
 
 
+def test_fake_matches_the_real_modules_names_and_codes(fake_nvml):
+    import pynvml as real
+
+    public = [n for n in dir(fake_nvml) if n.startswith(("nvml", "NVML", "c_nvml"))]
+    assert len(public) > 60
+    missing = [n for n in public if not hasattr(real, n)]
+    assert missing == []
+    for name in public:
+        if name.startswith("NVML_"):
+            assert getattr(fake_nvml, name) == getattr(real, name), name
+    for field_owner in ("c_nvmlMemory_t", "c_nvmlUtilization_t"):
+        fake_fields = [f[0] for f in getattr(fake_nvml, field_owner)._fields_]
+        assert fake_fields == [f[0] for f in getattr(real, field_owner)._fields_]
+    real_err = real.NVMLError(real.NVML_ERROR_GPU_IS_LOST)
+    fake_err = fake_nvml.NVMLError(fake_nvml.NVML_ERROR_GPU_IS_LOST)
+    assert type(real_err).__name__ == type(fake_err).__name__ == "NVMLError_GpuIsLost"
+
+
 # ---------------------------------------------------------------- the real library
 @pytest.fixture
 def real_backend():
@@ -180,7 +198,7 @@ def test_real_nvml_snapshot(real_backend):
     assert snap.node.backend == "nvml" and snap.node.driver_version
     assert len(snap.gpus) == real_backend.gpu_count >= 1
     for gpu in snap.gpus:
-        assert gpu.name.startswith("NVIDIA") or gpu.name
+        assert gpu.name and not gpu.lost
         assert gpu.memory.total_mb > 0 and 0 <= gpu.memory.used_mb <= gpu.memory.total_mb
         assert gpu.uuid and gpu.uuid.startswith(("GPU-", "MIG-"))
         assert gpu.pstate is None or gpu.pstate.startswith("P")
