@@ -128,13 +128,10 @@ class PurgeService:
         except ModelGone as gone:
             outcome.actions.append(str(gone))
             return
-        except RuntimeAdapterError as exc:
-            outcome.failed(adapter.name, f"could not unload {model.name}: {exc}")
-            return
-        except Exception as exc:  # an adapter bug must not stop the others
-            log.exception("%s: unloading %s failed", adapter.name, model.name)
-            outcome.failed(adapter.name, f"could not unload {model.name}: {adapter.name}: "
-                                         f"unexpected {type(exc).__name__}")
+        except Exception as exc:  # an adapter bug must not stop the others either
+            if not isinstance(exc, RuntimeAdapterError):
+                log.exception("%s: unloading %s failed", adapter.name, model.name)
+            outcome.failed(adapter.name, f"could not unload {label}: {_detail(adapter, exc)}")
             return
         outcome.actions.append(action)
         outcome.unloaded.append(model.name)
@@ -213,8 +210,14 @@ def _selected_indices(snapshot: GpuSnapshot, requested: list[int] | None) -> fro
 
 
 def _list_error(adapter: RuntimeAdapter, exc: BaseException) -> str:
-    detail = str(exc) if isinstance(exc, RuntimeAdapterError) else f"unexpected {type(exc).__name__}"
-    return f"could not list models of {adapter.name}: {detail}"
+    return f"could not list models of {adapter.name}: {_detail(adapter, exc)}"
+
+
+def _detail(adapter: RuntimeAdapter, exc: BaseException) -> str:
+    """An adapter error without its runtime prefix; an unexpected one by type only (no internals)."""
+    if not isinstance(exc, RuntimeAdapterError):
+        return f"unexpected {type(exc).__name__}"
+    return str(exc).removeprefix(f"{adapter.name}: ")
 
 
 def _used_mb(snapshot: GpuSnapshot, selected: frozenset[int]) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import json
+import ssl
+from functools import cache
 from typing import Any
 
 import httpx
@@ -38,6 +40,17 @@ class RuntimeAdapter(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+@cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs ~30 ms; a client per call would pay it every time.
+    return httpx.create_ssl_context()
+
+
+def runtime_client(timeout_s: float) -> httpx.AsyncClient:
+    """A short-lived client for one runtime call; proxies from the environment are ignored."""
+    return httpx.AsyncClient(timeout=timeout_s, trust_env=False, verify=_ssl_context())
 
 
 async def request_json(client: httpx.AsyncClient, method: str, url: str, *,

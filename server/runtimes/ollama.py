@@ -19,7 +19,12 @@ from typing import Any
 
 import httpx
 
-from server.runtimes.base import RuntimeAdapter, RuntimeAdapterError, request_json
+from server.runtimes.base import (
+    RuntimeAdapter,
+    RuntimeAdapterError,
+    request_json,
+    runtime_client,
+)
 from server.schemas import LoadedModel
 
 BYTES_PER_MIB = 1024 * 1024
@@ -42,7 +47,7 @@ class OllamaAdapter(RuntimeAdapter):
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self.timeout_s, trust_env=False)
+        return runtime_client(self.timeout_s)
 
     async def list_models(self) -> list[LoadedModel]:
         async with self._client() as client:

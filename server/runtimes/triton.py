@@ -17,7 +17,12 @@ from urllib.parse import quote
 
 import httpx
 
-from server.runtimes.base import RuntimeAdapter, RuntimeAdapterError, request_json
+from server.runtimes.base import (
+    RuntimeAdapter,
+    RuntimeAdapterError,
+    request_json,
+    runtime_client,
+)
 from server.schemas import LoadedModel
 
 BYTES_PER_MIB = 1024 * 1024
@@ -39,7 +44,7 @@ class TritonAdapter(RuntimeAdapter):
         self._reasons: dict[str, str] = {}
 
     def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self.timeout_s, trust_env=False)
+        return runtime_client(self.timeout_s)
 
     async def _ready_names(self, client: httpx.AsyncClient) -> list[str]:
         index = await request_json(client, "POST", f"{self.url}/v2/repository/index",
