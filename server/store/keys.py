@@ -1,0 +1,209 @@
+"""API keys: random secrets stored only as SHA-256 hashes, scoped, per account.
+
+A secret is ``gf_`` + 32 random bytes (url-safe base64), far beyond brute
+force, so a plain SHA-256 is the right hash (a slow password hash would only
+cost every request time). Lookup is by hash; the hash is then compared in
+constant time. ``last_used_at`` is kept in memory and written at most once a
+minute, so authentication never costs a write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from server.schemas import KeyCreated, KeyInfo
+from server.store.timeutil import from_db, to_db
+from server.store.writer import StoreWriter
+
+SECRET_PREFIX = "gf_"
+SCOPES: frozenset[str] = frozenset({"operator", "ingest", "read"})
+LAST_USED_FLUSH = timedelta(seconds=60)
+_PREFIX_CHARS = 8  # "gf_" + 5 characters: enough to recognise a key, useless to guess it
+_COLUMNS = "id, name, account, scopes, prefix, created_at, last_used_at, revoked_at"
+
+
+class KeyError_(LookupError):
+    """No key has that id or name (in that account)."""
+
+
+class KeyNameTakenError(ValueError):
+    """An active key of that account already has that name."""
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def validate_scopes(scopes: Iterable[str]) -> list[str]:
+    wanted = [s.strip() for s in scopes if s.strip()]
+    unknown = sorted(set(wanted) - SCOPES)
+    if unknown or not wanted:
+        problem = f"unknown scope(s): {', '.join(unknown)}" if unknown else "a key needs at least one scope"
+        raise ValueError(problem + "; scopes are operator, ingest, read")
+    return sorted(set(wanted), key=["operator", "ingest", "read"].index)
+
+
+def _info(row: tuple[Any, ...]) -> KeyInfo:
+    key_id, name, account, scopes, prefix, created, used, revoked = row
+    return KeyInfo(
+        id=key_id, name=name, account=account, scopes=list(scopes), prefix=prefix,
+        created_at=from_db(created), last_used_at=from_db(used), revoked_at=from_db(revoked),
+    )
+
+
+class KeyStore:
+    """Create, list, revoke, rotate and authenticate keys; writes go through the writer."""
+
+    def __init__(self, writer: StoreWriter, cursor_factory: Any) -> None:
+        self._writer = writer
+        self._cursor = cursor_factory
+        self._cache: dict[str, KeyInfo | None] = {}
+        self._used: dict[str, datetime] = {}
+        self._last_flush = datetime.now(UTC)
+        self._lock = threading.Lock()
+
+    def create(self, name: str, scopes: Iterable[str], account: str) -> KeyCreated:
+        scope_list = validate_scopes(scopes)
+        if not name.strip():
+            raise ValueError("a key needs a name")
+        if not account.strip():
+            raise ValueError("a key needs an account")
+        return self._writer.call(lambda con: self._insert(con, name, scope_list, account, None))
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, name: str, scopes: list[str], account: str,
+                replaces: str | None) -> KeyCreated:
+        taken = con.execute(
+            "SELECT count(*) FROM api_keys WHERE account = ? AND name = ? AND revoked_at IS NULL AND id IS DISTINCT FROM ?",
+            [account, name, replaces],
+        ).fetchone()[0]
+        if taken:
+            raise KeyNameTakenError(f"account {account!r} already has an active key named {name!r}")
+        now = datetime.now(UTC)
+        con.execute(
+            "INSERT INTO accounts VALUES (?, ?) ON CONFLICT DO NOTHING", [account, to_db(now)]
+        )
+        secret = new_secret()
+        key_id = "key_" + uuid.uuid4().hex[:12]
+        con.execute(
+            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            [key_id, account, name, scopes, secret[:_PREFIX_CHARS], hash_secret(secret), to_db(now)],
+        )
+        row = con.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [key_id]).fetchone()
+        return KeyCreated(key=secret, info=_info(row))
+
+    def list(self, account: str | None = None, *, include_revoked: bool = True) -> list[KeyInfo]:
+        sql = f"SELECT {_COLUMNS} FROM api_keys WHERE (? IS NULL OR account = ?)"
+        if not include_revoked:
+            sql += " AND revoked_at IS NULL"
+        with self._cursor() as cur:
+            rows = cur.execute(sql + " ORDER BY account, created_at", [account, account]).fetchall()
+        infos = [_info(r) for r in rows]
+        with self._lock:  # show in-memory use times not flushed yet
+            return [
+                i.model_copy(update={"last_used_at": self._used[i.id]}) if i.id in self._used else i
+                for i in infos
+            ]
+
+    def _find(self, con: duckdb.DuckDBPyConnection, id_or_name: str, account: str | None) -> tuple[Any, ...]:
+        rows = con.execute(
+            f"""SELECT {_COLUMNS} FROM api_keys
+                WHERE (id = ? OR name = ?) AND (? IS NULL OR account = ?)
+                ORDER BY revoked_at IS NOT NULL, created_at DESC""",
+            [id_or_name, id_or_name, account, account],
+        ).fetchall()
+        if not rows:
+            raise KeyError_(f"no key {id_or_name!r}" + (f" in account {account!r}" if account else ""))
+        by_id = [r for r in rows if r[0] == id_or_name]
+        active = [r for r in rows if r[7] is None]
+        if not by_id and len({r[2] for r in active}) > 1:
+            raise KeyError_(f"several accounts have a key named {id_or_name!r}; give --account or the key id")
+        return (by_id or active or rows)[0]
+
+    def revoke(self, id_or_name: str, account: str | None = None) -> KeyInfo:
+        def revoke(con: duckdb.DuckDBPyConnection) -> KeyInfo:
+            row = self._find(con, id_or_name, account)
+            con.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                [to_db(datetime.now(UTC)), row[0]],
+            )
+            return _info(con.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [row[0]]).fetchone())
+
+        info = self._writer.call(revoke)
+        self._forget(info.id)
+        return info
+
+    def rotate(self, key_id: str, account: str | None = None) -> KeyCreated:
+        """A new secret with the same name, scopes and account; the old one stops now."""
+
+        def rotate(con: duckdb.DuckDBPyConnection) -> KeyCreated:
+            row = self._find(con, key_id, account)
+            if row[7] is not None:
+                raise KeyError_(f"key {row[1]!r} is revoked; create a new one")
+            con.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [to_db(datetime.now(UTC)), row[0]])
+            return self._insert(con, row[1], list(row[3]), row[2], row[0])
+
+        old = key_id
+        created = self._writer.call(rotate)
+        self._forget(old)
+        return created
+
+    def _forget(self, key_id: str) -> None:
+        with self._lock:
+            for digest, info in list(self._cache.items()):
+                if info is None or info.id == key_id or info.name == key_id:
+                    del self._cache[digest]
+
+    def authenticate(self, secret: str) -> KeyInfo | None:
+        """The active key with this secret, or None. Cached; revocation here clears the cache."""
+        if not secret or not secret.startswith(SECRET_PREFIX):
+            return None
+        digest = hash_secret(secret)
+        with self._lock:
+            cached = self._cache.get(digest, False)
+        if cached is False:
+            with self._cursor() as cur:
+                row = cur.execute(
+                    f"SELECT {_COLUMNS}, secret_sha256 FROM api_keys WHERE secret_sha256 = ?", [digest]
+                ).fetchone()
+            cached = None
+            if row and hmac.compare_digest(row[-1], digest) and row[7] is None:
+                cached = _info(row[:-1])
+            with self._lock:
+                if len(self._cache) > 10_000:  # unknown secrets must not grow memory forever
+                    self._cache.clear()
+                self._cache[digest] = cached
+        if cached is not None:
+            self._touch(cached.id)
+        return cached
+
+    def _touch(self, key_id: str) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            self._used[key_id] = now
+            if now - self._last_flush < LAST_USED_FLUSH:
+                return
+            self._last_flush = now
+        self._writer.post(self.flush_last_used)
+
+    def flush_last_used(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Write the remembered use times (on the writer thread)."""
+        with self._lock:
+            used, self._used = self._used, {}
+        for key_id, at in used.items():
+            con.execute(
+                "UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, ?), ?) WHERE id = ?",
+                [to_db(at), to_db(at), key_id],
+            )

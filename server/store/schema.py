@@ -1,0 +1,160 @@
+"""The store's versioned schema: a schema_version table and ordered migrations.
+
+Timestamps are stored as naive ``TIMESTAMP`` values in UTC so no SQL depends on
+the session time zone; the Python side adds ``tzinfo=UTC`` when reading.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import duckdb
+
+log = logging.getLogger("gpufleet.store")
+
+# Each migration is a list of statements applied in one transaction; never edit
+# a released one, append a new one.
+MIGRATIONS: Sequence[Sequence[str]] = (
+    # 1: accounts and keys, the store's first tables
+    (
+        """CREATE TABLE accounts (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL
+        )""",
+        """CREATE TABLE api_keys (
+            id VARCHAR PRIMARY KEY,
+            account VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            scopes VARCHAR[] NOT NULL,
+            prefix VARCHAR NOT NULL,
+            secret_sha256 VARCHAR NOT NULL UNIQUE,
+            created_at TIMESTAMP NOT NULL,
+            last_used_at TIMESTAMP,
+            revoked_at TIMESTAMP
+        )""",
+    ),
+    # 2: samples, the per-GPU tail and the daily usage rollup chargeback reads
+    (
+        """CREATE TABLE samples (
+            account VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            gpu_index INTEGER NOT NULL,
+            gpu_uuid VARCHAR NOT NULL,
+            power_draw_w DOUBLE NOT NULL,
+            utilization_gpu_pct DOUBLE NOT NULL,
+            utilization_memory_pct DOUBLE NOT NULL,
+            temperature_c DOUBLE NOT NULL,
+            memory_used_mb DOUBLE NOT NULL,
+            gpu_name VARCHAR,
+            power_limit_w DOUBLE,
+            energy_delta_j DOUBLE,
+            fan_speed_pct DOUBLE,
+            memory_total_mb DOUBLE,
+            sm_clock_mhz DOUBLE,
+            memory_clock_mhz DOUBLE,
+            job_id VARCHAR,
+            team_id VARCHAR,
+            model_tag VARCHAR,
+            scheduler_source VARCHAR,
+            received_at TIMESTAMP NOT NULL
+        )""",
+        # the latest sample of every GPU: dedup fast path, rollup tail, host last-sample time
+        """CREATE TABLE gpu_last (
+            account VARCHAR NOT NULL,
+            gpu_uuid VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            gpu_name VARCHAR,
+            team_id VARCHAR,
+            model_tag VARCHAR,
+            power_draw_w DOUBLE NOT NULL,
+            energy_delta_j DOUBLE,
+            utilization_gpu_pct DOUBLE NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (account, gpu_uuid)
+        )""",
+        # covered time of every sample that has a successor, split at UTC midnights
+        """CREATE TABLE usage_daily (
+            account VARCHAR NOT NULL,
+            day DATE NOT NULL,
+            gpu_uuid VARCHAR NOT NULL,
+            team_id VARCHAR NOT NULL,
+            model_tag VARCHAR NOT NULL,
+            gpu_name VARCHAR NOT NULL,
+            covered_us BIGINT NOT NULL,
+            energy_j DOUBLE NOT NULL,
+            idle_us BIGINT NOT NULL,
+            PRIMARY KEY (account, day, gpu_uuid, team_id, model_tag, gpu_name)
+        )""",
+        # the parameters the rollup was computed with; other parameters read raw samples
+        """CREATE TABLE rollup_meta (
+            interval_us BIGINT NOT NULL,
+            idle_utilization_pct DOUBLE NOT NULL
+        )""",
+    ),
+    # 3: agents' heartbeats, which GPUs a host reported, and the purge audit
+    (
+        """CREATE TABLE hosts (
+            account VARCHAR NOT NULL,
+            hostname VARCHAR NOT NULL,
+            agent_version VARCHAR NOT NULL,
+            gpu_count INTEGER NOT NULL,
+            first_heartbeat TIMESTAMP NOT NULL,
+            last_heartbeat TIMESTAMP NOT NULL,
+            PRIMARY KEY (account, hostname)
+        )""",
+        """CREATE TABLE purge_audit (
+            id BIGINT PRIMARY KEY,
+            account VARCHAR NOT NULL,
+            key_name VARCHAR,
+            force BOOLEAN NOT NULL,
+            purged_at TIMESTAMP NOT NULL,
+            status VARCHAR NOT NULL,
+            result_json VARCHAR NOT NULL
+        )""",
+        "CREATE SEQUENCE purge_audit_seq",
+    ),
+    # 4: samples may name the host that sent them (additive `hostname` field)
+    (
+        "ALTER TABLE samples ADD COLUMN hostname VARCHAR",
+        "ALTER TABLE gpu_last ADD COLUMN hostname VARCHAR",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer gpufleet than this one."""
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Apply every migration newer than the stored version; returns the version now."""
+    version = current_version(con)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"the store has schema version {version}; this gpufleet knows up to {SCHEMA_VERSION}"
+        )
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        con.begin()
+        try:
+            for statement in MIGRATIONS[number - 1]:
+                con.execute(statement)
+            con.execute(
+                "INSERT INTO schema_version VALUES (?, ?)", [number, datetime.now(UTC).replace(tzinfo=None)]
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        log.info("store schema migrated to version %d", number)
+    return SCHEMA_VERSION

@@ -1,0 +1,230 @@
+"""MetricsStore: gpufleet's DuckDB file — keys, samples, hosts, purge audit, chargeback.
+
+Threading: one writer thread owns every write (``store.writer``); the blocking
+methods here are synchronous and safe to call from any thread — the API layer
+runs them with ``asyncio.to_thread``. ``await store.writer.submit(...)`` is the
+one async-facing call. Reads use their own cursors, so they run concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from server.config import Pricing
+from server.schemas import ChargebackReport, Heartbeat, HostInfo, KeyCreated, KeyInfo, PurgeResult
+from server.store import chargeback as cb
+from server.store import hosts, usage_sql
+from server.store.keys import KeyStore
+from server.store.schema import migrate
+from server.store.writer import RollupParams, StoreWriter
+
+log = logging.getLogger("gpufleet.store")
+
+DEFAULT_INTERVAL_S = 60.0
+DEFAULT_IDLE_PCT = 5.0
+
+
+class StoreLockedError(RuntimeError):
+    """Another process holds the DuckDB file (DuckDB allows one writing process)."""
+
+    def __init__(self, path: Path, pid: int | None, detail: str) -> None:
+        self.path = path
+        self.pid = pid
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"the store {path} is in use by {who} (a running `gpufleet serve`?): {detail}")
+
+
+_PID_RE = re.compile(r"PID (\d+)")
+
+
+class MetricsStore:
+    """Open with ``MetricsStore.open(path)``; close with ``close()`` (flushes queued writes)."""
+
+    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, rollup: RollupParams) -> None:
+        self.path = path
+        self._root = con
+        self._root_lock = threading.Lock()
+        self._rollup = rollup
+        self.writer = StoreWriter(con.cursor(), rollup)
+        self.keys = KeyStore(self.writer, self._cursor)
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path | str, *, expected_interval_s: float = DEFAULT_INTERVAL_S,
+             idle_utilization_pct: float = DEFAULT_IDLE_PCT) -> MetricsStore:
+        """Open (creating and migrating) the store; raises StoreLockedError if another process has it."""
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            match = _PID_RE.search(str(exc))
+            if "lock" in str(exc).lower():
+                raise StoreLockedError(path, int(match.group(1)) if match else None, str(exc)) from None
+            raise
+        con.execute("SET GLOBAL TimeZone = 'UTC'")
+        migrate(con)
+        rollup = _ensure_rollup(con, RollupParams(round(expected_interval_s * 1e6), idle_utilization_pct))
+        if str(path) != ":memory:":
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o600)  # key hashes and telemetry: owner only
+        return cls(path, con, rollup)
+
+    # ---------------------------------------------------------------- basics
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._root_lock:
+            cur = self._root.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """A read-only query on its own cursor (tests, benches, diagnostics)."""
+        with self._cursor() as cur:
+            return cur.execute(sql, params).fetchall()
+
+    def sample_count(self, account: str | None = None) -> int:
+        rows = self.query("SELECT count(*) FROM samples WHERE ? IS NULL OR account = ?", [account, account])
+        return int(rows[0][0])
+
+    def close(self) -> None:
+        """Flush queued writes and key use times, then close the file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.writer.call(self.keys.flush_last_used)
+        except Exception as exc:  # closing must not fail on bookkeeping
+            log.warning("could not write key use times on close: %s", exc)
+        self.writer.close()
+        with self._root_lock:
+            self._root.close()
+
+    def __enter__(self) -> MetricsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ keys
+
+    def create_key(self, name: str, scopes: list[str], account: str) -> KeyCreated:
+        return self.keys.create(name, scopes, account)
+
+    def list_keys(self, account: str | None = None) -> list[KeyInfo]:
+        return self.keys.list(account)
+
+    def revoke_key(self, id_or_name: str, account: str | None = None) -> KeyInfo:
+        return self.keys.revoke(id_or_name, account)
+
+    def rotate_key(self, key_id: str, account: str | None = None) -> KeyCreated:
+        return self.keys.rotate(key_id, account)
+
+    def authenticate(self, secret: str) -> KeyInfo | None:
+        return self.keys.authenticate(secret)
+
+    # ---------------------------------------------------------------- hosts
+
+    def record_heartbeat(self, account: str, hb: Heartbeat, at: datetime) -> None:
+        self.writer.call(lambda con: hosts.write_heartbeat(con, account, hb, at))
+
+    def list_hosts(self, account: str, now: datetime, heartbeat_interval_s: float) -> list[HostInfo]:
+        with self._cursor() as cur:
+            return hosts.read_hosts(cur, account, now, heartbeat_interval_s)
+
+    def record_purge(self, account: str, key_name: str | None, force: bool, result: PurgeResult) -> int:
+        return self.writer.call(lambda con: hosts.write_purge(con, account, key_name, force, result))
+
+    def list_purges(self, account: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self._cursor() as cur:
+            return hosts.read_purges(cur, account, limit)
+
+    # ------------------------------------------------------------ chargeback
+
+    def usage_rows(self, account: str, from_date: date, to_date: date, pricing: Pricing) -> list[cb.UsageRow]:
+        cb.check_range(from_date, to_date)
+        p0, p1 = cb.period_bounds_us(from_date, to_date)
+        interval_us = round(pricing.expected_interval_s * 1e6)
+        params: dict[str, Any] = {
+            "account": account, "p0": p0, "p1": p1, "interval_us": interval_us,
+            "idle_pct": pricing.idle_utilization_pct,
+        }
+        if interval_us == self._rollup.interval_us and pricing.idle_utilization_pct == self._rollup.idle_pct:
+            sql = usage_sql.REPORT_FROM_ROLLUP
+            params.update(from_day=from_date, to_day=to_date)
+        else:  # the rollup was built with other parameters: compute from raw samples
+            sql = usage_sql.REPORT_FROM_SAMPLES
+            params["cap_us"] = 2 * interval_us
+        with self._cursor() as cur:
+            raw = cur.execute(sql, params).fetchall()
+        return cb.usage_rows(raw, pricing)
+
+    def chargeback(self, account: str, from_date: date, to_date: date, pricing: Pricing,
+                   now: datetime | None = None) -> ChargebackReport:
+        rows = self.usage_rows(account, from_date, to_date, pricing)
+        return cb.build_report(rows, from_date, to_date, now or datetime.now(UTC))
+
+    def chargeback_csv(self, account: str, from_date: date, to_date: date, pricing: Pricing,
+                       now: datetime | None = None) -> str:
+        return cb.rows_csv(self.usage_rows(account, from_date, to_date, pricing))
+
+    def chargeback_from_samples(self, account: str, from_date: date, to_date: date,
+                                pricing: Pricing) -> list[cb.UsageRow]:
+        """The reference computation over raw samples, bypassing the rollup (tests, audits)."""
+        cb.check_range(from_date, to_date)
+        p0, p1 = cb.period_bounds_us(from_date, to_date)
+        interval_us = round(pricing.expected_interval_s * 1e6)
+        params = {"account": account, "p0": p0, "p1": p1, "interval_us": interval_us,
+                  "cap_us": 2 * interval_us, "idle_pct": pricing.idle_utilization_pct}
+        with self._cursor() as cur:
+            raw = cur.execute(usage_sql.REPORT_FROM_SAMPLES, params).fetchall()
+        return cb.usage_rows(raw, pricing)
+
+    def rebuild_rollup(self) -> None:
+        """Recompute the whole usage rollup from raw samples (after bulk loads)."""
+        params = {"cap_us": self._rollup.cap_us, "idle_pct": self._rollup.idle_pct}
+
+        def rebuild(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute("DELETE FROM usage_daily")
+            con.execute(usage_sql.REBUILD_ALL, params)
+
+        self.writer.call(rebuild)
+
+
+def _ensure_rollup(con: duckdb.DuckDBPyConnection, wanted: RollupParams) -> RollupParams:
+    """The rollup's parameters; a store first opened with other ones is rebuilt to these."""
+    row = con.execute("SELECT interval_us, idle_utilization_pct FROM rollup_meta").fetchone()
+    if row is not None and (int(row[0]), float(row[1])) == (wanted.interval_us, wanted.idle_pct):
+        return wanted
+    if wanted.cap_us > usage_sql.DAY_US:
+        raise ValueError("expected_interval_s must be at most 12 hours")
+    con.begin()
+    try:
+        con.execute("DELETE FROM rollup_meta")
+        con.execute("INSERT INTO rollup_meta VALUES (?, ?)", [wanted.interval_us, wanted.idle_pct])
+        con.execute("DELETE FROM usage_daily")
+        con.execute(usage_sql.REBUILD_ALL, {"cap_us": wanted.cap_us, "idle_pct": wanted.idle_pct})
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    if row is not None:
+        log.info("usage rollup rebuilt for a %.0f s interval", wanted.interval_us / 1e6)
+    return wanted
+
+
+
