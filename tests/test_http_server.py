@@ -45,7 +45,12 @@ class DemoApp:
         router.post("/items", self.create, request_model=Item, auth="operator")
         router.get("/boom", self.boom)
         router.get("/wait", self.wait)
+        router.get("/header", self.header)
         return router
+
+    async def header(self, request: Request) -> Response:
+        value = request.query.get("value", "ok")
+        return Response.text("csv", headers=[("Content-Disposition", value)])
 
     async def hello(self, request: Request) -> Response:
         return Response.json({"hello": "world", "query": request.query})
@@ -309,3 +314,24 @@ async def test_sigterm_shuts_down_gracefully_and_runs_on_stop() -> None:
         assert stopped == ["store closed"]
         with pytest.raises(OSError):
             await asyncio.open_connection(*server.address)
+
+
+async def test_handler_headers_pass_through_and_unsafe_ones_become_500() -> None:
+    async with running_server() as server, httpx.AsyncClient(base_url=server.url) as client:
+        good = await client.get("/header", params={"value": "attachment; filename=a.csv"})
+        split = await client.get("/header", params={"value": "x\r\nSet-Cookie: evil=1"})
+        again = await client.get("/hello")
+    assert good.headers["content-disposition"] == "attachment; filename=a.csv"
+    assert good.headers["content-type"] == "text/plain; charset=utf-8"
+    assert split.status_code == 500 and "set-cookie" not in split.headers
+    assert again.status_code == 200
+
+
+async def test_access_log_keeps_the_path_as_sent_so_lines_cannot_be_forged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with running_server() as server, httpx.AsyncClient(base_url=server.url) as client:
+        with caplog.at_level(logging.INFO, logger="gpufleet.access"):
+            response = await client.get("/items/a%0AGET%20admin%20200")
+    assert response.json() == {"id": "a\nGET admin 200"}
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "gpufleet.access"]
+    assert line.startswith("GET /items/a%0AGET%20admin%20200 200 ")

@@ -14,7 +14,7 @@ import h11
 
 from server.config import Limits
 from server.http.connection import PeerGone, StreamConnection
-from server.http.errors import error_response, json_error
+from server.http.errors import json_error
 from server.http.types import Request, Response
 
 access_log = logging.getLogger("gpufleet.access")
@@ -156,7 +156,8 @@ class HttpProtocol:
         raw_path, _, query = target.partition("?")
         if not raw_path.startswith("/"):
             raw_path = urlsplit(raw_path).path or "/"  # absolute-form or "*"
-        self._path = unquote(raw_path) if "%" in raw_path else raw_path
+        # The access log gets the path as sent: a decoded %0A must not forge log lines.
+        self._path = raw_path
 
         headers: dict[str, str] = {}
         head_size = len(head.method) + len(head.target) + 13
@@ -200,7 +201,7 @@ class HttpProtocol:
         return Request(
             method=self._method,
             target=target,
-            path=self._path,
+            path=unquote(raw_path) if "%" in raw_path else raw_path,
             query=dict(parse_qsl(query, keep_blank_values=True)) if query else {},
             headers=headers,
             body=chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks),
@@ -217,15 +218,17 @@ class HttpProtocol:
         """Send ``response``; True when the connection stays open for another request."""
         h = self._h11
         if not _headers_are_safe(response):
-            log.error("Handler for %s %s returned a header with CR, LF or NUL",
-                      request.method, request.path)
-            response = error_response(RuntimeError("unsafe response header"))
+            log.error("Handler for %s %s returned a header that cannot be sent "
+                      "(CR, LF, NUL or non-Latin-1)", request.method, self._path)
+            response = json_error(500, "Internal server error")
         close = self._state.closing
         data = self._encode(response, close=close, head_only=request.method == "HEAD")
-        await self._stream.write(data)
         sent = 0 if request.method == "HEAD" else len(response.body)
-        _log_access(request.method, request.path, response.status, sent, started,
-                    request.key_name)
+        try:
+            await self._stream.write(data)
+        finally:
+            _log_access(request.method, self._path, response.status, sent, started,
+                        request.key_name)
         return not close and h.our_state is h11.DONE and h.their_state is h11.DONE
 
     def _encode(self, response: Response, *, close: bool, head_only: bool) -> bytes:
@@ -276,8 +279,12 @@ def _log_access(method: str, path: str, status: int, nbytes: int, started: float
 
 
 def _headers_are_safe(response: Response) -> bool:
-    for name, value in response.headers:
-        if any(c in name or c in value for c in "\r\n\0"):
+    """False when a header would break the response framing or cannot be encoded."""
+    for name, value in [*response.headers, ("content-type", response.content_type)]:
+        text = name + value
+        if "\r" in text or "\n" in text or "\0" in text:
+            return False
+        if not text.isascii() and max(map(ord, text)) > 255:
             return False
     return True
 

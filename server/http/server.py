@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from server.config import Limits
 from server.http.connection import READ_CHUNK_BYTES, StreamConnection
 from server.http.errors import error_response, json_error
-from server.http.protocol import HttpProtocol, ServerState, encode_closing
+from server.http.protocol import HttpProtocol, ServerState, access_log, encode_closing
 from server.http.router import Route, Router
 from server.http.types import Handler, Request, Response
 
@@ -161,7 +161,7 @@ class HttpServer:
 
     async def _refuse(self, stream: StreamConnection) -> None:
         response = json_error(503, "Server busy: too many connections")
-        logging.getLogger("gpufleet.access").info("- - 503 %d 0.0ms -", len(response.body))
+        access_log.info("- - 503 %d 0.0ms -", len(response.body))
         try:
             await stream.write(encode_closing(response))
         except Exception:
