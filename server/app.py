@@ -105,12 +105,15 @@ class ServerApp:
 
     async def stop(self) -> None:
         """Stop sampling, stop accepting, let in-flight requests finish. The store stays open."""
+        await self.stop_sampler()
+        await self.http.shutdown()
+
+    async def stop_sampler(self) -> None:
         if self._sampler_task is not None:
             self._sampler_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler_task
             self._sampler_task = None
-        await self.http.shutdown()
 
     async def _openapi_json(self, request: Request) -> Response:
         if self._openapi is None:
@@ -142,6 +145,8 @@ class ServerApp:
         now = utc_now()
         inserted = 0
         if samples:
+            for sample in samples:  # lets the hosts listing show this host's last sample
+                sample.setdefault("hostname", hostname)
             rows = validate_batch(samples, max_samples=max(len(samples), 1), now=now)
             result = await self.store.writer.submit(account, rows, now)
             inserted = result.inserted

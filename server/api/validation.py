@@ -21,6 +21,7 @@ from typing import Any
 from server.schemas import OPTIONAL_SAMPLE_FIELDS, REQUIRED_SAMPLE_FIELDS
 
 MAX_TAG_CHARS = 128
+MAX_HOSTNAME_CHARS = 255
 FUTURE_TOLERANCE = timedelta(minutes=5)
 SCHEDULER_SOURCES: tuple[str, ...] = ("kubernetes", "slurm", "runai", "manual")
 _MAX_FLOAT = 1.7976931348623157e308  # rejects inf (and NaN fails every comparison)
@@ -52,6 +53,7 @@ _STR = {str}
 _INT = {int}
 _NUMBER_OR_NONE = {int, float, _NONE_TYPE}
 _STR_OR_NONE = {str, _NONE_TYPE}
+_NONE_ONLY = {_NONE_TYPE}
 _SOURCES_OR_NONE = {*SCHEDULER_SOURCES, None}
 
 
@@ -92,7 +94,30 @@ def _validate(payload: Any, max_samples: int, now: datetime | None
         raise IngestValidationError(_first_failure(payload, latest))
     for sample, ts in zip(payload, columns["timestamp"], strict=True):
         sample["timestamp"] = ts
+    _ignore_bad_hostnames(payload, columns)
     return payload, columns
+
+
+def _ignore_bad_hostnames(payload: list[dict[str, Any]], columns: dict[str, list[Any]]) -> None:
+    """``hostname`` is not a documented field, but the store keeps it when it is sane.
+
+    An unusable one is dropped like any unknown field rather than failing the batch.
+    """
+    hosts = [s.get("hostname") for s in payload]
+    kinds = set(map(type, hosts))
+    if kinds == _NONE_ONLY:
+        columns["hostname"] = hosts
+        return
+    if kinds <= _STR_OR_NONE:
+        lengths = [len(h) for h in hosts if h is not None]
+        if min(lengths) >= 1 and max(lengths) <= MAX_HOSTNAME_CHARS:
+            columns["hostname"] = hosts
+            return
+    for sample in payload:
+        host = sample.get("hostname")
+        if host is not None and not (type(host) is str and 1 <= len(host) <= MAX_HOSTNAME_CHARS):
+            sample["hostname"] = None
+    columns["hostname"] = [s.get("hostname") for s in payload]
 
 
 def _columns_if_valid(payload: list[Any], latest: datetime) -> dict[str, list[Any]] | None:

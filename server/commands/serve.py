@@ -1,0 +1,115 @@
+"""``gpufleet serve``: this node's operator API plus the ingest/chargeback server over DuckDB."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.config import Settings
+
+HELP = ("Run the gpufleet server: this node's GPU API, metrics ingest, chargeback and "
+        "agent heartbeats over a local DuckDB store.")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (default 127.0.0.1: loopback only)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 8765; 0 picks one)")
+    parser.add_argument("--config", type=Path, default=None, metavar="PATH",
+                        help="TOML configuration (default: the platform config dir)")
+    parser.add_argument("--db", type=Path, default=None, metavar="PATH",
+                        help="DuckDB store (default: <data dir>/gpufleet.duckdb)")
+    parser.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                        help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                        help="private key of --tls-cert (PEM)")
+    parser.add_argument("--simulate", action="store_true", default=None,
+                        help="serve the simulated fleet's local node even when NVML finds GPUs")
+    parser.add_argument("--no-sampler", dest="sampler", action="store_false", default=None,
+                        help="do not sample this node's GPUs into the store")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    from server.config import load_settings
+
+    return load_settings(args.config, overrides={
+        "server.host": args.host,
+        "server.port": args.port,
+        "server.db_path": str(args.db) if args.db else None,
+        "server.tls_cert": str(args.tls_cert) if args.tls_cert else None,
+        "server.tls_key": str(args.tls_key) if args.tls_key else None,
+        "server.simulate": args.simulate,
+        "sampler.enabled": args.sampler,
+    })
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from server.config import ConfigError
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
+    log = logging.getLogger("gpufleet.server")
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"gpufleet serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(settings))
+    except _StartupError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+class _StartupError(Exception):
+    """The server cannot start; the message says why (no traceback for the user)."""
+
+
+async def serve(settings: Settings) -> int:
+    """Open the store and backend, serve until SIGTERM/SIGINT, then shut down cleanly."""
+    import asyncio
+    import logging
+
+    from server.app import ServerApp
+    from server.gpu.base import BackendUnavailable
+    from server.gpu.select import open_backend
+    from server.http.signals import run_until_signalled
+    from server.store import MetricsStore
+
+    log = logging.getLogger("gpufleet.server")
+    db_path = settings.server.resolved_db_path()
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        store = await asyncio.to_thread(MetricsStore.open, db_path)
+    except Exception as exc:  # a locked or corrupt database: say so, no traceback
+        raise _StartupError(f"cannot open the store {db_path}: {exc}") from exc
+    try:
+        try:
+            backend = await asyncio.to_thread(open_backend, simulate=settings.server.simulate)
+        except BackendUnavailable as exc:
+            raise _StartupError(str(exc)) from exc
+        try:
+            app = ServerApp(settings, backend=backend, store=store)
+            try:
+                await app.start()
+            except OSError as exc:
+                raise _StartupError(f"cannot listen on {settings.server.host}:"
+                                    f"{settings.server.port}: {exc}") from exc
+            log.info("gpufleet serving %s (store %s)", app.url, db_path)
+            if not await asyncio.to_thread(store.list_keys):
+                log.warning("No API keys yet. Create one with: gpufleet keys create --name NAME "
+                            "--scope operator,ingest,read --db %s", db_path)
+            return await run_until_signalled(app.http, on_stop=app.stop_sampler)
+        finally:
+            backend.close()
+    finally:
+        await asyncio.to_thread(store.close)
+        log.info("store closed")

@@ -1,0 +1,160 @@
+"""Operator GPU API over HTTP: documented shapes, auth, purge, OpenAPI; a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.auth import StaticKeyResolver
+from server.client import AsyncGpuFleetClient, Forbidden, GpuFleetError, Unauthorized
+from server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
+from server.schemas import GpuMemoryResponse, GpuStatusResponse, KeyInfo, PurgeResult, utc_now
+from tests.api_server import OPERATOR_TOKEN, api_settings, running_app
+
+STATUS_GPU_FIELDS = {"index", "name", "memory", "utilization", "temperature_c"}
+MEMORY_FIELDS = {"total_mb", "used_mb", "free_mb", "total_gb", "used_gb", "free_gb", "percent_used"}
+
+
+async def test_status_has_the_documented_shape() -> None:
+    async with running_app() as srv:
+        response = await srv.http.get("/v1/gpu/status", headers=srv.auth("operator"))
+        assert response.status_code == 200
+        body = response.json()
+        assert body["status"] == "success"
+        assert body["timestamp"].endswith("Z")
+        assert body["total_gpus"] == len(body["gpus"]) > 0
+        gpu = body["gpus"][0]
+        assert set(gpu) >= STATUS_GPU_FIELDS
+        assert set(gpu["memory"]) >= MEMORY_FIELDS
+        assert set(gpu["utilization"]) >= {"gpu_percent", "memory_percent"}
+        assert gpu["memory"]["total_mb"] == gpu["memory"]["used_mb"] + gpu["memory"]["free_mb"]
+        assert {"pid", "name", "memory_mb"} <= set(body["processes"][0])
+        assert body["node"]["simulated"] is True
+        assert [m["name"] for m in body["models"]], "the simulated node has loaded models"
+        GpuStatusResponse.model_validate(body)
+
+
+async def test_memory_has_the_documented_shape() -> None:
+    async with running_app() as srv:
+        body = (await srv.http.get("/v1/gpu/memory", headers=srv.auth("operator"))).json()
+        assert body["status"] == "success"
+        entry = body["memory"][0]
+        assert {"total_gb", "used_gb", "free_gb", "percent_used", "percent_free"} <= set(entry)
+        assert entry["percent_used"] + entry["percent_free"] == pytest.approx(100.0, abs=0.11)
+        GpuMemoryResponse.model_validate(body)
+
+
+async def test_purge_without_body_defaults_to_no_force_and_reports_before_after() -> None:
+    async with running_app() as srv:
+        response = await srv.http.post("/v1/gpu/purge", headers=srv.auth("operator"))
+        assert response.status_code == 200, response.text
+        result = PurgeResult.model_validate(response.json())
+        body = response.json()
+        for name in ("actions", "memory_before", "memory_after", "memory_freed_gb",
+                     "models_unloaded", "errors", "recommendation"):
+            assert name in body
+        # the simulated node keeps one model in use: no force means it is skipped and said so
+        assert result.errors and "in use" in result.errors[0]
+        assert result.memory_after.used_gb < result.memory_before.used_gb
+
+
+async def test_forced_purge_unloads_everything_through_the_sdk() -> None:
+    async with running_app() as srv, AsyncGpuFleetClient(srv.url, api_key=OPERATOR_TOKEN) as c:
+        before = await c.get_gpu_status()
+        result = await c.purge_gpu(force=True)
+        assert set(result.models_unloaded) == {m.name for m in before.models or []}
+        assert result.errors == []
+        after = await c.get_gpu_status()
+        assert after.models == []
+
+
+async def test_purge_body_is_validated() -> None:
+    async with running_app() as srv:
+        bad = await srv.http.post("/v1/gpu/purge", headers=srv.auth("operator"),
+                                  json={"force": "yes please"})
+        assert bad.status_code == 400
+        assert "force" in bad.json()["error"]
+        unknown_gpu = await srv.http.post("/v1/gpu/purge", headers=srv.auth("operator"),
+                                          json={"gpu_indices": [99]})
+        assert unknown_gpu.status_code == 400
+        not_json = await srv.http.post("/v1/gpu/purge", headers={**srv.auth("operator"),
+                                        "Content-Type": "text/plain"}, content=b"force")
+        assert not_json.status_code == 415
+
+
+@pytest.mark.parametrize("path", ["/v1/gpu/status", "/v1/gpu/memory"])
+async def test_gpu_routes_need_an_operator_key(path: str) -> None:
+    read_key = KeyInfo(id="k-read", name="reader", account="default", scopes=["read", "ingest"],
+                       prefix="gpf_read", created_at=utc_now())
+    op_key = KeyInfo(id="k-op", name="op", account="default", scopes=["operator"],
+                     prefix="gpf_op", created_at=utc_now())
+    resolver = StaticKeyResolver({"reader-secret": read_key, "op-secret": op_key})
+    async with running_app(resolver=resolver,
+                           keys={"read": "reader-secret", "operator": "op-secret"}) as srv:
+        missing = await srv.http.get(path)
+        assert missing.status_code == 401
+        assert missing.json() == {"error": "Missing or invalid API key"}
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        unknown = await srv.http.get(path, headers={"Authorization": "Bearer nope"})
+        assert unknown.status_code == 401
+        wrong_scheme = await srv.http.get(path, headers={"Authorization": "Basic b3A6c2VjcmV0"})
+        assert wrong_scheme.status_code == 401
+        forbidden = await srv.http.get(path, headers=srv.auth("read"))
+        assert forbidden.status_code == 403
+        assert forbidden.json()["error"] == "This endpoint requires an operator-scoped key"
+        for header in ("bearer", "x-api-key"):
+            ok = await srv.http.get(path, headers=srv.auth("operator", header=header))
+            assert ok.status_code == 200
+
+
+async def test_sdk_raises_typed_errors_with_the_server_message() -> None:
+    async with running_app() as srv, AsyncGpuFleetClient(srv.url, api_key="wrong") as c:
+        with pytest.raises(Unauthorized) as caught:
+            await c.get_gpu_status()
+        assert caught.value.status == 401
+        assert caught.value.message == "Missing or invalid API key"
+    reader = KeyInfo(id="r", name="r", account="a", scopes=["read"], prefix="r",
+                     created_at=utc_now())
+    async with running_app(resolver=StaticKeyResolver({"reader": reader})) as srv2, \
+            AsyncGpuFleetClient(srv2.url, api_key="reader") as c:
+        with pytest.raises(Forbidden, match="operator-scoped"):
+            await c.get_gpu_memory()
+
+
+class _BrokenBackend(GpuBackend):
+    def snapshot(self) -> GpuSnapshot:
+        raise BackendUnavailable("NVML: driver not loaded")
+
+
+async def test_backend_failure_is_a_503_not_a_crash() -> None:
+    async with running_app(backend=_BrokenBackend(), resolver=StaticKeyResolver.operator("t"),
+                           keys={"operator": "t"}) as srv:
+        response = await srv.http.get("/v1/gpu/status", headers=srv.auth("operator"))
+        assert response.status_code == 503
+        assert "driver not loaded" in response.json()["error"]
+        async with AsyncGpuFleetClient(srv.url, api_key="t") as c:
+            with pytest.raises(GpuFleetError) as caught:
+                await c.get_gpu_memory()
+            assert caught.value.status == 503
+
+
+async def test_concurrent_status_requests_share_snapshots() -> None:
+    class CountingBackend(GpuBackend):
+        def __init__(self) -> None:
+            from server.gpu.simulated import SimulatedBackend
+
+            self.inner = SimulatedBackend()
+            self.calls = 0
+
+        def snapshot(self) -> GpuSnapshot:
+            self.calls += 1
+            return self.inner.snapshot()
+
+    backend = CountingBackend()
+    async with running_app(api_settings(), backend=backend) as srv:
+        responses = await asyncio.gather(*(srv.http.get("/v1/gpu/memory",
+                                                        headers=srv.auth("operator"))
+                                           for _ in range(20)))
+        assert all(r.status_code == 200 for r in responses)
+        assert 1 <= backend.calls <= 20

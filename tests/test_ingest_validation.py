@@ -1,0 +1,194 @@
+"""Ingest validation rules and their exact error texts; agreement with schemas.MetricSample."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from server.api.validation import IngestValidationError, validate_batch, validate_columns
+from server.schemas import MetricSample
+
+NOW = datetime(2026, 2, 25, 12, 0, tzinfo=UTC)
+
+
+def sample(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "timestamp": "2026-02-25T12:00:00Z", "gpu_index": 0, "gpu_uuid": "GPU-abc123",
+        "power_draw_w": 312.5, "utilization_gpu_pct": 87, "utilization_memory_pct": 62,
+        "temperature_c": 71, "memory_used_mb": 51200,
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def full_sample(**changes: Any) -> dict[str, Any]:
+    return sample(gpu_name="NVIDIA A100 80GB", power_limit_w=400, energy_delta_j=18750,
+                  memory_total_mb=81920, fan_speed_pct=40, sm_clock_mhz=1410,
+                  memory_clock_mhz=1593, job_id="job_train_llama3", team_id="ml-infra",
+                  model_tag="llama3-70b-finetune", scheduler_source="kubernetes", **changes)
+
+
+def error_of(payload: Any) -> str:
+    with pytest.raises(IngestValidationError) as caught:
+        validate_batch(payload, max_samples=10, now=NOW)
+    return str(caught.value)
+
+
+def test_documented_example_payload_is_valid() -> None:
+    rows = validate_batch([full_sample()], max_samples=10, now=NOW)
+    assert rows[0]["timestamp"] == NOW
+    assert rows[0]["timestamp"].tzinfo is not None
+    assert rows[0]["team_id"] == "ml-infra"
+
+
+def test_missing_fields_are_named_in_document_order() -> None:
+    bad = sample(gpu_uuid=_DROP, power_draw_w=_DROP)
+    assert error_of([bad]) == "Metric at index 0 missing required fields: gpu_uuid, power_draw_w"
+
+
+def test_null_required_field_counts_as_missing() -> None:
+    assert error_of([sample(temperature_c=None)]) == \
+        "Metric at index 0 missing required fields: temperature_c"
+
+
+def test_first_failing_sample_and_all_its_problems_are_named() -> None:
+    payload = [sample(), sample(), sample(), sample(temperature_c=130, fan_speed_pct=101)]
+    assert error_of(payload) == ("Metric at index 3: temperature_c must be between 0 and 120; "
+                                 "fan_speed_pct must be between 0 and 100")
+
+
+def test_missing_and_invalid_together() -> None:
+    bad = sample(gpu_uuid=_DROP, power_draw_w=-1)
+    assert error_of([bad]) == ("Metric at index 0 missing required fields: gpu_uuid; "
+                               "power_draw_w must be between 0 and 1500")
+
+
+@pytest.mark.parametrize(("changes", "text"), [
+    ({"power_draw_w": 1500.1}, "power_draw_w must be between 0 and 1500"),
+    ({"power_draw_w": -0.5}, "power_draw_w must be between 0 and 1500"),
+    ({"utilization_gpu_pct": 100.5}, "utilization_gpu_pct must be between 0 and 100"),
+    ({"utilization_memory_pct": -1}, "utilization_memory_pct must be between 0 and 100"),
+    ({"temperature_c": 121}, "temperature_c must be between 0 and 120"),
+    ({"memory_used_mb": -1}, "memory_used_mb must be a finite number >= 0"),
+    ({"energy_delta_j": -5}, "energy_delta_j must be a finite number >= 0"),
+    ({"power_limit_w": -5}, "power_limit_w must be a finite number >= 0"),
+    ({"memory_total_mb": -5}, "memory_total_mb must be a finite number >= 0"),
+    ({"sm_clock_mhz": -5}, "sm_clock_mhz must be a finite number >= 0"),
+    ({"memory_clock_mhz": -5}, "memory_clock_mhz must be a finite number >= 0"),
+    ({"fan_speed_pct": 101}, "fan_speed_pct must be between 0 and 100"),
+    ({"memory_used_mb": float("inf")}, "memory_used_mb must be a finite number >= 0"),
+    ({"power_draw_w": float("nan")}, "power_draw_w must be between 0 and 1500"),
+    ({"gpu_index": -1}, "gpu_index must be an integer >= 0"),
+    ({"gpu_index": 1.0}, "gpu_index must be an integer >= 0"),
+    ({"gpu_index": True}, "gpu_index must be an integer >= 0"),
+    ({"gpu_index": "0"}, "gpu_index must be an integer >= 0"),
+    ({"gpu_uuid": ""}, "gpu_uuid must be a non-empty string"),
+    ({"gpu_uuid": 7}, "gpu_uuid must be a non-empty string"),
+    ({"utilization_gpu_pct": "87"}, "utilization_gpu_pct must be a number"),
+    ({"utilization_gpu_pct": True}, "utilization_gpu_pct must be a number"),
+    ({"temperature_c": [71]}, "temperature_c must be a number"),
+    ({"timestamp": "yesterday"}, "timestamp must be an ISO-8601 UTC timestamp"),
+    ({"timestamp": "2026-02-25"}, "timestamp must be an ISO-8601 UTC timestamp"),
+    ({"timestamp": 1772020800}, "timestamp must be an ISO-8601 UTC timestamp"),
+    ({"timestamp": "2026-02-25T12:05:01Z"}, "timestamp is more than 5 minutes in the future"),
+    ({"team_id": "t" * 129}, "team_id must be at most 128 characters"),
+    ({"model_tag": "m" * 129}, "model_tag must be at most 128 characters"),
+    ({"team_id": 5}, "team_id must be a string"),
+    ({"gpu_name": {"a": 1}}, "gpu_name must be a string"),
+    ({"job_id": 12}, "job_id must be a string"),
+    ({"scheduler_source": "nomad"},
+     "scheduler_source must be one of: kubernetes, slurm, runai, manual"),
+    ({"scheduler_source": ["slurm"]},
+     "scheduler_source must be one of: kubernetes, slurm, runai, manual"),
+])
+def test_every_rule_has_its_text(changes: dict[str, Any], text: str) -> None:
+    assert error_of([sample(), sample(**changes)]) == f"Metric at index 1: {text}"
+
+
+def test_edges_of_ranges_are_valid() -> None:
+    rows = validate_batch([sample(power_draw_w=0, temperature_c=120, utilization_gpu_pct=100,
+                                  team_id="t" * 128, timestamp="2026-02-25T12:05:00Z")],
+                          max_samples=10, now=NOW)
+    assert rows[0]["timestamp"] == NOW + timedelta(minutes=5)
+
+
+def test_offsets_are_converted_to_utc_and_naive_is_utc() -> None:
+    rows = validate_batch([sample(timestamp="2026-02-25T13:00:00+01:00"),
+                           sample(timestamp="2026-02-25T12:00:00", gpu_index=1)],
+                          max_samples=10, now=NOW)
+    assert rows[0]["timestamp"] == NOW == rows[1]["timestamp"]
+    assert rows[0]["timestamp"].utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(("payload", "text"), [
+    ({"timestamp": "x"}, "Request body must be a JSON array of metric objects"),
+    ("[]", "Request body must be a JSON array of metric objects"),
+    ([], "Request body must contain at least one metric"),
+    ([sample(), 5], "Metric at index 1: must be a JSON object"),
+    ([sample()] * 11, "Too many metrics in one request: 11 (maximum 10)"),
+])
+def test_batch_shape(payload: Any, text: str) -> None:
+    assert error_of(payload) == text
+
+
+def test_unknown_fields_are_ignored_and_bad_hostname_dropped() -> None:
+    rows = validate_batch([sample(future_field={"x": 1}, hostname=["not", "a", "name"])],
+                          max_samples=10, now=NOW)
+    assert rows[0]["hostname"] is None
+    good = validate_batch([sample(hostname="gpu-node-01")], max_samples=10, now=NOW)
+    assert good[0]["hostname"] == "gpu-node-01"
+
+
+def test_nothing_is_changed_when_the_batch_fails() -> None:
+    first = sample()
+    with pytest.raises(IngestValidationError):
+        validate_batch([first, sample(temperature_c=500)], max_samples=10, now=NOW)
+    assert first["timestamp"] == "2026-02-25T12:00:00Z"
+
+
+def test_columns_line_up_with_rows() -> None:
+    payload = json.loads(json.dumps([full_sample(gpu_index=i) for i in range(4)]))
+    columns = validate_columns(payload, max_samples=10, now=NOW)
+    assert columns["gpu_index"] == [0, 1, 2, 3]
+    assert columns["timestamp"] == [NOW] * 4
+    assert columns["scheduler_source"] == ["kubernetes"] * 4
+
+
+# --- agreement with the documented schema ----------------------------------------------
+
+AGREEMENT_CASES: list[dict[str, Any]] = [
+    sample(), full_sample(),
+    sample(power_draw_w=1500), sample(power_draw_w=1500.01), sample(power_draw_w=-1),
+    sample(utilization_gpu_pct=101), sample(utilization_memory_pct=-0.1),
+    sample(temperature_c=120), sample(temperature_c=120.5), sample(memory_used_mb=-3),
+    sample(gpu_index=-1), sample(gpu_uuid=""), sample(gpu_uuid=_DROP),
+    sample(team_id="a" * 128), sample(team_id="a" * 129), sample(model_tag="b" * 129),
+    sample(scheduler_source="slurm"), sample(scheduler_source="cron"),
+    sample(fan_speed_pct=100), sample(fan_speed_pct=100.5), sample(energy_delta_j=-1),
+    sample(power_limit_w=-1), sample(memory_total_mb=-1), sample(sm_clock_mhz=-1),
+    sample(memory_clock_mhz=-1), sample(timestamp="not a time"),
+]
+
+
+@pytest.mark.parametrize("case", AGREEMENT_CASES)
+def test_validator_agrees_with_metric_sample(case: dict[str, Any]) -> None:
+    try:
+        model = MetricSample.model_validate(case)
+    except ValidationError:
+        model = None
+    try:
+        rows = validate_batch([dict(case)], max_samples=1, now=NOW)
+    except IngestValidationError:
+        rows = None
+    assert (model is None) == (rows is None), case
+    if model is not None and rows is not None:
+        dumped = model.model_dump()
+        for name, value in dumped.items():
+            assert rows[0].get(name) == value, name
