@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import subprocess
 import sys
@@ -108,7 +109,25 @@ async def test_busy_cpu_makes_the_process_in_use(fake_nvml, spawn):
     adapter = _adapter(_node(fake_nvml, (spinner.pid, 4096)), spinner.pid, idle_window_s=0.3)
     (model,) = await adapter.list_models()
     assert model.in_use is True
-    assert "CPU over 0.3s" in adapter.in_use_reason(model)
+    assert adapter.in_use_reason(model).startswith("busy (using ")
+
+
+async def test_a_recent_cpu_reading_spares_the_next_listing_its_wait(fake_nvml, spawn):
+    child = spawn()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    adapter = _adapter(_node(fake_nvml, (child.pid, 4096)), child.pid, idle_window_s=0.1,
+                       sleep=sleep)
+    (first,) = await adapter.list_models()
+    assert waits == [0.1]  # a new process is watched over one window
+    await asyncio.sleep(0.15)  # the console's next poll, a little later
+    (second,) = await adapter.list_models()
+    assert waits == [0.1]  # measured against the kept reading instead
+    assert first.in_use is second.in_use is False
 
 
 async def test_only_matching_visible_processes_are_listed(fake_nvml, spawn):

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -32,6 +32,7 @@ from server.schemas import GpuProcess, LoadedModel
 log = logging.getLogger("gpufleet.purge")
 
 POLL_S = 0.05
+MAX_WINDOW_FACTOR = 10  # a kept CPU reading older than this many windows is stale
 
 
 @dataclass(slots=True)
@@ -47,7 +48,8 @@ class ProcessAdapter(RuntimeAdapter):
     def __init__(self, backend: GpuBackend, process_names: Sequence[str] = (),
                  users: Sequence[str] = (), grace_s: float = 10.0, *, name: str = "process",
                  idle_gpu_pct: float = 5.0, idle_cpu_pct: float = 2.0,
-                 idle_window_s: float = 0.5, kill_wait_s: float = 5.0) -> None:
+                 idle_window_s: float = 0.5, kill_wait_s: float = 5.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.name = name
         self.backend = backend
         self.process_names = frozenset(process_names)
@@ -57,7 +59,9 @@ class ProcessAdapter(RuntimeAdapter):
         self.idle_cpu_pct = idle_cpu_pct
         self.idle_window_s = idle_window_s
         self.kill_wait_s = kill_wait_s
+        self._sleep = sleep
         self._targets: dict[str, _Target] = {}
+        self._cpu_samples: dict[tuple[int, float], tuple[float, float]] = {}  # -> (when, cpu s)
 
     async def list_models(self) -> list[LoadedModel]:
         if self.backend.simulated or not (self.process_names or self.users):
@@ -112,16 +116,33 @@ class ProcessAdapter(RuntimeAdapter):
         return None
 
     async def _cpu_percent(self, procs: list[psutil.Process]) -> dict[int, float]:
-        """CPU use of each process over ``idle_window_s``, in percent of one CPU."""
-        before = {p.pid: t for p in procs if (t := _cpu_seconds(p)) is not None}
-        start = time.monotonic()
-        await asyncio.sleep(self.idle_window_s)
-        elapsed = max(time.monotonic() - start, 1e-6)
+        """CPU use of each process over a recent window, in percent of one CPU.
+
+        A reading kept from the last listing serves when it is between one and
+        ``MAX_WINDOW_FACTOR`` windows old, so frequent listings (a status poll)
+        do not wait; otherwise every process is read across one fresh window.
+        """
+        now = time.monotonic()
+        readings = {p.pid: (p, _cpu_seconds(p)) for p in procs}
+        readings = {pid: (p, t) for pid, (p, t) in readings.items() if t is not None}
         out: dict[int, float] = {}
-        for proc in procs:
-            after = _cpu_seconds(proc)
-            if after is not None and proc.pid in before:
-                out[proc.pid] = 100.0 * (after - before[proc.pid]) / elapsed
+        fresh: list[psutil.Process] = []
+        for pid, (proc, seconds) in readings.items():
+            kept = self._cpu_samples.get(_identity(proc))
+            if kept and self.idle_window_s <= now - kept[0] <= MAX_WINDOW_FACTOR * self.idle_window_s:
+                out[pid] = 100.0 * (seconds - kept[1]) / (now - kept[0])
+            else:
+                fresh.append(proc)
+        samples = {_identity(p): (now, t) for p, t in readings.values()}
+        if fresh:
+            await self._sleep(self.idle_window_s)
+            after = time.monotonic()
+            for proc in fresh:
+                seconds = _cpu_seconds(proc)
+                if seconds is not None:
+                    out[proc.pid] = 100.0 * (seconds - readings[proc.pid][1]) / max(after - now, 1e-6)
+                    samples[_identity(proc)] = (after, seconds)
+        self._cpu_samples = samples
         return out
 
     def _busy_reason(self, gpus: frozenset[int | None], utilization: dict[int, int | None],
@@ -135,7 +156,7 @@ class ProcessAdapter(RuntimeAdapter):
         if None in gpus:
             return "its GPU is unknown"
         if cpu_pct >= self.idle_cpu_pct:
-            return f"{cpu_pct:.0f}% CPU over {self.idle_window_s:g}s"
+            return f"using {cpu_pct:.0f}% of a CPU"
         return None
 
     def in_use_reason(self, model: LoadedModel) -> str:
@@ -177,6 +198,11 @@ class ProcessAdapter(RuntimeAdapter):
             raise ModelGone(f"{label} no longer holds GPU memory; left running ({self.name})")
         if not all(p.visible for p in entries):
             raise RuntimeAdapterError(f"{self.name}: {label} is no longer visible; not signalled")
+
+
+def _identity(proc: psutil.Process) -> tuple[int, float]:
+    """PID and create time: a reused PID is another process."""
+    return proc.pid, proc.create_time()
 
 
 def _cpu_seconds(proc: psutil.Process) -> float | None:
