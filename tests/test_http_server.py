@@ -309,6 +309,8 @@ async def test_sigterm_shuts_down_gracefully_and_runs_on_stop() -> None:
     async with running_server() as server:
         runner = asyncio.create_task(run_until_signalled(server, on_stop))
         await asyncio.sleep(0)  # let it install its signal handlers
+        # Never send a signal nobody catches: it would end the test run.
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         os.kill(os.getpid(), signal.SIGTERM)
         assert await asyncio.wait_for(runner, 5) == 0
         assert stopped == ["store closed"]

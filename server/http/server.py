@@ -143,7 +143,7 @@ class HttpServer:
         stream = StreamConnection(reader, writer, write_timeout_s=self.limits.write_timeout_s)
         try:
             if self._state.closing:
-                stream.abort()
+                await stream.close()
             elif len(self._protocols) >= self.limits.max_connections:
                 await self._refuse(stream)
             else:
