@@ -50,6 +50,15 @@ class _Outcome:
     expected_drop_mb: int = 0
     measure_failed: bool = False
 
+    def merge(self, other: _Outcome) -> None:
+        self.actions += other.actions
+        self.unloaded += other.unloaded
+        self.errors += other.errors
+        self.skipped += other.skipped
+        self.in_use_skipped += other.in_use_skipped
+        self.failed_runtimes += [r for r in other.failed_runtimes if r not in self.failed_runtimes]
+        self.expected_drop_mb += other.expected_drop_mb
+
     def failed(self, runtime: str, message: str) -> None:
         self.errors.append(message)
         if runtime not in self.failed_runtimes:
@@ -75,19 +84,22 @@ class PurgeService:
         self._now = now
         self._lock = asyncio.Lock()
 
-    async def loaded_models(self) -> list[LoadedModel]:
-        """Every adapter's models; an adapter that fails is logged and left out."""
+    async def loaded_models(self, *, timeout_s: float | None = None) -> list[LoadedModel]:
+        """Every adapter's models; one that fails or takes over ``timeout_s`` is logged and left out."""
         models: list[LoadedModel] = []
-        for adapter, listed in await self._list_all():
-            if isinstance(listed, BaseException):
+        for adapter, listed in await self._list_all(timeout_s):
+            if isinstance(listed, TimeoutError):
+                log.warning("%s: listing models took over %gs", adapter.name, timeout_s)
+            elif isinstance(listed, BaseException):
                 log.warning("%s: cannot list models: %s", adapter.name, listed)
             else:
                 models.extend(listed)
         return models
 
-    async def _list_all(self) -> list[tuple[RuntimeAdapter, list[LoadedModel] | BaseException]]:
-        results = await asyncio.gather(*(a.list_models() for a in self.adapters),
-                                       return_exceptions=True)
+    async def _list_all(self, timeout_s: float | None = None
+                        ) -> list[tuple[RuntimeAdapter, list[LoadedModel] | BaseException]]:
+        results = await asyncio.gather(*(asyncio.wait_for(a.list_models(), timeout_s)
+                                         for a in self.adapters), return_exceptions=True)
         for adapter, result in zip(self.adapters, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, RuntimeAdapterError):
                 log.error("%s: listing models failed", adapter.name, exc_info=result)
@@ -103,8 +115,16 @@ class PurgeService:
                 if isinstance(listed, BaseException):
                     outcome.failed(adapter.name, _list_error(adapter, listed))
                     continue
-                for model in listed:
-                    await self._purge_model(adapter, model, req, selected, outcome)
+                if adapter.parallel_unload:
+                    # Grace periods overlap instead of adding up; results keep listing order.
+                    parts = [_Outcome() for _ in listed]
+                    await asyncio.gather(*(self._purge_model(adapter, m, req, selected, part)
+                                           for m, part in zip(listed, parts, strict=True)))
+                    for part in parts:
+                        outcome.merge(part)
+                else:
+                    for model in listed:
+                        await self._purge_model(adapter, model, req, selected, outcome)
             after = await self._after_snapshot(before, selected, outcome)
             return self._result(before, after, selected, outcome)
 

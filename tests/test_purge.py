@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -374,3 +375,39 @@ async def test_process_purge_on_a_real_child_frees_its_memory():
             child.kill()
         child.wait(timeout=10)
         child.stdout.close()
+
+
+async def test_a_hanging_adapter_does_not_hide_the_others_from_loaded_models(caplog):
+    class Hanging(StubAdapter):
+        async def list_models(self) -> list[LoadedModel]:
+            await asyncio.Event().wait()  # a runtime that accepted the connection and went quiet
+            return []
+
+    fine = StubAdapter("ollama", [LoadedModel(name="qwen", runtime="ollama")])
+    service = _service(LiveNode(lambda: _snapshot({0: 0})), [Hanging("triton", []), fine])
+    assert [m.name for m in await service.loaded_models(timeout_s=0.05)] == ["qwen"]
+    assert "triton: listing models took over 0.05s" in caplog.text
+
+
+async def test_processes_are_signalled_together_and_reported_in_order():
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)")
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+                for _ in range(3)]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        name = psutil.Process(children[0].pid).name()
+        procs = [GpuProcess(pid=c.pid, name=name, memory_mb=1024, gpu_index=0) for c in children]
+        node = LiveNode(lambda: _snapshot({0: 3072}, procs))
+        adapter = ProcessAdapter(node, [name], grace_s=0.2, idle_window_s=0.1)
+        result = await _service(node, [adapter], settle_s=0.1).purge(PurgeRequest())
+        assert result.actions == [f"killed {name}[{c.pid}] (process, SIGKILL after 0.2s grace)"
+                                  for c in children]
+        assert all(c.wait(timeout=10) is not None for c in children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+            child.wait(timeout=10)
+            child.stdout.close()

@@ -25,6 +25,8 @@ class RuntimeAdapter(abc.ABC):
     """One runtime on this node: lists what it has loaded and unloads it on request."""
 
     name: str
+    # Unloads of this runtime's models may run together (signals to separate processes).
+    parallel_unload: bool = False
 
     @abc.abstractmethod
     async def list_models(self) -> list[LoadedModel]:

@@ -45,6 +45,8 @@ class _Target:
 class ProcessAdapter(RuntimeAdapter):
     """Matching GPU processes, each listed as ``name[pid]``."""
 
+    parallel_unload = True
+
     def __init__(self, backend: GpuBackend, process_names: Sequence[str] = (),
                  users: Sequence[str] = (), grace_s: float = 10.0, *, name: str = "process",
                  idle_gpu_pct: float = 5.0, idle_cpu_pct: float = 2.0,
