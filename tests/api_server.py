@@ -57,3 +57,28 @@ async def running_app(settings: Settings | None = None, *, backend: Any = None,
             yield Running(app=app, http=http, keys=dict(keys or {}))
     finally:
         await app.stop()
+
+
+KEY_ROLES: dict[str, tuple[list[str], str]] = {
+    # role -> (scopes, account)
+    "operator": (["operator"], "default"),
+    "ingest": (["ingest"], "default"),
+    "read": (["read"], "default"),
+    "ingest_read": (["ingest", "read"], "default"),
+    "other": (["ingest", "read"], "acme"),
+}
+
+
+@contextlib.asynccontextmanager
+async def store_app(db_path: Any, settings: Settings | None = None) -> AsyncIterator[Running]:
+    """A server over a real DuckDB file with one key per role in ``KEY_ROLES``."""
+    from server.store import MetricsStore
+
+    store = MetricsStore.open(db_path)
+    try:
+        keys = {role: store.create_key(f"{role}-key", scopes, account).key
+                for role, (scopes, account) in KEY_ROLES.items()}
+        async with running_app(settings, store=store, keys=keys) as srv:
+            yield srv
+    finally:
+        store.close()

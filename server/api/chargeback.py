@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+from datetime import date, datetime
 
 from server.api.context import ApiContext
 from server.api.guard import add_route
@@ -59,14 +59,23 @@ class ChargebackRoutes:
         fmt = (request.query.get("format") or "json").lower()
         if fmt not in ("json", "csv"):
             raise HttpError(400, "Query parameter format must be json or csv")
+        from server.store import ReportRangeError
+
         account = request.account or ""
         pricing = self._ctx.settings.pricing
         now = self._ctx.now()
-        if fmt == "csv":
-            text = await asyncio.to_thread(self._store.chargeback_csv, account, start, end,
-                                           pricing, now)
-            disposition = f'attachment; filename="{csv_filename(start, end)}"'
-            return Response.text(text, content_type="text/csv; charset=utf-8",
-                                 headers=[("Content-Disposition", disposition)])
-        report = await asyncio.to_thread(self._store.chargeback, account, start, end, pricing, now)
+        try:
+            if fmt == "csv":
+                return await self._csv(account, start, end, now)
+            report = await asyncio.to_thread(self._store.chargeback, account, start, end,
+                                             pricing, now)
+        except ReportRangeError as exc:
+            raise HttpError(400, str(exc)) from None
         return Response.json(report)
+
+    async def _csv(self, account: str, start: date, end: date, now: datetime) -> Response:
+        text = await asyncio.to_thread(self._store.chargeback_csv, account, start, end,
+                                       self._ctx.settings.pricing, now)
+        disposition = f'attachment; filename="{csv_filename(start, end)}"'
+        return Response.text(text, content_type="text/csv; charset=utf-8",
+                             headers=[("Content-Disposition", disposition)])

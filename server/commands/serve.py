@@ -88,7 +88,9 @@ async def serve(settings: Settings) -> int:
     db_path = settings.server.resolved_db_path()
     try:
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        store = await asyncio.to_thread(MetricsStore.open, db_path)
+        store = await asyncio.to_thread(
+            MetricsStore.open, db_path, expected_interval_s=settings.pricing.expected_interval_s,
+            idle_utilization_pct=settings.pricing.idle_utilization_pct)
     except Exception as exc:  # a locked or corrupt database: say so, no traceback
         raise _StartupError(f"cannot open the store {db_path}: {exc}") from exc
     try:

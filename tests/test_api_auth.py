@@ -1,0 +1,104 @@
+"""The auth matrix on every route, both key headers, and key rotation; real store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from server.client import AsyncGpuFleetClient, Unauthorized
+from tests.api_server import store_app
+
+TS = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+SAMPLE = {"timestamp": TS, "gpu_index": 0, "gpu_uuid": "GPU-1", "power_draw_w": 100,
+          "utilization_gpu_pct": 10, "utilization_memory_pct": 10, "temperature_c": 40,
+          "memory_used_mb": 10}
+TODAY = datetime.now(UTC).date().isoformat()
+
+# (method, path, request kwargs, the scope family that may call it)
+ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
+    ("GET", "/v1/gpu/status", {}, "operator"),
+    ("GET", "/v1/gpu/memory", {}, "operator"),
+    ("POST", "/v1/gpu/purge", {"json": {"force": False}}, "operator"),
+    ("POST", "/v1/metrics/ingest", {"json": [SAMPLE]}, "ingest"),
+    ("POST", "/v1/agent/heartbeat",
+     {"json": {"agent_version": "0.2.0", "gpu_count": 4, "hostname": "gpu-node-01"}}, "ingest"),
+    ("GET", "/v1/chargeback/report", {"params": {"from": TODAY, "to": TODAY}}, "read"),
+    ("GET", "/v1/agent/hosts", {}, "read"),
+]
+# role -> the scope families it may use
+ALLOWED = {"operator": {"operator", "ingest", "read"}, "ingest": {"ingest"}, "read": {"read"},
+           "ingest_read": {"ingest", "read"}}
+
+
+async def _call(http: httpx.AsyncClient, method: str, path: str, kwargs: dict[str, Any],
+                headers: dict[str, str]) -> httpx.Response:
+    return await http.request(method, path, headers=headers, **kwargs)
+
+
+async def test_auth_matrix_on_every_route(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        for method, path, kwargs, family in ROUTES:
+            none = await _call(srv.http, method, path, kwargs, {})
+            assert none.status_code == 401, (path, none.text)
+            assert none.json() == {"error": "Missing or invalid API key"}
+            assert none.headers["www-authenticate"].startswith("Bearer")
+            unknown = await _call(srv.http, method, path, kwargs,
+                                  {"X-API-Key": "gpf_not_a_real_key"})
+            assert unknown.status_code == 401, path
+            for role, families in ALLOWED.items():
+                for header in ("bearer", "x-api-key"):
+                    response = await _call(srv.http, method, path, kwargs,
+                                           srv.auth(role, header=header))
+                    want = 200 if family in families else 403
+                    assert response.status_code == want, (path, role, header, response.text)
+                    if want == 403:
+                        assert "requires" in response.json()["error"]
+
+
+async def test_public_routes_need_no_key(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        assert (await srv.http.get("/v1/metrics/ingest")).status_code == 200
+        assert (await srv.http.get("/v1/openapi.json")).status_code == 200
+
+
+async def test_operator_only_message(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        response = await srv.http.get("/v1/gpu/status", headers=srv.auth("ingest_read"))
+        assert response.json() == {"error": "This endpoint requires an operator-scoped key"}
+
+
+async def test_rotation_replaces_the_key_at_once(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        old = srv.keys["ingest"]
+        headers = {"X-API-Key": old}
+        assert (await srv.http.post("/v1/metrics/ingest", json=[SAMPLE],
+                                    headers=headers)).status_code == 200
+        async with AsyncGpuFleetClient(srv.url, api_key=old) as client:
+            created = await client.rotate_key()
+        assert created.key != old
+        assert created.info.name == "ingest-key" and created.info.scopes == ["ingest"]
+        stale = await srv.http.post("/v1/metrics/ingest", json=[SAMPLE], headers=headers)
+        assert stale.status_code == 401
+        fresh = await srv.http.post("/v1/metrics/ingest", json=[SAMPLE],
+                                    headers={"Authorization": f"Bearer {created.key}"})
+        assert fresh.status_code == 200
+        assert fresh.json()["duplicates"] == 1
+        async with AsyncGpuFleetClient(srv.url, api_key=old) as client:
+            try:
+                await client.rotate_key()
+            except Unauthorized as exc:
+                assert exc.status == 401
+            else:
+                raise AssertionError("the old key rotated again")
+
+
+async def test_rotation_needs_a_valid_key(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        assert (await srv.http.post("/v1/keys/rotate")).status_code == 401
+        read = await srv.http.post("/v1/keys/rotate", headers=srv.auth("read"))
+        assert read.status_code == 200
+        assert read.json()["info"]["scopes"] == ["read"]
+        assert "key" in read.json()
