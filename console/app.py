@@ -68,6 +68,8 @@ class GpuFleetApp(App[None]):
         Binding("h", "switch_mode('hosts')", "Hosts", id="app.hosts", tooltip="Agents reporting to the server"),
         Binding("question_mark", "help", "Help", id="app.help", tooltip="Every key binding"),
         Binding("t", "toggle_dark", "Theme", id="app.toggle_theme", tooltip="Switch light / dark"),
+        Binding("ctrl+r", "poll_now", "Poll now", show=False, id="app.poll_now",
+                tooltip="Poll every node now instead of waiting for the next tick"),
     ]
 
     def __init__(
@@ -160,6 +162,7 @@ class GpuFleetApp(App[None]):
         yield SystemCommand("Hosts", "Agents reporting to the server", partial(self.switch_mode, "hosts"))
         yield SystemCommand("Help", "Every key binding", self.action_help)
         yield SystemCommand("Toggle light/dark", "Switch the theme", self.action_toggle_dark)
+        yield SystemCommand("Poll now", "Poll every node now", self.action_poll_now)
         if isinstance(screen, FleetScreen):
             yield SystemCommand("Filter", "Filter the fleet", screen.action_filter)
             yield SystemCommand("Sort by next column", "Cycle the sort column", screen.action_sort_next)
@@ -174,8 +177,14 @@ class GpuFleetApp(App[None]):
     def on_mount(self) -> None:
         self.switch_mode("fleet")
         for target in self.targets.values():
-            client = self.client_factory(target, self.settings.request_timeout_s)
-            self._clients[target.name] = client
+            self._clients[target.name] = self.client_factory(target, self.settings.request_timeout_s)
+        self.action_poll_now()
+
+    def action_poll_now(self) -> None:
+        """(Re)start every node's poller: each polls at once, then on its own schedule."""
+        for target in self.targets.values():
+            client = self._clients[target.name]
+            # exclusive=True: the group's previous loop is cancelled, so a node never has two.
             self.run_worker(
                 poll_node(target, client, interval_s=self.refresh_s,
                           timeout_s=self.settings.request_timeout_s,
@@ -208,6 +217,8 @@ class GpuFleetApp(App[None]):
 
     def _redraw(self) -> None:
         self._redraw_pending = False
+        if not self.screen_stack:  # shutting down: the screens are already gone
+            return
         self.redraws += 1
         refresh = getattr(self.screen, "refresh_fleet", None)
         if refresh is not None:

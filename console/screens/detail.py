@@ -66,7 +66,7 @@ class GpuDetailScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "purge" and self.readonly:
-            return None
+            return False  # hidden: a read-only console has no purge
         return True
 
     @property

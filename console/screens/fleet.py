@@ -60,7 +60,7 @@ class FleetScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "purge" and self.readonly:
-            return None  # hidden, not merely disabled: a read-only console has no purge
+            return False  # hidden, not merely disabled: a read-only console has no purge
         return True
 
     @property
