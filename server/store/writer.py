@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import duckdb
 
 from server.store import usage_sql
+from server.store.timeutil import to_db
 
 log = logging.getLogger("gpufleet.store.writer")
 
@@ -38,13 +39,14 @@ SAMPLE_FIELDS: tuple[str, ...] = (
 )
 _SAMPLE_COLUMNS = ", ".join(SAMPLE_FIELDS)
 _STAGING_DDL = """CREATE TEMP TABLE IF NOT EXISTS staging (
-    job INTEGER, account VARCHAR, ts TIMESTAMPTZ, gpu_index INTEGER, gpu_uuid VARCHAR,
+    job INTEGER, ts TIMESTAMPTZ, gpu_index INTEGER, gpu_uuid VARCHAR,
     power_draw_w DOUBLE, utilization_gpu_pct DOUBLE, utilization_memory_pct DOUBLE,
     temperature_c DOUBLE, memory_used_mb DOUBLE, gpu_name VARCHAR, power_limit_w DOUBLE,
     energy_delta_j DOUBLE, fan_speed_pct DOUBLE, memory_total_mb DOUBLE, sm_clock_mhz DOUBLE,
     memory_clock_mhz DOUBLE, job_id VARCHAR, team_id VARCHAR, model_tag VARCHAR,
-    scheduler_source VARCHAR, hostname VARCHAR, received_at TIMESTAMPTZ
+    scheduler_source VARCHAR, hostname VARCHAR
 )"""
+_JOBS_DDL = "CREATE TEMP TABLE IF NOT EXISTS jobs (job INTEGER, account VARCHAR, received_at TIMESTAMP)"
 MAX_GROUP_SAMPLES = 200_000  # one transaction stays bounded in memory
 
 
@@ -99,6 +101,7 @@ class StoreWriter:
         self._lock = threading.Lock()
         self._con.execute("SET TimeZone = 'UTC'")
         self._con.execute(_STAGING_DDL)
+        self._con.execute(_JOBS_DDL)
         self._thread = threading.Thread(target=self._run, name="gpufleet-store-writer", daemon=True)
         self._thread.start()
 
@@ -225,64 +228,86 @@ def write_samples(con: duckdb.DuckDBPyConnection, group: Sequence[_SampleJob], r
     appender = con.appender("staging")
     try:
         for index, job in enumerate(group):
-            account, received = job.account, job.received_at
-            appender.append_rows(
-                [(index, account, s["timestamp"], *map(s.get, fields), received) for s in job.samples]
-            )
+            # account and receive time are per batch: they join in from `jobs`, not per row
+            appender.append_rows([(index, s["timestamp"], *map(s.get, fields)) for s in job.samples])
         appender.flush()
     finally:
         appender.clear()
+    con.execute("DELETE FROM jobs")
+    con.executemany("INSERT INTO jobs VALUES (?, ?, ?)",
+                    [(i, job.account, to_db(job.received_at)) for i, job in enumerate(group)])
+    n, distinct, late = con.execute("""
+        SELECT count(*), count(DISTINCT (j.account, st.gpu_uuid, st.ts)),
+               count(*) FILTER (WHERE st.ts::TIMESTAMP <= g.ts)
+        FROM staging st JOIN jobs j USING (job)
+        LEFT JOIN gpu_last g ON g.account = j.account AND g.gpu_uuid = st.gpu_uuid
+    """).fetchone()
+    if n == distinct and not late:
+        # the live path: every row is new and newer than its GPU's tail; no copy needed
+        con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW cand AS
+            SELECT st.job, j.account, st.ts::TIMESTAMP AS ts, {_STAGED}, j.received_at, false AS ooo
+            FROM staging st JOIN jobs j USING (job)
+        """)
+    else:
+        _stage_deduplicated(con)
     params = {"cap_us": rollup.cap_us, "idle_pct": rollup.idle_pct}
-    # first occurrence of every key in the group; `ooo` marks rows at or before the GPU's tail
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE cand AS
-        SELECT st.* EXCLUDE (ts, received_at), st.ts::TIMESTAMP AS ts,
-               st.received_at::TIMESTAMP AS received_at,
-               coalesce(st.ts::TIMESTAMP <= g.ts, false) AS ooo
-        FROM staging st LEFT JOIN gpu_last g ON g.account = st.account AND g.gpu_uuid = st.gpu_uuid
-        QUALIFY row_number() OVER (PARTITION BY st.account, st.gpu_uuid, st.ts ORDER BY st.job) = 1
-    """)
-    con.execute("DELETE FROM staging")
-    late = con.execute("SELECT min(ts), max(ts) FROM cand WHERE ooo").fetchone()
-    if late and late[0] is not None:
-        # only rows not newer than their GPU's tail can already be stored
-        con.execute(
-            """DELETE FROM cand USING samples s
-               WHERE cand.ooo AND s.ts BETWEEN $lo AND $hi AND s.account = cand.account
-                 AND s.gpu_uuid = cand.gpu_uuid AND s.ts = cand.ts""",
-            {"lo": late[0], "hi": late[1]},
-        )
     con.execute(
         f"""INSERT INTO samples (account, ts, {_SAMPLE_COLUMNS}, received_at)
             SELECT account, ts, {_SAMPLE_COLUMNS}, received_at FROM cand"""
     )
     con.execute(usage_sql.APPEND_IN_ORDER, params)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE redo AS
-        SELECT account, gpu_uuid, epoch_us(date_trunc('day', min(ts))) - 86400000000 AS from_us
-        FROM cand WHERE ooo GROUP BY ALL
-    """)
-    if con.execute("SELECT count(*) FROM redo").fetchone()[0]:
-        con.execute(usage_sql.DELETE_REDO_DAYS)
-        con.execute(usage_sql.RECOMPUTE_REDO, params)
-    con.execute("""
-        INSERT INTO gpu_last BY NAME
-        SELECT account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w, energy_delta_j,
-               utilization_gpu_pct, received_at, hostname
-        FROM cand QUALIFY row_number() OVER (PARTITION BY account, gpu_uuid ORDER BY ts DESC) = 1
-        ON CONFLICT DO UPDATE SET
-            ts = CASE WHEN excluded.ts > gpu_last.ts THEN excluded.ts ELSE gpu_last.ts END,
-            gpu_name = CASE WHEN excluded.ts > gpu_last.ts THEN excluded.gpu_name ELSE gpu_last.gpu_name END,
-            team_id = CASE WHEN excluded.ts > gpu_last.ts THEN excluded.team_id ELSE gpu_last.team_id END,
-            model_tag = CASE WHEN excluded.ts > gpu_last.ts THEN excluded.model_tag ELSE gpu_last.model_tag END,
-            power_draw_w = CASE WHEN excluded.ts > gpu_last.ts THEN excluded.power_draw_w ELSE gpu_last.power_draw_w END,
-            energy_delta_j = CASE WHEN excluded.ts > gpu_last.ts THEN excluded.energy_delta_j ELSE gpu_last.energy_delta_j END,
-            utilization_gpu_pct = CASE WHEN excluded.ts > gpu_last.ts THEN excluded.utilization_gpu_pct ELSE gpu_last.utilization_gpu_pct END,
-            received_at = greatest(excluded.received_at, gpu_last.received_at),
-            hostname = coalesce(excluded.hostname, gpu_last.hostname)
-    """)
+    if late:
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE redo AS
+            SELECT account, gpu_uuid, epoch_us(date_trunc('day', min(ts))) - 86400000000 AS from_us
+            FROM cand WHERE ooo GROUP BY ALL
+        """)
+        if con.execute("SELECT count(*) FROM redo").fetchone()[0]:
+            con.execute(usage_sql.DELETE_REDO_DAYS)
+            con.execute(usage_sql.RECOMPUTE_REDO, params)
+    con.execute(_UPSERT_GPU_LAST)
     rows = con.execute("SELECT job, count(*) FROM cand GROUP BY job").fetchall()
+    con.execute("DELETE FROM staging")
     return {int(job): int(n) for job, n in rows}
+
+
+def _stage_deduplicated(con: duckdb.DuckDBPyConnection) -> None:
+    """The careful path: first occurrence of each key in the group, minus rows already stored."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE cand_rows AS
+        SELECT st.job, j.account, st.ts::TIMESTAMP AS ts, {_STAGED}, j.received_at,
+               coalesce(st.ts::TIMESTAMP <= g.ts, false) AS ooo
+        FROM staging st JOIN jobs j USING (job)
+        LEFT JOIN gpu_last g ON g.account = j.account AND g.gpu_uuid = st.gpu_uuid
+        QUALIFY row_number() OVER (PARTITION BY j.account, st.gpu_uuid, st.ts ORDER BY st.job) = 1
+    """)
+    late = con.execute("SELECT min(ts), max(ts) FROM cand_rows WHERE ooo").fetchone()
+    if late and late[0] is not None:
+        # only rows not newer than their GPU's tail can already be stored
+        con.execute(
+            """DELETE FROM cand_rows USING samples s
+               WHERE cand_rows.ooo AND s.ts BETWEEN $lo AND $hi AND s.account = cand_rows.account
+                 AND s.gpu_uuid = cand_rows.gpu_uuid AND s.ts = cand_rows.ts""",
+            {"lo": late[0], "hi": late[1]},
+        )
+    con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT * FROM cand_rows")
+
+
+_STAGED = ", ".join("st." + f for f in SAMPLE_FIELDS)
+_NEWER = "excluded.ts > gpu_last.ts"
+_UPSERT_GPU_LAST = f"""
+    INSERT INTO gpu_last BY NAME
+    SELECT account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w, energy_delta_j,
+           utilization_gpu_pct, received_at, hostname
+    FROM cand QUALIFY row_number() OVER (PARTITION BY account, gpu_uuid ORDER BY ts DESC) = 1
+    ON CONFLICT DO UPDATE SET
+        {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE gpu_last.{c} END"
+                   for c in ("ts", "gpu_name", "team_id", "model_tag", "power_draw_w",
+                             "energy_delta_j", "utilization_gpu_pct"))},
+        received_at = greatest(excluded.received_at, gpu_last.received_at),
+        hostname = coalesce(excluded.hostname, gpu_last.hostname)
+"""
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
