@@ -181,9 +181,14 @@ class AgentRunner:
                 return  # nothing left, or the server is away: the spool keeps it
             if step is Step.IDLE:
                 await self._data.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._draining.wait(), delay)
+                continue
+            try:
+                await asyncio.wait_for(self._draining.wait(), delay)
+            except TimeoutError:
+                continue
+            # Stopping during a backoff: the server asked for time (or is away), so the
+            # flush does not retry early; what is left stays spooled for the next run.
+            return
 
     # ---- heartbeat and status --------------------------------------------------------------
 
