@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 
+import httpx
 import pytest
 
 from server.config import Limits
@@ -228,3 +229,10 @@ def test_limits_defaults_match_the_issue() -> None:
     limits = Limits()
     assert limits.max_header_bytes == 16 * 1024
     assert limits.close_linger_s > 0
+
+
+async def test_httpx_client_sending_a_huge_body_reads_the_413_not_a_reset() -> None:
+    async with running_server() as server, httpx.AsyncClient(base_url=server.url) as client:
+        response = await client.post("/echo", content=b"x" * (FAST.max_body_bytes * 64))
+    assert response.status_code == 413
+    assert response.json()["error"].startswith("Request body too large")
