@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
@@ -16,6 +14,7 @@ from server.config import Limits
 from server.http.connection import PeerGone, StreamConnection
 from server.http.errors import json_error
 from server.http.types import Request, Response
+from server.http.wire import encode_closing, headers_are_safe, http_date, reason_phrase
 
 access_log = logging.getLogger("gpufleet.access")
 log = logging.getLogger("gpufleet.http")
@@ -217,7 +216,7 @@ class HttpProtocol:
                              started: float) -> bool:
         """Send ``response``; True when the connection stays open for another request."""
         h = self._h11
-        if not _headers_are_safe(response):
+        if not headers_are_safe(response):
             log.error("Handler for %s %s returned a header that cannot be sent "
                       "(CR, LF, NUL or non-Latin-1)", request.method, self._path)
             response = json_error(500, "Internal server error")
@@ -241,7 +240,7 @@ class HttpProtocol:
             headers.append((b"content-length", str(len(body)).encode()))
         else:
             body = b""
-        headers.append((b"date", _http_date()))
+        headers.append((b"date", http_date()))
         headers.append((b"server", b"gpufleet"))
         for name, value in response.headers:
             if name.lower() not in ("content-length", "transfer-encoding"):
@@ -249,7 +248,7 @@ class HttpProtocol:
         if close:
             headers.append((b"connection", b"close"))
         parts = [h.send(h11.Response(status_code=status, headers=headers,
-                                     reason=_reason(status)))]
+                                     reason=reason_phrase(status)))]
         if body and not head_only:
             parts.extend(h.send_with_data_passthrough(h11.Data(data=body)))
         parts.append(h.send(h11.EndOfMessage()))
@@ -276,47 +275,3 @@ def _log_access(method: str, path: str, status: int, nbytes: int, started: float
         elapsed_ms = (time.perf_counter() - started) * 1000
         access_log.info("%s %s %d %d %.1fms %s", method, path, status, nbytes, elapsed_ms,
                         key_name or "-")
-
-
-def _headers_are_safe(response: Response) -> bool:
-    """False when a header would break the response framing or cannot be encoded."""
-    for name, value in [*response.headers, ("content-type", response.content_type)]:
-        text = name + value
-        if "\r" in text or "\n" in text or "\0" in text:
-            return False
-        if not text.isascii() and max(map(ord, text)) > 255:
-            return False
-    return True
-
-
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in http.HTTPStatus}
-
-
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"")
-
-
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def _http_date() -> bytes:
-    """The Date header value, formatted at most once per second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True).encode())
-    return _date_cache[1]
-
-
-def encode_closing(response: Response) -> bytes:
-    """A complete ``Connection: close`` response without an h11 state machine.
-
-    For answers that end the connection: rejected requests (h11 may be in ERROR by then)
-    and connections refused before any byte is read (too many connections).
-    """
-    head = (f"HTTP/1.1 {response.status} {_reason(response.status).decode()}\r\n"
-            f"content-type: {response.content_type}\r\n"
-            f"content-length: {len(response.body)}\r\n"
-            f"date: {_http_date().decode()}\r\n"
-            "server: gpufleet\r\nconnection: close\r\n\r\n")
-    return head.encode("latin-1") + response.body
