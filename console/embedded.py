@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import psutil
 
+from console.config import NodeTarget, Secret
 from server.config import Settings, data_dir
 
 log = logging.getLogger("gpufleet.console.embedded")
@@ -54,19 +55,13 @@ class EmbeddedServerError(Exception):
     """No local server could be found or started; the message says why."""
 
 
-@dataclass(frozen=True)
-class NodeTarget:
-    """A node the fleet poller watches; ``token`` is secret and never shown or logged."""
-
-    name: str
-    url: str
-    token: str | None = field(default=None, repr=False)
-    simulated: bool = False
-
-
 @dataclass
 class Connections:
-    """What the console talks to, and how to let it go."""
+    """What the console talks to, and how to let it go.
+
+    ``nodes`` are the demo fleet's targets (empty with a real GPU); ``simulated`` says the
+    local data and the demo fleet are simulated, for the on-screen badge.
+    """
 
     local_url: str
     local_key: str | None = field(repr=False)
@@ -177,15 +172,18 @@ def _load_sample_if_empty(store: Any, settings: Settings) -> None:
 def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
                         ) -> tuple[Any, None] | tuple[None, tuple[str, str | None]]:
     """Open the store, or, when another process holds it, wait for that console's discovery file."""
-    from server.store import MetricsStore
+    from server.store import MetricsStore, StoreLockedError
 
     db_path = settings.server.resolved_db_path()
     db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     deadline = time.monotonic() + STORE_BUSY_WAIT_S
     while True:
         try:
-            return MetricsStore.open(db_path), None
-        except Exception as exc:  # DuckDB reports a held lock as a generic IOException
+            store = MetricsStore.open(db_path,
+                                      expected_interval_s=settings.pricing.expected_interval_s,
+                                      idle_utilization_pct=settings.pricing.idle_utilization_pct)
+            return store, None
+        except StoreLockedError as exc:
             shared = _shared_server(directory, timeout=timeout)
             if shared is not None:
                 return None, shared
@@ -197,7 +195,6 @@ def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
 def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
                         timeout: float, connections: Connections) -> None:
     from server.embedded import EmbeddedServer
-    from server.gpu.select import open_backend
 
     store, shared = _open_store_or_wait(settings, directory, timeout)
     if shared is not None:
@@ -208,11 +205,11 @@ def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
     key = _local_key(store, directory, settings.server.account)
     if simulated:
         _load_sample_if_empty(store, settings)
-    local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0})
-    backend = open_backend(simulate=simulated)
-    connections._stoppers.append(backend.close)
-    server = EmbeddedServer(local, backend=backend, store=store)
-    url = server.start()
+    # No backend passed: the server opens NVML, or the simulated node when simulated, and closes it.
+    local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0,
+                                     "server.simulate": simulated})
+    server = EmbeddedServer(local, store=store)
+    url = server.start("127.0.0.1", 0)
     connections._stoppers.append(server.stop)
     write_private(discovery_path(directory), json.dumps(
         {"url": url, "pid": os.getpid(), "key_file": str(directory / KEY_FILE),
@@ -232,12 +229,12 @@ def _start_demo_fleet(settings: Settings, count: int, connections: Connections) 
     local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0})
     nodes: list[NodeTarget] = []
     for backend in simulated_backends(count):
-        name = backend.snapshot().node.hostname
+        name = backend.node_name
         server = EmbeddedServer(local, backend=backend, store=None,
                                 key_resolver=StaticKeyResolver.operator(token, name="console-demo"))
         url = server.start()
         connections._stoppers.append(server.stop)
-        nodes.append(NodeTarget(name=name, url=url, token=token, simulated=True))
+        nodes.append(NodeTarget(name=name, url=url, token=Secret(token)))
     log.info("serving a simulated demo fleet of %d nodes", len(nodes))
     return nodes
 

@@ -151,9 +151,10 @@ def start_live_server(directory: Path) -> tuple[LiveServer, Callable[[], None]]:
     store = MetricsStore.open(settings.server.resolved_db_path())
     key = store.create_key("console-test", ["operator", "ingest", "read"], ACCOUNT).key
     clock = SettableClock(FROZEN_NOW)
-    server = EmbeddedServer(settings, backend=SimulatedBackend(clock=clock), store=store,
-                            clock=clock)
+    server = EmbeddedServer(settings, backend=SimulatedBackend(clock=clock), store=store)
     url = server.start()
+    assert server.app is not None
+    server.app.context.now = clock  # the API's injectable clock: heartbeats land when we say
     with GpuFleetClient(url, api_key=key) as client:
         result = client.ingest(usage_samples())
         assert result.inserted == len(usage_samples())

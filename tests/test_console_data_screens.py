@@ -86,26 +86,37 @@ async def test_enter_on_a_team_drills_into_architectures_and_models(
         assert isinstance(app.screen, ChargebackScreen)
 
 
-@pytest.mark.parametrize(("from_text", "to_text", "error"), [
+INVALID_PERIODS = [
     ("2026-13-01", "2026-03-31", "From: enter a date as YYYY-MM-DD"),
     ("2026-03-01", "31/03/2026", "To: enter a date as YYYY-MM-DD"),
     ("2026-03-10", "2026-03-01", "From must be on or before To"),
     ("2025-01-01", "2026-03-01", "A period spans at most 366 days"),
-])
-async def test_custom_dates_are_validated_inline(live_server: LiveServer, tmp_path: Path,
-                                                 from_text: str, to_text: str, error: str) -> None:
+]
+
+
+async def test_custom_dates_are_validated_inline(live_server: LiveServer, tmp_path: Path) -> None:
     app = chargeback_app(live_server, tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, ChargebackScreen)
         await pilot.press("c")
-        screen.query_one("#cb-from", Input).value = from_text
-        screen.query_one("#cb-to", Input).value = to_text
+        for from_text, to_text, error in INVALID_PERIODS:
+            screen.query_one("#cb-from", Input).value = from_text
+            screen.query_one("#cb-to", Input).value = to_text
+            screen.query_one("#cb-to", Input).focus()
+            await pilot.press("enter")
+            await settle(pilot)
+            assert str(screen.query_one("#cb-custom-error", Static).render()) == error
+            assert screen.period.kind == "this_month"  # the invalid period was not loaded
+        screen.query_one("#cb-from", Input).value = "2025-03-18"  # exactly 366 days
+        screen.query_one("#cb-to", Input).value = "2026-03-18"
         await pilot.click("#cb-apply")
         await settle(pilot)
-        assert str(screen.query_one("#cb-custom-error", Static).render()) == error
-        assert screen.period.kind == "this_month"  # the invalid period was not loaded
+        assert str(screen.query_one("#cb-custom-error", Static).render()) == ""
+        assert (screen.period.kind, screen.period.from_.isoformat()) == ("custom", "2025-03-18")
+        assert set(row_keys(screen.query_one("#cb-teams", DataTable))) == {
+            "ml-infra", "search", "vision"}
 
 
 async def test_custom_empty_period_says_so(live_server: LiveServer, tmp_path: Path) -> None:

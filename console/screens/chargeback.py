@@ -164,6 +164,8 @@ class TeamDrilldownModal(ModalScreen[None]):
 class ChargebackScreen(Screen[None]):
     """The chargeback view of one period, fetched from a DataSource."""
 
+    AUTO_FOCUS = "#cb-teams"
+
     BINDINGS = [
         Binding("m", "period('this_month')", "This month", id="chargeback.this_month"),
         Binding("w", "period('last_7_days')", "Last 7 days", id="chargeback.last_7_days"),
@@ -261,7 +263,6 @@ class ChargebackScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#cb-teams", DataTable).add_columns(
             "Team", "Cost", "GPU-h", "Energy kWh", "Idle GPU-h", "Share of cost")
-        self.query_one("#cb-teams", DataTable).focus()
         self._load(self.period)
 
     # -- loading -----------------------------------------------------------

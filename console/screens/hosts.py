@@ -57,6 +57,8 @@ def absolute_time(value: datetime) -> str:
 class HostsScreen(Screen[None]):
     """The hosts table, refreshed periodically while visible."""
 
+    AUTO_FOCUS = "#hosts-table"
+
     BINDINGS = [Binding("r", "reload", "Reload", id="hosts.reload")]
 
     DEFAULT_CSS = """

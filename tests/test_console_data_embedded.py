@@ -1,0 +1,129 @@
+"""The console's find-or-start of its local server, shared between consoles, and the demo fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from console.embedded import (
+    DISCOVERY_FILE,
+    KEY_FILE,
+    discovery_path,
+    server_answers,
+    start_demo_or_connect,
+)
+from server.client import GpuFleetClient, Unauthorized
+from server.config import Settings
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A loopback URL nobody listens on: the port is bound (so nothing else takes it) but not listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+def console_settings(tmp_path: Path, local_url: str) -> Settings:
+    return Settings().with_overrides({
+        "server.db_path": str(tmp_path / "console.duckdb"),
+        "console.local_server_url": local_url,
+        "sampler.enabled": False,
+    })
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_first_console_starts_a_server_and_a_second_reuses_it(tmp_path: Path, refused_url: str) -> None:
+    settings = console_settings(tmp_path, refused_url)
+    data = tmp_path / "data"
+    first = start_demo_or_connect(settings, directory=data, gpu_present=False, demo_nodes=2)
+    try:
+        assert first.origin == "embedded" and first.simulated
+        assert first.local_url.startswith("http://127.0.0.1:") and first.local_url != refused_url
+        discovery = json.loads((data / DISCOVERY_FILE).read_text())
+        assert discovery["url"] == first.local_url and discovery["pid"] == os.getpid()
+        assert mode_of(data / DISCOVERY_FILE) == 0o600
+        assert mode_of(data / KEY_FILE) == 0o600
+        assert first.local_key not in (data / DISCOVERY_FILE).read_text()  # only the key's path
+        with GpuFleetClient(first.local_url, api_key=first.local_key) as client:
+            today = datetime.now(UTC).date()
+            report = client.chargeback_report(today - timedelta(days=30), today)
+            assert report.teams, "the sample month is loaded when the data is simulated"
+            assert client.hosts().hosts is not None
+
+        second = start_demo_or_connect(settings, directory=data, gpu_present=False, demo_nodes=0)
+        assert second.origin == "shared"
+        assert (second.local_url, second.local_key) == (first.local_url, first.local_key)
+        second.stop()  # the second console quits: the first one's server carries on
+        assert server_answers(first.local_url)
+        assert discovery_path(data).exists()
+    finally:
+        first.stop()
+    assert not discovery_path(data).exists()
+    assert not server_answers(first.local_url)
+
+
+def test_demo_fleet_nodes_answer_with_their_operator_token(tmp_path: Path, refused_url: str) -> None:
+    connections = start_demo_or_connect(console_settings(tmp_path, refused_url),
+                                        directory=tmp_path / "data", gpu_present=False, demo_nodes=2)
+    try:
+        assert len(connections.nodes) == 2
+        assert len({node.url for node in connections.nodes}) == 2
+        for node in connections.nodes:
+            assert "***" in repr(node)  # the token never shows
+            with GpuFleetClient(node.url, api_key=node.api_key) as client:
+                status = client.get_gpu_status()
+                assert status.node is not None and status.node.simulated
+                assert status.node.hostname == node.name
+            with GpuFleetClient(node.url, api_key="wrong") as client, pytest.raises(Unauthorized):
+                client.get_gpu_status()
+    finally:
+        connections.stop()
+    assert not any(server_answers(node.url) for node in connections.nodes)
+
+
+def test_a_configured_server_that_answers_is_used_as_is(tmp_path: Path, refused_url: str) -> None:
+    data = tmp_path / "data"
+    owner = start_demo_or_connect(console_settings(tmp_path / "a", refused_url), directory=data,
+                                  gpu_present=True)
+    try:
+        other = tmp_path / "other-data"
+        configured = start_demo_or_connect(console_settings(tmp_path / "b", owner.local_url),
+                                           directory=other, gpu_present=True)
+        assert configured.origin == "configured" and configured.local_url == owner.local_url
+        assert not configured.simulated and configured.nodes == []
+        assert not discovery_path(other).exists()
+        configured.stop()
+        assert server_answers(owner.local_url)
+    finally:
+        owner.stop()
+
+
+def test_a_discovery_file_of_a_dead_console_is_ignored(tmp_path: Path, refused_url: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (data / DISCOVERY_FILE).write_text(json.dumps(
+        {"url": refused_url, "pid": int(dead.stdout), "key_file": str(data / KEY_FILE)}))
+    connections = start_demo_or_connect(console_settings(tmp_path, refused_url), directory=data,
+                                        gpu_present=True)
+    try:
+        assert connections.origin == "embedded"
+        assert json.loads((data / DISCOVERY_FILE).read_text())["url"] == connections.local_url
+    finally:
+        connections.stop()
+    assert not discovery_path(data).exists()
