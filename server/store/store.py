@@ -83,6 +83,11 @@ class MetricsStore:
 
     # ---------------------------------------------------------------- basics
 
+    @property
+    def rollup_params(self) -> RollupParams:
+        """The interval and idle threshold the usage rollup is kept with."""
+        return self._rollup
+
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._root_lock:

@@ -1,0 +1,141 @@
+"""A deterministic month of telemetry for the fleet in sample_data/fleet.toml.
+
+Every GPU of every node reports every 60 s; busy/idle follows its job's
+schedule (continuous, business_hours, nightly, adhoc); values come from
+``hash()`` of (seed, GPU, minute), so the same inputs always give the same rows.
+The rows are generated inside DuckDB (``generate_series``), which is what makes
+loading a million of them take about a second.
+
+    .venv/bin/python sample_data/generate.py --out month.csv [--end 2026-03-31]
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from server.fleet import Fleet, default_fleet
+
+DAYS = 30
+INTERVAL_S = 60
+
+
+def gpu_rows(fleet: Fleet) -> list[tuple[Any, ...]]:
+    """One row per GPU: node, index, uuid, name, limits, and its job's attribution."""
+    rows = []
+    for node_number, node in enumerate(fleet.nodes):
+        for index, arch in enumerate(node.gpus):
+            spec = fleet.gpu_models[arch]
+            job = fleet.job_for(node.name, index)
+            model = fleet.model(job.model) if job else None
+            uuid = f"GPU-{fleet.seed % 100000:05d}{node_number:03d}-{index:04d}-sim"
+            rows.append((
+                node.name, index, uuid, spec.name, spec.memory_mb, spec.power_limit_w,
+                spec.idle_power_w, spec.sm_clock_max_mhz, spec.memory_clock_mhz,
+                job.schedule if job else "idle", model.name if model else None,
+                model.team if model else None, model.memory_mb if model else 0,
+                f"{job.scheduler}-{job.model}-{node.name}" if job else None,
+                job.scheduler if job else None,
+            ))
+    return rows
+
+
+GPU_COLUMNS = (
+    "node VARCHAR, gpu_index INTEGER, gpu_uuid VARCHAR, gpu_name VARCHAR, memory_mb DOUBLE, "
+    "power_limit_w DOUBLE, idle_power_w DOUBLE, sm_clock_mhz DOUBLE, memory_clock_mhz DOUBLE, "
+    "schedule VARCHAR, model_tag VARCHAR, team_id VARCHAR, model_memory_mb DOUBLE, job_id VARCHAR, "
+    "scheduler_source VARCHAR"
+)
+
+# $start_us / $minutes / $seed; `fleet_gpus` holds gpu_rows(). Busy is a 0..1 load
+# factor by schedule; an idle-but-loaded GPU still holds its model's memory.
+SAMPLES_SQL = """
+WITH grid AS (
+    SELECT g.*, m AS minute, $start_us + m * 60000000 AS t_us
+    FROM fleet_gpus g, generate_series(0, $minutes - 1) AS s(m)
+),
+clock AS (
+    SELECT *, (t_us // 3600000000) % 24 AS hour, (t_us // 86400000000 + 4) % 7 AS dow,
+           t_us // 86400000000 AS day_no,
+           (hash($seed, gpu_uuid, minute) % 1000000) / 1000000.0 AS r1,
+           (hash($seed + 1, gpu_uuid, minute) % 1000000) / 1000000.0 AS r2
+    FROM grid
+),
+load AS (
+    SELECT *, CASE schedule
+        WHEN 'continuous' THEN 0.78 + 0.12 * sin(2 * pi() * hour / 24) + 0.08 * r1
+        WHEN 'business_hours' THEN CASE WHEN dow BETWEEN 1 AND 5 AND hour BETWEEN 8 AND 18
+                                        THEN 0.65 + 0.3 * r1 ELSE 0.02 * r1 END
+        WHEN 'nightly' THEN CASE WHEN hour >= 22 OR hour < 6 THEN 0.85 + 0.12 * r1 ELSE 0.01 * r1 END
+        WHEN 'adhoc' THEN CASE WHEN hash($seed, gpu_uuid, day_no) % 3 = 0
+                                    AND hour BETWEEN 10 + hash($seed, gpu_uuid, day_no) % 4
+                                                 AND 13 + hash($seed, gpu_uuid, day_no) % 4
+                               THEN 0.7 + 0.25 * r1 ELSE 0.015 * r1 END
+        ELSE 0.0 END AS busy
+    FROM clock
+)
+SELECT make_timestamp(t_us) AS ts, gpu_index, gpu_uuid,
+       round(idle_power_w + (power_limit_w - idle_power_w) * busy * (0.92 + 0.08 * r2), 1) AS power_draw_w,
+       round(100 * busy, 0) AS utilization_gpu_pct,
+       round(70 * busy * (0.8 + 0.2 * r2), 0) AS utilization_memory_pct,
+       round(32 + 48 * busy + 3 * r2, 0) AS temperature_c,
+       round(CASE WHEN model_tag IS NULL THEN 0 ELSE model_memory_mb END
+             + 6000 * busy * r2, 0) AS memory_used_mb,
+       gpu_name, power_limit_w,
+       round(60 * (idle_power_w + (power_limit_w - idle_power_w) * busy * (0.92 + 0.08 * r2)), 0)
+           AS energy_delta_j,
+       round(30 + 60 * busy, 0) AS fan_speed_pct, memory_mb AS memory_total_mb,
+       round(sm_clock_mhz * (0.3 + 0.7 * busy), 0) AS sm_clock_mhz, memory_clock_mhz,
+       CASE WHEN busy > 0.05 THEN job_id END AS job_id,
+       team_id, model_tag, scheduler_source, node AS hostname
+FROM load
+"""
+
+
+def month_window(end: date | None, *, now: datetime | None = None) -> tuple[datetime, int]:
+    """(first sample time, minutes): DAYS days ending at the last whole minute before ``end``+1d or now."""
+    now = now or datetime.now(UTC)
+    if end is None:
+        stop = now.replace(second=0, microsecond=0)
+    else:
+        stop = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+    start = stop - timedelta(days=DAYS)
+    return start, DAYS * 24 * 60
+
+
+def heartbeat_rows(fleet: Fleet, stop: datetime, heartbeat_interval_s: float) -> list[tuple[Any, ...]]:
+    """Hosts: all alive except one stale and one offline (relative to ``stop``)."""
+    rows = []
+    names = [n.name for n in fleet.nodes]
+    for number, node in enumerate(fleet.nodes):
+        silent = 0.0
+        if node.name == names[-1]:
+            silent = 12 * heartbeat_interval_s  # offline
+        elif node.name == names[-2]:
+            silent = 3 * heartbeat_interval_s  # stale
+        last = stop - timedelta(seconds=silent + number)
+        rows.append((node.name, f"0.1.{number}", len(node.gpus), stop - timedelta(days=DAYS), last))
+    return rows
+
+
+def main() -> None:
+    import duckdb
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="CSV file to write")
+    parser.add_argument("--end", type=date.fromisoformat, default=None, help="last day (default: today)")
+    args = parser.parse_args()
+    fleet = default_fleet()
+    start, minutes = month_window(args.end)
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE fleet_gpus ({GPU_COLUMNS})")
+    con.executemany(f"INSERT INTO fleet_gpus VALUES ({', '.join('?' * 15)})", gpu_rows(fleet))
+    from server.store.timeutil import epoch_us
+
+    con.execute(f"COPY ({SAMPLES_SQL}) TO '{args.out}' (HEADER)",
+                {"start_us": epoch_us(start), "minutes": minutes, "seed": fleet.seed})
+
+
+if __name__ == "__main__":
+    main()
