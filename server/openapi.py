@@ -42,9 +42,11 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _component_schemas() -> dict[str, Any]:
-    models = [(cls, "serialization") for cls in MODELS_BY_NAME.values()]
-    models += [(MetricSample, "validation"), (MODELS_BY_NAME["PurgeRequest"], "validation"),
-               (MODELS_BY_NAME["Heartbeat"], "validation")]
+    # Request bodies in validation mode, the rest as sent; each model once, so no
+    # "-Input"/"-Output" name suffixes.
+    requests = {"MetricSample", "PurgeRequest", "Heartbeat"}
+    models = [(cls, "validation" if name in requests else "serialization")
+              for name, cls in MODELS_BY_NAME.items()]
     _, top = models_json_schema(models, ref_template=_REF_TEMPLATE)
     return dict(sorted(top.get("$defs", {}).items()))
 

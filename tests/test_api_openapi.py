@@ -1,0 +1,79 @@
+"""GET /v1/openapi.json: a valid OpenAPI 3.1 document listing every route."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.api_server import running_app, store_app
+
+EXPECTED = {
+    ("get", "/v1/gpu/status"), ("get", "/v1/gpu/memory"), ("post", "/v1/gpu/purge"),
+    ("get", "/v1/metrics/ingest"), ("post", "/v1/metrics/ingest"),
+    ("get", "/v1/chargeback/report"), ("post", "/v1/agent/heartbeat"), ("get", "/v1/agent/hosts"),
+    ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"),
+}
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def _resolve(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = doc
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+async def test_document_lists_every_route_and_every_ref_resolves(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        response = await srv.http.get("/v1/openapi.json")
+        assert response.status_code == 200
+        doc = response.json()
+    assert doc["openapi"].startswith("3.1")
+    assert doc["info"]["title"] and doc["info"]["version"]
+    listed = {(method, path) for path, ops in doc["paths"].items() for method in ops}
+    assert listed == EXPECTED
+    refs = _refs(doc)
+    assert refs, "operations refer to component schemas"
+    for ref in refs:
+        assert isinstance(_resolve(doc, ref), dict), ref
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["scheme"] == "bearer"
+    assert schemes["apiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+
+
+async def test_operations_describe_auth_limits_and_bodies(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        doc = (await srv.http.get("/v1/openapi.json")).json()
+    ingest = doc["paths"]["/v1/metrics/ingest"]["post"]
+    assert ingest["requestBody"]["content"]["application/json"]["schema"]["type"] == "array"
+    assert {"401", "403", "429", "400"} <= set(ingest["responses"])
+    assert "X-RateLimit-Reset" in ingest["responses"]["200"]["headers"]
+    assert ingest["security"]
+    assert doc["paths"]["/v1/metrics/ingest"]["get"]["security"] == []
+    status = doc["paths"]["/v1/gpu/status"]["get"]
+    assert status["responses"]["200"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/GpuStatusResponse"}
+    assert "429" not in status["responses"]
+    report = doc["paths"]["/v1/chargeback/report"]["get"]
+    assert [p["name"] for p in report["parameters"]] == ["from", "to", "format"]
+    sample = doc["components"]["schemas"]["MetricSample"]
+    assert set(sample["required"]) >= {"timestamp", "gpu_uuid", "power_draw_w"}
+    assert sample["properties"]["temperature_c"]["maximum"] == 120
+
+
+async def test_storeless_node_documents_only_the_operator_api() -> None:
+    async with running_app() as srv:
+        doc = (await srv.http.get("/v1/openapi.json")).json()
+    assert set(doc["paths"]) == {"/v1/gpu/status", "/v1/gpu/memory", "/v1/gpu/purge",
+                                 "/v1/openapi.json"}
