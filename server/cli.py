@@ -14,6 +14,8 @@ from server import __version__
 COMMANDS: dict[str, str] = {
     "agent": "server.agent.cli",
     "console": "console.command",
+    "serve": "server.commands.serve",
+    "simulate": "server.commands.simulate",
     "status": "server.commands.status",
 }
 DEFAULT_COMMAND = "console"

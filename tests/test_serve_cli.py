@@ -1,0 +1,129 @@
+"""``gpufleet serve`` and ``gpufleet simulate`` as real processes: start, serve, signals, exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.store import MetricsStore
+from tests.serve_process import start_serve
+
+
+def _create_key(db: Path, scopes: list[str]) -> str:
+    with MetricsStore.open(db) as store:
+        return store.create_key("cli-test", scopes, "default").key
+
+
+def _sample(i: int) -> dict[str, object]:
+    ts = datetime.now(UTC) - timedelta(hours=2) + timedelta(seconds=i)
+    return {"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "gpu_index": 0,
+            "gpu_uuid": "GPU-cli", "power_draw_w": 100, "utilization_gpu_pct": 10,
+            "utilization_memory_pct": 10, "temperature_c": 40, "memory_used_mb": 10}
+
+
+def test_first_start_says_how_to_create_a_key_and_sigterm_exits_0(tmp_path: Path) -> None:
+    server = start_serve(tmp_path / "db.duckdb", "--no-sampler")
+    try:
+        health = httpx.get(f"{server.url}/v1/metrics/ingest", timeout=10)
+        assert health.json()["status"] == "ok"
+        server.drain(0.5)
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert "gpufleet keys create" in server.log
+    assert "store closed" in server.log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_acknowledged_samples_survive_a_graceful_stop(tmp_path: Path, signum: int) -> None:
+    db = tmp_path / "db.duckdb"
+    key = _create_key(db, ["ingest", "read"])
+    server = start_serve(db, "--no-sampler")
+    try:
+        response = httpx.post(f"{server.url}/v1/metrics/ingest",
+                              json=[_sample(i) for i in range(25)],
+                              headers={"X-API-Key": key}, timeout=10)
+        assert response.json()["inserted"] == 25
+    finally:
+        server.proc.send_signal(signum)
+    assert server.wait_exit() == 0
+    assert "gpufleet keys create" not in server.log
+    with MetricsStore.open(db) as store:
+        assert store.sample_count("default") == 25
+
+
+def test_in_process_sampler_fills_the_store_and_hosts(tmp_path: Path) -> None:
+    db = tmp_path / "db.duckdb"
+    key = _create_key(db, ["read"])
+    server = start_serve(db)
+    try:
+        deadline = time.monotonic() + 20
+        hosts: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not hosts:
+            hosts = httpx.get(f"{server.url}/v1/agent/hosts", headers={"X-API-Key": key},
+                              timeout=10).json()["hosts"]
+            if not hosts:
+                time.sleep(0.1)
+        assert hosts, "the local host never appeared"
+        assert hosts[0]["gpu_count"] > 0
+        assert hosts[0]["status"] == "alive"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    with MetricsStore.open(db) as store:
+        assert store.sample_count("default") >= hosts[0]["gpu_count"]  # type: ignore[operator]
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--db",
+             str(tmp_path / "db.duckdb"), "--simulate", "--no-sampler"],
+            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_simulate_serves_n_nodes_with_a_private_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "sim.token"
+    nodes_file = tmp_path / "nodes.toml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "simulate", "--nodes", "3", "--gpus-per-node", "2",
+         "--token-file", str(token_file), "--nodes-file", str(nodes_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        header = [proc.stdout.readline() for _ in range(3)]
+        nodes = [proc.stdout.readline().split() for _ in range(3)]
+        token = header[0].split()[1]
+        assert token_file.read_text().strip() == token
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        names = [name for name, _ in nodes]
+        assert len(set(names)) == 3
+        for name, url in nodes:
+            body = httpx.get(f"{url}/v1/gpu/status", timeout=10,
+                             headers={"Authorization": f"Bearer {token}"}).json()
+            assert body["node"]["hostname"] == name
+            assert body["node"]["simulated"] is True
+            assert httpx.get(f"{url}/v1/gpu/status", timeout=10).status_code == 401
+            assert httpx.get(f"{url}/v1/metrics/ingest", timeout=10).status_code == 404
+        snippet = nodes_file.read_text()
+        assert snippet.count("[[nodes]]") == 3 and nodes[0][1] in snippet
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
