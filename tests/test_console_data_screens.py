@@ -214,3 +214,24 @@ async def test_help_lists_every_binding_with_the_keymap_applied(live_server: Liv
         await pilot.press("x")  # the remapped key exports
         await pilot.pause()
         assert isinstance(app.screen, ExportPathModal)
+
+
+async def test_the_console_app_mounts_chargeback_and_hosts(live_server: LiveServer) -> None:
+    from console.app import GpuFleetApp
+    from console.datasource import ClientDataSource
+    from server.config import ConsoleSettings
+
+    source = ClientDataSource.connect(live_server.url, live_server.key)
+    app = GpuFleetApp(ConsoleSettings(), [], data_source=source, clock=live_server.now)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("c")
+            await settle(pilot)
+            assert isinstance(app.screen, ChargebackScreen)
+            assert row_keys(app.screen.query_one("#cb-teams", DataTable)) == ["ml-infra", "search"]
+            await pilot.press("h")
+            await settle(pilot)
+            assert isinstance(app.screen, HostsScreen)
+            assert app.screen.query_one("#hosts-table", DataTable).row_count == 3
+    finally:
+        await source.aclose()

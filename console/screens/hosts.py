@@ -154,8 +154,10 @@ class HostsScreen(Screen[None]):
         counts = Counter(host.status for host in hosts)
         for status in ("alive", "stale", "offline"):
             self.query_one(f"#hosts-count-{status}", Label).update(f"● {counts[status]} {status}")
+        interval = message.response.heartbeat_interval_s
+        every = f"{interval // 60}m" if interval >= 60 and interval % 60 == 0 else f"{interval}s"
         self.query_one("#hosts-updated", Label).update(
-            f"heartbeat every {message.response.heartbeat_interval_s // 60}m · "
+            f"heartbeat every {every} · "
             f"updated {absolute_time(message.response.generated_at)}")
         self.set_class(not hosts, "-empty")
         self.set_class(False, "-failed")
