@@ -161,6 +161,11 @@ class MetricsStore:
     # ------------------------------------------------------------ chargeback
 
     def usage_rows(self, account: str, from_date: date, to_date: date, pricing: Pricing) -> list[cb.UsageRow]:
+        return cb.usage_rows(self.raw_usage(account, from_date, to_date, pricing), pricing)
+
+    def raw_usage(self, account: str, from_date: date, to_date: date,
+                  pricing: Pricing) -> list[tuple[str, str, str, int, float, int]]:
+        """Unrounded sums per (team, model, gpu_name): covered µs, energy J, idle µs ('' = absent)."""
         cb.check_range(from_date, to_date)
         p0, p1 = cb.period_bounds_us(from_date, to_date)
         interval_us = round(pricing.expected_interval_s * 1e6)
@@ -175,8 +180,7 @@ class MetricsStore:
             sql = usage_sql.REPORT_FROM_SAMPLES
             params["cap_us"] = 2 * interval_us
         with self._cursor() as cur:
-            raw = cur.execute(sql, params).fetchall()
-        return cb.usage_rows(raw, pricing)
+            return cur.execute(sql, params).fetchall()
 
     def chargeback(self, account: str, from_date: date, to_date: date, pricing: Pricing,
                    now: datetime | None = None) -> ChargebackReport:
