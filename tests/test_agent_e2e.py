@@ -273,7 +273,7 @@ def agent_process(url: str, key_file: Path, spool: Path, log: Path) -> subproces
     with open(log, "ab") as stderr:
         return subprocess.Popen(
             [sys.executable, "-m", "server.cli", "agent", "--server", url, "--key-file", str(key_file),
-             "--interval", "1", "--simulate", "--spool-dir", str(spool)],
+             "--interval", "1", "--simulate", "--spool-dir", str(spool), "--verbose"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
         )
 
@@ -293,7 +293,10 @@ async def test_killed_mid_outage_the_restarted_agent_delivers_its_spool(tmp_path
         await wait_until(lambda: store.sample_count("default") > 0, what="the agent's first delivery")
         await app.stop()
         down_at = datetime.now(UTC).replace(tzinfo=None)
-        await wait_until(lambda: log.read_text().count("ingest failed") >= 3, what="three failed deliveries")
+        seen = len(log.read_text())
+        await wait_until(lambda: log.read_text()[seen:].count("samples spooled") >= 3
+                         and "ingest failed" in log.read_text()[seen:],
+                         what="three ticks spooled during the outage")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         killed_at = datetime.now(UTC).replace(tzinfo=None)

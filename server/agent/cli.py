@@ -66,11 +66,10 @@ def read_key(key_file: Path | None, environ: dict[str, str]) -> str:
 def run(args: argparse.Namespace) -> int:
     from server.config import ConfigError, load_settings, state_dir
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if args.verbose:  # the agent's own detail, not every HTTP library's
+        logging.getLogger("gpufleet").setLevel(logging.DEBUG)
     try:
         settings = load_settings(args.config, overrides={
             "agent.server": args.server,

@@ -154,6 +154,8 @@ class AgentRunner:
                 return 0
             self.samples_taken += len(samples)
             self._data.set()
+            log.debug("tick: %d samples spooled, %d batches pending", len(samples),
+                      self._spool.stats.pending_records)
         self._sampled.set()
         return len(samples)
 
