@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "serve": "server.commands.serve",
     "simulate": "server.commands.simulate",
     "status": "server.commands.status",
+    "keys": "server.commands.keys",
+    "report": "server.commands.report",
 }
 DEFAULT_COMMAND = "console"
 

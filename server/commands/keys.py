@@ -1,0 +1,111 @@
+"""``gpufleet keys create|list|revoke|rotate``: manage API keys in the local store.
+
+DuckDB lets one process write a database file. When a running ``gpufleet
+serve`` holds the store, these commands say so (with its pid) instead of
+waiting or corrupting anything; a key can still rotate itself through the
+server (``POST /v1/keys/rotate``). Secrets are printed once and never again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "create, list, revoke or rotate API keys (secrets are shown once)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, default=None, help="store file (default: the server's)")
+    parser.add_argument("--config", type=Path, default=None, help="configuration file")
+    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = sub.add_parser("create", help="create a key and print its secret once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", required=True, help="comma-separated: operator, ingest, read")
+    create.add_argument("--account", default=None, help="account the key belongs to (default: server.account)")
+    create.add_argument("--json", action="store_true", help="print the key as JSON")
+    listing = sub.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--account", default=None)
+    listing.add_argument("--json", action="store_true")
+    for name, text in (("revoke", "revoke a key now"), ("rotate", "replace a key's secret; the old one stops now")):
+        action = sub.add_parser(name, help=text)
+        action.add_argument("key", metavar="ID_OR_NAME")
+        action.add_argument("--account", default=None)
+        action.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from server.config import ConfigError, load_settings
+    from server.store import KeyNameTakenError, MetricsStore, StoreLockedError, UnknownKeyError
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"gpufleet keys: {exc}", file=sys.stderr)
+        return 2
+    path = args.db or settings.server.resolved_db_path()
+    try:
+        store = MetricsStore.open(path)
+    except StoreLockedError as exc:
+        who = f"pid {exc.pid}" if exc.pid else "another process"
+        print(
+            f"gpufleet keys: the store {path} is in use by a running gpufleet serve ({who}).\n"
+            "Stop it and run this again, or rotate a key through the server: "
+            "POST /v1/keys/rotate with that key.",
+            file=sys.stderr,
+        )
+        return 3
+    try:
+        return _dispatch(store, args, settings.server.account)
+    except (UnknownKeyError, KeyNameTakenError, ValueError) as exc:
+        print(f"gpufleet keys: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def _dispatch(store, args: argparse.Namespace, default_account: str) -> int:
+    command = args.keys_command
+    if command == "create":
+        created = store.create_key(args.name, args.scope.split(","), args.account or default_account)
+        _print_created(created, args.json)
+    elif command == "rotate":
+        _print_created(store.rotate_key(args.key, args.account), args.json)
+    elif command == "revoke":
+        info = store.revoke_key(args.key, args.account)
+        print(info.model_dump_json() if args.json else f"revoked {info.id} ({info.name}, account {info.account})")
+    else:
+        keys = store.list_keys(args.account)
+        if args.json:
+            print(json.dumps([k.model_dump(mode="json") for k in keys], indent=2))
+        else:
+            _print_table(keys)
+    return 0
+
+
+def _print_created(created, as_json: bool) -> None:
+    info = created.info
+    if as_json:
+        print(created.model_dump_json())
+        return
+    print(created.key)
+    print(f"key {info.id} '{info.name}' (account {info.account}, scopes {','.join(info.scopes)})",
+          file=sys.stderr)
+    print("This secret will not be shown again; store it now.", file=sys.stderr)
+
+
+def _print_table(keys) -> None:
+    if not keys:
+        print("no keys")
+        return
+    header = ("ID", "NAME", "ACCOUNT", "SCOPES", "PREFIX", "CREATED", "LAST USED", "STATE")
+    rows = [
+        (k.id, k.name, k.account, ",".join(k.scopes), k.prefix + "…", k.created_at.strftime("%Y-%m-%d %H:%M"),
+         k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+         "revoked" if k.revoked_at else "active")
+        for k in keys
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,92 @@
+"""``gpufleet report``: the chargeback report from a server (SDK) or straight from a local store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+
+HELP = "chargeback report (GPU-hours, energy, cost by team) as a table, JSON or CSV"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD")
+    parser.add_argument("--to", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument("--output", type=Path, default=None, help="write to this file instead of stdout")
+    parser.add_argument("--server", default=None, help="server URL (default: GPUFLEET_URL; else the local store)")
+    parser.add_argument("--key-file", type=Path, default=None, help="file holding a read key (or GPUFLEET_KEY)")
+    parser.add_argument("--db", type=Path, default=None, help="read this store file directly")
+    parser.add_argument("--account", default=None, help="with --db: the account (default: server.account)")
+    parser.add_argument("--config", type=Path, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from server.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"gpufleet report: {exc}", file=sys.stderr)
+        return 2
+    server = args.server or (None if args.db else os.environ.get("GPUFLEET_URL"))
+    try:
+        text = _from_server(args, server) if server else _from_store(args, settings)
+    except Exception as exc:  # every failure is one line for a person, never a traceback
+        print(f"gpufleet report: {exc}", file=sys.stderr)
+        return 1
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _from_server(args: argparse.Namespace, url: str) -> str:
+    from server.client import GpuFleetClient
+
+    key = args.key_file.read_text().strip() if args.key_file else None
+    with GpuFleetClient(url, api_key=key) as client:
+        if args.format == "csv":
+            return client.chargeback_csv(args.from_, args.to)
+        report = client.chargeback_report(args.from_, args.to)
+    return _render(report, args.format)
+
+
+def _from_store(args: argparse.Namespace, settings) -> str:
+    from server.store import MetricsStore, StoreLockedError
+
+    path = args.db or settings.server.resolved_db_path()
+    if not path.exists():
+        raise FileNotFoundError(f"no store at {path}; give --server URL or --db PATH")
+    account = args.account or settings.server.account
+    try:
+        store = MetricsStore.open(path, expected_interval_s=settings.pricing.expected_interval_s,
+                                  idle_utilization_pct=settings.pricing.idle_utilization_pct)
+    except StoreLockedError as exc:
+        raise RuntimeError(f"{exc}; ask the server instead: --server URL --key-file F") from None
+    with store:
+        if args.format == "csv":
+            return store.chargeback_csv(account, args.from_, args.to, settings.pricing)
+        report = store.chargeback(account, args.from_, args.to, settings.pricing)
+    return _render(report, args.format)
+
+
+def _render(report, fmt: str) -> str:
+    if fmt == "json":
+        return report.model_dump_json(by_alias=True, indent=2) + "\n"
+    lines = [f"Chargeback {report.period.from_} .. {report.period.to}"]
+    header = ("TEAM", "GPU-HOURS", "COST USD", "ENERGY KWH", "IDLE H")
+    rows = [(t.team_id, f"{t.total_gpu_hours:,.2f}", f"{t.total_cost_usd:,.2f}", f"{t.energy_kwh:,.3f}",
+             f"{t.idle_gpu_hours:,.2f}") for t in report.teams]
+    s = report.summary
+    rows.append(("TOTAL", f"{s.total_gpu_hours:,.2f}", f"{s.total_cost_usd:,.2f}", f"{s.energy_kwh:,.3f}",
+                 f"{s.idle_gpu_hours:,.2f}"))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))))
+    return "\n".join(lines) + "\n"
