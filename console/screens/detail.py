@@ -65,9 +65,8 @@ class GpuDetailScreen(Screen[None]):
         self.refresh_fleet(force=True)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "purge" and self.readonly:
-            return False  # hidden: a read-only console has no purge
-        return True
+        # A read-only console has no purge: hidden, not merely disabled.
+        return not (action == "purge" and self.readonly)
 
     @property
     def node(self) -> NodeState:

@@ -36,15 +36,20 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None) -> list[str]:
     used = sum(g.memory.used_mb for g in gpus)
     total = sum(g.memory.total_mb for g in gpus)
     lines.append(f"Memory in use: [b]{gib(used)} / {gib(total)} GiB[/b]")
-    for gpu in gpus:
-        lines.append(f"  GPU {gpu.index} {short_gpu_name(gpu.name)}: {gib(gpu.memory.used_mb)} GiB used")
+    if len(gpus) <= 2:
+        for gpu in gpus:
+            lines.append(f"  GPU {gpu.index} {short_gpu_name(gpu.name)}: {gib(gpu.memory.used_mb)} GiB used")
+    else:
+        lines.append("  GiB used per GPU: " + " · ".join(f"{g.index}: {gib(g.memory.used_mb)}" for g in gpus))
     models = node.models_on(gpu_indices)
     runtimes = [m for m in models if m.runtime != "process"]
     processes = [m for m in models if m.runtime == "process"]
     lines.append("")
     lines.append("Loaded models (unloaded by the purge):" if runtimes else "No loaded models reported.")
     for model in runtimes:
-        where = f"GPU {model.gpu_index}" if model.gpu_index is not None else "any GPU"
+        on = [g.index for g in (status.gpus if status else []) if g.model_tag == model.name]
+        on = on or ([model.gpu_index] if model.gpu_index is not None else [])
+        where = ("GPU " if len(on) == 1 else "GPUs ") + ",".join(map(str, on)) if on else "any GPU"
         size = f"{gib(model.memory_mb)} GiB" if model.memory_mb is not None else "size unknown"
         state = ("[$warning]in use: skipped unless forced[/]" if model.in_use
                  else "[$success]idle: unloaded[/]")

@@ -54,8 +54,8 @@ def layout(width: int) -> list[Column]:
     """Columns for a table ``width`` cells wide; narrow tables squeeze the name and the bar."""
     compact = width < 100
     fixed = [
-        Column("node", "NODE", 6 if not compact else 5),
-        Column(None, "GPU", 18 if not compact else 11),
+        Column("node", "NODE", 6),
+        Column(None, "GPU", 18 if not compact else 10),
         Column("memory", "MEMORY", 28 if not compact else 20),
         Column("util", "UTIL", 6 if not compact else 5, ">"),
         Column("temp", "TEMP", 6 if not compact else 5, ">"),
@@ -234,6 +234,10 @@ class FleetTable(ScrollView, can_focus=True):
             segments.append(Segment(f"  last seen {seen}", self._style("warn")))
             if node.last_error:
                 segments.append(Segment(f"  {node.last_error}", self._style("dim")))
+        if node.simulated:
+            # Before the summary, so a narrow terminal cuts the summary, not the label.
+            segments.append(Segment("  ", None))
+            segments.append(Segment(" SIM ", self._style("badge")))
         status = node.status
         if status is not None and node.reachable:
             gpus = len(status.gpus)
@@ -244,9 +248,6 @@ class FleetTable(ScrollView, can_focus=True):
             power = sum(g.power_draw_w or 0 for g in status.gpus)
             summary += f"  mem {gib(used)}/{gib(total)} GiB  {power:.0f} W"
             segments.append(Segment(summary, self._style("dim")))
-        if node.simulated:
-            segments.append(Segment("  ", None))
-            segments.append(Segment(" SIM ", self._style("badge")))
         return segments
 
     def _gpu_line(self, row: FleetRow, width: int) -> list[Segment]:

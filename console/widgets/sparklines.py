@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rich.segment import Segment
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
@@ -62,12 +62,13 @@ class Spark(Widget):
         return Strip([Segment(text, style)]).adjust_cell_length(width, self.rich_style)
 
 
-class MetricSpark(Vertical):
-    """A titled sparkline: name, current and peak value above the bars."""
+class MetricSpark(Horizontal):
+    """A titled sparkline: name, current and peak value beside the bars."""
 
     DEFAULT_CSS = """
-    MetricSpark { height: auto; margin-bottom: 1; }
-    MetricSpark > .metric-spark--title { color: $text-muted; }
+    MetricSpark { height: 2; margin-bottom: 1; }
+    MetricSpark > .metric-spark--title { width: 18; color: $text-muted; }
+    MetricSpark > Spark { width: 1fr; }
     """
 
     def __init__(self, title: str, unit: str, *, id: str | None = None) -> None:
@@ -82,6 +83,6 @@ class MetricSpark(Vertical):
         now = f"{values[-1]:.0f}{self.unit}" if values else "—"
         peak = f"{max(values):.0f}{self.unit}" if values else "—"
         self.query_one(".metric-spark--title", Static).update(
-            f"{self.title}  now {now}  peak {peak}  ({len(values)} readings)"
+            f"[b]{self.title}[/b]\nnow {now} max {peak}"
         )
         self.query_one(Spark).show(values, top)
