@@ -228,6 +228,8 @@ async def test_slurm_job_of_a_child_process_lands_in_the_store(tmp_path, store, 
         child.wait(timeout=10)
     rows = {uuid: rest for uuid, _, *rest in stored(store)}
     assert len(rows) == GPUS
+    hosts = store.list_hosts("default", datetime.now(UTC), 300.0)
+    assert [(h.gpu_count, h.status) for h in hosts] == [(GPUS, "alive")]  # the heartbeat at start
     assert rows["GPU-00000005-1111-2222-3333-444444444444"][:3] == ["913", "genomics", "slurm"]
     assert rows["GPU-00000004-1111-2222-3333-444444444444"][:3] == [None, None, "manual"]
 
