@@ -80,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         names = {t.name for t in targets}
-        for node in connections.nodes:
-            if node.name not in names:
-                targets.append(NodeTarget(node.name, node.url, Secret(node.token) if node.token else None))
+        targets += [node for node in connections.nodes if node.name not in names]
         if settings.console.include_local and not connections.simulated:
             key = Secret(connections.local_key) if connections.local_key else None
             targets.insert(0, NodeTarget("local", connections.local_url, key))
