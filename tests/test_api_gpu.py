@@ -158,3 +158,16 @@ async def test_concurrent_status_requests_share_snapshots() -> None:
                                            for _ in range(20)))
         assert all(r.status_code == 200 for r in responses)
         assert 1 <= backend.calls <= 20
+
+
+async def test_every_purge_is_audited_with_the_callers_key_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.api_server import store_app
+
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        response = await srv.http.post("/v1/gpu/purge", json={"force": True},
+                                       headers=srv.auth("operator"))
+        assert response.status_code == 200
+        audit = srv.app.store.list_purges("default")
+        assert len(audit) == 1
+        assert audit[0]["key_name"] == "operator-key"
+        assert audit[0]["force"] is True
