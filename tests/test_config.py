@@ -55,13 +55,13 @@ token_env = "GPU_A_TOKEN"
 
 def test_unknown_key_is_an_error_naming_the_file(tmp_path: Path) -> None:
     file = write(tmp_path / "config.toml", "[server]\nprot = 1\n")
-    with pytest.raises(ConfigError, match="config.toml"):
+    with pytest.raises(ConfigError, match=r"config\.toml"):
         load_settings(file, environ={})
 
 
 def test_malformed_toml_is_an_error(tmp_path: Path) -> None:
     file = write(tmp_path / "config.toml", "[server\n")
-    with pytest.raises(ConfigError, match="config.toml"):
+    with pytest.raises(ConfigError, match=r"config\.toml"):
         load_settings(file, environ={})
 
 
