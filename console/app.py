@@ -22,7 +22,7 @@ from textual.widgets import Footer, Static
 from console.config import NodeTarget
 from console.datasource import DataSource
 from console.messages import NodeFailed, NodePolled
-from console.poller import ClientFactory, default_client_factory, poll_node
+from console.poller import ClientFactory, SharedTransportFactory, poll_node
 from console.screens.detail import GpuDetailScreen
 from console.screens.fleet import FleetScreen
 from console.screens.purge import PurgeModal
@@ -81,7 +81,7 @@ class GpuFleetApp(App[None]):
         clock: Callable[[], datetime] = utc_now,
         readonly: bool | None = None,
         refresh_s: float | None = None,
-        client_factory: ClientFactory = default_client_factory,
+        client_factory: ClientFactory | None = None,
         mask_rtt: bool = False,
         export_dir: Path | None = None,
     ) -> None:
@@ -92,7 +92,7 @@ class GpuFleetApp(App[None]):
         self.clock = clock
         self.readonly = settings.readonly if readonly is None else readonly
         self.refresh_s = max(0.5, refresh_s if refresh_s is not None else settings.refresh_s)
-        self.client_factory = client_factory
+        self.client_factory: ClientFactory = client_factory or SharedTransportFactory()
         self.mask_rtt = mask_rtt
         self.fleet = FleetState(self.targets, refresh_s=self.refresh_s)
         self._clients: dict[str, AsyncGpuFleetClient] = {}
@@ -196,9 +196,10 @@ class GpuFleetApp(App[None]):
     async def on_unmount(self) -> None:
         self.workers.cancel_all()
         closers = [c.aclose() for c in self._clients.values()]
-        source_close = getattr(self.data_source, "aclose", None)
-        if source_close is not None:
-            closers.append(source_close())
+        for owner in (self.data_source, self.client_factory):
+            close = getattr(owner, "aclose", None)
+            if close is not None:
+                closers.append(close())
         await asyncio.gather(*closers, return_exceptions=True)
         self._clients.clear()
 
