@@ -213,7 +213,9 @@ class FleetTable(ScrollView, can_focus=True):
         for column in layout(width):
             title = column.title
             if column.sort == self.sort:
-                title += "▼" if self.reverse else "▲"
+                arrow = "▼" if self.reverse else "▲"
+                # A narrow column gives up a letter rather than its sort arrow.
+                title = (title if len(title) + 1 < column.width else title[: column.width - 2]) + arrow
             text = _fit(title, column.width - 1, column.align)
             segments.append(Segment(text + " " if column.align == "<" else " " + text, style))
         return Strip(segments).adjust_cell_length(width, style)
