@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -44,13 +45,15 @@ class Running:
 @contextlib.asynccontextmanager
 async def running_app(settings: Settings | None = None, *, backend: Any = None,
                       store: Any = None, resolver: KeyResolver | None = None,
-                      keys: dict[str, str] | None = None) -> AsyncIterator[Running]:
+                      keys: dict[str, str] | None = None, purge: Any = None,
+                      clock: Callable[[], datetime] | None = None) -> AsyncIterator[Running]:
     settings = settings or api_settings()
     backend = backend or SimulatedBackend()
     if store is None and resolver is None:
         resolver = StaticKeyResolver.operator(OPERATOR_TOKEN)
         keys = {"operator": OPERATOR_TOKEN, **(keys or {})}
-    app = ServerApp(settings, backend=backend, store=store, key_resolver=resolver)
+    app = ServerApp(settings, backend=backend, store=store, key_resolver=resolver, purge=purge,
+                    **({"clock": clock} if clock is not None else {}))
     await app.start("127.0.0.1", 0)
     try:
         async with httpx.AsyncClient(base_url=app.url, timeout=10.0) as http:

@@ -171,3 +171,28 @@ async def test_every_purge_is_audited_with_the_callers_key_name(tmp_path) -> Non
         assert len(audit) == 1
         assert audit[0]["key_name"] == "operator-key"
         assert audit[0]["force"] is True
+
+
+async def test_a_purge_may_outlast_the_default_handler_deadline() -> None:
+    # Waiting for memory to settle takes at least one 0.25 s poll: far past this deadline.
+    settings = api_settings(**{"limits.handler_timeout_s": 0.05, "server.purge_settle_s": 2.0})
+    async with running_app(settings) as srv:
+        response = await srv.http.post("/v1/gpu/purge", json={"force": True},
+                                       headers=srv.auth("operator"))
+        assert response.status_code == 200, response.text
+        assert response.json()["models_unloaded"]
+
+
+def test_the_purge_deadline_covers_runtimes_grace_and_settling() -> None:
+    from server.api.gpu import PROCESS_KILL_WAIT_S, PURGE_MARGIN_S, purge_deadline_s
+
+    assert purge_deadline_s(api_settings()) == 30.0  # nothing configured: the server default
+    settings = api_settings(**{
+        "server.purge_settle_s": 5.0,
+        "runtimes": [{"type": "ollama", "url": "http://127.0.0.1:1", "timeout_s": 10.0},
+                     {"type": "triton", "url": "http://127.0.0.1:2", "timeout_s": 8.0},
+                     {"type": "process", "process_names": ["python"], "grace_s": 20.0}],
+    })
+    # listing (10, concurrent) + one unload wait per server (10 + 8) + grace and SIGKILL wait
+    expected = 5.0 + 10.0 + 18.0 + 20.0 + PROCESS_KILL_WAIT_S + PURGE_MARGIN_S
+    assert purge_deadline_s(settings) == expected > settings.limits.handler_timeout_s

@@ -8,6 +8,7 @@ import logging
 from server.api.context import ApiContext
 from server.api.guard import add_route
 from server.auth import OPERATOR
+from server.config import Settings
 from server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
 from server.http.router import Router
 from server.http.types import HttpError, Request, Response
@@ -24,6 +25,25 @@ log = logging.getLogger("gpufleet.api")
 
 # The status route lists loaded models when it can; a slow runtime must not hold it up.
 MODELS_TIMEOUT_S = 1.0
+# A process that ignored SIGKILL's grace is waited on this much longer (ProcessAdapter.kill_wait_s).
+PROCESS_KILL_WAIT_S = 5.0
+PURGE_MARGIN_S = 10.0
+
+
+def purge_deadline_s(settings: Settings) -> float:
+    """How long POST /v1/gpu/purge may run: never less than the server's handler deadline.
+
+    A purge lists every runtime (concurrently), unloads each server runtime's models
+    waiting up to its ``timeout_s``, signals processes (grace periods overlap, then
+    SIGKILL), and finally waits up to ``purge_settle_s`` for memory to settle.
+    """
+    runtimes = settings.runtimes
+    listing = max((r.timeout_s for r in runtimes), default=0.0)
+    unloads = sum(r.timeout_s for r in runtimes if r.type != "process")
+    signals = max((r.grace_s + PROCESS_KILL_WAIT_S for r in runtimes if r.type == "process"),
+                  default=0.0)
+    needed = settings.server.purge_settle_s + listing + unloads + signals + PURGE_MARGIN_S
+    return max(settings.limits.handler_timeout_s, needed)
 
 
 class SnapshotSource:
@@ -65,7 +85,8 @@ class GpuRoutes:
                   summary="Simplified GPU memory, one entry per GPU")
         add_route(router, ctx, "POST", "/v1/gpu/purge", self.purge, scope=OPERATOR,
                   name="purgeGpu", request_model=PurgeRequest, response_model=PurgeResult,
-                  summary="Unload all models and free GPU memory")
+                  summary="Unload all models and free GPU memory",
+                  timeout_s=purge_deadline_s(ctx.settings))
 
     async def status(self, request: Request) -> Response:
         snap, models = await asyncio.gather(self._source.snapshot(), self._loaded_models())

@@ -29,6 +29,7 @@ class Route:
     response_model: type[BaseModel] | None = None
     auth: str | None = None  # required scope; None means no authentication
     params: tuple[str, ...] = field(default=())  # names of the {param} segments, in order
+    timeout_s: float | None = None  # this route's deadline; None: limits.handler_timeout_s
 
 
 class Router:
@@ -41,8 +42,14 @@ class Router:
 
     def add(self, method: str, pattern: str, handler: Handler, *, name: str | None = None,
             summary: str = "", request_model: type[BaseModel] | None = None,
-            response_model: type[BaseModel] | None = None, auth: str | None = None) -> Route:
-        """Register ``handler`` for ``method`` on ``pattern`` (e.g. ``/v1/keys/{key_id}``)."""
+            response_model: type[BaseModel] | None = None, auth: str | None = None,
+            timeout_s: float | None = None) -> Route:
+        """Register ``handler`` for ``method`` on ``pattern`` (e.g. ``/v1/keys/{key_id}``).
+
+        ``timeout_s`` replaces the server's ``handler_timeout_s`` for this route only.
+        """
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"route timeout must be positive: {timeout_s!r}")
         method = method.upper()
         if not pattern.startswith("/"):
             raise ValueError(f"route pattern must start with '/': {pattern!r}")
@@ -55,7 +62,7 @@ class Router:
         route = Route(method=method, pattern=pattern, handler=handler,
                       name=name or f"{method} {pattern}", summary=summary,
                       request_model=request_model, response_model=response_model,
-                      auth=auth, params=params)
+                      auth=auth, params=params, timeout_s=timeout_s)
         by_method = self._methods_for(pattern, shape, params)
         if method in by_method:
             raise ValueError(f"route already registered: {method} {pattern}")

@@ -10,8 +10,9 @@ middleware reads the required scope from ``request.route.auth`` (None: public ro
 a rate limiter keys on ``request.route.name``. Middleware may raise HttpError (401 with
 ``WWW-Authenticate``, 429 with ``Retry-After``: its headers are sent) or return its own
 Response, and may set ``request.key_name`` / ``account`` / ``scopes`` for handlers and
-the access log. Middleware and handler together run under ``limits.handler_timeout_s``
-(504 past it); whatever they raise goes through ``errors.error_response``.
+the access log. Middleware and handler together run under the route's ``timeout_s`` or
+else ``limits.handler_timeout_s`` (504 past it); whatever they raise goes through
+``errors.error_response``.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class HttpServer:
             route, request.path_params = self.router.match(request.method, request.path)
             request.route = route
             call = self._chains.get(route) or self._chain_for(route)
-            async with asyncio.timeout(self.limits.handler_timeout_s):
+            deadline = route.timeout_s if route.timeout_s is not None else self.limits.handler_timeout_s
+            async with asyncio.timeout(deadline):
                 response = await call(request)
             if not isinstance(response, Response):
                 raise TypeError(f"{route.name} returned {type(response).__name__}, not Response")
