@@ -196,3 +196,27 @@ def test_the_purge_deadline_covers_runtimes_grace_and_settling() -> None:
     # listing (10, concurrent) + one unload wait per server (10 + 8) + grace and SIGKILL wait
     expected = 5.0 + 10.0 + 18.0 + 20.0 + PROCESS_KILL_WAIT_S + PURGE_MARGIN_S
     assert purge_deadline_s(settings) == expected > settings.limits.handler_timeout_s
+
+
+async def test_one_slow_runtime_does_not_hide_the_other_runtimes_models(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from server.gpu.simulated import SimulatedBackend
+    from server.purge import PurgeService
+    from server.runtimes import RuntimeAdapter, SimulatedAdapter
+
+    class HangingAdapter(RuntimeAdapter):
+        name = "stuck"
+
+        async def list_models(self):  # type: ignore[no-untyped-def]
+            await asyncio.Event().wait()
+            return []
+
+        async def unload(self, model, *, force):  # type: ignore[no-untyped-def]
+            raise AssertionError("not reached")
+
+    monkeypatch.setattr("server.api.gpu.MODELS_TIMEOUT_S", 0.2)
+    backend = SimulatedBackend()
+    purge = PurgeService(backend, [HangingAdapter(), SimulatedAdapter(backend)], settle_s=0.5)
+    async with running_app(backend=backend, purge=purge) as srv:
+        body = (await srv.http.get("/v1/gpu/status", headers=srv.auth("operator"))).json()
+    expected = {m.name for m in backend.loaded_models()}
+    assert expected and {m["name"] for m in body["models"]} == expected
