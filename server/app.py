@@ -12,6 +12,8 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from server import __version__
@@ -64,7 +66,9 @@ class ServerApp:
 
     def __init__(self, settings: Settings, *, backend: GpuBackend,
                  store: MetricsStore | None = None, key_resolver: KeyResolver | None = None,
-                 purge: PurgeService | None = None) -> None:
+                 purge: PurgeService | None = None,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        """``clock`` is the wall clock requests and the sampler's heartbeats are stamped with."""
         self.settings = settings
         self.backend = backend
         self.store = store
@@ -72,7 +76,7 @@ class ServerApp:
         self.purge = purge if purge is not None else default_purge_service(settings, backend)
         self.context = ApiContext(settings=settings, backend=backend, resolver=resolver,
                                   limiter=RateLimiter(settings.rate_limits), store=store,
-                                  purge=self.purge)
+                                  purge=self.purge, now=clock)
         self.router = self._build_router()
         self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings))
         self._openapi: bytes | None = None
@@ -142,7 +146,7 @@ class ServerApp:
         """One tick of the in-process sampler; returns how many samples were stored."""
         assert self.store is not None
         samples = await asyncio.to_thread(sampler.sample)
-        now = utc_now()
+        now = self.context.now()
         inserted = 0
         if samples:
             for sample in samples:  # lets the hosts listing show this host's last sample

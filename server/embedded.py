@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,12 +30,15 @@ class EmbeddedServer:
     With ``db_path`` (and no ``store``) the store is opened here and closed on stop; a
     ``store`` passed in stays open. Without ``backend`` the settings choose one
     (NVML, or the simulated fleet when ``server.simulate`` or no GPU is found).
+    ``clock`` stamps requests (heartbeats, ingest receive times) instead of the wall clock.
     """
 
     def __init__(self, settings: Settings, *, backend: GpuBackend | None = None,
                  store: MetricsStore | None = None, db_path: Path | None = None,
-                 key_resolver: KeyResolver | None = None) -> None:
+                 key_resolver: KeyResolver | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
+        self._clock = clock
         self._backend = backend
         self._store = store
         self._db_path = db_path
@@ -92,7 +97,8 @@ class EmbeddedServer:
             self._owns_store = True
         try:
             self.app = ServerApp(self.settings, backend=backend, store=store,
-                                 key_resolver=self._resolver)
+                                 key_resolver=self._resolver,
+                                 **({"clock": self._clock} if self._clock is not None else {}))
             await self.app.start(host, port)
             ready.set_result(self.app.url)
             await self._stopped.wait()

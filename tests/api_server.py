@@ -73,7 +73,8 @@ KEY_ROLES: dict[str, tuple[list[str], str]] = {
 
 
 @contextlib.asynccontextmanager
-async def store_app(db_path: Any, settings: Settings | None = None) -> AsyncIterator[Running]:
+async def store_app(db_path: Any, settings: Settings | None = None, *,
+                    clock: Callable[[], datetime] | None = None) -> AsyncIterator[Running]:
     """A server over a real DuckDB file with one key per role in ``KEY_ROLES``."""
     from server.store import MetricsStore
 
@@ -81,7 +82,7 @@ async def store_app(db_path: Any, settings: Settings | None = None) -> AsyncIter
     try:
         keys = {role: store.create_key(f"{role}-key", scopes, account).key
                 for role, (scopes, account) in KEY_ROLES.items()}
-        async with running_app(settings, store=store, keys=keys) as srv:
+        async with running_app(settings, store=store, keys=keys, clock=clock) as srv:
             yield srv
     finally:
         store.close()
