@@ -27,16 +27,15 @@ from console.widgets.format import (
     MEMORY_PCT,
     POWER_PCT_OF_LIMIT,
     TEMP_C,
-    ago,
     gib,
     level,
     pct,
-    rtt,
     short_gpu_name,
     temp,
     watts,
 )
 from console.widgets.memory_bar import bar_segments
+from console.widgets.node_header import node_header_parts
 
 RowKey = tuple[str, int | None]
 MEMORY_LABEL_WIDTH = 13  # " 123.4/141.0G "
@@ -221,36 +220,8 @@ class FleetTable(ScrollView, can_focus=True):
         return Strip(segments).adjust_cell_length(width, style)
 
     def _node_line(self, row: FleetRow, width: int) -> list[Segment]:
-        node = row.node
-        name_style = self._style("node")
-        segments = [Segment(f"▾ {node.name}  ", name_style)]
-        if node.reachable is None:
-            segments.append(Segment("… waiting for the first answer", self._style("dim")))
-            return segments
-        if node.reachable:
-            segments.append(Segment("● up", self._style("ok")))
-            segments.append(Segment(f"  {rtt(node.rtt_ms, masked=self.mask_rtt)}", self._style("dim")))
-        else:
-            segments.append(Segment("✖ unreachable", self._style("crit")))
-            seen = ago(node.last_ok_at, self.now) if self.now else ""
-            segments.append(Segment(f"  last seen {seen}", self._style("warn")))
-            if node.last_error:
-                segments.append(Segment(f"  {node.last_error}", self._style("dim")))
-        if node.simulated:
-            # Before the summary, so a narrow terminal cuts the summary, not the label.
-            segments.append(Segment("  ", None))
-            segments.append(Segment(" SIM ", self._style("badge")))
-        status = node.status
-        if status is not None and node.reachable:
-            gpus = len(status.gpus)
-            names = sorted({short_gpu_name(g.name) for g in status.gpus})
-            summary = f"  {gpus} x {names[0]}" if len(names) == 1 else f"  {gpus} GPUs"
-            used = sum(g.memory.used_mb for g in status.gpus)
-            total = sum(g.memory.total_mb for g in status.gpus)
-            power = sum(g.power_draw_w or 0 for g in status.gpus)
-            summary += f"  mem {gib(used)}/{gib(total)} GiB  {power:.0f} W"
-            segments.append(Segment(summary, self._style("dim")))
-        return segments
+        parts = node_header_parts(row.node, width, now=self.now, mask_rtt=self.mask_rtt)
+        return [Segment(text, self._style(role) if role else None) for text, role in parts]
 
     def _gpu_line(self, row: FleetRow, width: int) -> list[Segment]:
         gpu = row.gpu
