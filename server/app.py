@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -67,8 +68,9 @@ class ServerApp:
     def __init__(self, settings: Settings, *, backend: GpuBackend,
                  store: MetricsStore | None = None, key_resolver: KeyResolver | None = None,
                  purge: PurgeService | None = None,
-                 clock: Callable[[], datetime] = utc_now) -> None:
-        """``clock`` is the wall clock requests and the sampler's heartbeats are stamped with."""
+                 clock: Callable[[], datetime] = utc_now,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` stamps requests and the sampler's heartbeats; ``monotonic`` paces the sampler."""
         self.settings = settings
         self.backend = backend
         self.store = store
@@ -82,6 +84,8 @@ class ServerApp:
         self._openapi: bytes | None = None
         self._sampler_task: asyncio.Task[None] | None = None
         self.samples_written = 0  # by the in-process sampler (tests and status lines read it)
+        self.next_sample_at: float | None = None  # monotonic time of the sampler's next tick
+        self._monotonic = monotonic
 
     def _build_router(self) -> Router:
         router = Router()
@@ -125,7 +129,12 @@ class ServerApp:
         return Response(body=self._openapi)
 
     async def _run_sampler(self) -> None:
-        """Every ``sampler.interval_s``: this node's samples into its store, and a heartbeat."""
+        """On a ``sampler.interval_s`` grid: this node's samples into its store, and a heartbeat.
+
+        The next tick is the first grid point after the last one finished: a slow tick
+        skips points instead of stacking them, and the schedule does not drift.
+        """
+        from server.agent.runner import next_tick
         from server.agent.sampler import Sampler
 
         assert self.store is not None
@@ -133,6 +142,7 @@ class ServerApp:
         account = self.settings.server.account
         interval = self.settings.sampler.interval_s
         hostname = socket.gethostname()
+        start = self._monotonic()
         while True:
             try:
                 await self.sample_once(sampler, account, hostname)
@@ -140,7 +150,8 @@ class ServerApp:
                 raise
             except Exception:  # one failed tick must not end sampling
                 log.exception("in-process sampling failed; trying again next interval")
-            await asyncio.sleep(interval)
+            self.next_sample_at = next_tick(start, interval, self._monotonic())
+            await asyncio.sleep(max(0.0, self.next_sample_at - self._monotonic()))
 
     async def sample_once(self, sampler: Any, account: str, hostname: str) -> int:
         """One tick of the in-process sampler; returns how many samples were stored."""

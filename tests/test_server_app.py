@@ -50,3 +50,39 @@ def test_embedded_server_passes_its_clock_to_the_app(tmp_path: Path) -> None:
                                   headers={"Authorization": f"Bearer {key}"},
                                   json={"agent_version": "1.0", "gpu_count": 1, "hostname": "n"})
     assert HeartbeatResult.model_validate(response.json()).received_at == FROZEN
+
+
+class SlowTicks(SimulatedBackend):
+    """A node whose readings take as long as the test says, on the test's monotonic clock."""
+
+    def __init__(self, durations: list[float]) -> None:
+        super().__init__()
+        self.monotonic = 100.0
+        self.durations = durations
+        self.scheduled: list[float | None] = []  # the app's next_sample_at seen at each tick
+        self.app = None
+
+    def snapshot(self):  # type: ignore[no-untyped-def]
+        self.scheduled.append(getattr(self.app, "next_sample_at", "missing"))
+        self.monotonic += self.durations.pop(0) if self.durations else 0.0
+        return super().snapshot()
+
+
+async def test_the_in_process_sampler_ticks_on_a_grid_after_the_last_tick_finished(
+        tmp_path: Path) -> None:
+    from server.app import ServerApp
+    from server.store import MetricsStore
+
+    backend = SlowTicks([0.4, 2.95])  # a quick tick, then one that overruns two grid points
+    settings = api_settings(**{"sampler.enabled": True, "sampler.interval_s": 1.0})
+    with MetricsStore.open(tmp_path / "db.duckdb") as store:
+        app = ServerApp(settings, backend=backend, store=store, monotonic=lambda: backend.monotonic)
+        backend.app = app
+        await app.start("127.0.0.1", 0)
+        try:
+            await wait_until(lambda: len(backend.scheduled) >= 3, what="three ticks")
+        finally:
+            await app.stop()
+    # Started at 100: the quick tick ends at 100.4 -> 101; the slow one ends at 103.35 -> 104.
+    assert backend.scheduled[:3] == [None, 101.0, 104.0]
+    assert app.samples_written > 0
