@@ -76,13 +76,17 @@ def describe_result(result: PurgeResult) -> list[str]:
         f"{result.memory_after.used_gb:.1f} of {result.memory_after.total_gb:.1f} GiB",
         "Models unloaded: " + (", ".join(_esc(m) for m in result.models_unloaded) or "none"),
     ]
+    # The server lists an in-use skip under both errors and skipped: show it once, as a skip.
+    skipped = set(result.skipped)
+    errors = [e for e in result.errors if e not in skipped]
     if result.skipped:
-        lines.append("[$warning]Skipped:[/] " + ", ".join(_esc(s) for s in result.skipped))
+        lines.append("[$warning]Skipped:[/]")
+        lines += [f"  [$warning]• {_esc(s)}[/]" for s in result.skipped]
     lines.append("Actions:" if result.actions else "Actions: none")
     lines += [f"  • {_esc(a)}" for a in result.actions]
-    if result.errors:
+    if errors:
         lines.append("[$error]Errors:[/]")
-        lines += [f"  [$error]✖ {_esc(e)}[/]" for e in result.errors]
+        lines += [f"  [$error]✖ {_esc(e)}[/]" for e in errors]
     lines.append(f"Recommendation: {_esc(result.recommendation)}")
     return lines
 
