@@ -141,11 +141,10 @@ class ServerApp:
         sampler = Sampler(self.backend)
         account = self.settings.server.account
         interval = self.settings.sampler.interval_s
-        hostname = socket.gethostname()
         start = self._monotonic()
         while True:
             try:
-                await self.sample_once(sampler, account, hostname)
+                await self.sample_once(sampler, account)
             except asyncio.CancelledError:
                 raise
             except Exception:  # one failed tick must not end sampling
@@ -153,20 +152,24 @@ class ServerApp:
             self.next_sample_at = next_tick(start, interval, self._monotonic())
             await asyncio.sleep(max(0.0, self.next_sample_at - self._monotonic()))
 
-    async def sample_once(self, sampler: Any, account: str, hostname: str) -> int:
-        """One tick of the in-process sampler; returns how many samples were stored."""
+    async def sample_once(self, sampler: Any, account: str) -> int:
+        """One tick of the in-process sampler; returns how many samples were stored.
+
+        Samples and heartbeat name the host as the backend does (a simulated node's own
+        name), so the hosts listing shows this node's last sample next to its heartbeat.
+        """
         assert self.store is not None
         samples = await asyncio.to_thread(sampler.sample)
         now = self.context.now()
+        snapshot = sampler.last_snapshot
+        hostname = (snapshot.node.hostname if snapshot else "") or socket.gethostname()
         inserted = 0
         if samples:
-            for sample in samples:  # lets the hosts listing show this host's last sample
-                sample.setdefault("hostname", hostname)
             rows = validate_batch(samples, max_samples=max(len(samples), 1), now=now)
             result = await self.store.writer.submit(account, rows, now)
             inserted = result.inserted
             self.samples_written += inserted
-        gpu_count = len(sampler.last_snapshot.gpus) if sampler.last_snapshot else len(samples)
+        gpu_count = len(snapshot.gpus) if snapshot else len(samples)
         heartbeat = Heartbeat(agent_version=__version__, gpu_count=gpu_count,
                               hostname=hostname[:255] or "localhost")
         await asyncio.to_thread(self.store.record_heartbeat, account, heartbeat, now)

@@ -86,3 +86,17 @@ async def test_the_in_process_sampler_ticks_on_a_grid_after_the_last_tick_finish
     # Started at 100: the quick tick ends at 100.4 -> 101; the slow one ends at 103.35 -> 104.
     assert backend.scheduled[:3] == [None, 101.0, 104.0]
     assert app.samples_written > 0
+
+
+async def test_the_in_process_samples_show_as_the_nodes_last_sample(tmp_path: Path) -> None:
+    settings = api_settings(**{"sampler.enabled": True})
+    async with store_app(tmp_path / "db.duckdb", settings) as srv:
+        store = srv.app.store
+        assert store is not None
+        await wait_until(lambda: srv.app.samples_written > 0 and store.list_hosts(
+            "default", datetime.now(UTC), 300.0), what="the first in-process samples and heartbeat")
+        hosts = HostsResponse.model_validate(
+            (await srv.http.get("/v1/agent/hosts", headers=srv.auth("read"))).json()).hosts
+    # The simulated node's own name, for the heartbeat and the samples alike.
+    assert [h.hostname for h in hosts] == [SimulatedBackend().node_name]
+    assert hosts[0].last_sample_at is not None

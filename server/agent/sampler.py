@@ -38,6 +38,7 @@ _OPTIONAL_RANGES: dict[str, tuple[float, float]] = {
 }
 ATTRIBUTION_FIELDS = ("job_id", "team_id", "model_tag", "scheduler_source")
 MAX_TAG_CHARS = 128
+MAX_HOSTNAME_CHARS = 255  # as the heartbeat allows
 
 
 class Attributor(Protocol):
@@ -80,6 +81,8 @@ class Sampler:
         self.last_snapshot = snapshot
         timestamp = format_utc(snapshot.taken_at)
         attribution = self._attribute(snapshot)
+        # The additive ``hostname`` field lets the hosts listing show this host's last sample.
+        hostname = snapshot.node.hostname[:MAX_HOSTNAME_CHARS] or None
         samples: list[dict[str, Any]] = []
         present: set[str] = set()
         for gpu in snapshot.gpus:
@@ -106,6 +109,8 @@ class Sampler:
             if delta is not None:
                 sample["energy_delta_j"] = delta
             sample.update(attribution.get(gpu.index, {}))
+            if hostname:
+                sample["hostname"] = hostname
             samples.append(sample)
         self._energy.forget(present)
         return samples
