@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
+from console.screens.detail import gpu_facts
 from console.screens.purge import describe_result
+from console.widgets.sparklines import CAPTION_WIDTH, caption
+from server.gpu.simulated import simulated_backends
 from server.schemas import MemorySummary, PurgeResult
 
 T0 = datetime(2026, 3, 11, 15, 0, tzinfo=UTC)
@@ -50,3 +54,18 @@ def test_errors_without_skips_are_all_shown() -> None:
     lines = describe_result(result(errors=[FAIL, SKIP], skipped=[]))
     assert not any("Skipped:" in line for line in lines)
     assert len(section(lines, "Errors:")) == 2
+
+
+def test_sparkline_captions_carry_units_on_both_figures_and_fit() -> None:
+    assert caption([250.4, 288.0, 256.2], " W") == "now 256 W max 288 W"
+    assert caption([40, 78], "°C") == "now 78°C max 78°C"
+    assert caption([], " W") == "now — max —"
+    widest = caption([1000.0], " W")
+    assert len(widest) < CAPTION_WIDTH  # a 1 kW GPU's caption is not cut
+
+
+def test_detail_facts_give_power_with_units() -> None:
+    gpu = simulated_backends(1, clock=lambda: T0)[0].snapshot().gpus[0]
+    facts = gpu_facts(gpu)
+    power = next(line for line in facts.splitlines() if "Power" in line)
+    assert re.search(r"\d W of \d+ W$", power), power

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from console.state import FleetState, NodeState
 from console.widgets.badges import SimulatedBadge
-from console.widgets.format import ago, gib, pct, rtt, short_gpu_name, temp, watts
+from console.widgets.format import ago, gib, pct, rtt, short_gpu_name, temp
 from console.widgets.memory_bar import MemoryBar
 from console.widgets.sparklines import MetricSpark
 from server.schemas import GpuInfo
@@ -21,6 +21,30 @@ from server.schemas import GpuInfo
 
 def _mhz(value: int | None) -> str:
     return "—" if value is None else f"{value} MHz"
+
+
+def gpu_facts(gpu: GpuInfo) -> str:
+    """The facts column: readings, clocks, P-state and holder, every figure with its unit."""
+    power = "—" if gpu.power_draw_w is None else f"{gpu.power_draw_w:.0f} W"
+    if gpu.power_limit_w:
+        power += f" of {gpu.power_limit_w:.0f} W"
+    rows = [
+        ("Utilization", f"GPU {pct(gpu.utilization.gpu_percent)} · mem {pct(gpu.utilization.memory_percent)}"),
+        ("Memory", f"{gib(gpu.memory.used_mb)} / {gib(gpu.memory.total_mb)} GiB"),
+        ("Temperature", temp(gpu.temperature_c)),
+        ("Power", power),
+        ("SM clock", _mhz(gpu.sm_clock_mhz)),
+        ("Mem clock", _mhz(gpu.memory_clock_mhz)),
+        ("P-state", gpu.pstate or "—"),
+        ("Fan", pct(gpu.fan_speed_pct)),
+        ("MIG", "on" if gpu.mig_mode else "off" if gpu.mig_mode is False else "—"),
+        ("Team", gpu.team_id or "—"),
+        ("Model", gpu.model_tag or "—"),
+        ("UUID", (gpu.uuid or "—")[:20]),
+    ]
+    if gpu.lost:
+        rows.insert(0, ("State", "[$error]GPU is lost[/]"))
+    return "\n".join(f"[$text-muted]{label:<12}[/] {value}" for label, value in rows)
 
 
 class GpuDetailScreen(Screen[None]):
@@ -91,7 +115,7 @@ class GpuDetailScreen(Screen[None]):
             self.query_one("#spark-memory", MetricSpark).show(history.memory_pct, 100)
             self.query_one("#spark-power", MetricSpark).show(history.power_w, gpu.power_limit_w or max(history.power_w, default=1))
             self.query_one("#spark-temp", MetricSpark).show(history.temp_c, 100)
-        self.query_one("#detail-facts", Static).update(self._facts(gpu))
+        self.query_one("#detail-facts", Static).update(gpu_facts(gpu))
         self._fill_processes(node)
 
     def _node_line(self, node: NodeState) -> str:
@@ -106,28 +130,6 @@ class GpuDetailScreen(Screen[None]):
             parts += [f"host {info.hostname}", f"driver {info.driver_version or '—'}",
                       f"CUDA {info.cuda_version or '—'}", f"backend {info.backend}"]
         return " · ".join(p for p in parts if p)
-
-    def _facts(self, gpu: GpuInfo) -> str:
-        power = watts(gpu.power_draw_w)
-        if gpu.power_limit_w:
-            power += f" of {gpu.power_limit_w:.0f} W"
-        rows = [
-            ("Utilization", f"GPU {pct(gpu.utilization.gpu_percent)} · mem {pct(gpu.utilization.memory_percent)}"),
-            ("Memory", f"{gib(gpu.memory.used_mb)} / {gib(gpu.memory.total_mb)} GiB"),
-            ("Temperature", temp(gpu.temperature_c)),
-            ("Power", power),
-            ("SM clock", _mhz(gpu.sm_clock_mhz)),
-            ("Mem clock", _mhz(gpu.memory_clock_mhz)),
-            ("P-state", gpu.pstate or "—"),
-            ("Fan", pct(gpu.fan_speed_pct)),
-            ("MIG", "on" if gpu.mig_mode else "off" if gpu.mig_mode is False else "—"),
-            ("Team", gpu.team_id or "—"),
-            ("Model", gpu.model_tag or "—"),
-            ("UUID", (gpu.uuid or "—")[:20]),
-        ]
-        if gpu.lost:
-            rows.insert(0, ("State", "[$error]GPU is lost[/]"))
-        return "\n".join(f"[$text-muted]{label:<12}[/] {value}" for label, value in rows)
 
     def _fill_processes(self, node: NodeState) -> None:
         table = self.query_one("#detail-processes", DataTable)

@@ -12,6 +12,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
+CAPTION_WIDTH = 22  # "now 1000 W max 1000 W" and a space
 
 
 def columns(values: Sequence[float], width: int) -> list[float]:
@@ -65,10 +66,10 @@ class Spark(Widget):
 class MetricSpark(Horizontal):
     """A titled sparkline: name, current and peak value beside the bars."""
 
-    DEFAULT_CSS = """
-    MetricSpark { height: 2; margin-bottom: 1; }
-    MetricSpark > .metric-spark--title { width: 18; color: $text-muted; }
-    MetricSpark > Spark { width: 1fr; }
+    DEFAULT_CSS = f"""
+    MetricSpark {{ height: 2; margin-bottom: 1; }}
+    MetricSpark > .metric-spark--title {{ width: {CAPTION_WIDTH}; color: $text-muted; }}
+    MetricSpark > Spark {{ width: 1fr; }}
     """
 
     def __init__(self, title: str, unit: str, *, id: str | None = None) -> None:
@@ -80,9 +81,14 @@ class MetricSpark(Horizontal):
         yield Spark()
 
     def show(self, values: Sequence[float], top: float) -> None:
-        now = f"{values[-1]:.0f}{self.unit}" if values else "—"
-        peak = f"{max(values):.0f}{self.unit}" if values else "—"
         self.query_one(".metric-spark--title", Static).update(
-            f"[b]{self.title}[/b]\nnow {now} max {peak}"
+            f"[b]{self.title}[/b]\n{caption(values, self.unit)}"
         )
         self.query_one(Spark).show(values, top)
+
+
+def caption(values: Sequence[float], unit: str) -> str:
+    """``now 256 W max 288 W``: the latest and the highest reading, each with its unit."""
+    if not values:
+        return "now — max —"
+    return f"now {values[-1]:.0f}{unit} max {max(values):.0f}{unit}"
