@@ -217,7 +217,7 @@ async def test_slurm_job_of_a_child_process_lands_in_the_store(tmp_path, store, 
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], env=env,
                              stdin=subprocess.PIPE)
     try:
-        fake._state.gpus[5].compute_processes = [fake.FakeProcess(child.pid, 20_000)]
+        fake.set_processes(5, compute=[fake.FakeProcess(child.pid, 20_000)])
         app = await start_server(server_settings(), backend, store)
         with Spool(tmp_path / "spool", max_bytes=1 << 20) as spool:
             runner, _, client = make_runner(app.url, key, backend, spool)

@@ -14,6 +14,7 @@ import string
 import sys
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from ctypes import Structure, c_uint, c_ulonglong
 from dataclasses import dataclass, field
 
@@ -94,7 +95,7 @@ class NVMLError(Exception):
         return obj
 
     def __str__(self):
-        return NVMLError._errcode_to_string.get(self.value, "NVML Error with code %d" % self.value)
+        return NVMLError._errcode_to_string.get(self.value, f"NVML Error with code {self.value}")
 
     def __eq__(self, other):
         return self.value == other.value
@@ -125,7 +126,7 @@ _extractNVMLErrorsAsClasses()
 
 def nvmlExceptionClass(nvmlErrorCode):
     if nvmlErrorCode not in NVMLError._valClassMapping:
-        raise ValueError("nvmlErrorCode %s is not valid" % nvmlErrorCode)
+        raise ValueError(f"nvmlErrorCode {nvmlErrorCode} is not valid")
     return NVMLError._valClassMapping[nvmlErrorCode]
 
 
@@ -246,6 +247,15 @@ def configure(gpus: list[FakeGpu], *, init_error: int | None = None,
     _state.driver_version = driver_version
     _state.cuda_driver_version = cuda_driver_version
     _state.nvml_version = nvml_version
+
+
+def set_processes(index: int, compute: Sequence[FakeProcess] = (),
+                  graphics: Sequence[FakeProcess] = ()) -> None:
+    """Replace the processes the driver reports on GPU ``index`` (a configured device)."""
+    with _lock:
+        gpu = _state.gpus[index]
+        gpu.compute_processes = list(compute)
+        gpu.graphics_processes = list(graphics)
 
 
 def _handle_for(gpu: FakeGpu) -> c_nvmlDevice_t:
