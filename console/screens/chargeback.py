@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
-from typing import Literal
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from console.datasource import DataSource, DataSourceError
@@ -31,134 +29,13 @@ from console.export import (
     display_path,
     write_csv,
 )
-from server.schemas import ChargebackReport, TeamUsage
+from console.period import PERIOD_NAMES, Period, PeriodError, PeriodKind, utc_today
+from console.screens.drilldown import TeamDrilldownModal
+from console.widgets.format import hours, money, share_bar
+from server.schemas import ChargebackReport
 
-MAX_SPAN_DAYS = 366
-PeriodKind = Literal["this_month", "last_7_days", "last_month", "custom"]
-PERIOD_NAMES: dict[PeriodKind, str] = {
-    "this_month": "This month",
-    "last_7_days": "Last 7 days",
-    "last_month": "Last month",
-    "custom": "Custom",
-}
+__all__ = ["ChargebackScreen", "TeamDrilldownModal"]
 
-
-class PeriodError(ValueError):
-    """A custom period the user typed is not valid; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class Period:
-    kind: PeriodKind
-    from_: date
-    to: date
-
-    @property
-    def label(self) -> str:
-        return f"{PERIOD_NAMES[self.kind]} · {self.from_.isoformat()} → {self.to.isoformat()}"
-
-    @classmethod
-    def preset(cls, kind: PeriodKind, today: date) -> Period:
-        if kind == "last_7_days":
-            return cls(kind, today - timedelta(days=6), today)
-        if kind == "last_month":
-            last_day = today.replace(day=1) - timedelta(days=1)
-            return cls(kind, last_day.replace(day=1), last_day)
-        return cls("this_month", today.replace(day=1), today)
-
-    @classmethod
-    def custom(cls, from_text: str, to_text: str) -> Period:
-        from_ = _parse_day(from_text, "From")
-        to = _parse_day(to_text, "To")
-        if from_ > to:
-            raise PeriodError("From must be on or before To")
-        if (to - from_).days + 1 > MAX_SPAN_DAYS:
-            raise PeriodError(f"A period spans at most {MAX_SPAN_DAYS} days")
-        return cls("custom", from_, to)
-
-
-def _parse_day(text: str, field: str) -> date:
-    text = text.strip()
-    try:
-        if len(text) != 10:
-            raise ValueError
-        return date.fromisoformat(text)
-    except ValueError:
-        raise PeriodError(f"{field}: enter a date as YYYY-MM-DD") from None
-
-
-def utc_today() -> date:
-    return datetime.now(UTC).date()
-
-
-def share_bar(part: float, whole: float, width: int) -> str:
-    """A text bar of ``part``'s share of ``whole`` followed by the percentage."""
-    share = part / whole if whole > 0 else 0.0
-    filled = round(share * width)
-    return "█" * filled + "░" * (width - filled) + f" {share * 100:5.1f}%"
-
-
-def money(value: float) -> str:
-    return f"${value:,.2f}"
-
-
-def hours(value: float) -> str:
-    return f"{value:,.1f}"
-
-
-class TeamDrilldownModal(ModalScreen[None]):
-    """One team's usage by GPU architecture and by model."""
-
-    BINDINGS = [Binding("escape,enter", "dismiss_drilldown", "Close", id="drilldown.close")]
-
-    DEFAULT_CSS = """
-    TeamDrilldownModal { align: center middle; }
-    TeamDrilldownModal > Vertical {
-        width: 110; max-width: 100%; height: auto; max-height: 100%;
-        border: thick $primary; background: $surface; padding: 0 1;
-    }
-    TeamDrilldownModal .drill-title { text-style: bold; color: $accent; }
-    TeamDrilldownModal .drill-heading { text-style: bold; margin-top: 1; }
-    TeamDrilldownModal DataTable { height: auto; max-height: 10; }
-    TeamDrilldownModal .drill-hint { color: $text-muted; margin-top: 1; }
-    """
-
-    def __init__(self, team: TeamUsage, period: Period) -> None:
-        super().__init__()
-        self._team = team
-        self._period = period
-
-    def compose(self) -> ComposeResult:
-        team = self._team
-        with Vertical():
-            yield Label(f"Team {team.team_id} · {self._period.label}", classes="drill-title")
-            yield Static(
-                f"Cost {money(team.total_cost_usd)}   GPU-hours {hours(team.total_gpu_hours)}   "
-                f"Energy {hours(team.energy_kwh)} kWh   Idle {hours(team.idle_gpu_hours)} GPU-h"
-            )
-            yield Label("By GPU architecture", classes="drill-heading")
-            yield DataTable(id="drill-gpus", cursor_type="row", zebra_stripes=True)
-            yield Label("By model", classes="drill-heading")
-            yield DataTable(id="drill-models", cursor_type="row", zebra_stripes=True)
-            yield Label("esc close", classes="drill-hint")
-
-    def on_mount(self) -> None:
-        gpus = self.query_one("#drill-gpus", DataTable)
-        gpus.add_columns("Architecture", "GPU-h", "Rate $/h", "Cost", "Energy kWh", "Idle GPU-h")
-        for arch in sorted(self._team.by_gpu, key=lambda a: -a.cost_usd):
-            gpus.add_row(arch.gpu_arch, hours(arch.gpu_hours), f"{arch.rate:.2f}",
-                         money(arch.cost_usd), hours(arch.energy_kwh), hours(arch.idle_gpu_hours),
-                         key=arch.gpu_arch)
-        models = self.query_one("#drill-models", DataTable)
-        models.add_columns("Model", "GPU-h", "Cost", "Energy kWh", "Share of team cost")
-        for model in sorted(self._team.by_model, key=lambda m: -m.cost_usd):
-            models.add_row(model.model_tag, hours(model.gpu_hours), money(model.cost_usd),
-                           hours(model.energy_kwh),
-                           share_bar(model.cost_usd, self._team.total_cost_usd, 10),
-                           key=model.model_tag)
-
-    def action_dismiss_drilldown(self) -> None:
-        self.dismiss(None)
 
 
 class ChargebackScreen(Screen[None]):

@@ -56,3 +56,18 @@ def rtt(ms: float | None, *, masked: bool = False) -> str:
     if ms is None:
         return ""
     return "·· ms" if masked else f"{ms:.0f} ms"
+
+
+def share_bar(part: float, whole: float, width: int) -> str:
+    """A text bar of ``part``'s share of ``whole`` followed by the percentage."""
+    share = part / whole if whole > 0 else 0.0
+    filled = round(share * width)
+    return "█" * filled + "░" * (width - filled) + f" {share * 100:5.1f}%"
+
+
+def money(value: float) -> str:
+    return f"${value:,.2f}"
+
+
+def hours(value: float) -> str:
+    return f"{value:,.1f}"

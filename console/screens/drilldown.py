@@ -1,0 +1,68 @@
+"""A team's chargeback drilled down: its usage by GPU architecture and by model."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Label, Static
+
+from console.period import Period
+from console.widgets.format import hours, money, share_bar
+from server.schemas import TeamUsage
+
+
+class TeamDrilldownModal(ModalScreen[None]):
+    """One team's usage by GPU architecture and by model."""
+
+    BINDINGS = [Binding("escape,enter", "dismiss_drilldown", "Close", id="drilldown.close")]
+
+    DEFAULT_CSS = """
+    TeamDrilldownModal { align: center middle; }
+    TeamDrilldownModal > Vertical {
+        width: 110; max-width: 100%; height: auto; max-height: 100%;
+        border: thick $primary; background: $surface; padding: 0 1;
+    }
+    TeamDrilldownModal .drill-title { text-style: bold; color: $accent; }
+    TeamDrilldownModal .drill-heading { text-style: bold; margin-top: 1; }
+    TeamDrilldownModal DataTable { height: auto; max-height: 10; }
+    TeamDrilldownModal .drill-hint { color: $text-muted; margin-top: 1; }
+    """
+
+    def __init__(self, team: TeamUsage, period: Period) -> None:
+        super().__init__()
+        self._team = team
+        self._period = period
+
+    def compose(self) -> ComposeResult:
+        team = self._team
+        with Vertical():
+            yield Label(f"Team {team.team_id} · {self._period.label}", classes="drill-title")
+            yield Static(
+                f"Cost {money(team.total_cost_usd)}   GPU-hours {hours(team.total_gpu_hours)}   "
+                f"Energy {hours(team.energy_kwh)} kWh   Idle {hours(team.idle_gpu_hours)} GPU-h"
+            )
+            yield Label("By GPU architecture", classes="drill-heading")
+            yield DataTable(id="drill-gpus", cursor_type="row", zebra_stripes=True)
+            yield Label("By model", classes="drill-heading")
+            yield DataTable(id="drill-models", cursor_type="row", zebra_stripes=True)
+            yield Label("esc close", classes="drill-hint")
+
+    def on_mount(self) -> None:
+        gpus = self.query_one("#drill-gpus", DataTable)
+        gpus.add_columns("Architecture", "GPU-h", "Rate $/h", "Cost", "Energy kWh", "Idle GPU-h")
+        for arch in sorted(self._team.by_gpu, key=lambda a: -a.cost_usd):
+            gpus.add_row(arch.gpu_arch, hours(arch.gpu_hours), f"{arch.rate:.2f}",
+                         money(arch.cost_usd), hours(arch.energy_kwh), hours(arch.idle_gpu_hours),
+                         key=arch.gpu_arch)
+        models = self.query_one("#drill-models", DataTable)
+        models.add_columns("Model", "GPU-h", "Cost", "Energy kWh", "Share of team cost")
+        for model in sorted(self._team.by_model, key=lambda m: -m.cost_usd):
+            models.add_row(model.model_tag, hours(model.gpu_hours), money(model.cost_usd),
+                           hours(model.energy_kwh),
+                           share_bar(model.cost_usd, self._team.total_cost_usd, 10),
+                           key=model.model_tag)
+
+    def action_dismiss_drilldown(self) -> None:
+        self.dismiss(None)
