@@ -177,8 +177,9 @@ async def test_an_outage_of_several_intervals_loses_and_doubles_nothing(tmp_path
 
 async def test_a_429_with_retry_after_is_honoured(tmp_path, store, key, nvml_node) -> None:
     _, backend = nvml_node
-    # One ingest token, back every 2.5 s: a 1 s agent is refused and must wait as told.
-    settings = server_settings(**{"rate_limits.ingest": {"requests": 1, "per_s": 2.5}})
+    # One ingest token, back every 1.5 s: a 1 s agent is refused (Retry-After: 1) and must
+    # wait as told; once it has, the token is back and the batch goes through.
+    settings = server_settings(**{"rate_limits.ingest": {"requests": 1, "per_s": 1.5}})
     app = await start_server(settings, backend, store)
     spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
     transport = RecordingTransport()
@@ -189,9 +190,13 @@ async def test_a_429_with_retry_after_is_honoured(tmp_path, store, key, nvml_nod
     def ingests() -> list[dict[str, Any]]:
         return [e for e in transport.log if e["path"] == "/v1/metrics/ingest"]
 
+    def success_after_two_refusals() -> bool:
+        statuses = [e["status"] for e in ingests()]
+        refusals = [i for i, status in enumerate(statuses) if status == 429]
+        return len(refusals) >= 2 and 200 in statuses[refusals[1]:]
+
     try:
-        await wait_until(lambda: sum(e["status"] == 429 for e in ingests()) >= 2
-                         and ingests()[-1]["status"] == 200, what="two 429s and a success after them")
+        await wait_until(success_after_two_refusals, what="two 429s and a success after them")
         stop.set()
         assert await run == 0
     finally:
@@ -297,15 +302,16 @@ async def test_killed_mid_outage_the_restarted_agent_delivers_its_spool(tmp_path
         await app.stop()
         down_at = datetime.now(UTC).replace(tzinfo=None)
         seen = len(log.read_text())
-        await wait_until(lambda: log.read_text()[seen:].count("samples spooled") >= 3
+        await wait_until(lambda: log.read_text()[seen:].count("samples spooled") >= 2
                          and "ingest failed" in log.read_text()[seen:],
-                         what="three ticks spooled during the outage")
+                         what="two ticks spooled during the outage")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         killed_at = datetime.now(UTC).replace(tzinfo=None)
         app = await start_server(settings, backend, store, port=port)
         second = agent_process(app.url, key_file, tmp_path / "spool", log)
-        await wait_until(lambda: any(ts > killed_at + timedelta(seconds=1) for _, ts in stored_keys(store)),
+        # Timestamps are whole seconds, truncated: one past the kill is the second agent's.
+        await wait_until(lambda: any(ts > killed_at for _, ts in stored_keys(store)),
                          what="the second agent's samples")
         await wait_until(lambda: len({ts for _, ts in stored_keys(store) if down_at < ts < killed_at}) >= 2,
                          what="the outage's samples from the spool")
