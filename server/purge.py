@@ -131,8 +131,8 @@ class PurgeService:
     async def _purge_model(self, adapter: RuntimeAdapter, model: LoadedModel, req: PurgeRequest,
                            selected: frozenset[int], outcome: _Outcome) -> None:
         label = f"{model.name} ({adapter.name})"
-        if req.gpu_indices is not None and model.gpu_index not in selected:
-            if model.gpu_index is None:
+        if req.gpu_indices is not None and not model.occupies(selected):
+            if model.gpu_index is None and not model.gpu_indices:
                 gpus = ", ".join(str(i) for i in sorted(selected))
                 outcome.skipped.append(f"skipped {label}: its GPU is unknown and the purge "
                                        f"is limited to GPU {gpus}")

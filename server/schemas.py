@@ -8,6 +8,7 @@ console, the server, the agent and the SDK.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -167,9 +168,16 @@ class LoadedModel(Value):
 
     name: str
     runtime: str  # ollama | triton | process | simulated
-    gpu_index: int | None = None
+    gpu_index: int | None = None  # the first GPU it occupies
     memory_mb: int | None = None
     in_use: bool = False
+    gpu_indices: list[int] | None = None  # every GPU it occupies, when known
+
+    def occupies(self, indices: AbstractSet[int]) -> bool:
+        """Whether the model sits on any of these GPUs (False when its GPUs are unknown)."""
+        held = self.gpu_indices if self.gpu_indices else (
+            [self.gpu_index] if self.gpu_index is not None else [])
+        return any(i in indices for i in held)
 
 
 class GpuStatusResponse(Value):

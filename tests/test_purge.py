@@ -411,3 +411,14 @@ async def test_processes_are_signalled_together_and_reported_in_order():
                 child.kill()
             child.wait(timeout=10)
             child.stdout.close()
+
+
+async def test_a_purge_limited_to_any_gpu_of_a_sharded_model_unloads_it() -> None:
+    """A model spread over GPUs 6 and 7 is unloaded by a purge limited to GPU 7 alone."""
+    backend = SimulatedBackend("dgx-h100-01")
+    sharded = [m for m in backend.loaded_models() if m.name == "qwen-3.5-27b"]
+    assert sharded and sharded[0].gpu_indices == [6, 7]
+    service = PurgeService(backend, [SimulatedAdapter(backend)], settle_s=0.0)
+    result = await service.purge(PurgeRequest(force=True, gpu_indices=[7]))
+    assert result.models_unloaded == ["qwen-3.5-27b"]
+    assert "qwen-3.5-27b" not in {m.name for m in backend.loaded_models()}

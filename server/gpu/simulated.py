@@ -228,6 +228,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
                     gpu_index=prior.gpu_index if prior else gpu.index,
                     memory_mb=((prior.memory_mb or 0) if prior else 0) + gpu.model.memory_mb,
                     in_use=(prior.in_use if prior else False) or gpu.curve.busy(t),
+                    gpu_indices=[*(prior.gpu_indices or []), gpu.index] if prior else [gpu.index],
                 )
             return list(found.values())
 
