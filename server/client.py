@@ -10,10 +10,12 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -44,6 +46,30 @@ AuthStyle = Literal["bearer", "x-api-key", "none"]
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
+
+
+class KeyFileError(ValueError):
+    """A key file that is missing, empty, or readable by group or others."""
+
+
+def read_key_file(path: Path) -> str:
+    """The secret in a private key file; refuses a file group or others can access."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"key file {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+        )
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise KeyFileError(f"key file {path} is empty")
+    return secret
 
 
 class GpuFleetError(Exception):

@@ -182,3 +182,38 @@ def test_samples_with_datetimes_encode_as_utc_z() -> None:
     assert body == b'[{"timestamp":"2026-02-25T12:00:00Z"}]'
     with pytest.raises(ValueError):
         encode_samples([{"power_draw_w": float("nan")}])
+
+
+def test_read_key_file_refuses_a_file_others_can_read(tmp_path) -> None:
+    from server.client import KeyFileError, read_key_file
+
+    key_file = tmp_path / "key"
+    key_file.write_text("gf_secret\n")
+    key_file.chmod(0o640)
+    with pytest.raises(KeyFileError, match=r"\(mode 0640\); run: chmod 600") as caught:
+        read_key_file(key_file)
+    assert "gf_secret" not in str(caught.value)
+    key_file.chmod(0o600)
+    assert read_key_file(key_file) == "gf_secret"
+    key_file.write_text("  \n")
+    with pytest.raises(KeyFileError, match="is empty"):
+        read_key_file(key_file)
+    with pytest.raises(KeyFileError, match="cannot read key file"):
+        read_key_file(tmp_path / "absent")
+
+
+def test_report_refuses_a_shared_key_file(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    key_file = tmp_path / "key"
+    key_file.write_text("gf_secret\n")
+    key_file.chmod(0o644)
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "report", "--from", "2026-11-01", "--to", "2026-11-02",
+         "--server", "http://127.0.0.1:9", "--key-file", str(key_file)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "accessible by group or others" in done.stderr
+    assert "gf_secret" not in done.stderr

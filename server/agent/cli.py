@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,23 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_key(key_file: Path | None, environ: dict[str, str]) -> str:
     """The API key from a private file, else GPUFLEET_KEY."""
+    from server.client import KeyFileError, read_key_file
+
     if key_file is not None:
         try:
-            mode = key_file.stat().st_mode
-        except OSError as exc:
-            raise KeyProblem(f"cannot read key file {key_file}: {exc.strerror}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyProblem(
-                f"key file {key_file} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
-                f"run: chmod 600 {key_file}"
-            )
-        try:
-            key = key_file.read_text().strip()
-        except OSError as exc:
-            raise KeyProblem(f"cannot read key file {key_file}: {exc.strerror}") from None
-        if not key:
-            raise KeyProblem(f"key file {key_file} is empty")
-        return key
+            return read_key_file(key_file)
+        except KeyFileError as exc:
+            raise KeyProblem(str(exc)) from None
     key = environ.get("GPUFLEET_KEY", "").strip()
     if not key:
         raise KeyProblem("no API key: pass --key-file F (mode 0600) or set GPUFLEET_KEY")

@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_server(args: argparse.Namespace, url: str) -> str:
-    from server.client import GpuFleetClient
+    from server.client import GpuFleetClient, read_key_file
 
-    key = args.key_file.read_text().strip() if args.key_file else None
+    key = read_key_file(args.key_file) if args.key_file else None
     with GpuFleetClient(url, api_key=key) as client:
         if args.format == "csv":
             return client.chargeback_csv(args.from_, args.to)
