@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import partial
@@ -34,6 +35,9 @@ from server.schemas import PurgeResult, utc_now
 log = logging.getLogger("gpufleet.console")
 
 REDRAW_DELAY_S = 0.05  # a burst of node updates within this window redraws once
+# Polls are spread over the interval, so a big fleet answers all the time: redraw at most
+# this often (a key press still redraws at once), or every answer would repaint the table.
+MIN_REDRAW_INTERVAL_S = 0.25
 PURGE_TIMEOUT_S = 120.0  # a purge waits for runtimes to unload and memory to settle
 LIGHT_THEME = "textual-light"
 
@@ -97,6 +101,7 @@ class GpuFleetApp(App[None]):
         self.fleet = FleetState(self.targets, refresh_s=self.refresh_s)
         self._clients: dict[str, AsyncGpuFleetClient] = {}
         self._redraw_pending = False
+        self._last_redraw = 0.0
         self.redraws = 0  # how many coalesced redraws ran (tests and the bench read it)
         self.theme = settings.theme
         self._dark_theme = settings.theme if settings.theme != LIGHT_THEME else "textual-dark"
@@ -181,14 +186,20 @@ class GpuFleetApp(App[None]):
         self.action_poll_now()
 
     def action_poll_now(self) -> None:
-        """(Re)start every node's poller: each polls at once, then on its own schedule."""
-        for target in self.targets.values():
+        """(Re)start every node's poller: each polls at once, then on its own schedule.
+
+        Node i of n is given the phase i/n of the interval, so the steady state is an
+        even trickle of answers rather than one burst per interval.
+        """
+        count = max(1, len(self.targets))
+        for i, target in enumerate(self.targets.values()):
             client = self._clients[target.name]
             # exclusive=True: the group's previous loop is cancelled, so a node never has two.
             self.run_worker(
                 poll_node(target, client, interval_s=self.refresh_s,
                           timeout_s=self.settings.request_timeout_s,
-                          post=self.post_message, clock=self.clock),
+                          post=self.post_message, clock=self.clock,
+                          phase_s=self.refresh_s * i / count),
                 name=f"poll {target.name}", group=f"poll:{target.name}",
                 exclusive=True, exit_on_error=False,
             )
@@ -214,10 +225,12 @@ class GpuFleetApp(App[None]):
     def _schedule_redraw(self) -> None:
         if not self._redraw_pending:
             self._redraw_pending = True
-            self.set_timer(REDRAW_DELAY_S, self._redraw)
+            since = time.monotonic() - self._last_redraw
+            self.set_timer(max(REDRAW_DELAY_S, MIN_REDRAW_INTERVAL_S - since), self._redraw)
 
     def _redraw(self) -> None:
         self._redraw_pending = False
+        self._last_redraw = time.monotonic()
         if not self.screen_stack:  # shutting down: the screens are already gone
             return
         self.redraws += 1

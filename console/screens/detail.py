@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from console.state import FleetState, NodeState
-from console.widgets.badges import SimulatedBadge
+from console.widgets.badges import SimulatedBadge, set_text
 from console.widgets.format import ago, gib, pct, rtt, short_gpu_name, temp
 from console.widgets.memory_bar import MemoryBar
 from console.widgets.sparklines import MetricSpark
@@ -103,9 +103,9 @@ class GpuDetailScreen(Screen[None]):
         node = self.node
         gpu = node.gpu(self.gpu_index)
         name = short_gpu_name(gpu.name) if gpu else "unknown GPU"
-        self.query_one("#detail-title", Static).update(f"{self.node_name} · GPU {self.gpu_index} · {name}")
+        set_text(self.query_one("#detail-title", Static), f"{self.node_name} · GPU {self.gpu_index} · {name}")
         self.query_one(SimulatedBadge).set_on(node.simulated)
-        self.query_one("#detail-node", Static).update(self._node_line(node))
+        set_text(self.query_one("#detail-node", Static), self._node_line(node))
         if gpu is None:
             return
         self.query_one(MemoryBar).show(gpu.memory.used_mb, gpu.memory.total_mb)
@@ -115,7 +115,7 @@ class GpuDetailScreen(Screen[None]):
             self.query_one("#spark-memory", MetricSpark).show(history.memory_pct, 100)
             self.query_one("#spark-power", MetricSpark).show(history.power_w, gpu.power_limit_w or max(history.power_w, default=1))
             self.query_one("#spark-temp", MetricSpark).show(history.temp_c, 100)
-        self.query_one("#detail-facts", Static).update(gpu_facts(gpu))
+        set_text(self.query_one("#detail-facts", Static), gpu_facts(gpu))
         self._fill_processes(node)
 
     def _node_line(self, node: NodeState) -> str:

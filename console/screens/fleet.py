@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from console.state import SORT_KEYS, FleetRow, FleetState, SortKey
-from console.widgets.badges import SimulatedBadge
+from console.widgets.badges import SimulatedBadge, set_text
 from console.widgets.fleet_table import FleetTable
 
 
@@ -79,7 +79,8 @@ class FleetScreen(Screen[None]):
             summary += f" · filter “{self.query_text}” ({sum(1 for r in rows if r.kind == 'gpu')} GPUs)"
         if self.readonly:
             summary += " · read-only"
-        self.query_one("#fleet-summary", Static).update(summary)
+        # One line of fixed size: a change needs no layout, and most polls change nothing here.
+        set_text(self.query_one("#fleet-summary", Static), summary, layout=False)
         self.query_one(SimulatedBadge).set_on(self.state.simulated)
 
     # -- sorting and filtering ---------------------------------------------------------

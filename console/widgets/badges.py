@@ -1,4 +1,4 @@
-"""Small labels: the SIMULATED badge and a node's header line."""
+"""Small labels: the SIMULATED badge, and updating a label only when its text changes."""
 
 from __future__ import annotations
 
@@ -25,3 +25,9 @@ class SimulatedBadge(Static):
 
     def set_on(self, on: bool) -> None:
         self.set_class(on, "-on")
+
+
+def set_text(label: Static, text: str, *, layout: bool = True) -> None:
+    """Update ``label`` only if ``text`` differs: an update re-lays out the screen and repaints it."""
+    if label.content != text:
+        label.update(text, layout=layout)

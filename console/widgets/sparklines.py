@@ -11,6 +11,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from console.widgets.badges import set_text
+
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 CAPTION_WIDTH = 22  # "now 1000 W max 1000 W" and a space
 
@@ -81,9 +83,9 @@ class MetricSpark(Horizontal):
         yield Spark()
 
     def show(self, values: Sequence[float], top: float) -> None:
-        self.query_one(".metric-spark--title", Static).update(
-            f"[b]{self.title}[/b]\n{caption(values, self.unit)}"
-        )
+        # Fixed size (two lines, a fixed width): no layout needed, and often unchanged.
+        set_text(self.query_one(".metric-spark--title", Static),
+                 f"[b]{self.title}[/b]\n{caption(values, self.unit)}", layout=False)
         self.query_one(Spark).show(values, top)
 
 
