@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 from server.api.context import ApiContext
 from server.api.guard import add_route
 from server.api.validation import IngestValidationError, validate_batch
@@ -47,13 +51,41 @@ class IngestRoutes:
 
     async def ingest(self, request: Request) -> Response:
         received_at = self._ctx.now()
+        fast = _fast_json(request)
         try:
-            samples = validate_batch(request.json(), max_samples=self._max_samples,
-                                     now=received_at)
-        except IngestValidationError as exc:
-            raise HttpError(400, str(exc)) from None
+            if fast is _UNPARSED:
+                raise IngestValidationError("not parsed by orjson")
+            samples = validate_batch(fast, max_samples=self._max_samples, now=received_at)
+        except IngestValidationError:
+            # Anything unusual (a parse error, a rule broken) is answered exactly as the
+            # stdlib parser + validation always answered it: same texts, same edge cases.
+            try:
+                samples = validate_batch(request.json(), max_samples=self._max_samples,
+                                         now=received_at)
+            except IngestValidationError as exc:
+                raise HttpError(400, str(exc)) from None
         result = await self._store.writer.submit(request.account or "", samples, received_at)
         body = IngestResult(success=True, inserted=result.inserted,
                             message=success_message(result.inserted, result.duplicates),
                             duplicates=result.duplicates)
         return Response.json(body)
+
+
+_UNPARSED = object()
+
+
+def _fast_json(request: Request) -> Any:
+    """The body parsed by orjson (3-4x the stdlib's speed), or ``_UNPARSED``.
+
+    orjson rejects NaN/Infinity and numbers that overflow a double, and reads integers
+    beyond 64 bits as floats; for any body it refuses, and for any batch that then fails
+    validation, the caller re-reads the body with ``request.json()`` so clients see the
+    documented errors unchanged. A wrong content type is left to ``request.json()`` too.
+    """
+    ctype = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        return _UNPARSED
+    try:
+        return orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        return _UNPARSED

@@ -120,6 +120,23 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "ALTER TABLE samples ADD COLUMN hostname VARCHAR",
         "ALTER TABLE gpu_last ADD COLUMN hostname VARCHAR",
     ),
+    # 5: samples stored but not yet folded into usage_daily and gpu_last (the writer
+    # folds them in batches; committed with the samples, so a crash loses none)
+    (
+        """CREATE TABLE rollup_pending (
+            account VARCHAR NOT NULL,
+            gpu_uuid VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            gpu_name VARCHAR,
+            team_id VARCHAR,
+            model_tag VARCHAR,
+            power_draw_w DOUBLE NOT NULL,
+            energy_delta_j DOUBLE,
+            utilization_gpu_pct DOUBLE NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            hostname VARCHAR
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -25,6 +25,7 @@ from server.schemas import ChargebackReport, Heartbeat, HostInfo, KeyCreated, Ke
 from server.store import chargeback as cb
 from server.store import hosts, usage_sql
 from server.store.keys import KeyStore
+from server.store.pending import fold_on_open
 from server.store.schema import migrate
 from server.store.writer import RollupParams, StoreWriter
 
@@ -75,7 +76,9 @@ class MetricsStore:
             raise
         con.execute("SET GLOBAL TimeZone = 'UTC'")
         migrate(con)
-        rollup = _ensure_rollup(con, RollupParams(round(expected_interval_s * 1e6), idle_utilization_pct))
+        default = RollupParams(round(expected_interval_s * 1e6), idle_utilization_pct)
+        fold_on_open(con, default.cap_us, default.idle_pct)  # rows a crash left pending
+        rollup = _ensure_rollup(con, default)
         if str(path) != ":memory:":
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)  # key hashes and telemetry: owner only
@@ -98,7 +101,8 @@ class MetricsStore:
             cur.close()
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """A read-only query on its own cursor (tests, benches, diagnostics)."""
+        """A read-only query on its own cursor (tests, benches, diagnostics); the rollup is current."""
+        self.writer.sync_rollup()
         with self._cursor() as cur:
             return cur.execute(sql, params).fetchall()
 
@@ -148,6 +152,7 @@ class MetricsStore:
         self.writer.call(lambda con: hosts.write_heartbeat(con, account, hb, at))
 
     def list_hosts(self, account: str, now: datetime, heartbeat_interval_s: float) -> list[HostInfo]:
+        self.writer.sync_rollup()  # last sample times come from gpu_last
         with self._cursor() as cur:
             return hosts.read_hosts(cur, account, now, heartbeat_interval_s)
 
@@ -167,6 +172,7 @@ class MetricsStore:
                   pricing: Pricing) -> list[tuple[str, str, str, int, float, int]]:
         """Unrounded sums per (team, model, gpu_name): covered µs, energy J, idle µs ('' = absent)."""
         cb.check_range(from_date, to_date)
+        self.writer.sync_rollup()
         p0, p1 = cb.period_bounds_us(from_date, to_date)
         interval_us = round(pricing.expected_interval_s * 1e6)
         params: dict[str, Any] = {
@@ -195,6 +201,7 @@ class MetricsStore:
                                 pricing: Pricing) -> list[cb.UsageRow]:
         """The reference computation over raw samples, bypassing the rollup (tests, audits)."""
         cb.check_range(from_date, to_date)
+        self.writer.sync_rollup()  # gpu_last bounds the raw computation
         p0, p1 = cb.period_bounds_us(from_date, to_date)
         interval_us = round(pricing.expected_interval_s * 1e6)
         params = {"account": account, "p0": p0, "p1": p1, "interval_us": interval_us,

@@ -1,12 +1,17 @@
 """The store's single write path: one thread owns the write connection.
 
 Sample batches submitted concurrently are written in ONE transaction (group
-commit): the thread drains its queue, appends every batch into a staging table
-with DuckDB's appender, dedups on (account, gpu_uuid, timestamp) within the
-group and against stored rows, inserts, maintains the usage rollup, COMMITs,
-and only then resolves every waiter. A failure rolls the whole group back and
-every waiter gets the exception. Other writes (keys, heartbeats, purge audit)
-are jobs on the same thread, so the process has exactly one writer.
+commit): the thread drains its queue, loads every batch of the group into a
+staging table with DuckDB's JSON reader (``staging.JsonStager``: no per-value
+Python conversion, and no GIL held while DuckDB parses), inserts, COMMITs, and
+only then resolves every waiter. A group whose samples are all new and newer
+than their GPU's stored tail (live agents) is inserted as is and its rollup
+upkeep deferred to ``rollup_pending`` (folded in batches, see ``pending``);
+any other group (duplicates, late samples) first folds what is pending, then
+dedups on (account, gpu_uuid, timestamp) and keeps the rollup in SQL. A failure
+rolls the whole group back and every waiter gets the exception. Other writes
+(keys, heartbeats, purge audit) are jobs on the same thread, run after folding
+what is pending, so the process has exactly one writer.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,31 +29,22 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from server.store import usage_sql
-from server.store.timeutil import to_db
+from server.store import pending, usage_sql
+from server.store.staging import SAMPLE_FIELDS, STAGING_DDL, JsonStager, TailCache
 
 log = logging.getLogger("gpufleet.store.writer")
 
 T = TypeVar("T")
 
-# MetricSample fields after `timestamp`, in staging/sample column order.
-SAMPLE_FIELDS: tuple[str, ...] = (
-    "gpu_index", "gpu_uuid", "power_draw_w", "utilization_gpu_pct", "utilization_memory_pct",
-    "temperature_c", "memory_used_mb", "gpu_name", "power_limit_w", "energy_delta_j",
-    "fan_speed_pct", "memory_total_mb", "sm_clock_mhz", "memory_clock_mhz", "job_id",
-    "team_id", "model_tag", "scheduler_source", "hostname",
-)
+__all__ = ["SAMPLE_FIELDS", "RollupParams", "StoreClosedError", "StoreWriter", "WriteResult"]
+
 _SAMPLE_COLUMNS = ", ".join(SAMPLE_FIELDS)
-_STAGING_DDL = """CREATE TEMP TABLE IF NOT EXISTS staging (
-    job INTEGER, ts TIMESTAMPTZ, gpu_index INTEGER, gpu_uuid VARCHAR,
-    power_draw_w DOUBLE, utilization_gpu_pct DOUBLE, utilization_memory_pct DOUBLE,
-    temperature_c DOUBLE, memory_used_mb DOUBLE, gpu_name VARCHAR, power_limit_w DOUBLE,
-    energy_delta_j DOUBLE, fan_speed_pct DOUBLE, memory_total_mb DOUBLE, sm_clock_mhz DOUBLE,
-    memory_clock_mhz DOUBLE, job_id VARCHAR, team_id VARCHAR, model_tag VARCHAR,
-    scheduler_source VARCHAR, hostname VARCHAR
-)"""
-_JOBS_DDL = "CREATE TEMP TABLE IF NOT EXISTS jobs (job INTEGER, account VARCHAR, received_at TIMESTAMP)"
 MAX_GROUP_SAMPLES = 200_000  # one transaction stays bounded in memory
+# When deferred rollup upkeep is folded in: after this long without work, after
+# this long since the oldest pending row, or at this many pending rows.
+FOLD_WHEN_IDLE_S = 0.1
+FOLD_AFTER_S = 1.0
+FOLD_AT_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -100,15 +97,23 @@ class StoreWriter:
         self._closed = False
         self._lock = threading.Lock()
         self._con.execute("SET TimeZone = 'UTC'")
-        self._con.execute(_STAGING_DDL)
-        self._con.execute(_JOBS_DDL)
+        self._con.execute(STAGING_DDL)
+        self._stager = JsonStager()
+        self._tails = TailCache()
+        # rows in rollup_pending; written by the writer thread before it acks a group
+        self._pending_rows = pending.pending_count(con)
+        self._pending_since = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="gpufleet-store-writer", daemon=True)
         self._thread.start()
 
     # ----------------------------------------------------------------- API
 
     async def submit(self, account: str, samples: Sequence[dict[str, Any]], received_at: datetime) -> WriteResult:
-        """Store validated samples; resolves after COMMIT with inserted + duplicates == len(samples)."""
+        """Store validated samples; resolves after COMMIT with inserted + duplicates == len(samples).
+
+        ``timestamp`` may be a datetime (naive = UTC) or an ISO-8601 string; other values
+        must be JSON-typed (what ``validate_batch`` returns is).
+        """
         if not samples:
             return WriteResult(0, 0)
         loop = asyncio.get_running_loop()
@@ -129,10 +134,18 @@ class StoreWriter:
         return future.result()
 
     def call(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *, transaction: bool = True) -> T:
-        """Run ``fn(write_connection)`` on the writer thread (in a transaction) and return its result."""
+        """Run ``fn(write_connection)`` on the writer thread (in a transaction) and return its result.
+
+        Deferred rollup upkeep is folded in first, so ``fn`` sees a current rollup and tail.
+        """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._put(_CallJob(fn, _resolver(future), transaction))
         return future.result()
+
+    def sync_rollup(self) -> None:
+        """Return once every acknowledged sample is in ``usage_daily`` and ``gpu_last``."""
+        if self._pending_rows:
+            self.call(_nothing, transaction=False)
 
     def post(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> None:
         """Queue ``fn`` on the writer thread without waiting (best-effort bookkeeping)."""
@@ -147,7 +160,7 @@ class StoreWriter:
             log.debug("store closed; background write dropped")
 
     def close(self) -> None:
-        """Write everything queued, then stop the thread. Idempotent."""
+        """Write everything queued, fold what is pending, then stop the thread. Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -156,6 +169,7 @@ class StoreWriter:
             self._queue.put(stop)
         stop.done.wait()
         self._thread.join()
+        self._stager.close()
 
     def _put(self, job: _SampleJob | _CallJob) -> None:
         with self._lock:
@@ -165,16 +179,28 @@ class StoreWriter:
 
     # -------------------------------------------------------------- thread
 
+    def _next_job(self) -> _SampleJob | _CallJob | _Stop:
+        """The next job; while rows are pending, fold them whenever the queue runs idle."""
+        while self._pending_rows:
+            try:
+                return self._queue.get(timeout=FOLD_WHEN_IDLE_S)
+            except queue.Empty:
+                self._fold()
+        return self._queue.get()
+
     def _run(self) -> None:
-        pending: _SampleJob | _CallJob | _Stop | None = None
+        pending_job: _SampleJob | _CallJob | _Stop | None = None
         while True:
-            job = pending or self._queue.get()
-            pending = None
+            job = pending_job or self._next_job()
+            pending_job = None
             if isinstance(job, _Stop):
+                self._fold()
                 job.done.set()
                 return
             if isinstance(job, _CallJob):
+                self._fold()
                 self._run_call(job)
+                self._tails.invalidate()  # it may have written samples or tails
                 continue
             group = [job]
             size = len(job.samples)
@@ -184,11 +210,31 @@ class StoreWriter:
                 except queue.Empty:
                     break
                 if not isinstance(nxt, _SampleJob):
-                    pending = nxt  # keep order: run it right after this group
+                    pending_job = nxt  # keep order: run it right after this group
                     break
                 group.append(nxt)
                 size += len(nxt.samples)
             self._run_group(group)
+            if self._pending_rows >= FOLD_AT_ROWS or (
+                    self._pending_rows and time.monotonic() - self._pending_since >= FOLD_AFTER_S):
+                self._fold()
+
+    def _fold(self) -> bool:
+        """Fold deferred rollup upkeep in, in its own transaction (a failure keeps it pending)."""
+        if not self._pending_rows:
+            return True
+        con = self._con
+        try:
+            con.begin()
+            pending.fold_pending(con, self._rollup.cap_us, self._rollup.idle_pct)
+            con.commit()
+        except Exception as exc:
+            _rollback(con)
+            log.warning("folding %d pending rows into the rollup failed (kept pending): %s",
+                        self._pending_rows, exc)
+            return False
+        self._pending_rows = 0
+        return True
 
     def _run_call(self, job: _CallJob) -> None:
         con = self._con
@@ -207,80 +253,53 @@ class StoreWriter:
 
     def _run_group(self, group: list[_SampleJob]) -> None:
         con = self._con
+        newest = None
         try:
+            newest = self._tails.newest_if_fresh(con, [(job.account, job.samples) for job in group])
+            if newest is None and not self._fold():
+                # the careful path keeps the rollup itself: it must start current
+                raise RuntimeError("deferred rollup upkeep could not be written")
             con.begin()
-            counts = write_samples(con, group, self._rollup)
+            self._stager.stage(con, [(job.account, job.received_at, job.samples) for job in group])
+            if newest is not None:
+                write_fresh(con)
+                counts = {index: len(job.samples) for index, job in enumerate(group)}
+            else:
+                counts = write_careful(con, self._rollup)
+            con.execute("DELETE FROM staging")
             con.commit()
         except BaseException as exc:
             _rollback(con)
+            self._tails.invalidate()
             log.warning("sample write of %d batches rolled back: %s", len(group), exc)
             for job in group:
                 job.done(None, exc)
             return
+        if newest is not None:
+            if not self._pending_rows:
+                self._pending_since = time.monotonic()
+            self._pending_rows += sum(counts.values())
+            self._tails.advance(newest)
+        else:
+            self._tails.invalidate()
         for index, job in enumerate(group):
             inserted = counts.get(index, 0)
             job.done(WriteResult(inserted, len(job.samples) - inserted), None)
 
 
-def write_samples(con: duckdb.DuckDBPyConnection, group: Sequence[_SampleJob], rollup: RollupParams) -> dict[int, int]:
-    """Inside an open transaction: stage, dedup, insert, roll up; returns inserted rows per job."""
-    fields = SAMPLE_FIELDS
-    appender = con.appender("staging")
-    try:
-        for index, job in enumerate(group):
-            # account and receive time are per batch: they join in from `jobs`, not per row
-            appender.append_rows([(index, s["timestamp"], *map(s.get, fields)) for s in job.samples])
-        appender.flush()
-    finally:
-        appender.clear()
-    con.execute("DELETE FROM jobs")
-    con.executemany("INSERT INTO jobs VALUES (?, ?, ?)",
-                    [(i, job.account, to_db(job.received_at)) for i, job in enumerate(group)])
-    n, distinct, late = con.execute("""
-        SELECT count(*), count(DISTINCT (j.account, st.gpu_uuid, st.ts)),
-               count(*) FILTER (WHERE st.ts::TIMESTAMP <= g.ts)
-        FROM staging st JOIN jobs j USING (job)
-        LEFT JOIN gpu_last g ON g.account = j.account AND g.gpu_uuid = st.gpu_uuid
-    """).fetchone()
-    if n == distinct and not late:
-        # the live path: every row is new and newer than its GPU's tail; no copy needed
-        con.execute(f"""
-            CREATE OR REPLACE TEMP VIEW cand AS
-            SELECT st.job, j.account, st.ts::TIMESTAMP AS ts, {_STAGED}, j.received_at, false AS ooo
-            FROM staging st JOIN jobs j USING (job)
-        """)
-    else:
-        _stage_deduplicated(con)
-    params = {"cap_us": rollup.cap_us, "idle_pct": rollup.idle_pct}
-    con.execute(
-        f"""INSERT INTO samples (account, ts, {_SAMPLE_COLUMNS}, received_at)
-            SELECT account, ts, {_SAMPLE_COLUMNS}, received_at FROM cand"""
-    )
-    con.execute(usage_sql.APPEND_IN_ORDER, params)
-    if late:
-        con.execute("""
-            CREATE OR REPLACE TEMP TABLE redo AS
-            SELECT account, gpu_uuid, epoch_us(date_trunc('day', min(ts))) - 86400000000 AS from_us
-            FROM cand WHERE ooo GROUP BY ALL
-        """)
-        if con.execute("SELECT count(*) FROM redo").fetchone()[0]:
-            con.execute(usage_sql.DELETE_REDO_DAYS)
-            con.execute(usage_sql.RECOMPUTE_REDO, params)
-    con.execute(_UPSERT_GPU_LAST)
-    rows = con.execute("SELECT job, count(*) FROM cand GROUP BY job").fetchall()
-    con.execute("DELETE FROM staging")
-    return {int(job): int(n) for job, n in rows}
+def write_careful(con: duckdb.DuckDBPyConnection, rollup: RollupParams) -> dict[int, int]:
+    """Inside an open transaction, ``staging`` loaded and nothing pending: dedup, insert, roll up.
 
-
-def _stage_deduplicated(con: duckdb.DuckDBPyConnection) -> None:
-    """The careful path: first occurrence of each key in the group, minus rows already stored."""
+    The path for groups with duplicates or samples older than their GPU's tail (resends,
+    late agents); returns inserted rows per job.
+    """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE cand_rows AS
-        SELECT st.job, j.account, st.ts::TIMESTAMP AS ts, {_STAGED}, j.received_at,
-               coalesce(st.ts::TIMESTAMP <= g.ts, false) AS ooo
-        FROM staging st JOIN jobs j USING (job)
-        LEFT JOIN gpu_last g ON g.account = j.account AND g.gpu_uuid = st.gpu_uuid
-        QUALIFY row_number() OVER (PARTITION BY j.account, st.gpu_uuid, st.ts ORDER BY st.job) = 1
+        SELECT st.job, st.account, st.ts, {_STAGED}, st.received_at,
+               coalesce(st.ts <= g.ts, false) AS ooo
+        FROM staging st
+        LEFT JOIN gpu_last g ON g.account = st.account AND g.gpu_uuid = st.gpu_uuid
+        QUALIFY row_number() OVER (PARTITION BY st.account, st.gpu_uuid, st.ts ORDER BY st.job) = 1
     """)
     late = con.execute("SELECT min(ts), max(ts) FROM cand_rows WHERE ooo").fetchone()
     if late and late[0] is not None:
@@ -292,6 +311,33 @@ def _stage_deduplicated(con: duckdb.DuckDBPyConnection) -> None:
             {"lo": late[0], "hi": late[1]},
         )
     con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT * FROM cand_rows")
+    params = {"cap_us": rollup.cap_us, "idle_pct": rollup.idle_pct}
+    con.execute(
+        f"""INSERT INTO samples (account, ts, {_SAMPLE_COLUMNS}, received_at)
+            SELECT account, ts, {_SAMPLE_COLUMNS}, received_at FROM cand"""
+    )
+    con.execute(usage_sql.APPEND_IN_ORDER, params)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE redo AS
+        SELECT account, gpu_uuid, epoch_us(date_trunc('day', min(ts))) - 86400000000 AS from_us
+        FROM cand WHERE ooo GROUP BY ALL
+    """)
+    if con.execute("SELECT count(*) FROM redo").fetchone()[0]:
+        con.execute(usage_sql.DELETE_REDO_DAYS)
+        con.execute(usage_sql.RECOMPUTE_REDO, params)
+    con.execute(_UPSERT_GPU_LAST)
+    rows = con.execute("SELECT job, count(*) FROM cand GROUP BY job").fetchall()
+    return {int(job): int(n) for job, n in rows}
+
+
+def write_fresh(con: duckdb.DuckDBPyConnection) -> None:
+    """Inside an open transaction, ``staging`` loaded with rows proved new and in order:
+    insert them and defer their rollup (``rollup_pending``)."""
+    con.execute(
+        f"""INSERT INTO samples (account, ts, {_SAMPLE_COLUMNS}, received_at)
+            SELECT account, ts, {_SAMPLE_COLUMNS}, received_at FROM staging"""
+    )
+    con.execute(pending.RECORD_FROM_STAGING)
 
 
 _STAGED = ", ".join("st." + f for f in SAMPLE_FIELDS)
@@ -308,6 +354,10 @@ _UPSERT_GPU_LAST = f"""
         received_at = greatest(excluded.received_at, gpu_last.received_at),
         hostname = coalesce(excluded.hostname, gpu_last.hostname)
 """
+
+
+def _nothing(_con: duckdb.DuckDBPyConnection) -> None:
+    """A call job that only waits for the fold that precedes every call."""
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

@@ -1,0 +1,195 @@
+"""Getting a write group's samples into DuckDB without per-value Python conversion.
+
+Each batch is serialised once with orjson (C speed, GIL held briefly) into a file
+on a memory-backed directory, and DuckDB's own JSON reader loads every file of
+the group into the ``staging`` temp table in one statement — that work runs
+without the GIL, so request parsing goes on meanwhile. The writer also keeps
+every GPU's newest stored timestamp (``TailCache``) so a group whose samples are
+all new and newer than their GPU's tail — what live agents send — skips the SQL
+dedup entirely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from server.store.timeutil import epoch_us, to_db
+
+# MetricSample fields after `timestamp`, in staging/sample column order, with their SQL types.
+FIELD_TYPES: dict[str, str] = {
+    "gpu_index": "INTEGER", "gpu_uuid": "VARCHAR", "power_draw_w": "DOUBLE",
+    "utilization_gpu_pct": "DOUBLE", "utilization_memory_pct": "DOUBLE", "temperature_c": "DOUBLE",
+    "memory_used_mb": "DOUBLE", "gpu_name": "VARCHAR", "power_limit_w": "DOUBLE",
+    "energy_delta_j": "DOUBLE", "fan_speed_pct": "DOUBLE", "memory_total_mb": "DOUBLE",
+    "sm_clock_mhz": "DOUBLE", "memory_clock_mhz": "DOUBLE", "job_id": "VARCHAR",
+    "team_id": "VARCHAR", "model_tag": "VARCHAR", "scheduler_source": "VARCHAR",
+    "hostname": "VARCHAR",
+}
+SAMPLE_FIELDS: tuple[str, ...] = tuple(FIELD_TYPES)
+
+STAGING_DDL = f"""CREATE TEMP TABLE IF NOT EXISTS staging (
+    job INTEGER, account VARCHAR, received_at TIMESTAMP, ts TIMESTAMP,
+    {", ".join(f"{name} {kind}" for name, kind in FIELD_TYPES.items())}
+)"""
+
+_JSON_COLUMNS = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in
+                               {"timestamp": "TIMESTAMPTZ", **FIELD_TYPES, "_job": "INTEGER"}.items()) + "}"
+PACK_BELOW_ROWS = 500
+_INT64 = 2**63
+
+
+def _memory_dir() -> str | None:
+    """/dev/shm where there is one (no disk I/O for a file read once), else the temp dir."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+class JsonStager:
+    """Writes a group's batches to files (one per batch) and loads them into ``staging``."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="gpufleet-ingest-", dir=_memory_dir())  # mode 0700
+        self._paths: list[str] = []
+
+    def stage(self, con: duckdb.DuckDBPyConnection, batches: Sequence[tuple[str, datetime, Sequence[dict[str, Any]]]]
+              ) -> None:
+        """Load every (account, received_at, samples) batch into ``staging``, job = its position.
+
+        A big batch gets a file of its own (the file names its job); small ones share one
+        file, each row a copy tagged with its job (DuckDB pays ~0.7 ms per file, the copy
+        ~0.3 µs per row).
+        """
+        files: list[bytes] = []
+        file_jobs: list[int | None] = []
+        packed: list[dict[str, Any]] = []
+        for job, (_account, _received, samples) in enumerate(batches):
+            if len(samples) >= PACK_BELOW_ROWS:
+                files.append(_dumps(samples))
+                file_jobs.append(job)
+            else:
+                packed.extend([{**sample, "_job": job} for sample in samples])
+        if packed:
+            files.append(_dumps(packed))
+            file_jobs.append(None)  # rows say their job
+        while len(self._paths) < len(files):
+            self._paths.append(os.path.join(self._dir, f"batch-{len(self._paths)}.json"))
+        paths = self._paths[:len(files)]
+        for path, body in zip(paths, files, strict=True):
+            with open(path, "wb") as out:
+                out.write(body)
+        listed = ", ".join(f"'{p}'" for p in paths)  # our own paths: no quotes inside
+        con.execute(
+            f"""INSERT INTO staging
+                SELECT j.job, j.account, j.received_at, r.timestamp::TIMESTAMP,
+                       {", ".join("r." + f for f in SAMPLE_FIELDS)}
+                FROM read_json([{listed}], format = 'array', columns = {_JSON_COLUMNS},
+                               filename = true) r
+                JOIN (SELECT unnest($files) AS filename, unnest($file_jobs) AS job) f USING (filename)
+                JOIN (SELECT unnest($accounts) AS account, unnest($received) AS received_at,
+                             generate_subscripts($accounts, 1) - 1 AS job) j
+                  ON j.job = coalesce(f.job, r._job)""",
+            {"files": paths, "file_jobs": file_jobs, "accounts": [b[0] for b in batches],
+             "received": [to_db(b[1]) for b in batches]},
+        )
+
+    def close(self) -> None:
+        for path in self._paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._dir)
+
+
+def _dumps(samples: Sequence[dict[str, Any]]) -> bytes:
+    try:
+        return orjson.dumps(samples)
+    except orjson.JSONEncodeError:
+        # an integer beyond 64 bits (only a Python caller or the stdlib parser yields one):
+        # every column it can sit in is DOUBLE, so store it as one
+        return orjson.dumps([{k: float(v) if type(v) is int and abs(v) >= _INT64 else v
+                              for k, v in s.items()} for s in samples])
+
+
+def timestamps_us(samples: Sequence[dict[str, Any]]) -> list[int]:
+    """Every sample's timestamp as integer µs since the epoch (naive values are UTC)."""
+    raw = [s["timestamp"] for s in samples]
+    return [us[t] for us in [{t: _to_us(t) for t in set(raw)}] for t in raw]
+
+
+def _to_us(value: Any) -> int:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return epoch_us(value)
+
+
+Key = tuple[str, str]
+
+
+class TailCache:
+    """Every GPU's newest stored timestamp (µs), mirrored from the store by the writer thread."""
+
+    def __init__(self) -> None:
+        self._tail: dict[Key, int] | None = None
+
+    def invalidate(self) -> None:
+        """Something other than a sample group wrote samples: reload before the next check."""
+        self._tail = None
+
+    def load(self, con: duckdb.DuckDBPyConnection) -> dict[Key, int]:
+        if self._tail is None:
+            rows = con.execute(
+                """SELECT account, gpu_uuid, epoch_us(max(ts)) FROM (
+                       SELECT account, gpu_uuid, ts FROM gpu_last
+                       UNION ALL SELECT account, gpu_uuid, ts FROM rollup_pending)
+                   GROUP BY ALL"""
+            ).fetchall()
+            self._tail = {(a, u): int(t) for a, u, t in rows}
+        return self._tail
+
+    def newest_if_fresh(self, con: duckdb.DuckDBPyConnection,
+                        batches: Iterable[tuple[str, Sequence[dict[str, Any]]]]) -> dict[Key, int] | None:
+        """Each GPU's newest timestamp in the group if every sample is new and newer than its
+        GPU's stored tail (and than the group's earlier batches); None otherwise."""
+        tail = self.load(con)
+        newest: dict[Key, int] = {}
+        for account, samples in batches:
+            stamps = timestamps_us(samples)
+            uuids = [s["gpu_uuid"] for s in samples]
+            if len(set(zip(uuids, stamps, strict=True))) != len(stamps):
+                return None  # the same (gpu, timestamp) twice in one batch
+            low: dict[str, int] = {}
+            high: dict[str, int] = {}
+            for uuid, ts in zip(uuids, stamps, strict=True):
+                if ts < low.get(uuid, ts + 1):
+                    low[uuid] = ts
+                if ts > high.get(uuid, ts - 1):
+                    high[uuid] = ts
+            for uuid, ts in low.items():
+                key = (account, uuid)
+                seen = newest.get(key)
+                if seen is None:
+                    seen = tail.get(key)
+                if seen is not None and ts <= seen:
+                    return None
+                newest[key] = high[uuid]
+        return newest
+
+    def advance(self, newest: dict[Key, int]) -> None:
+        """After COMMIT: the group's newest timestamps become the tails they exceed."""
+        if self._tail is None:
+            return
+        tail = self._tail
+        for key, ts in newest.items():
+            if ts > tail.get(key, ts - 1):
+                tail[key] = ts
