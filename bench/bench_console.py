@@ -39,7 +39,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-GPUFLEET = [str(Path(sys.executable).parent / "gpufleet")]
+GPUFLEET = [str(Path(sys.executable).parent / "gpufleet")]  # --gpufleet replaces it
 SORT_KEYS = ("node", "memory", "util", "temp", "power", "procs", "holder")
 ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|[()][0-9A-Za-z]|[=>78cDEHM])")
 
@@ -247,9 +247,13 @@ def main() -> int:
     parser.add_argument("--refresh", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=20.0, help="CPU / RSS window")
     parser.add_argument("--presses", type=int, default=30)
+    parser.add_argument("--gpufleet", type=Path, default=None, metavar="PATH",
+                        help="the gpufleet executable to run (default: the one beside this Python)")
     parser.add_argument("--profile", type=Path, default=None, metavar="PATH",
                         help="run the console under cProfile, stats to PATH (slows it: figures are not comparable)")
     args = parser.parse_args()
+    if args.gpufleet is not None:  # e.g. an older console, to compare on the same machine and load
+        GPUFLEET[:] = [str(args.gpufleet)]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor",
