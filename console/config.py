@@ -10,11 +10,11 @@ cannot reach the screen or a log line by accident.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.client import KeyFileError, read_key_file
 from server.config import NodeSettings, Settings
 
 LOCAL_NODE_NAME = "local"
@@ -57,21 +57,9 @@ class NodeTarget:
 def read_token_file(path: Path, *, node: str) -> str:
     """The token in ``path``; refuses a file readable by group or others."""
     try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise TokenError(f"node {node}: token file {path}: {exc.strerror or exc}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TokenError(
-            f"node {node}: token file {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}` and start again"
-        )
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise TokenError(f"node {node}: token file {path}: {exc.strerror or exc}") from None
-    if not token:
-        raise TokenError(f"node {node}: token file {path} is empty")
-    return token
+        return read_key_file(path)
+    except KeyFileError as exc:
+        raise TokenError(f"node {node}: {exc}") from None
 
 
 def load_token(node: NodeSettings, environ: Mapping[str, str] | None = None) -> Secret | None:
