@@ -113,10 +113,18 @@ def _dumps(samples: Sequence[dict[str, Any]]) -> bytes:
     try:
         return orjson.dumps(samples)
     except orjson.JSONEncodeError:
-        # an integer beyond 64 bits (only a Python caller or the stdlib parser yields one):
-        # every column it can sit in is DOUBLE, so store it as one
-        return orjson.dumps([{k: float(v) if type(v) is int and abs(v) >= _INT64 else v
-                              for k, v in s.items()} for s in samples])
+        # Only a Python caller or the stdlib parser yields these: an integer beyond 64 bits
+        # (every column it can sit in is DOUBLE, so store it as one) or a string with a
+        # lone surrogate escape (not encodable as UTF-8; stored with '?' in its place).
+        return orjson.dumps([{k: _encodable(v) for k, v in s.items()} for s in samples])
+
+
+def _encodable(value: Any) -> Any:
+    if type(value) is int and abs(value) >= _INT64:
+        return float(value)
+    if type(value) is str:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def timestamps_us(samples: Sequence[dict[str, Any]]) -> list[int]:
