@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -57,7 +58,9 @@ class JsonStager:
     """Writes a group's batches to files (one per batch) and loads them into ``staging``."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="gpufleet-ingest-", dir=_memory_dir())  # mode 0700
+        base = _memory_dir()
+        _remove_orphans(Path(base or tempfile.gettempdir()))
+        self._dir = tempfile.mkdtemp(prefix=f"gpufleet-ingest-{os.getpid()}-", dir=base)  # mode 0700
         self._paths: list[str] = []
 
     def stage(self, con: duckdb.DuckDBPyConnection, batches: Sequence[tuple[str, datetime, Sequence[dict[str, Any]]]]
@@ -83,6 +86,7 @@ class JsonStager:
         while len(self._paths) < len(files):
             self._paths.append(os.path.join(self._dir, f"batch-{len(self._paths)}.json"))
         paths = self._paths[:len(files)]
+        os.makedirs(self._dir, mode=0o700, exist_ok=True)  # a tmp cleaner may have removed it
         for path, body in zip(paths, files, strict=True):
             with open(path, "wb") as out:
                 out.write(body)
@@ -107,6 +111,26 @@ class JsonStager:
                 os.unlink(path)
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
+
+
+def _remove_orphans(base: Path) -> None:
+    """Remove staging folders of writers that died without closing (SIGKILL, power loss)."""
+    for folder in base.glob("gpufleet-ingest-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _dumps(samples: Sequence[dict[str, Any]]) -> bytes:
