@@ -43,7 +43,10 @@ STAGING_DDL = f"""CREATE TEMP TABLE IF NOT EXISTS staging (
 )"""
 
 _JSON_COLUMNS = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in
-                               {"timestamp": "TIMESTAMPTZ", **FIELD_TYPES, "_job": "INTEGER"}.items()) + "}"
+                               {"timestamp": "TIMESTAMPTZ", **FIELD_TYPES}.items()) + "}"
+_PACKED_COLUMNS = "{" + ", ".join(
+    f"'{name}': '{kind}'" for name, kind in {"timestamp": "TIMESTAMPTZ", **FIELD_TYPES, "_job": "INTEGER",
+                                             "_account": "VARCHAR", "_received": "TIMESTAMP"}.items()) + "}"
 PACK_BELOW_ROWS = 500
 _INT64 = 2**63
 
@@ -68,42 +71,46 @@ class JsonStager:
         """Load every (account, received_at, samples) batch into ``staging``, job = its position.
 
         A big batch gets a file of its own (the file names its job); small ones share one
-        file, each row a copy tagged with its job (DuckDB pays ~0.7 ms per file, the copy
+        file, each row a copy tagged with its job, account and receive time (DuckDB pays
+        ~0.7 ms per file and more for the join that names a file's job; the copy costs
         ~0.3 µs per row).
         """
-        files: list[bytes] = []
-        file_jobs: list[int | None] = []
+        big: list[int] = []
         packed: list[dict[str, Any]] = []
-        for job, (_account, _received, samples) in enumerate(batches):
+        for job, (account, received, samples) in enumerate(batches):
             if len(samples) >= PACK_BELOW_ROWS:
-                files.append(_dumps(samples))
-                file_jobs.append(job)
+                big.append(job)
             else:
-                packed.extend([{**sample, "_job": job} for sample in samples])
-        if packed:
-            files.append(_dumps(packed))
-            file_jobs.append(None)  # rows say their job
-        while len(self._paths) < len(files):
+                tags = {"_job": job, "_account": account, "_received": to_db(received)}
+                packed.extend([{**sample, **tags} for sample in samples])
+        bodies = [_dumps(batches[job][2]) for job in big] + ([_dumps(packed)] if packed else [])
+        while len(self._paths) < len(bodies):
             self._paths.append(os.path.join(self._dir, f"batch-{len(self._paths)}.json"))
-        paths = self._paths[:len(files)]
+        paths = self._paths[:len(bodies)]
         os.makedirs(self._dir, mode=0o700, exist_ok=True)  # a tmp cleaner may have removed it
-        for path, body in zip(paths, files, strict=True):
+        for path, body in zip(paths, bodies, strict=True):
             with open(path, "wb") as out:
                 out.write(body)
-        listed = ", ".join(f"'{p}'" for p in paths)  # our own paths: no quotes inside
-        con.execute(
-            f"""INSERT INTO staging
-                SELECT j.job, j.account, j.received_at, r.timestamp::TIMESTAMP,
-                       {", ".join("r." + f for f in SAMPLE_FIELDS)}
-                FROM read_json([{listed}], format = 'array', columns = {_JSON_COLUMNS},
-                               filename = true) r
-                JOIN (SELECT unnest($files) AS filename, unnest($file_jobs) AS job) f USING (filename)
-                JOIN (SELECT unnest($accounts) AS account, unnest($received) AS received_at,
-                             generate_subscripts($accounts, 1) - 1 AS job) j
-                  ON j.job = coalesce(f.job, r._job)""",
-            {"files": paths, "file_jobs": file_jobs, "accounts": [b[0] for b in batches],
-             "received": [to_db(b[1]) for b in batches]},
-        )
+        fields = ", ".join("r." + f for f in SAMPLE_FIELDS)
+        parts: list[str] = []
+        params: dict[str, Any] = {}
+        if big:  # our own paths: no quotes inside
+            listed = ", ".join(f"'{p}'" for p in paths[:len(big)])
+            parts.append(
+                f"""SELECT j.job, j.account, j.received_at, r.timestamp::TIMESTAMP, {fields}
+                    FROM read_json([{listed}], format = 'array', columns = {_JSON_COLUMNS},
+                                   filename = true) r
+                    JOIN (SELECT unnest($files) AS filename, unnest($accounts) AS account,
+                                 unnest($received) AS received_at, unnest($jobs) AS job) j
+                      USING (filename)""")
+            params = {"files": paths[:len(big)], "jobs": big,
+                      "accounts": [batches[job][0] for job in big],
+                      "received": [to_db(batches[job][1]) for job in big]}
+        if packed:
+            parts.append(
+                f"""SELECT r._job, r._account, r._received, r.timestamp::TIMESTAMP, {fields}
+                    FROM read_json('{paths[-1]}', format = 'array', columns = {_PACKED_COLUMNS}) r""")
+        con.execute("INSERT INTO staging " + " UNION ALL ".join(parts), params or None)
 
     def close(self) -> None:
         for path in self._paths:
