@@ -12,6 +12,7 @@ dedup entirely.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ import duckdb
 import orjson
 
 from server.store.timeutil import epoch_us, to_db
+
+log = logging.getLogger("gpufleet.store.staging")
 
 # MetricSample fields after `timestamp`, in staging/sample column order, with their SQL types.
 FIELD_TYPES: dict[str, str] = {
@@ -51,20 +54,49 @@ PACK_BELOW_ROWS = 500
 _INT64 = 2**63
 
 
-def _memory_dir() -> str | None:
-    """/dev/shm where there is one (no disk I/O for a file read once), else the temp dir."""
-    shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+STAGING_DIR_ENV = "GPUFLEET_STAGING_DIR"  # where staging folders go (default: MEMORY_DIR)
+MEMORY_DIR = "/dev/shm"  # memory-backed on Linux: no disk I/O for a file read once
+
+
+def staging_bases() -> list[str]:
+    """Where a staging folder may go, best first: $GPUFLEET_STAGING_DIR, /dev/shm, the temp dir."""
+    configured = os.environ.get(STAGING_DIR_ENV)
+    bases = [b for b in (configured, MEMORY_DIR, tempfile.gettempdir()) if b]
+    return list(dict.fromkeys(bases))
+
+
+def make_staging_dir() -> str:
+    """A fresh 0700 folder named for this process in the first usable base.
+
+    A base that is missing, not a folder or not writable is skipped (a warning names a
+    configured one), so a machine without /dev/shm stages in the temp dir instead.
+    """
+    configured = os.environ.get(STAGING_DIR_ENV)
+    for base in staging_bases():
+        if not (os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK)):
+            if base == configured:
+                log.warning("%s=%s is not a writable folder; staging elsewhere", STAGING_DIR_ENV, base)
+            continue
+        _remove_orphans(Path(base))
+        try:
+            return tempfile.mkdtemp(prefix=f"gpufleet-ingest-{os.getpid()}-", dir=base)
+        except OSError as exc:
+            log.warning("cannot stage ingest files in %s (%s); trying the next place", base, exc)
+    # the store's last resort: the temp dir must work or nothing can be staged
+    return tempfile.mkdtemp(prefix=f"gpufleet-ingest-{os.getpid()}-")
 
 
 class JsonStager:
     """Writes a group's batches to files (one per batch) and loads them into ``staging``."""
 
     def __init__(self) -> None:
-        base = _memory_dir()
-        _remove_orphans(Path(base or tempfile.gettempdir()))
-        self._dir = tempfile.mkdtemp(prefix=f"gpufleet-ingest-{os.getpid()}-", dir=base)  # mode 0700
+        self._dir = make_staging_dir()
         self._paths: list[str] = []
+
+    @property
+    def folder(self) -> str:
+        """The folder this stager writes its files in."""
+        return self._dir
 
     def stage(self, con: duckdb.DuckDBPyConnection, batches: Sequence[tuple[str, datetime, Sequence[dict[str, Any]]]]
               ) -> None:

@@ -108,6 +108,16 @@ class StoreWriter:
 
     # ----------------------------------------------------------------- API
 
+    @property
+    def pending_rows(self) -> int:
+        """Acknowledged samples not yet folded into the rollup and the tail (0 when current)."""
+        return self._pending_rows
+
+    @property
+    def staging_folder(self) -> str:
+        """The folder the writer stages its groups' files in."""
+        return self._stager.folder
+
     async def submit(self, account: str, samples: Sequence[dict[str, Any]], received_at: datetime) -> WriteResult:
         """Store validated samples; resolves after COMMIT with inserted + duplicates == len(samples).
 
