@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes.loopback import LoopbackJsonServer
 
 MiB = 1024 * 1024
 PACIFIC = timezone(timedelta(hours=-7))
@@ -54,27 +54,18 @@ class _State:
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
 
 
-class FakeOllama:
+class FakeOllama(LoopbackJsonServer):
     """``with FakeOllama() as ollama: ollama.load("qwen", 20480); OllamaAdapter(ollama.url)``."""
+
+    thread_name = "fake-ollama"
+    bad_json_error = "invalid character in JSON body"
 
     def __init__(self) -> None:
         self.state = _State()
-        self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="fake-ollama", daemon=True)
-        host, port = self._server.server_address[:2]
-        self.url = f"http://{host}:{port}"
+        super().__init__()
 
-    def __enter__(self) -> FakeOllama:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    def encode(self, payload: Any) -> tuple[bytes, str | None]:
+        return json.dumps(payload).encode(), "application/json; charset=utf-8"
 
     # -- control
     def load(self, name: str, size_vram_mib: int, *, keep_alive: timedelta | None = None) -> None:
@@ -144,37 +135,3 @@ class FakeOllama:
                 "done_reason": "unload",
             }
         return 200, {"model": name, "response": "", "done": True, "done_reason": "load"}
-
-
-def _handler_for(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                self._reply(400, {"error": "invalid character in JSON body"})
-                return
-            self._reply(*fake.handle(method, self.path.split("?", 1)[0], body))
-
-        def _reply(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output quiet
-
-    return Handler

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
+
+from tests.fakes.loopback import LoopbackJsonServer
 
 MiB = 1024 * 1024
 
@@ -58,27 +58,21 @@ class _State:
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
 
 
-class FakeTriton:
+class FakeTriton(LoopbackJsonServer):
     """``with FakeTriton() as triton: triton.load("resnet", 2048); TritonAdapter(triton.url)``."""
+
+    thread_name = "fake-triton"
+    bad_json_error = "failed to parse the request JSON buffer"
 
     def __init__(self) -> None:
         self.state = _State()
-        self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="fake-triton", daemon=True)
-        host, port = self._server.server_address[:2]
-        self.url = f"http://{host}:{port}"
+        super().__init__()
 
-    def __enter__(self) -> FakeTriton:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    def encode(self, payload: Any) -> tuple[bytes, str | None]:
+        # Triton answers a successful unload with 200 and an empty body.
+        if payload is None:
+            return b"", None
+        return json.dumps(payload).encode(), "application/json"
 
     # -- control
     def load(self, name: str, gpu_mib: int | None = None, *, gpu_id: int = 0,
@@ -148,39 +142,3 @@ class FakeTriton:
             if not ready:
                 return 400, {"error": f"requested model '{name}' is not available"}
         return 200, {"model_stats": [e for m in ready for e in m.stats_entries()]}
-
-
-def _handler_for(fake: FakeTriton) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                self._reply(400, {"error": "failed to parse the request JSON buffer"})
-                return
-            self._reply(*fake.handle(method, self.path.split("?", 1)[0], body))
-
-        def _reply(self, status: int, payload: Any) -> None:
-            # Triton answers a successful unload with 200 and an empty body.
-            data = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
-            if data:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output quiet
-
-    return Handler
