@@ -37,6 +37,7 @@ import psutil
 
 from console.config import NodeTarget, Secret
 from server.config import Settings, data_dir
+from server.files import write_private_file
 
 log = logging.getLogger("gpufleet.console.embedded")
 
@@ -82,16 +83,6 @@ class Connections:
 
 def discovery_path(directory: Path | None = None) -> Path:
     return (directory or data_dir()) / DISCOVERY_FILE
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by this user only (0600), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def server_answers(url: str, *, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -154,7 +145,7 @@ def _local_key(store: Any, directory: Path, account: str) -> str:
             return secret
     name = f"console-local-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
     created = store.create_key(name, list(LOCAL_KEY_SCOPES), account)
-    write_private(key_path, created.key)
+    write_private_file(key_path, created.key)
     return created.key
 
 
@@ -211,7 +202,7 @@ def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
     server = EmbeddedServer(local, store=store)
     url = server.start("127.0.0.1", 0)
     connections._stoppers.append(server.stop)
-    write_private(discovery_path(directory), json.dumps(
+    write_private_file(discovery_path(directory), json.dumps(
         {"url": url, "pid": os.getpid(), "key_file": str(directory / KEY_FILE),
          "started_at": datetime.now(UTC).isoformat()}))
     connections._stoppers.append(lambda: _remove_discovery(directory, url))

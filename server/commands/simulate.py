@@ -33,19 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="configuration file (limits, purge settle time)")
 
 
-def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only, never briefly wider."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def nodes_toml(nodes: list[tuple[str, str]], token_file: Path) -> str:
     """The console's ``[[nodes]]`` entries for the running nodes."""
     lines = ["# gpufleet simulate: paste into the console's config.toml", ""]
@@ -88,12 +75,13 @@ async def _simulate(settings: object, args: argparse.Namespace, token_file: Path
     from server.app import ServerApp
     from server.auth import StaticKeyResolver
     from server.config import Settings
+    from server.files import write_private_file
     from server.gpu.simulated import simulated_backends
     from server.http.signals import run_until_signalled
 
     assert isinstance(settings, Settings)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    write_secret(token_file, token + "\n")
+    write_private_file(token_file, token + "\n")
     resolver = StaticKeyResolver.operator(token, name="simulate")
     node_settings = settings.with_overrides({"sampler.enabled": False})
     apps: list[tuple[str, ServerApp]] = []
