@@ -18,6 +18,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
+    StrictInt,
 )
 
 MIB_PER_GIB = 1024
@@ -225,8 +227,9 @@ class GpuMemoryResponse(Value):
 
 
 class PurgeRequest(Value):
-    force: bool = False
-    gpu_indices: list[Annotated[int, Field(ge=0)]] | None = None  # additive: limit to some GPUs
+    force: StrictBool = False  # true only for a JSON true: force may SIGKILL busy processes
+    # additive: limit the purge to some GPUs; an empty list would purge nothing
+    gpu_indices: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] | None = None
 
 
 class MemorySummary(Value):

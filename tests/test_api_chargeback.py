@@ -89,6 +89,10 @@ async def test_other_accounts_see_nothing(loaded) -> None:  # type: ignore[no-un
      "Query parameter from must be a date in YYYY-MM-DD form"),
     ({"from": "2026-03-01", "to": "2026-02-30"},
      "Query parameter to must be a date in YYYY-MM-DD form"),
+    ({"from": "2026-W01-1", "to": "2026-03-01"},  # an ISO week date: not YYYY-MM-DD
+     "Query parameter from must be a date in YYYY-MM-DD form"),
+    ({"from": "2026-03-01", "to": "20260301xx"},
+     "Query parameter to must be a date in YYYY-MM-DD form"),
     ({"from": "2026-03-02", "to": "2026-03-01"}, "Query parameter from must not be after to"),
     ({"from": "2025-01-01", "to": "2026-01-02"}, "The report period must be at most 366 days"),
     ({"from": "2026-03-01", "to": "2026-03-02", "format": "xml"},

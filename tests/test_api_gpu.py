@@ -75,9 +75,17 @@ async def test_purge_body_is_validated() -> None:
                                   json={"force": "yes please"})
         assert bad.status_code == 400
         assert "force" in bad.json()["error"]
+        for truthy in ("yes", 1, "true"):  # force may SIGKILL: only a JSON true means it
+            loose = await srv.http.post("/v1/gpu/purge", headers=srv.auth("operator"),
+                                        json={"force": truthy})
+            assert loose.status_code == 400, truthy
         unknown_gpu = await srv.http.post("/v1/gpu/purge", headers=srv.auth("operator"),
                                           json={"gpu_indices": [99]})
         assert unknown_gpu.status_code == 400
+        nothing = await srv.http.post("/v1/gpu/purge", headers=srv.auth("operator"),
+                                      json={"gpu_indices": []})
+        assert nothing.status_code == 400
+        assert "gpu_indices" in nothing.json()["error"]
         not_json = await srv.http.post("/v1/gpu/purge", headers={**srv.auth("operator"),
                                         "Content-Type": "text/plain"}, content=b"force")
         assert not_json.status_code == 415

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import date, datetime
 
 from server.api.context import ApiContext
@@ -13,6 +14,7 @@ from server.http.types import HttpError, Request, Response
 from server.schemas import ChargebackReport
 
 MAX_REPORT_DAYS = 366
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def report_period(query: dict[str, str]) -> tuple[date, date]:
@@ -23,7 +25,7 @@ def report_period(query: dict[str, str]) -> tuple[date, date]:
         if not raw:
             raise HttpError(400, f"Query parameter {name} is required (YYYY-MM-DD)")
         try:
-            if len(raw) != 10:
+            if not _DAY.fullmatch(raw):  # fromisoformat also takes 2026-W01-1 and 20260101
                 raise ValueError(raw)
             values[name] = date.fromisoformat(raw)
         except ValueError:
