@@ -1,9 +1,10 @@
 """``gpufleet keys create|list|revoke|rotate``: manage API keys in the local store.
 
 DuckDB lets one process write a database file. When a running ``gpufleet
-serve`` holds the store, these commands say so (with its pid) instead of
-waiting or corrupting anything; a key can still rotate itself through the
-server (``POST /v1/keys/rotate``). Secrets are printed once and never again.
+serve`` holds the store, the command is sent to that server over its
+owner-only admin socket (``server.admin``) and the output is the same; if the
+server has no usable admin channel, it says so (with its pid) instead of
+waiting or corrupting anything. Secrets are printed once and never again.
 """
 
 from __future__ import annotations
@@ -48,14 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = MetricsStore.open(path)
     except StoreLockedError as exc:
-        who = f"pid {exc.pid}" if exc.pid else "another process"
-        print(
-            f"gpufleet keys: the store {path} is in use by a running gpufleet serve ({who}).\n"
-            "Stop it and run this again, or rotate a key through the server: "
-            "POST /v1/keys/rotate with that key.",
-            file=sys.stderr,
-        )
-        return 3
+        return _through_server(path, exc.pid, args, settings.server.account)
     try:
         return _dispatch(store, args, settings.server.account)
     except (UnknownKeyError, KeyNameTakenError, ValueError) as exc:
@@ -63,6 +57,28 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         store.close()
+
+
+def _through_server(path: Path, pid: int | None, args: argparse.Namespace, default_account: str) -> int:
+    """The same command, run by the server holding the store over its owner-only admin socket."""
+    from server.admin_client import AdminKeys, AdminUnavailableError
+    from server.store import KeyNameTakenError, UnknownKeyError
+
+    who = f"pid {pid}" if pid else "another process"
+    try:
+        with AdminKeys(path, pid) as keys:
+            return _dispatch(keys, args, default_account)
+    except (UnknownKeyError, KeyNameTakenError, ValueError) as exc:
+        print(f"gpufleet keys: {exc}", file=sys.stderr)
+        return 1
+    except AdminUnavailableError as exc:
+        print(
+            f"gpufleet keys: the store {path} is in use by a running gpufleet serve ({who}), and {exc}.\n"
+            "Stop it and run this again, or rotate a key through the server: "
+            "POST /v1/keys/rotate with that key.",
+            file=sys.stderr,
+        )
+        return 3
 
 
 def _dispatch(store, args: argparse.Namespace, default_account: str) -> int:

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from server.admin import AdminChannel
+    from server.app import ServerApp
     from server.config import Settings
+    from server.store import MetricsStore
 
 HELP = ("Run the gpufleet server: this node's GPU API, metrics ingest, chargeback and "
         "agent heartbeats over a local DuckDB store.")
@@ -109,9 +112,33 @@ async def serve(settings: Settings) -> int:
             if not await asyncio.to_thread(store.list_keys):
                 log.warning("No API keys yet. Create one with: gpufleet keys create --name NAME "
                             "--scope operator,ingest,read --db %s", db_path)
-            return await run_until_signalled(app.http, on_stop=app.stop_sampler)
+            admin = await _start_admin_channel(app, store, db_path)
+
+            async def on_stop() -> None:
+                await app.stop_sampler()
+                if admin is not None:
+                    await admin.stop()
+
+            return await run_until_signalled(app.http, on_stop=on_stop)
         finally:
             backend.close()
     finally:
         await asyncio.to_thread(store.close)
         log.info("store closed")
+
+
+async def _start_admin_channel(app: ServerApp, store: MetricsStore,
+                               db_path: Path) -> AdminChannel | None:
+    """The owner-only socket ``gpufleet keys`` uses while this server holds the store, or None."""
+    import logging
+
+    from server.admin import AdminChannel
+
+    admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver)
+    try:
+        await admin.start()
+    except OSError as exc:  # unsafe folder or no Unix sockets: serve anyway, keys need a stop
+        logging.getLogger("gpufleet.server").warning(
+            "admin channel not started (gpufleet keys needs the server stopped): %s", exc)
+        return None
+    return admin

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -81,6 +82,23 @@ class HttpServer:
         self.address = (sockname[0], sockname[1])
         log.info("Listening on %s", self.url)
         return self.address
+
+    async def start_unix(self, sock: socket.socket,
+                         allow_peer: Callable[[socket.socket], bool] | None = None) -> None:
+        """Serve on a bound, listening-ready Unix socket; ``allow_peer`` may refuse a connection.
+
+        The caller creates, secures and later removes the socket file; ``address`` stays
+        None (there is no URL). A refused peer is closed before anything is read.
+        """
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if allow_peer is not None and not allow_peer(writer.get_extra_info("socket")):
+                writer.close()
+                return
+            await self._on_client(reader, writer)
+
+        self._server = await asyncio.start_unix_server(
+            on_client, sock=sock, limit=READ_CHUNK_BYTES,
+            backlog=max(16, min(self.limits.max_connections, 128)))
 
     async def shutdown(self) -> None:
         """Stop accepting, close idle connections, let in-flight requests finish, then close.

@@ -1,0 +1,206 @@
+"""The local admin channel: key management for ``gpufleet keys`` while a server holds the store.
+
+DuckDB lets one process write a store, so while ``gpufleet serve`` runs, the
+``keys`` command asks the server to do the work. The server listens for that on a
+Unix socket, ``<store>.admin/sock``, that only its own OS user can reach: the
+folder is 0700 and owned by that user (the channel is not started otherwise), the
+socket is 0600, and every connection's peer must have the server's uid
+(SO_PEERCRED). These routes live on their own router and are never served over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from server.config import Limits
+from server.http.router import Router
+from server.http.server import HttpServer
+from server.http.types import HttpError, Request, Response
+from server.schemas import KeyInfo
+
+if TYPE_CHECKING:
+    from server.auth import KeyResolver
+    from server.store import MetricsStore
+
+log = logging.getLogger("gpufleet.admin")
+
+SOCKET_NAME = "sock"
+INFO_PATH = "/admin/v1/info"
+KEYS_PATH = "/admin/v1/keys"
+_MAX_SUN_PATH = 107  # sun_path is 108 bytes with its terminating NUL
+
+
+class AdminChannelError(OSError):
+    """The admin channel's folder or socket is not safe (or not usable) for this user."""
+
+
+def admin_dir(db_path: Path) -> Path:
+    """The owner-only folder beside the store that holds its admin socket."""
+    return db_path.with_name(db_path.name + ".admin")
+
+
+def check_private_dir(folder: Path) -> None:
+    """Raise AdminChannelError unless ``folder`` is a real directory of ours with no group/other access."""
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise AdminChannelError(f"{folder} is not a directory")
+    if info.st_uid != os.getuid():
+        raise AdminChannelError(f"{folder} belongs to uid {info.st_uid}, not to this user")
+    if info.st_mode & 0o077:
+        raise AdminChannelError(f"{folder} is accessible to group or others "
+                                f"(mode {stat.S_IMODE(info.st_mode):o}); it must be 0700")
+
+
+def connectable_path(socket_path: Path, dir_fd: int) -> str:
+    """``socket_path`` as bind/connect take it; through ``/proc/self/fd`` when it is too long."""
+    text = os.fsdecode(socket_path)
+    if len(os.fsencode(text)) <= _MAX_SUN_PATH:
+        return text
+    return f"/proc/self/fd/{dir_fd}/{socket_path.name}"
+
+
+def peer_uid(sock: Any) -> int:
+    """The uid of the process at the other end of a Unix socket."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def _same_user(sock: Any) -> bool:
+    try:
+        allowed = peer_uid(sock) == os.getuid()
+    except OSError:
+        allowed = False
+    if not allowed:
+        log.warning("admin channel: refused a connection from another user")
+    return allowed
+
+
+class AdminChannel:
+    """Serves key create/list/revoke/rotate for one store on its owner-only Unix socket."""
+
+    def __init__(self, store: MetricsStore, db_path: Path, limits: Limits,
+                 resolver: KeyResolver | None = None) -> None:
+        self._store = store
+        self._resolver = resolver
+        self.db_path = db_path
+        self.folder = admin_dir(db_path)
+        self.socket_path = self.folder / SOCKET_NAME
+        self._inode: int | None = None
+        router = Router()
+        router.get(INFO_PATH, self._info, name="adminInfo")
+        router.get(KEYS_PATH, self._list, name="adminListKeys")
+        router.post(KEYS_PATH, self._create, name="adminCreateKey")
+        router.post(KEYS_PATH + "/revoke", self._revoke, name="adminRevokeKey")
+        router.post(KEYS_PATH + "/rotate", self._rotate, name="adminRotateKey")
+        self.http = HttpServer(router, limits)
+
+    async def start(self) -> None:
+        """Create the folder (0700) and socket (0600) and listen; AdminChannelError if unsafe."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.folder, 0o700)
+        check_private_dir(self.folder)
+        dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # A socket left by a killed server: this process holds the store, so it is stale.
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                    os.unlink(self.socket_path)
+            sock.bind(connectable_path(self.socket_path, dir_fd))
+            os.chmod(self.socket_path, 0o600)  # the folder already keeps others out; this too
+            self._inode = os.lstat(self.socket_path).st_ino
+            sock.listen()
+            await self.http.start_unix(sock, allow_peer=_same_user)
+        except BaseException:
+            sock.close()
+            self._remove_socket()
+            raise
+        finally:
+            os.close(dir_fd)
+        log.info("admin channel on %s", self.socket_path)
+
+    async def stop(self) -> None:
+        """Stop serving, then remove the socket (and the folder when empty)."""
+        await self.http.shutdown()
+        self._remove_socket()
+
+    def _remove_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._inode is not None and os.lstat(self.socket_path).st_ino == self._inode:
+                os.unlink(self.socket_path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.folder)
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def _info(self, request: Request) -> Response:
+        return Response.json({"pid": os.getpid(), "store": str(self.db_path.resolve())})
+
+    async def _list(self, request: Request) -> Response:
+        keys = await asyncio.to_thread(self._store.list_keys, request.query.get("account") or None)
+        return Response.json([k.model_dump(mode="json") for k in keys])
+
+    async def _create(self, request: Request) -> Response:
+        body = _fields(request, name=str, scopes=list, account=str)
+        created = await _keys_call(self._store.create_key, body["name"], body["scopes"], body["account"])
+        log.info("admin channel: key %r created in account %r", created.info.name, created.info.account)
+        return Response.json(created, status=201)
+
+    async def _revoke(self, request: Request) -> Response:
+        body = _fields(request, key=str, account=(str, type(None)))
+        info = await _keys_call(self._store.revoke_key, body["key"], body["account"])
+        self._forget(info)
+        log.info("admin channel: key %r of account %r revoked", info.name, info.account)
+        return Response.json(info)
+
+    async def _rotate(self, request: Request) -> Response:
+        body = _fields(request, key=str, account=(str, type(None)))
+        created = await _keys_call(self._store.rotate_key, body["key"], body["account"])
+        # The replaced key has another id: forget every revoked key of that name and account.
+        keys = await asyncio.to_thread(self._store.list_keys, created.info.account)
+        for info in keys:
+            if info.name == created.info.name and info.revoked_at is not None:
+                self._forget(info)
+        log.info("admin channel: key %r of account %r rotated", created.info.name, created.info.account)
+        return Response.json(created)
+
+    def _forget(self, info: KeyInfo) -> None:
+        if self._resolver is not None:
+            self._resolver.forget(info)
+
+
+def _fields(request: Request, **types: Any) -> dict[str, Any]:
+    """The JSON object body's named fields, each of the given type, or 400."""
+    body = request.json()
+    if not isinstance(body, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    values = {}
+    for name, kind in types.items():
+        value = body.get(name)
+        if not isinstance(value, kind):
+            raise HttpError(400, f"field {name!r} is missing or of the wrong type")
+        values[name] = value
+    return values
+
+
+async def _keys_call(method: Any, *args: Any) -> Any:
+    """Run a store key method in a thread; its user errors become 4xx with their message."""
+    from server.store import KeyNameTakenError, UnknownKeyError
+
+    try:
+        return await asyncio.to_thread(method, *args)
+    except UnknownKeyError as exc:
+        raise HttpError(404, str(exc)) from None
+    except KeyNameTakenError as exc:
+        raise HttpError(409, str(exc)) from None
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None

@@ -1,0 +1,119 @@
+"""The ``keys`` command's side of the admin channel: a running server's key API over its socket.
+
+``AdminKeys`` has the store's key methods (``create_key``, ``list_keys``,
+``revoke_key``, ``rotate_key``) and raises the store's own errors, so the command
+prints the same thing whichever way the keys were reached. It talks only to a
+socket in an owner-only folder of this user, served by the process holding the store.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from server.admin import (
+    INFO_PATH,
+    KEYS_PATH,
+    SOCKET_NAME,
+    AdminChannelError,
+    admin_dir,
+    check_private_dir,
+    connectable_path,
+)
+from server.schemas import KeyCreated, KeyInfo
+
+TIMEOUT_S = 30.0
+
+
+class AdminUnavailableError(Exception):
+    """No usable admin channel for this store (none, unsafe, or not the server holding it)."""
+
+
+class AdminKeys:
+    """Key management through the admin socket of the server that holds ``db_path``."""
+
+    def __init__(self, db_path: Path, server_pid: int | None = None) -> None:
+        folder = admin_dir(db_path)
+        socket_path = folder / SOCKET_NAME
+        try:
+            check_private_dir(folder)
+            info = os.lstat(socket_path)
+        except FileNotFoundError:
+            raise AdminUnavailableError("it has no admin channel (an older gpufleet?)") from None
+        except AdminChannelError as exc:
+            raise AdminUnavailableError(f"its admin channel is not safe to use: {exc}") from None
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+            raise AdminUnavailableError(f"{socket_path} is not this user's admin socket")
+        self._dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        transport = httpx.HTTPTransport(uds=connectable_path(socket_path, self._dir_fd))
+        self._client = httpx.Client(transport=transport, base_url="http://gpufleet-admin",
+                                    timeout=TIMEOUT_S)
+        try:
+            served = self._get(INFO_PATH)
+        except BaseException:
+            self.close()
+            raise
+        if server_pid is not None and served.get("pid") != server_pid:
+            self.close()
+            raise AdminUnavailableError(f"its admin socket is served by pid {served.get('pid')}, "
+                                        f"not by pid {server_pid} that holds the store")
+
+    def close(self) -> None:
+        self._client.close()
+        os.close(self._dir_fd)
+
+    def __enter__(self) -> AdminKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create_key(self, name: str, scopes: list[str], account: str) -> KeyCreated:
+        return KeyCreated.model_validate(
+            self._post(KEYS_PATH, {"name": name, "scopes": scopes, "account": account}))
+
+    def list_keys(self, account: str | None = None) -> list[KeyInfo]:
+        params = {"account": account} if account else None
+        return [KeyInfo.model_validate(k) for k in self._get(KEYS_PATH, params)]
+
+    def revoke_key(self, id_or_name: str, account: str | None = None) -> KeyInfo:
+        return KeyInfo.model_validate(
+            self._post(KEYS_PATH + "/revoke", {"key": id_or_name, "account": account}))
+
+    def rotate_key(self, key_id: str, account: str | None = None) -> KeyCreated:
+        return KeyCreated.model_validate(
+            self._post(KEYS_PATH + "/rotate", {"key": key_id, "account": account}))
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return self._answer(lambda: self._client.get(path, params=params))
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._answer(lambda: self._client.post(path, json=body))
+
+    @staticmethod
+    def _answer(send: Any) -> Any:
+        from server.store import KeyNameTakenError, UnknownKeyError
+
+        try:
+            response = send()
+        except httpx.HTTPError as exc:
+            raise AdminUnavailableError(f"its admin channel did not answer: {exc}") from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if response.is_success:
+            return payload
+        message = payload.get("error") if isinstance(payload, dict) else None
+        message = message or f"the server answered {response.status_code}"
+        if response.status_code == 404:
+            raise UnknownKeyError(message)
+        if response.status_code == 409:
+            raise KeyNameTakenError(message)
+        if response.status_code == 400:
+            raise ValueError(message)
+        raise AdminUnavailableError(f"its admin channel failed: {message}")
