@@ -174,3 +174,39 @@ async def test_simulated_backend_pids_are_never_candidates():
     assert await adapter.list_models() == []
     settings = [RuntimeSettings(type="process", process_names=["python"])]
     assert build_adapters(settings, _SimulatedNode()) == []
+
+
+async def test_a_listing_during_a_purge_does_not_change_what_the_purge_decided(fake_nvml, spawn):
+    child = spawn()
+    gpu = FakeGpu(uuid="GPU-0", used_mib=4096)
+    gpu.compute_processes = [FakeProcess(child.pid, 4096)]
+    fake_nvml.configure([gpu])
+    adapter = _adapter(NvmlBackend(nvml_module=fake_nvml), child.pid)
+    (purged,) = await adapter.list_models()  # the purge's listing: idle
+    assert purged.in_use is False
+    gpu.util_gpu = 80
+    (polled,) = await adapter.list_models()  # a status poll lists again before the unload
+    assert polled.in_use is True and adapter.in_use_reason(polled).startswith("busy (GPU 0")
+    assert adapter.in_use_reason(purged) == "in use"  # the purge's record is its own
+    action = await adapter.unload(purged, force=False)  # decided on its own listing
+    assert action == f"terminated {purged.name} (process, SIGTERM)"
+    assert _gone(child.pid)
+
+
+async def test_listing_reads_proc_off_the_event_loop(fake_nvml, spawn, monkeypatch):
+    import threading
+
+    child = spawn()
+    adapter = _adapter(_node(fake_nvml, (child.pid, 4096)), child.pid)
+    loop_thread = threading.get_ident()
+    reads: list[bool] = []
+    real_process = psutil.Process
+
+    def recording_process(pid: int) -> psutil.Process:
+        reads.append(threading.get_ident() == loop_thread)
+        return real_process(pid)
+
+    monkeypatch.setattr("server.runtimes.process.psutil.Process", recording_process)
+    (model,) = await adapter.list_models()
+    assert model.name.endswith(f"[{child.pid}]")
+    assert reads and not any(reads), "psutil ran on the event loop"

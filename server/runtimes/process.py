@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import psutil
+from pydantic import PrivateAttr
 
 from server.gpu.base import GpuBackend, GpuSnapshot
 from server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
@@ -37,9 +38,26 @@ MAX_WINDOW_FACTOR = 10  # a kept CPU reading older than this many windows is sta
 
 @dataclass(slots=True)
 class _Target:
+    label: str  # the listed name: a copy renamed to another process carries no target
     process: psutil.Process  # remembers the create time: signals to a reused PID fail
     gpus: frozenset[int | None]
     busy_reason: str | None
+
+
+class _ListedProcess(LoadedModel):
+    """A listed process that carries what its own listing saw, for the unload that follows.
+
+    Each listing's targets travel with its models, so a status poll listing again in the
+    middle of a purge cannot change what that purge decided (no shared listing state).
+    """
+
+    _target: _Target | None = PrivateAttr(default=None)
+
+
+def _target_of(model: LoadedModel) -> _Target | None:
+    """What ``model``'s own listing saw, or None for a model this adapter did not list."""
+    target = model._target if isinstance(model, _ListedProcess) else None
+    return target if target is not None and target.label == model.name else None
 
 
 class ProcessAdapter(RuntimeAdapter):
@@ -62,18 +80,16 @@ class ProcessAdapter(RuntimeAdapter):
         self.idle_window_s = idle_window_s
         self.kill_wait_s = kill_wait_s
         self._sleep = sleep
-        self._targets: dict[str, _Target] = {}
         self._cpu_samples: dict[tuple[int, float], tuple[float, float]] = {}  # -> (when, cpu s)
 
     async def list_models(self) -> list[LoadedModel]:
         if self.backend.simulated or not (self.process_names or self.users):
-            self._targets = {}
             return []
         snapshot = await asyncio.to_thread(self.backend.snapshot)
-        matched = self._matching(snapshot)
+        # psutil reads /proc: off the event loop, which serves status polls meanwhile.
+        matched = await asyncio.to_thread(self._matching, snapshot)
         cpu = await self._cpu_percent([proc for proc, _ in matched.values()])
         utilization = {g.index: g.utilization.gpu_percent for g in snapshot.gpus}
-        targets: dict[str, _Target] = {}
         models: list[LoadedModel] = []
         for pid, (proc, entries) in matched.items():
             if pid not in cpu:
@@ -81,15 +97,15 @@ class ProcessAdapter(RuntimeAdapter):
             gpus = frozenset(e.gpu_index for e in entries)
             reason = self._busy_reason(gpus, utilization, cpu[pid])
             label = f"{entries[0].name}[{pid}]"
-            targets[label] = _Target(proc, gpus, reason)
             memory = [e.memory_mb for e in entries if e.memory_mb is not None]
-            models.append(LoadedModel(
+            model = _ListedProcess(
                 name=label, runtime=self.name,
                 gpu_index=next(iter(gpus)) if len(gpus) == 1 else None,
                 memory_mb=sum(memory) if memory else None,
                 in_use=reason is not None,
-            ))
-        self._targets = targets
+            )
+            model._target = _Target(label, proc, gpus, reason)
+            models.append(model)
         return models
 
     def _matching(self, snapshot: GpuSnapshot) -> dict[int, tuple[psutil.Process, list[GpuProcess]]]:
@@ -125,8 +141,7 @@ class ProcessAdapter(RuntimeAdapter):
         do not wait; otherwise every process is read across one fresh window.
         """
         now = time.monotonic()
-        readings = {p.pid: (p, _cpu_seconds(p)) for p in procs}
-        readings = {pid: (p, t) for pid, (p, t) in readings.items() if t is not None}
+        readings = await asyncio.to_thread(_read_cpu, procs)
         out: dict[int, float] = {}
         fresh: list[psutil.Process] = []
         for pid, (proc, seconds) in readings.items():
@@ -139,11 +154,9 @@ class ProcessAdapter(RuntimeAdapter):
         if fresh:
             await self._sleep(self.idle_window_s)
             after = time.monotonic()
-            for proc in fresh:
-                seconds = _cpu_seconds(proc)
-                if seconds is not None:
-                    out[proc.pid] = 100.0 * (seconds - readings[proc.pid][1]) / max(after - now, 1e-6)
-                    samples[_identity(proc)] = (after, seconds)
+            for pid, (proc, seconds) in (await asyncio.to_thread(_read_cpu, fresh)).items():
+                out[pid] = 100.0 * (seconds - readings[pid][1]) / max(after - now, 1e-6)
+                samples[_identity(proc)] = (after, seconds)
         self._cpu_samples = samples
         return out
 
@@ -162,11 +175,11 @@ class ProcessAdapter(RuntimeAdapter):
         return None
 
     def in_use_reason(self, model: LoadedModel) -> str:
-        target = self._targets.get(model.name)
+        target = _target_of(model)
         return f"busy ({target.busy_reason})" if target and target.busy_reason else "in use"
 
     async def unload(self, model: LoadedModel, *, force: bool) -> str:
-        target = self._targets.get(model.name)
+        target = _target_of(model)
         if target is None:
             raise RuntimeAdapterError(f"{self.name}: {model.name} was not listed; not signalled")
         if target.busy_reason and not force:
@@ -192,7 +205,7 @@ class ProcessAdapter(RuntimeAdapter):
     async def _recheck(self, label: str, target: _Target) -> None:
         """The process is still the one listed and still a visible GPU process."""
         pid = target.process.pid
-        if not target.process.is_running():
+        if not await asyncio.to_thread(target.process.is_running):
             raise ModelGone(f"{label} had already exited ({self.name})")
         snapshot = await asyncio.to_thread(self.backend.snapshot)
         entries = [p for p in snapshot.processes if p.pid == pid]
@@ -205,6 +218,12 @@ class ProcessAdapter(RuntimeAdapter):
 def _identity(proc: psutil.Process) -> tuple[int, float]:
     """PID and create time: a reused PID is another process."""
     return proc.pid, proc.create_time()
+
+
+def _read_cpu(procs: list[psutil.Process]) -> dict[int, tuple[psutil.Process, float]]:
+    """Each live process's CPU seconds so far, by PID (run in a worker thread)."""
+    readings = {p.pid: (p, _cpu_seconds(p)) for p in procs}
+    return {pid: (p, t) for pid, (p, t) in readings.items() if t is not None}
 
 
 def _cpu_seconds(proc: psutil.Process) -> float | None:
