@@ -43,7 +43,7 @@ class AdminKeys:
             check_private_dir(folder)
             info = os.lstat(socket_path)
         except FileNotFoundError:
-            raise AdminUnavailableError("it has no admin channel (an older gpufleet?)") from None
+            raise AdminUnavailableError("it has no admin channel to manage keys through") from None
         except AdminChannelError as exc:
             raise AdminUnavailableError(f"its admin channel is not safe to use: {exc}") from None
         if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():

@@ -57,6 +57,7 @@ def test_a_store_held_by_another_process_is_reported_clearly(tmp_path: Path,
         assert run(keys_cmd, ["--db", str(db), "list"]) == 3
         err = capsys.readouterr()[1]
         assert "in use by a running gpufleet serve" in err and f"pid {holder.pid}" in err
+        assert "no admin channel" in err  # a plain DuckDB holder: nothing to send the command to
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)

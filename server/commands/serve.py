@@ -108,11 +108,12 @@ async def serve(settings: Settings) -> int:
             except OSError as exc:
                 raise _StartupError(f"cannot listen on {settings.server.host}:"
                                     f"{settings.server.port}: {exc}") from exc
+            # Before the "serving" line: whoever waits for it can use `gpufleet keys` at once.
+            admin = await _start_admin_channel(app, store, db_path)
             log.info("gpufleet serving %s (store %s)", app.url, db_path)
             if not await asyncio.to_thread(store.list_keys):
                 log.warning("No API keys yet. Create one with: gpufleet keys create --name NAME "
                             "--scope operator,ingest,read --db %s", db_path)
-            admin = await _start_admin_channel(app, store, db_path)
 
             async def on_stop() -> None:
                 await app.stop_sampler()
