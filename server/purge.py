@@ -32,6 +32,8 @@ from server.schemas import (
 log = logging.getLogger("gpufleet.purge")
 
 SUCCESS_TEXT = "GPU memory cleared successfully"
+INTERRUPTED_TEXT = ("The purge stopped before it finished: check GPU memory and the runtimes, "
+                    "then purge again.")
 MAX_HOLDERS_NAMED = 5
 
 
@@ -49,8 +51,10 @@ class _Outcome:
     failed_runtimes: list[str] = field(default_factory=list)
     expected_drop_mb: int = 0
     measure_failed: bool = False
+    unloading: list[str] = field(default_factory=list)  # started and not yet returned
 
     def merge(self, other: _Outcome) -> None:
+        self.unloading += other.unloading
         self.actions += other.actions
         self.unloaded += other.unloaded
         self.errors += other.errors
@@ -63,6 +67,24 @@ class _Outcome:
         self.errors.append(message)
         if runtime not in self.failed_runtimes:
             self.failed_runtimes.append(runtime)
+
+
+@dataclass(slots=True)
+class PurgeProgress:
+    """What a purge has done so far: enough for an audit row if it never finishes.
+
+    ``started`` turns true once the purge holds the lock and has read memory: from
+    then on processes may be signalled, so a purge cut short must still be audited.
+    """
+
+    before: GpuSnapshot | None = None
+    selected: frozenset[int] = frozenset()
+    outcome: _Outcome = field(default_factory=_Outcome)
+    in_flight: list[_Outcome] = field(default_factory=list)  # parallel unloads' parts
+
+    @property
+    def started(self) -> bool:
+        return self.before is not None
 
 
 class PurgeService:
@@ -105,11 +127,14 @@ class PurgeService:
                 log.error("%s: listing models failed", adapter.name, exc_info=result)
         return list(zip(self.adapters, results, strict=True))
 
-    async def purge(self, req: PurgeRequest) -> PurgeResult:
+    async def purge(self, req: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
+        """Purge as ``req`` asks; ``progress`` (when given) follows along for an interrupted one."""
+        progress = progress if progress is not None else PurgeProgress()
         async with self._lock:
             before = await asyncio.to_thread(self.backend.snapshot)
             selected = _selected_indices(before, req.gpu_indices)
-            outcome = _Outcome()
+            progress.before, progress.selected = before, selected
+            outcome = progress.outcome
             listings = await self._list_all()
             for adapter, listed in listings:
                 if isinstance(listed, BaseException):
@@ -118,8 +143,10 @@ class PurgeService:
                 if adapter.parallel_unload:
                     # Grace periods overlap instead of adding up; results keep listing order.
                     parts = [_Outcome() for _ in listed]
+                    progress.in_flight = parts
                     await asyncio.gather(*(self._purge_model(adapter, m, req, selected, part)
                                            for m, part in zip(listed, parts, strict=True)))
+                    progress.in_flight = []
                     for part in parts:
                         outcome.merge(part)
                 else:
@@ -127,6 +154,27 @@ class PurgeService:
                         await self._purge_model(adapter, model, req, selected, outcome)
             after = await self._after_snapshot(before, selected, outcome)
             return self._result(before, after, selected, outcome)
+
+    def interrupted_result(self, progress: PurgeProgress, reason: str) -> PurgeResult:
+        """The result of a started purge that did not finish (cancelled or failed), for the audit.
+
+        Memory was not re-measured, so ``memory_after`` repeats ``memory_before``; unloads
+        that had begun are named, as they may already have signalled a process.
+        """
+        if progress.before is None:
+            raise ValueError("the purge had not started")
+        outcome = _Outcome()
+        outcome.merge(progress.outcome)
+        for part in progress.in_flight:
+            outcome.merge(part)
+        outcome.errors.append(reason)
+        outcome.errors += [f"interrupted while unloading {label}: it may have been signalled"
+                           for label in outcome.unloading]
+        result = self._result(progress.before, progress.before, progress.selected, outcome)
+        return result.model_copy(update={
+            "status": "partial" if outcome.actions or outcome.unloading else "error",
+            "recommendation": INTERRUPTED_TEXT,
+        })
 
     async def _purge_model(self, adapter: RuntimeAdapter, model: LoadedModel, req: PurgeRequest,
                            selected: frozenset[int], outcome: _Outcome) -> None:
@@ -143,16 +191,20 @@ class PurgeService:
             outcome.skipped.append(message)
             outcome.in_use_skipped.append(model.name)
             return
+        outcome.unloading.append(label)
         try:
             action = await adapter.unload(model, force=req.force)
         except ModelGone as gone:
+            outcome.unloading.remove(label)
             outcome.actions.append(str(gone))
             return
         except Exception as exc:  # an adapter bug must not stop the others either
+            outcome.unloading.remove(label)
             if not isinstance(exc, RuntimeAdapterError):
                 log.exception("%s: unloading %s failed", adapter.name, model.name)
             outcome.failed(adapter.name, f"could not unload {label}: {_detail(adapter, exc)}")
             return
+        outcome.unloading.remove(label)
         outcome.actions.append(action)
         outcome.unloaded.append(model.name)
         outcome.expected_drop_mb += model.memory_mb or 0

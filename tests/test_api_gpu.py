@@ -228,3 +228,53 @@ async def test_one_slow_runtime_does_not_hide_the_other_runtimes_models(monkeypa
         body = (await srv.http.get("/v1/gpu/status", headers=srv.auth("operator"))).json()
     expected = {m.name for m in backend.loaded_models()}
     assert expected and {m["name"] for m in body["models"]} == expected
+
+
+async def test_a_purge_cut_short_by_its_deadline_is_still_audited(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import server.api.gpu as gpu_api
+    from server.gpu.simulated import SimulatedBackend
+    from server.purge import PurgeService
+    from server.runtimes import RuntimeAdapter
+    from server.schemas import LoadedModel
+    from server.store import MetricsStore
+
+    entered = asyncio.Event()
+
+    class StuckOnSecond(RuntimeAdapter):
+        name = "stub"
+
+        async def list_models(self):  # type: ignore[no-untyped-def]
+            return [LoadedModel(name=n, runtime="stub", gpu_index=0, memory_mb=1024)
+                    for n in ("first", "second")]
+
+        async def unload(self, model, *, force):  # type: ignore[no-untyped-def]
+            if model.name == "first":
+                return "unloaded first (stub)"
+            entered.set()  # signalled; its exit is never confirmed
+            await asyncio.Event().wait()
+            raise AssertionError("not reached")
+
+    # The real deadline covers every configured runtime; this stub needs only a short one.
+    monkeypatch.setattr(gpu_api, "purge_deadline_s", lambda settings: 0.3)
+    backend = SimulatedBackend()
+    store = MetricsStore.open(tmp_path / "db.duckdb")
+    try:
+        op = store.create_key("op-key", ["operator"], "default").key
+        async with running_app(api_settings(), backend=backend, store=store,
+                               keys={"operator": op},
+                               purge=PurgeService(backend, [StuckOnSecond()], settle_s=0.0)) as srv:
+            response = await srv.http.post("/v1/gpu/purge", json={"force": True},
+                                           headers=srv.auth("operator"))
+            assert response.status_code == 504
+            assert entered.is_set()
+            (row,) = store.list_purges("default")
+            assert row["key_name"] == "op-key" and row["force"] is True
+            assert row["status"] == "partial"
+            result = PurgeResult.model_validate(row["result"])
+            assert result.actions == ["unloaded first (stub)"]
+            assert result.models_unloaded == ["first"]
+            assert any("interrupted" in e and "deadline" in e for e in result.errors)
+            assert any(e.startswith("interrupted while unloading second (stub)")
+                       for e in result.errors)
+    finally:
+        store.close()

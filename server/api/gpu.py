@@ -102,23 +102,49 @@ class GpuRoutes:
                                                node=snap.node))
 
     async def purge(self, request: Request) -> Response:
-        if self._ctx.purge is None:
+        purge = self._ctx.purge
+        if purge is None:
             raise HttpError(503, "Purge is not available on this node")
         purge_request = (PurgeRequest.model_validate(request.json()) if request.body.strip()
                          else PurgeRequest())
-        from server.purge import InvalidPurgeRequest  # the purge module pulls in runtimes
+        # The purge module pulls in the runtimes: imported on first use.
+        from server.purge import InvalidPurgeRequest, PurgeProgress
 
+        progress = PurgeProgress()
+        result: PurgeResult | None = None
+        failure: BaseException | None = None
         try:
-            result = await self._ctx.purge.purge(purge_request)
+            result = await purge.purge(purge_request, progress)
         except InvalidPurgeRequest as exc:
             raise HttpError(400, str(exc)) from None
         except BackendUnavailable as exc:
+            failure = exc
             raise HttpError(503, f"GPU backend unavailable: {exc}") from None
-        store = self._ctx.store
-        if store is not None:
-            await asyncio.to_thread(store.record_purge, request.account or "",
-                                    request.key_name or "", purge_request.force, result)
+        except BaseException as exc:  # a deadline, a shutdown or a bug: audited below, re-raised
+            failure = exc
+            raise
+        finally:
+            # Every purge that got as far as signalling anything leaves its audit row,
+            # finished or not ("Every purge ... is appended to an audit table").
+            if result is None and progress.started:
+                result = purge.interrupted_result(progress, _interruption(failure))
+            if result is not None:
+                await self._audit(request, purge_request.force, result)
         return Response.json(result)
+
+    async def _audit(self, request: Request, force: bool, result: PurgeResult) -> None:
+        store = self._ctx.store
+        if store is None:
+            return
+        write = asyncio.ensure_future(asyncio.to_thread(
+            store.record_purge, request.account or "", request.key_name or "", force, result))
+        try:
+            # Shielded: a second cancellation must not drop the row (the thread writes it anyway).
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("writing the purge audit row failed")
 
     async def _loaded_models(self) -> list[LoadedModel] | None:
         purge = self._ctx.purge
@@ -126,3 +152,12 @@ class GpuRoutes:
             return None
         # Each runtime gets its own bound: a slow one is left out (and logged), the rest shown.
         return await purge.loaded_models(timeout_s=MODELS_TIMEOUT_S)
+
+
+def _interruption(failure: BaseException | None) -> str:
+    """Why a started purge has no result, in words for its audit row."""
+    if failure is None or isinstance(failure, asyncio.CancelledError):
+        return "purge interrupted (deadline or shutdown) before it finished"
+    if isinstance(failure, BackendUnavailable):
+        return f"purge stopped: GPU backend unavailable: {failure}"
+    return f"purge stopped by an unexpected {type(failure).__name__}"
