@@ -102,3 +102,48 @@ async def test_rotation_needs_a_valid_key(tmp_path: Path) -> None:
         assert read.status_code == 200
         assert read.json()["info"]["scopes"] == ["read"]
         assert "key" in read.json()
+
+
+async def test_a_rotation_past_its_deadline_still_hands_over_the_new_key(tmp_path: Path,
+                                                                         monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import threading
+
+    from tests.api_server import api_settings
+
+    # Long enough for the guard's own key lookup; the rotation below is held past it.
+    settings = api_settings(**{"limits.handler_timeout_s": 1.0})
+    async with store_app(tmp_path / "db.duckdb", settings) as srv:
+        store = srv.app.store
+        real_rotate = store.rotate_key
+        release, committed = threading.Event(), threading.Event()
+
+        def slow_rotate(key_id: str, account: str | None = None) -> Any:
+            release.wait(10)  # held until the handler's deadline has fired
+            try:
+                return real_rotate(key_id, account)
+            finally:
+                committed.set()
+
+        monkeypatch.setattr(store, "rotate_key", slow_rotate)
+        old = srv.keys["ingest"]
+        call = asyncio.ensure_future(srv.http.post("/v1/keys/rotate", headers={"X-API-Key": old}))
+
+        def deadline_fired() -> bool:
+            return call.done() or any(t.cancelling() for t in asyncio.all_tasks())
+
+        for _ in range(1000):  # bounded poll: the deadline is 1 s
+            if deadline_fired():
+                break
+            await asyncio.sleep(0.01)
+        assert deadline_fired()
+        release.set()
+        response = await call
+        assert await asyncio.to_thread(committed.wait, 10)
+        # Never locked out: the rotation committed, so the caller must hold the new secret.
+        assert response.status_code == 200, response.text
+        new = response.json()["key"]
+        stale = await srv.http.post("/v1/metrics/ingest", json=[SAMPLE], headers={"X-API-Key": old})
+        assert stale.status_code == 401
+        info = await asyncio.to_thread(store.authenticate, new)
+        assert info is not None and info.name == "ingest-key" and info.revoked_at is None

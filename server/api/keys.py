@@ -30,8 +30,32 @@ class KeyRoutes:
     async def rotate(self, request: Request) -> Response:
         # The guard authenticated already; resolving again gives this handler the key's id.
         key = await authenticate(request, self._ctx.resolver)
-        created = await asyncio.to_thread(self._store.rotate_key, key.id)
+        rotation = asyncio.ensure_future(asyncio.to_thread(self._store.rotate_key, key.id))
+        created = await _outlive_cancellation(rotation)
         if self._ctx.resolver is not None:
             self._ctx.resolver.forget(key)
         log.info("key %r of account %r rotated", key.name, key.account)
         return Response.json(created)
+
+
+async def _outlive_cancellation(rotation: asyncio.Future[KeyCreated]) -> KeyCreated:
+    """The rotation's result, even when this request is cancelled (its deadline, a shutdown).
+
+    The rotation commits in a worker thread that nothing can stop: once it has started,
+    answering anything but the new secret would lock the caller out (the old secret
+    no longer works and the new one is shown nowhere else). So the response waits for
+    the commit; the server's deadline then ends without a 504 and the secret is sent.
+    """
+    cancelled = False
+    while True:
+        try:
+            created = await asyncio.shield(rotation)
+            break
+        except asyncio.CancelledError:
+            if rotation.done() and rotation.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        # Not re-raised: the deadline's own exit sees a normal return and lets the answer out.
+        log.warning("key rotation outlived its request's deadline; answering with the new key")
+    return created
