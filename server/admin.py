@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -47,24 +48,44 @@ def admin_dir(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".admin")
 
 
-def check_private_dir(folder: Path) -> None:
-    """Raise AdminChannelError unless ``folder`` is a real directory of ours with no group/other access."""
-    info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode):
-        raise AdminChannelError(f"{folder} is not a directory")
+def open_private_dir(folder: Path) -> int:
+    """An fd of ``folder``, or AdminChannelError unless it is a real directory of ours, mode 0700.
+
+    Everything after this works through the fd, so the folder cannot be swapped for
+    another (or for a symlink) between the check and the use.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except NotADirectoryError:
+        raise AdminChannelError(f"{folder} is not a directory") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise AdminChannelError(f"{folder} is a symbolic link") from None
+    info = os.fstat(fd)
+    problem = None
     if info.st_uid != os.getuid():
-        raise AdminChannelError(f"{folder} belongs to uid {info.st_uid}, not to this user")
-    if info.st_mode & 0o077:
-        raise AdminChannelError(f"{folder} is accessible to group or others "
-                                f"(mode {stat.S_IMODE(info.st_mode):o}); it must be 0700")
+        problem = f"{folder} belongs to uid {info.st_uid}, not to this user"
+    elif info.st_mode & 0o077:
+        problem = (f"{folder} is accessible to group or others "
+                   f"(mode {stat.S_IMODE(info.st_mode):o}); it must be 0700")
+    if problem:
+        os.close(fd)
+        raise AdminChannelError(problem)
+    return fd
 
 
 def connectable_path(socket_path: Path, dir_fd: int) -> str:
-    """``socket_path`` as bind/connect take it; through ``/proc/self/fd`` when it is too long."""
+    """How bind/connect reach ``socket_path``: through the checked folder's fd where /proc allows.
+
+    That also keeps the address short: sun_path holds only 107 bytes.
+    """
+    if os.path.isdir(f"/proc/self/fd/{dir_fd}"):
+        return f"/proc/self/fd/{dir_fd}/{socket_path.name}"
     text = os.fsdecode(socket_path)
-    if len(os.fsencode(text)) <= _MAX_SUN_PATH:
-        return text
-    return f"/proc/self/fd/{dir_fd}/{socket_path.name}"
+    if len(os.fsencode(text)) > _MAX_SUN_PATH:
+        raise AdminChannelError(f"{socket_path} is too long for a Unix socket address")
+    return text
 
 
 def peer_uid(sock: Any) -> int:
@@ -95,6 +116,7 @@ class AdminChannel:
         self.folder = admin_dir(db_path)
         self.socket_path = self.folder / SOCKET_NAME
         self._inode: int | None = None
+        self._dir_fd: int | None = None
         router = Router()
         router.get(INFO_PATH, self._info, name="adminInfo")
         router.get(KEYS_PATH, self._list, name="adminListKeys")
@@ -107,25 +129,22 @@ class AdminChannel:
         """Create the folder (0700) and socket (0600) and listen; AdminChannelError if unsafe."""
         with contextlib.suppress(FileExistsError):
             os.mkdir(self.folder, 0o700)
-        check_private_dir(self.folder)
-        dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        self._dir_fd = open_private_dir(self.folder)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # A socket left by a killed server: this process holds the store, so it is stale.
             with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
-                    os.unlink(self.socket_path)
-            sock.bind(connectable_path(self.socket_path, dir_fd))
-            os.chmod(self.socket_path, 0o600)  # the folder already keeps others out; this too
-            self._inode = os.lstat(self.socket_path).st_ino
+                if stat.S_ISSOCK(self._lstat().st_mode):
+                    os.unlink(SOCKET_NAME, dir_fd=self._dir_fd)
+            sock.bind(connectable_path(self.socket_path, self._dir_fd))
+            os.chmod(SOCKET_NAME, 0o600, dir_fd=self._dir_fd)  # the folder keeps others out; this too
+            self._inode = self._lstat().st_ino
             sock.listen()
             await self.http.start_unix(sock, allow_peer=_same_user)
         except BaseException:
             sock.close()
             self._remove_socket()
             raise
-        finally:
-            os.close(dir_fd)
         log.info("admin channel on %s", self.socket_path)
 
     async def stop(self) -> None:
@@ -133,11 +152,19 @@ class AdminChannel:
         await self.http.shutdown()
         self._remove_socket()
 
+    def _lstat(self) -> os.stat_result:
+        assert self._dir_fd is not None
+        return os.stat(SOCKET_NAME, dir_fd=self._dir_fd, follow_symlinks=False)
+
     def _remove_socket(self) -> None:
+        if self._dir_fd is None:
+            return
         with contextlib.suppress(OSError):
-            if self._inode is not None and os.lstat(self.socket_path).st_ino == self._inode:
-                os.unlink(self.socket_path)
-        with contextlib.suppress(OSError):
+            if self._inode is not None and self._lstat().st_ino == self._inode:
+                os.unlink(SOCKET_NAME, dir_fd=self._dir_fd)
+        os.close(self._dir_fd)
+        self._dir_fd = None
+        with contextlib.suppress(OSError):  # only when empty, and only if it is still a folder
             os.rmdir(self.folder)
 
     # -- routes ---------------------------------------------------------------------------

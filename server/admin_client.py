@@ -21,8 +21,8 @@ from server.admin import (
     SOCKET_NAME,
     AdminChannelError,
     admin_dir,
-    check_private_dir,
     connectable_path,
+    open_private_dir,
 )
 from server.schemas import KeyCreated, KeyInfo
 
@@ -38,18 +38,24 @@ class AdminKeys:
 
     def __init__(self, db_path: Path, server_pid: int | None = None) -> None:
         folder = admin_dir(db_path)
-        socket_path = folder / SOCKET_NAME
         try:
-            check_private_dir(folder)
-            info = os.lstat(socket_path)
+            self._dir_fd = open_private_dir(folder)
         except FileNotFoundError:
             raise AdminUnavailableError("it has no admin channel to manage keys through") from None
         except AdminChannelError as exc:
             raise AdminUnavailableError(f"its admin channel is not safe to use: {exc}") from None
-        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
-            raise AdminUnavailableError(f"{socket_path} is not this user's admin socket")
-        self._dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        transport = httpx.HTTPTransport(uds=connectable_path(socket_path, self._dir_fd))
+        try:
+            info = os.stat(SOCKET_NAME, dir_fd=self._dir_fd, follow_symlinks=False)
+            if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+                raise AdminUnavailableError(f"{folder / SOCKET_NAME} is not this user's admin socket")
+            address = connectable_path(folder / SOCKET_NAME, self._dir_fd)
+        except FileNotFoundError:
+            os.close(self._dir_fd)
+            raise AdminUnavailableError("it has no admin channel to manage keys through") from None
+        except (AdminUnavailableError, AdminChannelError) as exc:
+            os.close(self._dir_fd)
+            raise AdminUnavailableError(str(exc)) from None
+        transport = httpx.HTTPTransport(uds=address)
         self._client = httpx.Client(transport=transport, base_url="http://gpufleet-admin",
                                     timeout=TIMEOUT_S)
         try:

@@ -98,7 +98,7 @@ def test_a_killed_servers_socket_is_replaced_at_the_next_start(tmp_path: Path) -
 
 
 async def test_channel_in_process_maps_store_errors(tmp_path: Path) -> None:
-    # A deep folder: the socket path is past sun_path's 107 bytes, so /proc/self/fd is used.
+    # A deep folder: the socket path is past sun_path's 107 bytes; the folder's fd reaches it.
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     db = deep / "s.duckdb"
@@ -135,6 +135,18 @@ async def test_an_unsafe_folder_is_refused(tmp_path: Path) -> None:
         await AdminChannel(store, db, Limits()).start()
     assert list(admin_dir(db).iterdir()) == []
     with pytest.raises(AdminUnavailableError, match="not safe"):
+        AdminKeys(db)
+
+
+async def test_a_symlinked_folder_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "link.duckdb"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    admin_dir(db).symlink_to(elsewhere)
+    with MetricsStore.open(db) as store, pytest.raises(AdminChannelError, match="symbolic link"):
+        await AdminChannel(store, db, Limits()).start()
+    assert list(elsewhere.iterdir()) == []
+    with pytest.raises(AdminUnavailableError, match="symbolic link"):
         AdminKeys(db)
 
 
