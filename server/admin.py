@@ -56,12 +56,11 @@ def open_private_dir(folder: Path) -> int:
     """
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except NotADirectoryError:
-        raise AdminChannelError(f"{folder} is not a directory") from None
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
+    except OSError as exc:  # O_NOFOLLOW: a symlink fails with ELOOP or, with O_DIRECTORY, ENOTDIR
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
-        raise AdminChannelError(f"{folder} is a symbolic link") from None
+        what = "a symbolic link" if os.path.islink(folder) else "not a directory"
+        raise AdminChannelError(f"{folder} is {what}") from None
     info = os.fstat(fd)
     problem = None
     if info.st_uid != os.getuid():

@@ -168,11 +168,13 @@ async def test_another_user_is_refused_even_with_open_permissions(tmp_path: Path
             os.chmod(channel.socket_path, 0o666)
             # The parent folders may be closed to that user: reach the socket through an fd.
             dir_fd = os.open(admin_dir(db), os.O_PATH | os.O_DIRECTORY)
-            probe = ("import os, socket, sys; os.setgid(65534); os.setuid(65534); "
-                     "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
-                     "s.sendall(b'GET /admin/v1/keys HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
-                     "try: print(repr(s.recv(65536)))\n"
-                     "except ConnectionResetError: print('reset')")
+            probe = ("import os, socket, sys; os.setgid(65534); os.setuid(65534)\n"
+                     "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+                     "try:\n"
+                     "    s.sendall(b'GET /admin/v1/keys HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+                     "    print(repr(s.recv(65536)))\n"
+                     "except (BrokenPipeError, ConnectionResetError):\n"
+                     "    print('reset')")
             try:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-I", "-S", "-c", probe, f"/proc/self/fd/{dir_fd}/sock",
