@@ -69,6 +69,14 @@ class KeyResolver(Protocol):
 
     async def resolve(self, secret: str) -> KeyInfo | None: ...
 
+    def recognizes(self, secret: str) -> bool:
+        """Whether ``secret`` may be looked up even while its address is refused for bad keys.
+
+        True for a secret that proved valid here before (a valid key is never slowed by
+        others' failures) and for resolvers whose lookup costs nothing.
+        """
+        ...
+
     def forget(self, key: KeyInfo) -> None:
         """Drop anything cached about ``key`` (after rotation or revocation)."""
         ...
@@ -83,8 +91,12 @@ class StoreKeyResolver:
 
     The cache holds only successful lookups, keyed by the secret's SHA-256, for
     ``ttl_s``: a key revoked by another process stops working within that bound, and
-    one rotated through this server at once (``forget``).
+    one rotated through this server at once (``forget``). Secrets that proved valid are
+    also remembered (digest only, up to ``KNOWN_KEYS``) so that ``recognizes`` lets them
+    through to a lookup while their address is refused for others' bad keys.
     """
+
+    KNOWN_KEYS = 10_000
 
     def __init__(self, store: MetricsStore, *, ttl_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -92,6 +104,10 @@ class StoreKeyResolver:
         self._ttl_s = ttl_s
         self._clock = clock
         self._cache: dict[bytes, tuple[float, KeyInfo]] = {}
+        self._known: dict[bytes, str] = {}  # digest -> key id, oldest first
+
+    def recognizes(self, secret: str) -> bool:
+        return _digest(secret) in self._known
 
     async def resolve(self, secret: str) -> KeyInfo | None:
         digest = _digest(secret)
@@ -102,16 +118,24 @@ class StoreKeyResolver:
         info = await asyncio.to_thread(self._store.authenticate, secret)
         if info is None or info.revoked_at is not None:
             self._cache.pop(digest, None)
+            self._known.pop(digest, None)
             return None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now + self._ttl_s, info)
+        self._known.pop(digest, None)
+        self._known[digest] = info.id  # most recent last
+        if len(self._known) > self.KNOWN_KEYS:
+            del self._known[next(iter(self._known))]
         return info
 
     def forget(self, key: KeyInfo) -> None:
         for digest, (_, info) in list(self._cache.items()):
             if info.id == key.id:
                 del self._cache[digest]
+        for digest, key_id in list(self._known.items()):
+            if key_id == key.id:
+                del self._known[digest]
 
 
 class StaticKeyResolver:
@@ -134,6 +158,10 @@ class StaticKeyResolver:
             if hmac.compare_digest(known, digest):
                 found = info
         return found
+
+    def recognizes(self, secret: str) -> bool:
+        """Always: a lookup here is a few hashes, never I/O."""
+        return True
 
     def forget(self, key: KeyInfo) -> None:
         """Static tokens cannot be rotated; nothing is cached."""

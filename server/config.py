@@ -72,6 +72,8 @@ class RateLimits(Section):
     heartbeat: RateLimit = RateLimit(requests=60, per_s=60)
     hosts: RateLimit = RateLimit(requests=60, per_s=60)
     key_rotation: RateLimit = RateLimit(requests=5, per_s=3600)
+    # Per client address, on every authenticated route: presented keys that were not valid.
+    failed_auth: RateLimit = RateLimit(requests=30, per_s=60)
 
 
 DEFAULT_GPU_RATES_USD: dict[str, float] = {

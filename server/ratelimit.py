@@ -75,6 +75,13 @@ class RateLimiter:
 
     def take(self, who: str, route: str) -> RateDecision:
         """Take one token from ``who``'s bucket for ``route`` if there is one."""
+        return self._decide(who, route, take=True)
+
+    def peek(self, who: str, route: str) -> RateDecision:
+        """Whether ``who`` has a token for ``route``, without taking it."""
+        return self._decide(who, route, take=False)
+
+    def _decide(self, who: str, route: str, *, take: bool) -> RateDecision:
         rule = self.rule(route)
         capacity = float(rule.requests)
         rate = capacity / rule.per_s
@@ -82,11 +89,18 @@ class RateLimiter:
         tokens, at = self._buckets.get((who, route), (capacity, now))
         tokens = min(capacity, tokens + (now - at) * rate)
         allowed = tokens >= 1.0
+        if not take:
+            return self._decision(rule, tokens, allowed)
         if allowed:
             tokens -= 1.0
         if len(self._buckets) > _PRUNE_ABOVE:
             self._prune(now)
         self._buckets[(who, route)] = (tokens, now)
+        return self._decision(rule, tokens, allowed)
+
+    def _decision(self, rule: RateLimit, tokens: float, allowed: bool) -> RateDecision:
+        capacity = float(rule.requests)
+        rate = capacity / rule.per_s
         wall = self._wall()
         return RateDecision(
             allowed=allowed,

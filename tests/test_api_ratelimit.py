@@ -134,3 +134,81 @@ async def test_sdk_rate_limited_error_has_retry_after(tmp_path: Path) -> None:
         assert caught.value.status == 429
         assert caught.value.retry_after is not None and caught.value.retry_after >= 1
         assert caught.value.message.startswith("Rate limit exceeded")
+
+
+async def test_bad_keys_are_limited_per_address_on_unlimited_routes_too(tmp_path: Path,
+                                                                        monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    settings = api_settings(**{"rate_limits.failed_auth": {"requests": 3, "per_s": 3600}})
+    async with store_app(tmp_path / "db.duckdb", settings) as srv:
+        operator = srv.auth("operator")
+        assert (await srv.http.get("/v1/gpu/status", headers=operator)).status_code == 200
+        store = srv.app.store
+        real_authenticate = store.authenticate
+        lookups: list[str] = []
+
+        def counting_authenticate(secret: str):  # type: ignore[no-untyped-def]
+            lookups.append(secret)
+            return real_authenticate(secret)
+
+        monkeypatch.setattr(store, "authenticate", counting_authenticate)
+        codes = [(await srv.http.get("/v1/gpu/status",
+                                     headers={"X-API-Key": f"gpf_guess_{i}"})).status_code
+                 for i in range(4)]
+        assert codes == [401, 401, 401, 429]
+        assert len(lookups) == 3  # the bucket was empty: the fourth guess was not looked up
+        refused = await srv.http.get("/v1/gpu/memory", headers={"X-API-Key": "gpf_guess_5"})
+        assert refused.status_code == 429
+        retry_after = int(refused.headers["retry-after"])
+        assert 1 <= retry_after <= 1200  # one token back: an hour / 3
+        assert refused.json() == {"error": "Rate limit exceeded: 3 requests per hour. "
+                                           f"Retry after {retry_after} s"}
+        assert len(lookups) == 3, "a guess past the limit must not reach the store"
+        # The operator's key proved valid before: others' failures do not lock it out.
+        assert (await srv.http.get("/v1/gpu/status", headers=operator)).status_code == 200
+        # No key at all is a plain 401: nothing was looked up, nothing to limit.
+        assert (await srv.http.get("/v1/gpu/status")).status_code == 401
+
+
+async def test_one_address_failing_never_slows_a_valid_key_from_another(tmp_path: Path) -> None:
+    from server.api.guard import guarded
+    from server.auth import OPERATOR, StoreKeyResolver
+    from server.http.types import HttpError, Request, Response
+    from server.store import MetricsStore
+
+    async def ok(request: Request) -> Response:
+        return Response.json({"ok": True})
+
+    async def status(secret: str, address: str) -> int:
+        try:
+            return (await handler(request(secret, address))).status
+        except HttpError as exc:  # the server maps these; here the status is what counts
+            return exc.status
+
+    def request(secret: str, address: str) -> Request:
+        return Request(method="GET", target="/v1/gpu/status", path="/v1/gpu/status", query={},
+                       headers={"x-api-key": secret}, client=(address, 40000))
+
+    store = MetricsStore.open(tmp_path / "db.duckdb")
+    try:
+        valid = store.create_key("op", ["operator"], "default").key
+        limiter = RateLimiter(RateLimits(failed_auth=RateLimit(requests=2, per_s=3600)))
+        handler = guarded(ok, resolver=StoreKeyResolver(store), limiter=limiter,
+                          scope=OPERATOR, limit=None)
+        codes = [await status(f"gpf_bad_{i}", "10.0.0.1") for i in range(3)]
+        assert codes == [401, 401, 429]
+        # Another address: its never-seen valid key is looked up and served; its own
+        # bad keys count against its own bucket only.
+        assert await status(valid, "10.0.0.2") == 200
+        assert await status("gpf_bad_x", "10.0.0.2") == 401
+        assert await status("gpf_bad_y", "10.0.0.1") == 429
+    finally:
+        store.close()
+
+
+def test_peek_takes_no_token() -> None:
+    limiter = RateLimiter(RateLimits(failed_auth=RateLimit(requests=1, per_s=60)),
+                          clock=ManualClock())
+    assert limiter.peek("a", "failed_auth").allowed
+    assert limiter.take("a", "failed_auth").allowed
+    assert not limiter.peek("a", "failed_auth").allowed
+    assert limiter.peek("a", "failed_auth").retry_after_s == pytest.approx(60.0)

@@ -4,6 +4,12 @@ Order: who is asking (401) -> take a token from their bucket (429) -> may they
 (403) -> the handler. A limited route carries ``X-RateLimit-*`` on every response,
 errors included; a request without a valid key is limited by client address, so
 guessing keys is limited too.
+
+On every authenticated route, limited or not, presented keys that turn out invalid
+take a token from their client address's ``failed_auth`` bucket. Past it the address
+gets 429 with ``Retry-After``, and while its bucket is empty its unknown keys are
+refused before any lookup (no store query per guess); a key that proved valid here
+before is still looked up, so others' failures never lock a valid key out.
 """
 
 from __future__ import annotations
@@ -11,11 +17,38 @@ from __future__ import annotations
 from typing import Any
 
 from server.api.context import ApiContext
-from server.auth import KeyResolver, allows, authenticate, forbidden
+from server.auth import KeyResolver, allows, authenticate, forbidden, presented_secret
 from server.http.errors import error_response
 from server.http.router import Route, Router
 from server.http.types import Handler, HttpError, Request, Response
 from server.ratelimit import RateLimiter, rate_limited
+from server.schemas import KeyInfo
+
+FAILED_AUTH = "failed_auth"
+
+
+def client_id(request: Request) -> str:
+    """The rate-limit identity of a request without a valid key: its client address."""
+    return f"addr:{request.client[0] if request.client else '?'}"
+
+
+async def authenticate_limited(request: Request, resolver: KeyResolver | None,
+                               limiter: RateLimiter) -> KeyInfo:
+    """``authenticate``, with invalid keys limited per client address (429 past the limit)."""
+    secret = presented_secret(request)
+    who = client_id(request)
+    if secret is not None and resolver is not None and not resolver.recognizes(secret):
+        waiting = limiter.peek(who, FAILED_AUTH)
+        if not waiting.allowed:
+            raise rate_limited(limiter.rule(FAILED_AUTH), waiting)
+    try:
+        return await authenticate(request, resolver)
+    except HttpError as exc:
+        if secret is not None and exc.status == 401:
+            decision = limiter.take(who, FAILED_AUTH)
+            if not decision.allowed:
+                raise rate_limited(limiter.rule(FAILED_AUTH), decision) from None
+        raise
 
 
 def guarded(handler: Handler, *, resolver: KeyResolver | None, limiter: RateLimiter,
@@ -29,13 +62,14 @@ def guarded(handler: Handler, *, resolver: KeyResolver | None, limiter: RateLimi
         refused: HttpError | None = None
         if scope is not None:
             try:
-                key = await authenticate(request, resolver)
+                key = await authenticate_limited(request, resolver, limiter)
             except HttpError as exc:
+                if exc.status == 429:
+                    return error_response(exc)
                 refused = exc
         headers: list[tuple[str, str]] = []
         if limit is not None:
-            who = (f"key:{key.account}/{key.name}" if key is not None
-                   else f"addr:{request.client[0] if request.client else '?'}")
+            who = f"key:{key.account}/{key.name}" if key is not None else client_id(request)
             decision = limiter.take(who, limit)
             if not decision.allowed:
                 return error_response(rate_limited(limiter.rule(limit), decision))
