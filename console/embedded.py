@@ -5,7 +5,10 @@ Call :func:`start_demo_or_connect` once before the app runs (or
 returned :class:`Connections` when the app exits. The local server is, in order:
 
 1. the configured one (``console.local_server_url``, default
-   ``http://127.0.0.1:<server.port>``) if it answers;
+   ``http://127.0.0.1:<server.port>``) if it answers. The default is used only when
+   the socket listening on that port belongs to a process of our own user: on a
+   shared GPU box anyone may bind the port first, and the console sends its key
+   there. An explicitly configured URL is trusted as configured;
 2. another console's embedded server, named by the discovery file in the data
    dir, if its process is alive and the server answers;
 3. a server started here, inside this process, on ``127.0.0.1`` with an
@@ -22,6 +25,7 @@ operator token, and everything is flagged ``simulated``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -95,6 +100,57 @@ def server_answers(url: str, *, timeout: float = PROBE_TIMEOUT_S) -> bool:
     except GpuFleetError:
         return False
     return True
+
+
+def listener_is_ours(port: int) -> bool:
+    """True when every socket listening on loopback ``port`` belongs to a process of our uid.
+
+    A socket of another user shows no PID (or one we may not inspect): not ours.
+    """
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except (psutil.Error, OSError):
+        return False
+    pids = [c.pid for c in connections
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            and _reaches_loopback(c.laddr.ip)]
+    if not pids:
+        return False
+    uid = os.getuid()
+    for pid in pids:
+        if pid is None:
+            return False
+        try:
+            if psutil.Process(pid).uids().real != uid:
+                return False
+        except psutil.Error:
+            return False
+    return True
+
+
+def _reaches_loopback(ip: str) -> bool:
+    """Whether a socket bound to ``ip`` accepts loopback connections (loopback or any address)."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _default_url_is_ours(url: str) -> bool:
+    """The default local URL, when on loopback, must be served by our own user's process."""
+    parts = urlsplit(url)
+    try:
+        loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback or parts.port is None:
+        return True  # not on this machine's loopback: nothing local to check
+    if listener_is_ours(parts.port):
+        return True
+    log.warning("%s answers but is not a process of this user; not sending the console's key "
+                "there, starting an embedded server instead", url)
+    return False
 
 
 def nvidia_gpu_present() -> bool:
@@ -245,11 +301,12 @@ def start_demo_or_connect(settings: Settings, *, directory: Path | None = None,
     if gpu_present is None:
         gpu_present = nvidia_gpu_present()
     simulated = settings.server.simulate or not gpu_present
-    configured = (settings.console.local_server_url
-                  or f"http://127.0.0.1:{settings.server.port}").rstrip("/")
+    explicit = settings.console.local_server_url
+    configured = (explicit or f"http://127.0.0.1:{settings.server.port}").rstrip("/")
     connections = Connections(configured, None, [], simulated, "configured")
     try:
-        if server_answers(configured, timeout=probe_timeout_s):
+        if server_answers(configured, timeout=probe_timeout_s) and (
+                explicit or _default_url_is_ours(configured)):
             connections.local_key = os.environ.get("GPUFLEET_KEY") or _read_key(directory / KEY_FILE)
         elif (shared := _shared_server(directory, timeout=probe_timeout_s)) is not None:
             connections.local_url, connections.local_key = shared

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from console import embedded
 from console.embedded import (
     DISCOVERY_FILE,
     KEY_FILE,
@@ -127,3 +130,94 @@ def test_a_discovery_file_of_a_dead_console_is_ignored(tmp_path: Path, refused_u
     finally:
         connections.stop()
     assert not discovery_path(data).exists()
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers the health check like a gpufleet server and records every request's headers."""
+
+    def do_GET(self) -> None:
+        self.server.seen.append({k.lower(): v for k, v in self.headers.items()})  # type: ignore[attr-defined]
+        body = json.dumps({"status": "ok", "endpoint": "GPU Metrics Ingestion API",
+                           "methods": ["POST"], "documentation": "x"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def squatter() -> Iterator[http.server.ThreadingHTTPServer]:
+    """A listener on the default port's place that answers like a server and records headers."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def default_url_settings(tmp_path: Path, port: int) -> Settings:
+    """No console.local_server_url: the default http://127.0.0.1:<server.port> applies."""
+    return Settings().with_overrides({"server.db_path": str(tmp_path / "console.duckdb"),
+                                      "server.port": port, "sampler.enabled": False})
+
+
+def test_the_default_port_is_used_when_our_own_process_listens_there(
+        tmp_path: Path, squatter: http.server.ThreadingHTTPServer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("GPUFLEET_KEY", "gpf_sentinel_key_of_this_user")
+    port = squatter.server_address[1]
+    assert embedded.listener_is_ours(port)  # the real probe: this test process listens there
+    connections = start_demo_or_connect(default_url_settings(tmp_path, port),
+                                        directory=tmp_path / "data", gpu_present=True)
+    try:
+        assert connections.origin == "configured"
+        assert connections.local_url == f"http://127.0.0.1:{port}"
+        assert connections.local_key == "gpf_sentinel_key_of_this_user"
+    finally:
+        connections.stop()
+
+
+def test_the_key_never_goes_to_another_users_listener_on_the_default_port(
+        tmp_path: Path, squatter: http.server.ThreadingHTTPServer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("GPUFLEET_KEY", "gpf_sentinel_key_of_this_user")
+    port = squatter.server_address[1]
+    probed: list[int] = []
+
+    def another_users(checked_port: int) -> bool:  # this machine has one user: simulate a second
+        probed.append(checked_port)
+        return False
+
+    monkeypatch.setattr(embedded, "listener_is_ours", another_users)
+    connections = start_demo_or_connect(default_url_settings(tmp_path, port),
+                                        directory=tmp_path / "data", gpu_present=True)
+    try:
+        assert probed == [port]
+        assert connections.origin == "embedded"
+        assert connections.local_url != f"http://127.0.0.1:{port}"
+        with GpuFleetClient(connections.local_url, api_key=connections.local_key) as client:
+            assert client.hosts().hosts is not None  # our own server serves the console
+    finally:
+        connections.stop()
+    assert squatter.seen, "the squatter answered the unauthenticated health check"  # type: ignore[attr-defined]
+    for headers in squatter.seen:  # type: ignore[attr-defined]
+        assert "x-api-key" not in headers and "authorization" not in headers
+        assert not any("gpf_sentinel" in value or (connections.local_key or "?") in value
+                       for value in headers.values())
+
+
+def test_an_explicitly_configured_url_is_trusted_without_the_ownership_probe(
+        tmp_path: Path, squatter: http.server.ThreadingHTTPServer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(embedded, "listener_is_ours", lambda port: False)
+    url = f"http://127.0.0.1:{squatter.server_address[1]}"
+    connections = start_demo_or_connect(console_settings(tmp_path, url),
+                                        directory=tmp_path / "data", gpu_present=True)
+    try:
+        assert connections.origin == "configured" and connections.local_url == url
+    finally:
+        connections.stop()
