@@ -75,16 +75,6 @@ def load_token(node: NodeSettings, environ: Mapping[str, str] | None = None) -> 
     return None
 
 
-def local_server_url(settings: Settings) -> str:
-    """The local server's URL: the configured one, else the serve port on loopback."""
-    if settings.console.local_server_url:
-        return settings.console.local_server_url.rstrip("/")
-    host = settings.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://{host}:{settings.server.port}"
-
-
 def node_targets(settings: Settings, environ: Mapping[str, str] | None = None) -> list[NodeTarget]:
     """Every configured ``[[nodes]]`` entry as a target, tokens loaded; duplicate names refused."""
     targets: list[NodeTarget] = []
