@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.api.validation import IngestValidationError, validate_batch, validate_columns
+from server.api.validation import (
+    TS_US,
+    IngestValidationError,
+    parse_timestamp,
+    validate_batch,
+    validate_columns,
+    validate_rows_and_columns,
+)
 from server.schemas import MetricSample
 
 NOW = datetime(2026, 2, 25, 12, 0, tzinfo=UTC)
@@ -159,6 +166,30 @@ def test_columns_line_up_with_rows() -> None:
     assert columns["gpu_index"] == [0, 1, 2, 3]
     assert columns["timestamp"] == [NOW] * 4
     assert columns["scheduler_source"] == ["kubernetes"] * 4
+
+
+def test_every_timestamp_form_parses_as_one_by_one_and_gives_its_microseconds() -> None:
+    texts = ["2026-02-25T12:00:00Z", "2026-02-25T12:00:00+00:00", "2026-02-25T13:30:00+01:30",
+             "2026-02-25T12:00:00", "2026-02-25 11:59:59.250000Z", "2026-02-25T12:00:00Z"]
+    payload = [sample(timestamp=text, gpu_index=i) for i, text in enumerate(texts)]
+    rows, columns = validate_rows_and_columns(payload, max_samples=10, now=NOW, finite=True)
+    expected = [parse_timestamp(text) for text in texts]
+    assert [row["timestamp"] for row in rows] == expected == columns["timestamp"]
+    assert all(ts.tzinfo is UTC for ts in columns["timestamp"])
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert columns[TS_US] == [(ts - epoch) // timedelta(microseconds=1) for ts in expected]
+    assert columns["gpu_uuid"] == ["GPU-abc123"] * len(texts)
+
+
+def test_one_unparseable_timestamp_among_many_is_named() -> None:
+    payload = [sample(timestamp=f"2026-02-25T11:{m:02d}:00Z") for m in range(5)]
+    payload.append(sample(timestamp="2026-02-25T11:61:00Z"))
+    assert error_of(payload) == "Metric at index 5: timestamp must be an ISO-8601 UTC timestamp"
+
+
+def test_nan_is_refused_when_the_caller_does_not_vouch_for_finite_numbers() -> None:
+    with pytest.raises(IngestValidationError):
+        validate_batch([sample(), sample(power_draw_w=float("nan"))], max_samples=10, now=NOW)
 
 
 # --- agreement with the documented schema ----------------------------------------------

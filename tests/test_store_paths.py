@@ -62,13 +62,15 @@ def store(tmp_path: Path) -> Iterator[MetricsStore]:
 
 @pytest.fixture
 def paths_taken(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Records (path, staged rows) for every write group: 'fresh' (no dedup) or 'careful'."""
+    """Records (path, rows inserted) for every write group: 'fresh' (no dedup) or 'careful'."""
     taken: list[tuple[str, int]] = []
 
     def spy(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(con: duckdb.DuckDBPyConnection, *args: Any) -> Any:
-            taken.append((name, int(con.execute("SELECT count(*) FROM staging").fetchone()[0])))
-            return real(con, *args)
+            before = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+            result = real(con, *args)
+            taken.append((name, con.execute("SELECT count(*) FROM samples").fetchone()[0] - before))
+            return result
         return wrapped
 
     monkeypatch.setattr(writer_mod, "write_fresh", spy("fresh", writer_mod.write_fresh))
@@ -171,13 +173,13 @@ async def test_late_and_duplicate_samples_take_the_dedup_path_and_count_exactly(
     twice = rows("GPU-a", 1200, 5)
     result = await store.writer.submit("acme", twice + twice[2:3], now)
     assert (result.inserted, result.duplicates) == (5, 1)
-    assert paths_taken[-1][0] == "careful"
+    assert paths_taken[-1] == ("careful", 5)
 
     # late: 10 samples older than the tail (never stored), 4 resent ones, 3 new at the end
     late = rows("GPU-a", 0, 10) + rows("GPU-a", 600, 4) + rows("GPU-a", 1500, 3)
     result = await store.writer.submit("acme", late, now)
     assert (result.inserted, result.duplicates) == (13, 4)
-    assert paths_taken[-1][0] == "careful"
+    assert paths_taken[-1] == ("careful", 13)
 
     # the same GPU in another account is not a duplicate, and the tail is per account
     other = await store.writer.submit("globex", rows("GPU-a", 0, 10), now)
@@ -207,7 +209,7 @@ async def test_a_group_mixing_fresh_and_resent_batches_counts_each_batch(
     release.set()
     results = [(r.inserted, r.duplicates) for r in await asyncio.gather(*tasks)]
     assert results == [(50, 0), (0, 10), (10, 0), (0, 10)]
-    assert paths_taken[-1] == ("careful", 80)
+    assert paths_taken[-1] == ("careful", 60)
     assert store.sample_count("acme") == 90
     assert_rollup_matches_raw(store, "acme")
 

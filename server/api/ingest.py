@@ -8,7 +8,12 @@ import orjson
 
 from server.api.context import ApiContext
 from server.api.guard import add_route
-from server.api.validation import IngestValidationError, validate_batch
+from server.api.validation import (
+    TS_US,
+    IngestValidationError,
+    validate_batch,
+    validate_rows_and_columns,
+)
 from server.auth import INGEST
 from server.http.router import Router
 from server.http.types import HttpError, Request, Response
@@ -52,10 +57,14 @@ class IngestRoutes:
     async def ingest(self, request: Request) -> Response:
         received_at = self._ctx.now()
         fast = _fast_json(request)
+        keys = None
         try:
             if fast is _UNPARSED:
                 raise IngestValidationError("not parsed by orjson")
-            samples = validate_batch(fast, max_samples=self._max_samples, now=received_at)
+            # orjson refuses NaN and infinity, so the batch needs no NaN checks
+            samples, columns = validate_rows_and_columns(fast, max_samples=self._max_samples,
+                                                         now=received_at, finite=True)
+            keys = (columns["gpu_uuid"], columns[TS_US])
         except IngestValidationError:
             # Anything unusual (a parse error, a rule broken) is answered exactly as the
             # stdlib parser + validation always answered it: same texts, same edge cases.
@@ -64,7 +73,7 @@ class IngestRoutes:
                                          now=received_at)
             except IngestValidationError as exc:
                 raise HttpError(400, str(exc)) from None
-        result = await self._store.writer.submit(request.account or "", samples, received_at)
+        result = await self._store.writer.submit(request.account or "", samples, received_at, keys)
         body = IngestResult(success=True, inserted=result.inserted,
                             message=success_message(result.inserted, result.duplicates),
                             duplicates=result.duplicates)

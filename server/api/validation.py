@@ -16,6 +16,7 @@ free to be thorough.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from server.schemas import OPTIONAL_SAMPLE_FIELDS, REQUIRED_SAMPLE_FIELDS
@@ -55,31 +56,45 @@ _NUMBER_OR_NONE = {int, float, _NONE_TYPE}
 _STR_OR_NONE = {str, _NONE_TYPE}
 _NONE_ONLY = {_NONE_TYPE}
 _SOURCES_OR_NONE = {*SCHEDULER_SOURCES, None}
+_UTC_ONLY = {UTC}
+_FROM_ISO = datetime.fromisoformat
+_TZINFO = attrgetter("tzinfo")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+TS_US = "_ts_us"  # validate_columns: every timestamp as integer µs since the epoch
 
 
 class IngestValidationError(ValueError):
     """The batch is rejected; the message is the client-facing error text."""
 
 
-def validate_batch(payload: Any, *, max_samples: int, now: datetime | None = None
-                   ) -> list[dict[str, Any]]:
+def validate_batch(payload: Any, *, max_samples: int, now: datetime | None = None,
+                   finite: bool = False) -> list[dict[str, Any]]:
     """The samples, validated, with ``timestamp`` an aware UTC datetime; or raise.
 
     The returned dicts are the request's own objects (``timestamp`` replaced in place):
     optional fields may be absent and unknown fields may remain; read them with ``.get``.
+    ``finite=True`` skips the NaN checks for payloads that cannot hold NaN (orjson's).
     """
-    rows, _ = _validate(payload, max_samples, now)
+    rows, _ = _validate(payload, max_samples, now, finite)
     return rows
 
 
 def validate_columns(payload: Any, *, max_samples: int, now: datetime | None = None
                      ) -> dict[str, list[Any]]:
     """The same validation, answered column by column: field name -> one value per sample."""
-    _, columns = _validate(payload, max_samples, now)
+    _, columns = _validate(payload, max_samples, now, False)
     return columns
 
 
-def _validate(payload: Any, max_samples: int, now: datetime | None
+def validate_rows_and_columns(payload: Any, *, max_samples: int, now: datetime | None = None,
+                              finite: bool = False) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
+    """Both answers at once (the ingest route); the columns include ``TS_US``, every
+    timestamp as integer µs since the epoch."""
+    return _validate(payload, max_samples, now, finite)
+
+
+def _validate(payload: Any, max_samples: int, now: datetime | None, finite: bool
               ) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
     if not isinstance(payload, list):
         raise IngestValidationError("Request body must be a JSON array of metric objects")
@@ -89,7 +104,7 @@ def _validate(payload: Any, max_samples: int, now: datetime | None
         raise IngestValidationError(
             f"Too many metrics in one request: {len(payload)} (maximum {max_samples})")
     latest = (now or datetime.now(UTC)) + FUTURE_TOLERANCE
-    columns = _columns_if_valid(payload, latest)
+    columns = _columns_if_valid(payload, latest, finite)
     if columns is None:
         raise IngestValidationError(_first_failure(payload, latest))
     for sample, ts in zip(payload, columns["timestamp"], strict=True):
@@ -120,24 +135,28 @@ def _ignore_bad_hostnames(payload: list[dict[str, Any]], columns: dict[str, list
     columns["hostname"] = [s.get("hostname") for s in payload]
 
 
-def _columns_if_valid(payload: list[Any], latest: datetime) -> dict[str, list[Any]] | None:
-    """Columns of a valid batch, or None: whole-column checks run at C speed (min, max, set)."""
+def _columns_if_valid(payload: list[Any], latest: datetime, finite: bool) -> dict[str, list[Any]] | None:
+    """Columns of a valid batch, or None: whole-column checks run at C speed (min, max, set).
+
+    Columns with few distinct values (timestamps, strings) are checked on their distinct
+    values only. ``finite``: the caller guarantees no NaN or infinity (orjson's output).
+    """
     if set(map(type, payload)) != _DICT:
         return None
     columns = {name: [s.get(name) for s in payload] for name in ALL_FIELDS}
     try:
         raw_ts = columns["timestamp"]
-        if set(map(type, raw_ts)) != _STR:
+        parsed = _parse_distinct(set(raw_ts))
+        if parsed is None or max(parsed.values()) > latest:
             return None
-        parsed = {raw: parse_timestamp(raw) for raw in set(raw_ts)}
-        if None in parsed.values() or max(parsed.values()) > latest:
-            return None
-        columns["timestamp"] = [parsed[raw] for raw in raw_ts]
+        columns["timestamp"] = list(map(parsed.__getitem__, raw_ts))
+        columns[TS_US] = list(map({raw: (ts - _EPOCH) // _MICROSECOND
+                                   for raw, ts in parsed.items()}.__getitem__, raw_ts))
         index = columns["gpu_index"]
         if set(map(type, index)) != _INT or min(index) < 0 or max(index) > _MAX_GPU_INDEX:
             return None
-        uuid = columns["gpu_uuid"]
-        if set(map(type, uuid)) != _STR or min(map(len, uuid)) < 1:
+        uuids = set(columns["gpu_uuid"])
+        if set(map(type, uuids)) != _STR or min(map(len, uuids)) < 1:
             return None
         for name, (low, high) in NUMERIC_RANGES.items():
             col = columns[name]
@@ -151,22 +170,37 @@ def _columns_if_valid(payload: list[Any], latest: datetime) -> dict[str, list[An
                 if not col:
                     continue
             # sum() is NaN when any value is NaN (only a non-JSON caller could pass one)
-            total = sum(col)
-            if total != total or min(col) < low or max(col) > (_MAX_FLOAT if high is None else high):
+            if not finite and sum(col) != sum(col):
+                return None
+            if min(col) < low or max(col) > (_MAX_FLOAT if high is None else high):
                 return None
         for name in _OPTIONAL_STRINGS + _TAGS:
-            col = columns[name]
-            kinds = set(map(type, col))
-            if not kinds <= _STR_OR_NONE:
+            distinct = set(columns[name])
+            if not set(map(type, distinct)) <= _STR_OR_NONE:
                 return None
-            if name in _TAGS and _STR_TYPE in kinds and \
-                    max(len(v) for v in col if v is not None) > MAX_TAG_CHARS:
+            if name in _TAGS and max(len(v) if v is not None else 0 for v in distinct) > MAX_TAG_CHARS:
                 return None
         if not set(columns["scheduler_source"]) <= _SOURCES_OR_NONE:
             return None
     except TypeError:  # an unhashable value (a list where a string belongs)
         return None
     return columns
+
+
+def _parse_distinct(raws: set[Any]) -> dict[str, datetime] | None:
+    """Each distinct timestamp text parsed as ``parse_timestamp`` does, or None if any fails."""
+    if set(map(type, raws)) != _STR or min(map(len, raws)) < 16 or max(map(len, raws)) > 40:
+        return None
+    texts = list(raws)
+    try:
+        stamps = list(map(_FROM_ISO, texts))
+    except ValueError:
+        return None
+    if set(map(_TZINFO, stamps)) != _UTC_ONLY:  # offsets, naive values: one by one
+        stamps = [parse_timestamp(text) for text in texts]
+        if None in stamps:
+            return None
+    return dict(zip(texts, stamps, strict=True))
 
 
 def _first_failure(payload: list[Any], latest: datetime) -> str:

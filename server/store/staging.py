@@ -100,12 +100,18 @@ class JsonStager:
 
     def stage(self, con: duckdb.DuckDBPyConnection, batches: Sequence[tuple[str, datetime, Sequence[dict[str, Any]]]]
               ) -> None:
-        """Load every (account, received_at, samples) batch into ``staging``, job = its position.
+        """Load every (account, received_at, samples) batch into ``staging``, job = its position."""
+        con.execute("INSERT INTO staging " + self.source(batches))
+
+    def source(self, batches: Sequence[tuple[str, datetime, Sequence[dict[str, Any]]]]
+               ) -> str:
+        """Write the group's files; return a SELECT of their rows (columns as ``staging``).
 
         A big batch gets a file of its own (the file names its job); small ones share one
         file, each row a copy tagged with its job, account and receive time (DuckDB pays
         ~0.7 ms per file and more for the join that names a file's job; the copy costs
-        ~0.3 µs per row).
+        ~0.3 µs per row). The SELECT has no parameters, so it can go in a multi-statement
+        script, and may be run more than once until the next call.
         """
         big: list[int] = []
         packed: list[dict[str, Any]] = []
@@ -125,24 +131,22 @@ class JsonStager:
                 out.write(body)
         fields = ", ".join("r." + f for f in SAMPLE_FIELDS)
         parts: list[str] = []
-        params: dict[str, Any] = {}
-        if big:  # our own paths: no quotes inside
-            listed = ", ".join(f"'{p}'" for p in paths[:len(big)])
+        if big:  # our own paths (no quotes inside); every value inlined as a SQL literal
+            files = ", ".join(f"'{p}'" for p in paths[:len(big)])
+            tags = ", ".join(f"('{path}', {job}, {_sql_text(batches[job][0])}, {_sql_time(batches[job][1])})"
+                             for path, job in zip(paths, big, strict=False))
             parts.append(
-                f"""SELECT j.job, j.account, j.received_at, r.timestamp::TIMESTAMP, {fields}
-                    FROM read_json([{listed}], format = 'array', columns = {_JSON_COLUMNS},
+                f"""SELECT j.job AS job, j.account AS account, j.received_at AS received_at,
+                           r.timestamp::TIMESTAMP AS ts, {fields}
+                    FROM read_json([{files}], format = 'array', columns = {_JSON_COLUMNS},
                                    filename = true) r
-                    JOIN (SELECT unnest($files) AS filename, unnest($accounts) AS account,
-                                 unnest($received) AS received_at, unnest($jobs) AS job) j
-                      USING (filename)""")
-            params = {"files": paths[:len(big)], "jobs": big,
-                      "accounts": [batches[job][0] for job in big],
-                      "received": [to_db(batches[job][1]) for job in big]}
+                    JOIN (VALUES {tags}) j(filename, job, account, received_at) USING (filename)""")
         if packed:
             parts.append(
-                f"""SELECT r._job, r._account, r._received, r.timestamp::TIMESTAMP, {fields}
+                f"""SELECT r._job AS job, r._account AS account, r._received AS received_at,
+                           r.timestamp::TIMESTAMP AS ts, {fields}
                     FROM read_json('{paths[-1]}', format = 'array', columns = {_PACKED_COLUMNS}) r""")
-        con.execute("INSERT INTO staging " + " UNION ALL ".join(parts), params or None)
+        return " UNION ALL ".join(parts)
 
     def close(self) -> None:
         for path in self._paths:
@@ -150,6 +154,14 @@ class JsonStager:
                 os.unlink(path)
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_time(value: datetime) -> str:
+    return f"TIMESTAMP '{to_db(value).isoformat(sep=' ')}'"
 
 
 def _remove_orphans(base: Path) -> None:
@@ -205,6 +217,7 @@ def _to_us(value: Any) -> int:
 
 
 Key = tuple[str, str]
+SampleKeys = tuple[Sequence[str], Sequence[int]]  # every sample's gpu_uuid and timestamp (µs)
 
 
 class TailCache:
@@ -229,14 +242,16 @@ class TailCache:
         return self._tail
 
     def newest_if_fresh(self, con: duckdb.DuckDBPyConnection,
-                        batches: Iterable[tuple[str, Sequence[dict[str, Any]]]]) -> dict[Key, int] | None:
+                        batches: Iterable[tuple[str, Sequence[dict[str, Any]], SampleKeys | None]]
+                        ) -> dict[Key, int] | None:
         """Each GPU's newest timestamp in the group if every sample is new and newer than its
         GPU's stored tail (and than the group's earlier batches); None otherwise."""
         tail = self.load(con)
         newest: dict[Key, int] = {}
-        for account, samples in batches:
-            stamps = timestamps_us(samples)
-            uuids = [s["gpu_uuid"] for s in samples]
+        for account, samples, keys in batches:
+            if keys is None:
+                keys = ([s["gpu_uuid"] for s in samples], timestamps_us(samples))
+            uuids, stamps = keys
             if len(set(zip(uuids, stamps, strict=True))) != len(stamps):
                 return None  # the same (gpu, timestamp) twice in one batch
             low: dict[str, int] = {}
