@@ -239,6 +239,41 @@ async def test_access_log_has_one_line_per_request_without_query_string(
     assert SECRET not in caplog.text
 
 
+class SteppedClock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_access_log_time_runs_from_the_request_arriving_not_from_keep_alive_idle(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.http.protocol as protocol_module
+
+    clock = SteppedClock()
+    monkeypatch.setattr(protocol_module, "_clock", clock)
+    app = DemoApp()
+    async with running_server(app=app) as server, httpx.AsyncClient(base_url=server.url) as client:
+        with caplog.at_level(logging.INFO, logger="gpufleet.access"):
+            assert (await client.get("/hello")).status_code == 200
+            # The connection is back waiting for its next request: time spent idle here...
+            async with asyncio.timeout(5):
+                while not all(p.idle for p in server._protocols) or not server._protocols:
+                    await asyncio.sleep(0)
+            clock.now = 100.0
+            waiting = asyncio.create_task(client.get("/wait"))
+            await asyncio.wait_for(app.started.wait(), 5)
+            clock.now = 100.25  # ...does not count; time in the handler does
+            app.release.set()
+            assert (await waiting).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "gpufleet.access"]
+    assert lines[0].startswith("GET /hello 200 ") and " 0.0ms " in lines[0]
+    assert lines[1].startswith("GET /wait 200 ") and " 250.0ms " in lines[1]
+
+
 async def test_keep_alive_and_pipelined_requests_are_answered_in_order() -> None:
     async with running_server() as server:
         pipelined = (b"GET /items/1 HTTP/1.1\r\nHost: t\r\n\r\n"

@@ -40,6 +40,9 @@ log = logging.getLogger("gpufleet.http")
 
 Dispatch = Callable[[Request], Awaitable[Response]]
 
+# The access log's clock (a module name so a test can step it without touching the loop's).
+_clock = time.perf_counter
+
 
 @dataclass(slots=True)
 class ServerState:
@@ -79,6 +82,9 @@ class HttpProtocol:
         self.idle = True
         self._method = "-"
         self._path = "-"
+        # When the current request's first bytes arrived: its access-log time runs from
+        # here, so keep-alive idle time before it does not count.
+        self._started = _clock()
 
     def close_if_idle(self) -> None:
         """Close now if no request is in progress (graceful shutdown)."""
@@ -88,16 +94,15 @@ class HttpProtocol:
     async def run(self) -> None:
         try:
             while True:
-                started = time.perf_counter()
                 try:
                     request = await self._receive_request()
                 except _Reject as reject:
-                    await self._refuse(reject, started)
+                    await self._refuse(reject)
                     return
                 if request is None:
                     return
                 response = await self._dispatch(request)
-                if not await self._send_response(request, response, started):
+                if not await self._send_response(request, response):
                     return
                 self._h11.start_next_cycle()
         except PeerGone:
@@ -116,6 +121,8 @@ class HttpProtocol:
             return None
         self.idle = not in_head
         self._method = self._path = "-"
+        if in_head:  # pipelined: its bytes are already here
+            self._started = _clock()
         limits = self._limits
         deadline = stream.now() + (limits.header_timeout_s if in_head
                                    else limits.keepalive_timeout_s)
@@ -130,6 +137,7 @@ class HttpProtocol:
                     raise _Reject(408, "Request timed out: headers not received in time") from None
                 if data and not in_head:
                     in_head, self.idle = True, False
+                    self._started = _clock()
                     deadline = stream.now() + limits.header_timeout_s
                 h.receive_data(data)
             elif isinstance(event, h11.Request):
@@ -212,8 +220,7 @@ class HttpProtocol:
 
     # -- sending ----------------------------------------------------------------------
 
-    async def _send_response(self, request: Request, response: Response,
-                             started: float) -> bool:
+    async def _send_response(self, request: Request, response: Response) -> bool:
         """Send ``response``; True when the connection stays open for another request."""
         h = self._h11
         if not headers_are_safe(response):
@@ -226,7 +233,7 @@ class HttpProtocol:
         try:
             await self._stream.write(data)
         finally:
-            _log_access(request.method, self._path, response.status, sent, started,
+            _log_access(request.method, self._path, response.status, sent, self._started,
                         request.key_name)
         return not close and h.our_state is h11.DONE and h.their_state is h11.DONE
 
@@ -254,7 +261,7 @@ class HttpProtocol:
         parts.append(h.send(h11.EndOfMessage()))
         return b"".join(parts)
 
-    async def _refuse(self, reject: _Reject, started: float) -> None:
+    async def _refuse(self, reject: _Reject) -> None:
         """Answer a rejected request, then close.
 
         Written without h11: its state machine may already be in ERROR, and the answer
@@ -265,13 +272,14 @@ class HttpProtocol:
             await self._stream.write(encode_closing(response))
         except PeerGone:
             pass  # the client is gone; nothing left to tell it
-        _log_access(self._method, self._path, reject.status, len(response.body), started, None)
+        _log_access(self._method, self._path, reject.status, len(response.body), self._started,
+                    None)
         await self._stream.linger_close(self._limits.close_linger_s)
 
 
 def _log_access(method: str, path: str, status: int, nbytes: int, started: float,
                 key_name: str | None) -> None:
     if access_log.isEnabledFor(logging.INFO):
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        elapsed_ms = (_clock() - started) * 1000
         access_log.info("%s %s %d %d %.1fms %s", method, path, status, nbytes, elapsed_ms,
                         key_name or "-")
