@@ -96,6 +96,55 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "db.duckdb").exists()  # checked before the store was opened
+
+
+def _serve_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
+    from server.cli import main
+
+    code = main(["serve", "--db", str(tmp_path / "db.duckdb"), "--simulate", "--no-sampler",
+                 *flags])
+    err = capsys.readouterr().err
+    assert not (tmp_path / "db.duckdb").exists(), "the store was opened by a server that cannot start"
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gpufleet serve: ")
+    return code, err
+
+
+def test_missing_tls_files_are_one_clear_line_before_the_store_opens(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("not used")
+    code, err = _serve_refused(tmp_path, capsys, "--tls-cert", str(tmp_path / "nope.pem"),
+                               "--tls-key", str(key))
+    assert code == 2
+    assert f"--tls-cert {tmp_path / 'nope.pem'}: No such file or directory" in err
+
+
+def test_unreadable_or_unusable_tls_files_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    key.write_text("garbage")
+    code, err = _serve_refused(tmp_path, capsys, "--tls-cert", str(cert), "--tls-key", str(key))
+    assert code == 2
+    assert "not a usable PEM certificate and matching private key" in err
+    if os.geteuid() != 0:  # root reads any file
+        key.chmod(0)
+        code, err = _serve_refused(tmp_path, capsys, "--tls-cert", str(cert), "--tls-key", str(key))
+        assert code == 2
+        assert f"--tls-key {key}: Permission denied" in err
+
+
+def test_tls_needs_both_files_and_the_port_must_be_in_range(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    code, err = _serve_refused(tmp_path, capsys, "--tls-cert", str(cert))
+    assert code == 2 and "TLS needs both a certificate" in err
+    code, err = _serve_refused(tmp_path, capsys, "--port", "70000")
+    assert code == 2 and "--port 70000: must be between 0 and 65535" in err
 
 
 def test_simulate_serves_n_nodes_with_a_private_token(tmp_path: Path) -> None:

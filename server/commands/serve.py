@@ -62,9 +62,16 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("gpufleet.server")
     try:
         settings = settings_from(args)
-    except ConfigError as exc:
+        # Before the store is opened (and perhaps migrated): a server that cannot start
+        # must leave it untouched.
+        check_tls_files(settings)
+        check_listen_address(settings.server.host, settings.server.port)
+    except (ConfigError, _SettingsError) as exc:
         print(f"gpufleet serve: {exc}", file=sys.stderr)
         return 2
+    except _StartupError as exc:
+        print(f"gpufleet serve: {exc}", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(serve(settings))
     except _StartupError as exc:
@@ -74,6 +81,65 @@ def run(args: argparse.Namespace) -> int:
 
 class _StartupError(Exception):
     """The server cannot start; the message says why (no traceback for the user)."""
+
+
+class _SettingsError(Exception):
+    """A setting the server cannot use (a TLS file, the port); exit 2 like a config error."""
+
+
+def check_tls_files(settings: Settings) -> None:
+    """Load the TLS certificate and key exactly as the server will, or say what is wrong."""
+    import ssl
+
+    from server.app import ssl_context_for
+
+    cert, key = settings.server.tls_cert, settings.server.tls_key
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is None:
+            continue
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise _SettingsError(f"{flag} {path}: {exc.strerror or exc}") from None
+    try:
+        ssl_context_for(settings)
+    except ValueError as exc:  # only one of the pair given
+        raise _SettingsError(str(exc)) from None
+    except ssl.SSLError as exc:
+        reason = exc.reason or exc.strerror or str(exc)
+        raise _SettingsError(f"--tls-cert {cert} / --tls-key {key}: not a usable PEM "
+                             f"certificate and matching private key ({reason})") from None
+    except OSError as exc:
+        raise _SettingsError(f"TLS files {cert}, {key}: {exc.strerror or exc}") from None
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Bind (and release) ``host:port`` as the server will, so a busy port fails before the store opens.
+
+    The port could still be taken between this check and the real bind; that rare case
+    is reported the same way, just after the store was opened.
+    """
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise _SettingsError(f"--port {port}: must be between 0 and 65535")
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise _SettingsError(f"--host {host}: not an address of this machine ({reason})") from None
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                # Same options as asyncio's listener, so a port in TIME_WAIT passes here too.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+        except OSError as exc:
+            raise _StartupError(f"cannot listen on {host}:{port}: "
+                                f"{exc.strerror or exc}") from None
 
 
 async def serve(settings: Settings) -> int:
