@@ -71,6 +71,9 @@ class KeyStore:
         self._writer = writer
         self._cursor = cursor_factory
         self._cache: dict[str, KeyInfo | None] = {}
+        # Bumped by every invalidation: a lookup that started before one must not cache
+        # what it read, or a key revoked meanwhile would be served from the cache forever.
+        self._generation = 0
         self._used: dict[str, datetime] = {}
         self._last_flush = datetime.now(UTC)
         self._lock = threading.Lock()
@@ -160,8 +163,15 @@ class KeyStore:
         self._forget(old)
         return created
 
+    @property
+    def generation(self) -> int:
+        """How many invalidations so far; callers caching ``authenticate`` compare it."""
+        with self._lock:
+            return self._generation
+
     def _forget(self, key_id: str) -> None:
         with self._lock:
+            self._generation += 1
             for digest, info in list(self._cache.items()):
                 if info is None or info.id == key_id or info.name == key_id:
                     del self._cache[digest]
@@ -173,21 +183,27 @@ class KeyStore:
         digest = hash_secret(secret)
         with self._lock:
             cached = self._cache.get(digest, False)
+            started = self._generation
         if cached is False:
-            with self._cursor() as cur:
-                row = cur.execute(
-                    f"SELECT {_COLUMNS}, secret_sha256 FROM api_keys WHERE secret_sha256 = ?", [digest]
-                ).fetchone()
-            cached = None
-            if row and hmac.compare_digest(row[-1], digest) and row[7] is None:
-                cached = _info(row[:-1])
+            cached = self._lookup(digest)
             with self._lock:
-                if len(self._cache) > 10_000:  # unknown secrets must not grow memory forever
-                    self._cache.clear()
-                self._cache[digest] = cached
+                if self._generation == started:  # no revocation or rotation since the read
+                    if len(self._cache) > 10_000:  # unknown secrets must not grow memory forever
+                        self._cache.clear()
+                    self._cache[digest] = cached
         if cached is not None:
             self._touch(cached.id)
         return cached
+
+    def _lookup(self, digest: str) -> KeyInfo | None:
+        """The active key stored with this hash, read now (not cached)."""
+        with self._cursor() as cur:
+            row = cur.execute(
+                f"SELECT {_COLUMNS}, secret_sha256 FROM api_keys WHERE secret_sha256 = ?", [digest]
+            ).fetchone()
+        if row and hmac.compare_digest(row[-1], digest) and row[7] is None:
+            return _info(row[:-1])
+        return None
 
     def _touch(self, key_id: str) -> None:
         now = datetime.now(UTC)
