@@ -35,6 +35,9 @@ SUCCESS_TEXT = "GPU memory cleared successfully"
 INTERRUPTED_TEXT = ("The purge stopped before it finished: check GPU memory and the runtimes, "
                     "then purge again.")
 MAX_HOLDERS_NAMED = 5
+# The document's unit: its "GB" figures are MiB / 1024 (81920 MiB is 80.0 GB), so every
+# size in a recommendation is written the same way, next to memory_freed_gb.
+SIZE_UNIT = "GB"
 
 
 class InvalidPurgeRequest(ValueError):
@@ -263,9 +266,15 @@ class PurgeService:
 
 
 def _status(outcome: _Outcome, did_something: bool) -> Literal["success", "partial", "error"]:
+    """``success``: nothing left undone; ``error``: something failed and nothing was done.
+
+    Anything between is ``partial``, including a purge whose only outcome is models in
+    use skipped without force: it did what was asked, but their memory is still held.
+    """
     if not outcome.errors:
         return "success"
-    return "partial" if did_something else "error"
+    failed = bool(outcome.failed_runtimes) or outcome.measure_failed
+    return "error" if failed and not did_something else "partial"
 
 
 def _selected_indices(snapshot: GpuSnapshot, requested: list[int] | None) -> frozenset[int]:
@@ -310,7 +319,7 @@ def _holders(after: GpuSnapshot, selected: frozenset[int]) -> str:
                    key=lambda p: p.memory_mb or 0, reverse=True)
     if not procs:
         return ""
-    named = [f"{p.name}[{p.pid}] {mb_to_gb(p.memory_mb or 0)} GB"
+    named = [f"{p.name}[{p.pid}] {mb_to_gb(p.memory_mb or 0)} {SIZE_UNIT}"
              + (f" on GPU {p.gpu_index}" if p.gpu_index is not None else "")
              for p in procs[:MAX_HOLDERS_NAMED]]
     more = len(procs) - MAX_HOLDERS_NAMED

@@ -208,6 +208,25 @@ async def test_a_failing_unload_is_listed_and_the_rest_still_go(runtimes):
     assert result.status == "partial"
 
 
+async def test_only_skips_without_force_is_partial_not_error():
+    busy = LoadedModel(name="llama3.2", runtime="sim", gpu_index=0, memory_mb=4096, in_use=True)
+    stub = StubAdapter("sim", [busy])
+    node = LiveNode(lambda: _snapshot({0: 1000 + stub.used_mb(0)}, [
+        GpuProcess(pid=31, name="ollama", memory_mb=4096, gpu_index=0)]))
+    result = await _service(node, [stub]).purge(PurgeRequest())
+    assert result.status == "partial"  # it did what was asked; the memory is still held
+    assert result.errors == result.skipped == ["skipped llama3.2 (sim): in use; use force to unload"]
+    assert result.actions == [] and result.models_unloaded == [] and result.memory_freed_gb == 0.0
+    assert result.recommendation == ("Still holding GPU memory: ollama[31] 4.0 GB on GPU 0. "
+                                     "1 model in use skipped (llama3.2); purge with force to "
+                                     "unload it.")
+    assert "GiB" not in result.recommendation and "MiB" not in result.recommendation
+    # A skip beside a failure that left nothing done is still an error.
+    broken = StubAdapter("triton", [], list_error=RuntimeAdapterError("triton: timed out"))
+    failed = await _service(node, [stub, broken]).purge(PurgeRequest())
+    assert failed.status == "error"
+
+
 async def test_nothing_done_and_errors_is_status_error():
     broken = StubAdapter("ollama", [], list_error=RuntimeAdapterError("ollama: cannot reach x"))
     result = await _service(LiveNode(lambda: _snapshot({0: 30000})), [broken]).purge(PurgeRequest())
