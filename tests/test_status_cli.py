@@ -23,7 +23,7 @@ def test_status_simulated_table():
     assert "ws-gpu-01" in out and "SIMULATED" in out and "CUDA 12.4" in out
     assert "NVIDIA H100 80GB HBM3" in out and "NVIDIA L40S" in out
     assert "ollama" in out and "not visible from this host" in out
-    assert "/ 81559" in out  # memory used / total in MiB
+    assert "TOTAL MiB" in out and " 81559 " in out  # memory in MiB
 
 
 def test_status_json_is_the_status_body():
@@ -80,4 +80,64 @@ def test_table_marks_lost_gpus_and_unsupported_fields():
     )
     table = render_table(status)
     assert "SIMULATED" not in table and "NVML" in table and "2026-03-03T14:00:00Z" in table
-    assert "n/a" in table and "GPU is lost" in table and "No GPU processes." in table
+    assert "n/a" in table and "GPU 1 is lost" in table and "No GPU processes." in table
+
+
+def _assert_aligned(header: str, rows: list[str], columns: tuple[tuple[str, bool], ...],
+                    expected: list[list[str]]) -> None:
+    """Each value sits under its header: numbers end where the header ends, text starts with it."""
+    at = 0
+    for col, (name, right) in enumerate(columns):
+        start = header.index(name, at)
+        end = start + len(name)
+        at = end
+        for row, values in zip(rows, expected, strict=True):
+            value = values[col]
+            if not value:
+                continue
+            if right:
+                assert row[end - len(value):end] == value, (name, row)
+                assert end == len(row) or row[end] == " ", (name, row)
+            else:
+                assert row[start:start + len(value)] == value, (name, row)
+                assert start == 0 or row[start - 1] == " ", (name, row)
+
+
+def test_every_header_lines_up_with_its_column_values():
+    from datetime import UTC, datetime
+
+    from server.commands.status import GPU_COLUMNS, PROCESS_COLUMNS, render_table
+    from server.schemas import GpuInfo, GpuMemory, GpuProcess, GpuUtilization, MigDevice
+
+    status = GpuStatusResponse(
+        timestamp=datetime(2026, 3, 3, 14, tzinfo=UTC), total_gpus=3,
+        gpus=[
+            GpuInfo(index=0, name="NVIDIA H100 80GB HBM3", memory=GpuMemory.from_mb(81559, 56036),
+                    utilization=GpuUtilization(gpu_percent=100, memory_percent=40),
+                    temperature_c=71, power_draw_w=699.6, power_limit_w=700.0),
+            GpuInfo(index=1, name="Tesla T4", memory=GpuMemory.from_mb(15360, 5),
+                    utilization=GpuUtilization(gpu_percent=0), mig_devices=[
+                        MigDevice(index=0, name="1g.10gb", memory_total_mb=9856, memory_used_mb=12)]),
+            GpuInfo(index=12, name="NVIDIA A100-SXM4-80GB", memory=GpuMemory.from_mb(0, 0),
+                    utilization=GpuUtilization(), lost=True),
+        ],
+        processes=[GpuProcess(pid=7, name="python", memory_mb=56036, gpu_index=0, user="ml"),
+                   GpuProcess(pid=4194304, name="vllm", memory_mb=None, gpu_index=None,
+                              user="inference-service", command="vllm serve qwen")],
+    )
+    lines = render_table(status).splitlines()
+    gpu_header = lines.index(next(line for line in lines if line.startswith("GPU  NAME")))
+    gpu_rows = lines[gpu_header + 1:gpu_header + 5]
+    _assert_aligned(lines[gpu_header], gpu_rows, GPU_COLUMNS, [
+        ["0", "NVIDIA H100 80GB HBM3", "56036", "81559", "68.7%", "100%", "71C", "700 / 700", "1"],
+        ["1", "Tesla T4", "5", "15360", "0.0%", "0%", "n/a", "n/a / n/a", "0"],
+        ["└0", "MIG 1g.10gb", "12", "9856", "", "", "", "", ""],
+        ["12", "NVIDIA A100-SXM4-80GB", "lost", "", "", "", "", "", "0"],
+    ])
+    proc_header = lines.index(next(line for line in lines if line.startswith("GPU      PID")))
+    _assert_aligned(lines[proc_header], lines[proc_header + 1:], PROCESS_COLUMNS, [
+        ["0", "7", "ml", "56036", "python"],
+        ["?", "4194304", "inference-service", "n/a", "vllm  vllm serve qwen"],
+    ])
+    # No header without values under it, no values without a header.
+    assert all(len(row) <= len(lines[gpu_header]) for row in gpu_rows)

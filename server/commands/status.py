@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from server.schemas import GpuInfo, GpuProcess, GpuStatusResponse
 
 HELP = "Show this node's GPUs and GPU processes once (real via NVML, else the simulated fleet)."
-NAME_WIDTH = 24
+NAME_WIDTH = 32  # longer names are clipped with …; columns size to their content
 COMMAND_WIDTH = 60
 
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render_table(status: GpuStatusResponse) -> str:
-    """The human view: a node line, one row per GPU, then the processes."""
+    """The human view: a node line, one row per GPU (and MIG instance), then the processes."""
     from server.schemas import format_utc
 
     lines: list[str] = []
@@ -62,54 +62,79 @@ def render_table(status: GpuStatusResponse) -> str:
         label = "SIMULATED (demo fleet, not this machine's GPUs)" if node.simulated else "NVML"
         lines.append(f"{node.hostname}  {label}  driver {node.driver_version or 'n/a'}  "
                      f"CUDA {node.cuda_version or 'n/a'}  {format_utc(status.timestamp)}")
-    lines.append(f"{'GPU':>3}  {'NAME':<{NAME_WIDTH}}  {'MEMORY (MiB)':>22}  {'UTIL':>4}  "
-                 f"{'TEMP':>4}  {'POWER (W)':>11}  {'PROCS':>5}")
     per_gpu: dict[int, int] = {}
     for proc in status.processes:
         if proc.gpu_index is not None:
             per_gpu[proc.gpu_index] = per_gpu.get(proc.gpu_index, 0) + 1
+    rows: list[list[str]] = []
+    lost: list[int] = []
     for gpu in status.gpus:
-        lines.append(_gpu_row(gpu, per_gpu.get(gpu.index, 0)))
+        rows.append(_gpu_cells(gpu, per_gpu.get(gpu.index, 0)))
+        if gpu.lost:
+            lost.append(gpu.index)
         for mig in gpu.mig_devices:
-            lines.append(f"{'':>3}  └ MIG {mig.index} {mig.name or ''}  "
-                         f"{_opt(mig.memory_used_mb)} / {_opt(mig.memory_total_mb)} MiB")
+            rows.append([f"└{mig.index}", _clip(f"MIG {mig.name or ''}".rstrip(), NAME_WIDTH),
+                         _opt(mig.memory_used_mb), _opt(mig.memory_total_mb), "", "", "", "", ""])
+    lines += format_table(GPU_COLUMNS, rows)
+    lines += [f"GPU {index} is lost: no readings until it is reset." for index in lost]
     lines.append("")
     if not status.processes:
         lines.append("No GPU processes.")
         return "\n".join(lines)
-    lines.append(f"{'GPU':>3}  {'PID':>7}  {'USER':<14}  {'MEMORY':>10}  PROCESS")
-    for proc in status.processes:
-        lines.append(_process_row(proc))
+    lines += format_table(PROCESS_COLUMNS, [_process_cells(p) for p in status.processes])
     return "\n".join(lines)
 
 
-def _gpu_row(gpu: GpuInfo, processes: int) -> str:
-    name = gpu.name if len(gpu.name) <= NAME_WIDTH else gpu.name[: NAME_WIDTH - 1] + "…"
+# (header, right-aligned): numbers line up on their last digit, text on its first letter.
+GPU_COLUMNS: tuple[tuple[str, bool], ...] = (
+    ("GPU", True), ("NAME", False), ("USED MiB", True), ("TOTAL MiB", True), ("MEM%", True),
+    ("UTIL", True), ("TEMP", True), ("POWER W", True), ("PROCS", True),
+)
+PROCESS_COLUMNS: tuple[tuple[str, bool], ...] = (
+    ("GPU", True), ("PID", True), ("USER", False), ("MEMORY MiB", True), ("PROCESS", False),
+)
+COLUMN_GAP = "  "
+
+
+def format_table(columns: tuple[tuple[str, bool], ...], rows: list[list[str]]) -> list[str]:
+    """Header and rows with every column as wide as its widest cell, header included."""
+    widths = [max(len(header), *(len(row[i]) for row in rows)) if rows else len(header)
+              for i, (header, _) in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        parts = [cell.rjust(width) if right else cell.ljust(width)
+                 for cell, width, (_, right) in zip(cells, widths, columns, strict=True)]
+        return COLUMN_GAP.join(parts).rstrip()
+
+    return [line([header for header, _ in columns]), *(line(row) for row in rows)]
+
+
+def _gpu_cells(gpu: GpuInfo, processes: int) -> list[str]:
+    name = _clip(gpu.name, NAME_WIDTH)
     if gpu.lost:
-        return f"{gpu.index:>3}  {name:<{NAME_WIDTH}}  GPU is lost: no readings until it is reset"
+        return [str(gpu.index), name, "lost", "", "", "", "", "", str(processes)]
     mem = gpu.memory
-    memory = f"{mem.used_mb:>6} / {mem.total_mb:<6} {mem.percent_used:>5.1f}%"
-    util = _opt(gpu.utilization.gpu_percent, "%")
-    temp = _opt(gpu.temperature_c, "C")
     draw = "n/a" if gpu.power_draw_w is None else f"{gpu.power_draw_w:.0f}"
     limit = "n/a" if gpu.power_limit_w is None else f"{gpu.power_limit_w:.0f}"
-    return (f"{gpu.index:>3}  {name:<{NAME_WIDTH}}  {memory:>22}  {util:>4}  {temp:>4}  "
-            f"{draw + ' / ' + limit:>11}  {processes:>5}")
+    return [str(gpu.index), name, str(mem.used_mb), str(mem.total_mb), f"{mem.percent_used:.1f}%",
+            _opt(gpu.utilization.gpu_percent, "%"), _opt(gpu.temperature_c, "C"),
+            f"{draw} / {limit}", str(processes)]
 
 
-def _process_row(proc: GpuProcess) -> str:
+def _process_cells(proc: GpuProcess) -> list[str]:
     gpu = "?" if proc.gpu_index is None else str(proc.gpu_index)
-    memory = "n/a" if proc.memory_mb is None else f"{proc.memory_mb} MiB"
+    memory = "n/a" if proc.memory_mb is None else str(proc.memory_mb)
     if proc.visible:
         what = proc.name
         if proc.command:
-            command = proc.command
-            if len(command) > COMMAND_WIDTH:
-                command = command[: COMMAND_WIDTH - 1] + "…"
-            what = f"{proc.name}  {command}"
+            what = f"{proc.name}  {_clip(proc.command, COMMAND_WIDTH)}"
     else:
         what = f"{proc.name} (PID not visible from this host, e.g. another container)"
-    return f"{gpu:>3}  {proc.pid:>7}  {(proc.user or '?'):<14}  {memory:>10}  {what}"
+    return [gpu, str(proc.pid), proc.user or "?", memory, what]
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _opt(value: float | None, unit: str = "") -> str:
