@@ -223,3 +223,52 @@ def test_validator_agrees_with_metric_sample(case: dict[str, Any]) -> None:
         dumped = model.model_dump()
         for name, value in dumped.items():
             assert rows[0].get(name) == value, name
+
+
+@pytest.mark.parametrize("text", [
+    "0001-01-01T00:30:00+01:00",  # before year 1 once in UTC
+    "9999-12-31T23:30:00-01:00",  # after year 9999 once in UTC
+    "0001-01-01T00:00:00.5+00:00:01",
+])
+def test_timestamps_outside_datetime_in_utc_are_validation_errors(text: str) -> None:
+    assert parse_timestamp(text) is None
+    assert error_of([sample(), sample(timestamp=text)]) == \
+        "Metric at index 1: timestamp must be an ISO-8601 UTC timestamp"
+    # the fast column path alone (every timestamp in the batch has an offset)
+    assert error_of([sample(timestamp=text)]) == \
+        "Metric at index 0: timestamp must be an ISO-8601 UTC timestamp"
+
+
+async def test_overflowing_timestamp_is_a_400_and_the_server_keeps_serving(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.api_server import store_app
+
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        headers = srv.auth("ingest")
+        for text in ("0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00"):
+            response = await srv.http.post("/v1/metrics/ingest", headers=headers,
+                                           json=[sample(timestamp=text)])
+            assert response.status_code == 400
+            assert response.json() == {
+                "error": "Metric at index 0: timestamp must be an ISO-8601 UTC timestamp"}
+        edge = await srv.http.post("/v1/metrics/ingest", headers=headers,
+                                   json=[sample(timestamp="0001-01-01T00:00:00Z")])
+        assert edge.status_code == 200 and edge.json()["inserted"] == 1
+        report = await srv.http.get("/v1/chargeback/report", headers=srv.auth("read"),
+                                    params={"from": "0001-01-01", "to": "0001-01-01"})
+        assert report.status_code == 200
+        assert report.json()["summary"]["total_gpu_hours"] == 0.02  # one interval: 60 s
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+async def test_a_report_ending_on_the_last_representable_day_is_a_400(tmp_path, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.api_server import store_app
+
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        response = await srv.http.get("/v1/chargeback/report", headers=srv.auth("read"),
+                                      params={"from": "9999-12-31", "to": "9999-12-31",
+                                              "format": fmt})
+        assert response.status_code == 400
+        assert response.json() == {"error": "'to' must be before 9999-12-31"}
+        fine = await srv.http.get("/v1/chargeback/report", headers=srv.auth("read"),
+                                  params={"from": "9999-12-30", "to": "9999-12-30"})
+        assert fine.status_code == 200

@@ -194,7 +194,7 @@ def _parse_distinct(raws: set[Any]) -> dict[str, datetime] | None:
     texts = list(raws)
     try:
         stamps = list(map(_FROM_ISO, texts))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: no known input, but never a 500
         return None
     if set(map(_TZINFO, stamps)) != _UTC_ONLY:  # offsets, naive values: one by one
         stamps = [parse_timestamp(text) for text in texts]
@@ -224,12 +224,15 @@ def parse_timestamp(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     if parsed.utcoffset():
-        return parsed.astimezone(UTC)
+        try:  # 0001-01-01T00:30+01:00 or 9999-12-31T23:30-01:00 lie outside datetime's range in UTC
+            return parsed.astimezone(UTC)
+        except OverflowError:
+            return None
     return parsed if parsed.tzinfo is UTC else parsed.replace(tzinfo=UTC)
 
 

@@ -42,6 +42,8 @@ def check_range(from_date: date, to_date: date) -> None:
         raise ReportRangeError("'from' must not be after 'to'")
     if (to_date - from_date).days + 1 > MAX_SPAN_DAYS:
         raise ReportRangeError(f"a report spans at most {MAX_SPAN_DAYS} days")
+    if to_date >= date.max:  # the period ends at to + 1 day, which datetime cannot hold
+        raise ReportRangeError(f"'to' must be before {date.max.isoformat()}")
 
 
 @dataclass(frozen=True)
