@@ -104,6 +104,14 @@ async def test_rotation_needs_a_valid_key(tmp_path: Path) -> None:
         assert "key" in read.json()
 
 
+async def test_a_response_carrying_a_new_secret_is_never_cached(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        rotated = await srv.http.post("/v1/keys/rotate", headers=srv.auth("read"))
+        assert rotated.status_code == 200 and rotated.json()["key"].startswith("gf_")
+        assert rotated.headers["cache-control"] == "no-store"
+        assert rotated.headers["pragma"] == "no-cache"
+
+
 async def test_a_rotation_past_its_deadline_still_hands_over_the_new_key(tmp_path: Path,
                                                                          monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import asyncio

@@ -14,6 +14,9 @@ from server.schemas import KeyCreated
 
 log = logging.getLogger("gpufleet.auth")
 
+# A response carrying a secret must not be kept by any cache, shared or the client's own.
+SECRET_HEADERS: tuple[tuple[str, str], ...] = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
+
 
 class KeyRoutes:
     def __init__(self, ctx: ApiContext) -> None:
@@ -35,7 +38,7 @@ class KeyRoutes:
         if self._ctx.resolver is not None:
             self._ctx.resolver.forget(key)
         log.info("key %r of account %r rotated", key.name, key.account)
-        return Response.json(created)
+        return Response.json(created, headers=list(SECRET_HEADERS))
 
 
 async def _outlive_cancellation(rotation: asyncio.Future[KeyCreated]) -> KeyCreated:
