@@ -1,7 +1,7 @@
-"""The local admin channel: key management for ``gpufleet keys`` while a server holds the store.
+"""The local admin channel: ``gpufleet keys`` and ``gpufleet report`` while a server holds the store.
 
 DuckDB lets one process write a store, so while ``gpufleet serve`` runs, the
-``keys`` command asks the server to do the work. The server listens for that on a
+``keys`` command (and ``report``, read-only) asks the server to do the work. The server listens for that on a
 Unix socket, ``<store>.admin/sock``, that only its own OS user can reach: the
 folder is 0700 and owned by that user (the channel is not started otherwise), the
 socket is 0600, and every connection's peer must have the server's uid
@@ -21,7 +21,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.config import Limits
+from server.config import Limits, Pricing
 from server.http.router import Router
 from server.http.server import HttpServer
 from server.http.types import HttpError, Request, Response
@@ -36,6 +36,7 @@ log = logging.getLogger("gpufleet.admin")
 SOCKET_NAME = "sock"
 INFO_PATH = "/admin/v1/info"
 KEYS_PATH = "/admin/v1/keys"
+CHARGEBACK_PATH = "/admin/v1/chargeback"  # read-only: the report, as GET /v1/chargeback/report
 _MAX_SUN_PATH = 107  # sun_path is 108 bytes with its terminating NUL
 
 
@@ -105,12 +106,16 @@ def _same_user(sock: Any) -> bool:
 
 
 class AdminChannel:
-    """Serves key create/list/revoke/rotate for one store on its owner-only Unix socket."""
+    """Serves key create/list/revoke/rotate and chargeback reads for one store on its owner-only socket.
+
+    ``pricing`` is the server's own, so a report read here costs what the HTTP API says.
+    """
 
     def __init__(self, store: MetricsStore, db_path: Path, limits: Limits,
-                 resolver: KeyResolver | None = None) -> None:
+                 resolver: KeyResolver | None = None, pricing: Pricing | None = None) -> None:
         self._store = store
         self._resolver = resolver
+        self._pricing = pricing or Pricing()
         self.db_path = db_path
         self.folder = admin_dir(db_path)
         self.socket_path = self.folder / SOCKET_NAME
@@ -122,6 +127,7 @@ class AdminChannel:
         router.post(KEYS_PATH, self._create, name="adminCreateKey")
         router.post(KEYS_PATH + "/revoke", self._revoke, name="adminRevokeKey")
         router.post(KEYS_PATH + "/rotate", self._rotate, name="adminRotateKey")
+        router.get(CHARGEBACK_PATH, self._chargeback, name="adminChargeback")
         self.http = HttpServer(router, limits)
 
     async def start(self) -> None:
@@ -198,6 +204,27 @@ class AdminChannel:
                 self._forget(info)
         log.info("admin channel: key %r of account %r rotated", created.info.name, created.info.account)
         return Response.json(created)
+
+    async def _chargeback(self, request: Request) -> Response:
+        """``?account=&from=&to=&format=json|csv``: the same report and checks as the HTTP API."""
+        from server.api.chargeback import report_period
+        from server.store import ReportRangeError
+
+        start, end = report_period(request.query)
+        account = request.query.get("account") or ""
+        if not account:
+            raise HttpError(400, "Query parameter account is required")
+        fmt = request.query.get("format") or "json"
+        if fmt not in ("json", "csv"):
+            raise HttpError(400, "Query parameter format must be json or csv")
+        method = self._store.chargeback_csv if fmt == "csv" else self._store.chargeback
+        try:
+            result = await asyncio.to_thread(method, account, start, end, self._pricing)
+        except ReportRangeError as exc:
+            raise HttpError(400, str(exc)) from None
+        if isinstance(result, str):
+            return Response.text(result, content_type="text/csv; charset=utf-8")
+        return Response.json(result)
 
     def _forget(self, info: KeyInfo) -> None:
         if self._resolver is not None:

@@ -1,8 +1,9 @@
-"""The ``keys`` command's side of the admin channel: a running server's key API over its socket.
+"""The commands' side of the admin channel: a running server's key and report API over its socket.
 
 ``AdminKeys`` has the store's key methods (``create_key``, ``list_keys``,
 ``revoke_key``, ``rotate_key``) and raises the store's own errors, so the command
-prints the same thing whichever way the keys were reached. It talks only to a
+prints the same thing whichever way the keys were reached. ``AdminReports`` reads
+the chargeback report (JSON or CSV) for ``gpufleet report``. Both talk only to a
 socket in an owner-only folder of this user, served by the process holding the store.
 """
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 from server.admin import (
+    CHARGEBACK_PATH,
     INFO_PATH,
     KEYS_PATH,
     SOCKET_NAME,
@@ -24,7 +27,7 @@ from server.admin import (
     connectable_path,
     open_private_dir,
 )
-from server.schemas import KeyCreated, KeyInfo
+from server.schemas import ChargebackReport, KeyCreated, KeyInfo
 
 TIMEOUT_S = 30.0
 
@@ -33,15 +36,18 @@ class AdminUnavailableError(Exception):
     """No usable admin channel for this store (none, unsafe, or not the server holding it)."""
 
 
-class AdminKeys:
-    """Key management through the admin socket of the server that holds ``db_path``."""
+class AdminClient:
+    """A connection to the admin socket of the server that holds ``db_path``."""
+
+    PURPOSE = "talk to"  # completes "it has no admin channel to ... through"
 
     def __init__(self, db_path: Path, server_pid: int | None = None) -> None:
         folder = admin_dir(db_path)
+        missing = f"it has no admin channel to {self.PURPOSE} through"
         try:
             self._dir_fd = open_private_dir(folder)
         except FileNotFoundError:
-            raise AdminUnavailableError("it has no admin channel to manage keys through") from None
+            raise AdminUnavailableError(missing) from None
         except AdminChannelError as exc:
             raise AdminUnavailableError(f"its admin channel is not safe to use: {exc}") from None
         try:
@@ -51,7 +57,7 @@ class AdminKeys:
             address = connectable_path(folder / SOCKET_NAME, self._dir_fd)
         except FileNotFoundError:
             os.close(self._dir_fd)
-            raise AdminUnavailableError("it has no admin channel to manage keys through") from None
+            raise AdminUnavailableError(missing) from None
         except (AdminUnavailableError, AdminChannelError) as exc:
             os.close(self._dir_fd)
             raise AdminUnavailableError(str(exc)) from None
@@ -72,11 +78,53 @@ class AdminKeys:
         self._client.close()
         os.close(self._dir_fd)
 
-    def __enter__(self) -> AdminKeys:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return self._answer(lambda: self._client.get(path, params=params))
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._answer(lambda: self._client.post(path, json=body))
+
+    @staticmethod
+    def _answer(send: Any) -> Any:
+        """The JSON answer; a 400's message as ValueError, anything else unusable as AdminUnavailableError."""
+        try:
+            response = send()
+        except httpx.HTTPError as exc:
+            raise AdminUnavailableError(f"its admin channel did not answer: {exc}") from None
+        return _payload(response)
+
+
+def _payload(response: httpx.Response) -> Any:
+    from server.store import KeyNameTakenError, UnknownKeyError
+
+    if response.is_success:
+        return response.json() if "json" in response.headers.get("content-type", "") \
+            else response.text
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    message = payload.get("error") if isinstance(payload, dict) else None
+    message = message or f"the server answered {response.status_code}"
+    if response.status_code == 404 and response.request.url.path.startswith(KEYS_PATH):
+        raise UnknownKeyError(message)
+    if response.status_code == 409:
+        raise KeyNameTakenError(message)
+    if response.status_code == 400:
+        raise ValueError(message)
+    raise AdminUnavailableError(f"its admin channel failed: {message}")
+
+
+class AdminKeys(AdminClient):
+    """Key management through the admin socket of the server that holds ``db_path``."""
+
+    PURPOSE = "manage keys"
 
     def create_key(self, name: str, scopes: list[str], account: str) -> KeyCreated:
         return KeyCreated.model_validate(
@@ -94,32 +142,21 @@ class AdminKeys:
         return KeyCreated.model_validate(
             self._post(KEYS_PATH + "/rotate", {"key": key_id, "account": account}))
 
-    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        return self._answer(lambda: self._client.get(path, params=params))
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
-        return self._answer(lambda: self._client.post(path, json=body))
+class AdminReports(AdminClient):
+    """The chargeback report, computed by the server that holds ``db_path`` with its pricing."""
 
-    @staticmethod
-    def _answer(send: Any) -> Any:
-        from server.store import KeyNameTakenError, UnknownKeyError
+    PURPOSE = "read reports"
 
-        try:
-            response = send()
-        except httpx.HTTPError as exc:
-            raise AdminUnavailableError(f"its admin channel did not answer: {exc}") from None
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = {}
-        if response.is_success:
-            return payload
-        message = payload.get("error") if isinstance(payload, dict) else None
-        message = message or f"the server answered {response.status_code}"
-        if response.status_code == 404:
-            raise UnknownKeyError(message)
-        if response.status_code == 409:
-            raise KeyNameTakenError(message)
-        if response.status_code == 400:
-            raise ValueError(message)
-        raise AdminUnavailableError(f"its admin channel failed: {message}")
+    def chargeback(self, account: str, start: date, end: date) -> ChargebackReport:
+        return ChargebackReport.model_validate(self._get(CHARGEBACK_PATH, _period(account, start, end)))
+
+    def chargeback_csv(self, account: str, start: date, end: date) -> str:
+        text = self._get(CHARGEBACK_PATH, {**_period(account, start, end), "format": "csv"})
+        if not isinstance(text, str):
+            raise AdminUnavailableError("its admin channel did not answer with CSV")
+        return text
+
+
+def _period(account: str, start: date, end: date) -> dict[str, str]:
+    return {"account": account, "from": start.isoformat(), "to": end.isoformat()}

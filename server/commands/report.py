@@ -1,23 +1,37 @@
-"""``gpufleet report``: the chargeback report from a server (SDK) or straight from a local store."""
+"""``gpufleet report``: the chargeback report from a server (SDK) or from a local store.
+
+DuckDB lets one process open a store; while ``gpufleet serve`` holds it, the report is
+asked of that server over its owner-only admin socket (``server.admin``), computed
+with the server's pricing, and printed the same way.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from datetime import date
 from pathlib import Path
 
 HELP = "chargeback report (GPU-hours, energy, cost by team) as a table, JSON or CSV"
+MAX_SPAN_DAYS = 366
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class _UsageError(Exception):
+    """A flag the command cannot use; exit 2 with the message."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="from_", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD")
-    parser.add_argument("--to", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD")
+    # Dates are checked in run(): argparse would print "invalid fromisoformat value".
+    parser.add_argument("--from", dest="from_", required=True, metavar="YYYY-MM-DD",
+                        help="first day (UTC), inclusive")
+    parser.add_argument("--to", required=True, metavar="YYYY-MM-DD", help="last day (UTC), inclusive")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--output", type=Path, default=None, help="write to this file instead of stdout")
     parser.add_argument("--server", default=None, help="server URL (default: GPUFLEET_URL; else the local store)")
     parser.add_argument("--key-file", type=Path, default=None, help="file holding a read key (or GPUFLEET_KEY)")
-    parser.add_argument("--db", type=Path, default=None, help="read this store file directly")
+    parser.add_argument("--db", type=Path, default=None, help="this store file (read directly, or through the gpufleet serve that holds it)")
     parser.add_argument("--account", default=None, help="with --db: the account (default: server.account)")
     parser.add_argument("--config", type=Path, default=None)
 
@@ -28,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from server.config import ConfigError, load_settings
 
     try:
+        args.from_, args.to = report_period(args.from_, args.to)
         settings = load_settings(args.config)
-    except ConfigError as exc:
+    except (ConfigError, _UsageError) as exc:
         print(f"gpufleet report: {exc}", file=sys.stderr)
         return 2
     server = args.server or (None if args.db else os.environ.get("GPUFLEET_URL"))
@@ -44,6 +59,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def report_period(start: str, end: str) -> tuple[date, date]:
+    """``--from``/``--to`` as dates, checked like the server checks them, or _UsageError."""
+    days: list[date] = []
+    for flag, text in (("--from", start), ("--to", end)):
+        try:
+            if not _DAY.fullmatch(text):
+                raise ValueError(text)
+            days.append(date.fromisoformat(text))
+        except ValueError:
+            raise _UsageError(f"{flag}: expected a date like 2026-01-31, got {text!r}") from None
+    first, last = days
+    if first > last:
+        raise _UsageError(f"--from {first} is after --to {last}")
+    if (last - first).days + 1 > MAX_SPAN_DAYS:
+        raise _UsageError(f"--from {first} to --to {last}: a report spans at most "
+                          f"{MAX_SPAN_DAYS} days")
+    return first, last
 
 
 def _from_server(args: argparse.Namespace, url: str) -> str:
@@ -68,12 +102,29 @@ def _from_store(args: argparse.Namespace, settings) -> str:
         store = MetricsStore.open(path, expected_interval_s=settings.pricing.expected_interval_s,
                                   idle_utilization_pct=settings.pricing.idle_utilization_pct)
     except StoreLockedError as exc:
-        raise RuntimeError(f"{exc}; ask the server instead: --server URL --key-file F") from None
+        return _through_server(args, path, exc.pid, account)
     with store:
         if args.format == "csv":
             return store.chargeback_csv(account, args.from_, args.to, settings.pricing)
         report = store.chargeback(account, args.from_, args.to, settings.pricing)
     return _render(report, args.format)
+
+
+def _through_server(args: argparse.Namespace, path: Path, pid: int | None, account: str) -> str:
+    """The report from the ``gpufleet serve`` holding ``path``, over its admin socket."""
+    from server.admin_client import AdminReports, AdminUnavailableError
+
+    try:
+        with AdminReports(path, pid) as reports:
+            if args.format == "csv":
+                return reports.chargeback_csv(account, args.from_, args.to)
+            return _render(reports.chargeback(account, args.from_, args.to), args.format)
+    except AdminUnavailableError as exc:
+        who = f"pid {pid}" if pid else "another process"
+        raise RuntimeError(
+            f"the store {path} is in use by a running gpufleet serve ({who}), and {exc}; "
+            "ask that server instead: gpufleet report --server URL --key-file FILE "
+            "(a key with the read scope)") from None
 
 
 def _render(report, fmt: str) -> str:

@@ -196,16 +196,18 @@ async def serve(settings: Settings) -> int:
 
 async def _start_admin_channel(app: ServerApp, store: MetricsStore,
                                db_path: Path) -> AdminChannel | None:
-    """The owner-only socket ``gpufleet keys`` uses while this server holds the store, or None."""
+    """The owner-only socket ``gpufleet keys``/``report`` use while this server holds the store, or None."""
     import logging
 
     from server.admin import AdminChannel
 
-    admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver)
+    admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver,
+                         pricing=app.settings.pricing)
     try:
         await admin.start()
     except OSError as exc:  # unsafe folder or no Unix sockets: serve anyway, keys need a stop
         logging.getLogger("gpufleet.server").warning(
-            "admin channel not started (gpufleet keys needs the server stopped): %s", exc)
+            "admin channel not started (gpufleet keys and a local gpufleet report need "
+            "the server stopped): %s", exc)
         return None
     return admin
