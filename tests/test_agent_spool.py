@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,96 @@ def test_a_refused_batch_is_set_aside_with_the_reason(tmp_path: Path) -> None:
         assert path.read_bytes() == body(0)
         assert "missing required fields" in path.with_name(path.stem + ".error.txt").read_text()
         assert spool.next_batch(max_samples=10, max_bytes=1 << 20) is None
+
+
+def crash(spool: Spool) -> None:
+    """Let go of the spool as a killed process would: no close(), no clean-up of consumed segments."""
+    spool._close_active()
+    os.close(spool._lock_fd)
+    spool._lock_fd = -1
+
+
+def test_after_everything_was_acknowledged_a_reopened_spool_still_delivers_new_records(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append(body(0), 1)
+        assert drain(spool) == [0]
+    assert list(tmp_path.glob("seg-*.log")) == []  # the acknowledged segment is gone
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append(body(1), 1)  # the same size as the acknowledged record
+        assert spool.stats.pending_records == 1
+        assert drain(spool) == [1]
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append(body(2), 1)
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:  # appended, closed, not yet sent: still there
+        assert spool.stats.pending_records == 1
+        assert drain(spool) == [2]
+
+
+def test_reopening_with_nothing_in_between_loses_nothing(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append(body(0), 1)
+        assert drain(spool) == [0]
+    for _ in range(3):
+        with Spool(tmp_path, max_bytes=1 << 20):
+            pass
+    for n in range(1, 4):
+        with Spool(tmp_path, max_bytes=1 << 20) as spool:
+            spool.append(body(n), 1)
+        for _ in range(2):
+            with Spool(tmp_path, max_bytes=1 << 20):
+                pass
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        assert spool.stats.pending_records == 3
+        assert drain(spool) == [1, 2, 3]
+
+
+def test_a_crash_after_the_ack_never_reuses_the_acknowledged_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(body(0), 1)
+    assert drain(spool) == [0]
+    crash(spool)  # the acknowledged segment is still on disk
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append(body(1), 1)
+        assert drain(spool) == [1]
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append(body(2), 1)
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        assert drain(spool) == [2]
+
+
+def test_a_batch_in_flight_at_a_crash_is_delivered_again_exactly_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(body(0), 1)
+    spool.append(body(1), 1)
+    sent = spool.next_batch(max_samples=100, max_bytes=1 << 20)
+    assert sent is not None
+    crash(spool)  # killed while the batch was on the wire
+    delivered: list[int] = []
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append(body(2), 1)
+        again = spool.next_batch(max_samples=100, max_bytes=1 << 20)
+        assert again is not None and again.body == sent.body
+        spool.ack(again)
+        delivered += [item["n"] for item in json.loads(again.body)]
+        delivered += drain(spool, max_samples=100)
+    for _ in range(2):
+        with Spool(tmp_path, max_bytes=1 << 20) as spool:
+            delivered += drain(spool, max_samples=100)
+            spool.append(body(len(delivered)), 1)
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        delivered += drain(spool, max_samples=100)
+    assert delivered == [0, 1, 2, 3, 4]
+
+
+def test_a_batch_in_flight_that_was_dropped_for_space_does_not_stall_a_restarted_spool(tmp_path: Path) -> None:
+    record = len(body(0)) + 16
+    spool = Spool(tmp_path, max_bytes=record * 4, segment_bytes=record * 2)
+    spool.append(body(0), 1)
+    assert spool.next_batch(max_samples=1, max_bytes=1 << 20) is not None  # in flight, never acknowledged
+    for n in range(1, 8):
+        spool.append(body(n), 1)  # the server is away: the oldest segments go for space
+    assert spool.stats.dropped_records > 0
+    survivors = list(range(spool.stats.dropped_records, 8))
+    crash(spool)  # the saved pin still points into a deleted segment
+    with Spool(tmp_path, max_bytes=record * 4, segment_bytes=record * 2) as spool:
+        assert drain(spool) == survivors

@@ -122,8 +122,11 @@ class Spool:
         }
         self._ack = self._read_position("ack") or (0, 0)
         self._pin = self._read_position("inflight")
-        # Appends always go to a fresh segment: an old one may end in a torn record.
-        self._next_seq = max(self._sizes, default=0) + 1
+        # Appends always go to a fresh segment numbered above every segment and every saved
+        # position: an old one may end in a torn record, and a reused number would put new
+        # records behind an acknowledged offset (read from the wrong place, then deleted).
+        floor = max(max(self._sizes, default=0), self._ack[0], self._pin[0] if self._pin else 0)
+        self._next_seq = floor + 1
         self._active: int | None = None
         self._active_file = None
         for record in self._records(self._ack):
@@ -207,6 +210,9 @@ class Spool:
             chosen.append(record)
             samples += record.count
             size += len(record.body)
+        if not chosen and pinned is not None and self._pin_is_stale():
+            self.unpin()  # the pinned extent is gone (dropped or torn): form a fresh batch
+            return self.next_batch(max_samples=max_samples, max_bytes=max_bytes)
         if not chosen:
             return None
         batch = Batch(
@@ -220,6 +226,9 @@ class Spool:
             self._write_position("inflight", batch.end)
             self._pin = batch.end
         return batch
+
+    def _pin_is_stale(self) -> bool:
+        return next(iter(self._records(self._ack)), None) is not None
 
     def ack(self, batch: Batch) -> None:
         """The server has stored ``batch``: never read it again."""
