@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 APP_NAME = "gpufleet"
 
@@ -220,18 +220,20 @@ _SHORT_ENV = {
 def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     for key in path[:-1]:
         data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise TypeError(f"{'.'.join(path)}: {key} is a value, not a section")
     data[path[-1]] = value
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for name, value in environ.items():
+def _env_sources(environ: dict[str, str]) -> dict[str, str]:
+    """Dotted setting path -> the ``GPUFLEET_*`` variable that sets it."""
+    sources: dict[str, str] = {}
+    for name in environ:
         if name in _SHORT_ENV:
-            overrides[_SHORT_ENV[name]] = value
+            sources[_SHORT_ENV[name]] = name
         elif name.startswith("GPUFLEET_") and "__" in name:
-            path = name.removeprefix("GPUFLEET_").lower().split("__")
-            overrides[".".join(path)] = value
-    return overrides
+            sources[".".join(name.removeprefix("GPUFLEET_").lower().split("__"))] = name
+    return sources
 
 
 class ConfigError(Exception):
@@ -244,21 +246,65 @@ def load_settings(
     environ: dict[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Settings:
+    """Settings from defaults, the TOML file, ``GPUFLEET_*`` variables and ``overrides``.
+
+    A ConfigError names where each bad value came from (the file and key, or the
+    environment variable, or the command line), one line per problem.
+    """
     environ = dict(os.environ) if environ is None else environ
-    explicit = path or (Path(environ["GPUFLEET_CONFIG"]) if environ.get("GPUFLEET_CONFIG") else None)
+    from_env = path is None and bool(environ.get("GPUFLEET_CONFIG"))
+    explicit = path or (Path(environ["GPUFLEET_CONFIG"]) if from_env else None)
     file = explicit or default_config_path()
+    file_label = f"{file} (from GPUFLEET_CONFIG)" if from_env else str(file)
     data: dict[str, Any] = {}
     if file.exists():
         try:
             data = tomllib.loads(file.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{file}: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file_label}: cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file_label}: not valid TOML: {exc}") from exc
     elif explicit is not None:
-        raise ConfigError(f"{file}: no such configuration file")
-    for dotted, value in _env_overrides(environ).items():
-        _set_path(data, dotted.split("."), value)
+        raise ConfigError(f"{file_label}: no such configuration file")
+    sources: dict[tuple[str, ...], str] = {}
+    for dotted, name in _env_sources(environ).items():
+        try:
+            _set_path(data, dotted.split("."), environ[name])
+        except TypeError as exc:
+            raise ConfigError(f"environment variable {name}: {exc}") from None
+        sources[tuple(dotted.split("."))] = f"environment variable {name}"
     try:
         settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources, file_label)) from None
+    try:
         return settings.with_overrides(overrides or {})
-    except ValueError as exc:
-        raise ConfigError(f"{file}: {exc}") from exc
+    except (ValidationError, TypeError) as exc:
+        given = {tuple(k.split(".")): "command line" for k, v in (overrides or {}).items()
+                 if v is not None}
+        if isinstance(exc, TypeError):
+            raise ConfigError(f"command line: {exc}") from None
+        raise ConfigError(_describe(exc, given, "command line")) from None
+
+
+_PLAIN_MESSAGES = {
+    "extra_forbidden": "unknown setting",
+    "missing": "required setting missing",
+}
+
+
+def _describe(exc: ValidationError, sources: dict[tuple[str, ...], str], fallback: str) -> str:
+    """One line per error: ``<where it came from>: <key>: <what is wrong>``."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(str(part) for part in error["loc"])
+        source = fallback
+        for path, label in sources.items():
+            shared = min(len(path), len(loc))
+            if shared and path[:shared] == loc[:shared]:
+                source = label
+                break
+        key = ".".join(loc) or "(top level)"
+        message = _PLAIN_MESSAGES.get(error["type"], error["msg"])
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)

@@ -59,6 +59,50 @@ def test_unknown_key_is_an_error_naming_the_file(tmp_path: Path) -> None:
         load_settings(file, environ={})
 
 
+def test_errors_name_the_file_and_key_one_line_each_without_pydantic_internals(
+        tmp_path: Path) -> None:
+    file = write(tmp_path / "config.toml",
+                 '[server]\nprot = 1\nport = "x"\n[[runtimes]]\ntype = "vllm"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(file, environ={})
+    assert sorted(str(caught.value).splitlines()) == sorted([
+        f"{file}: server.prot: unknown setting",
+        f"{file}: server.port: Input should be a valid integer, unable to parse string as an integer",
+        f"{file}: runtimes.0.type: Input should be 'ollama', 'triton', 'process' or 'simulated'",
+    ])
+    for internal in ("validation error", "type=", "input_value", "errors.pydantic.dev"):
+        assert internal not in str(caught.value)
+
+
+def test_errors_from_environment_variables_name_the_variable_not_the_file(tmp_path: Path) -> None:
+    file = write(tmp_path / "config.toml", "[server]\nport = 9000\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(file, environ={"GPUFLEET_PORT": "nine", "GPUFLEET_LIMITS__MAX_BODYBYTES": "1"})
+    lines = str(caught.value).splitlines()
+    assert sorted(lines) == [
+        "environment variable GPUFLEET_LIMITS__MAX_BODYBYTES: limits.max_bodybytes: unknown setting",
+        "environment variable GPUFLEET_PORT: server.port: Input should be a valid integer, "
+        "unable to parse string as an integer",
+    ]
+    assert str(file) not in str(caught.value)
+    with pytest.raises(ConfigError, match=r"^environment variable GPUFLEET_SERVER__PORT__X: "):
+        load_settings(file, environ={"GPUFLEET_SERVER__PORT__X": "1"})
+    with pytest.raises(ConfigError, match=r"^environment variable GPUFLEET_NOPE__X: nope: unknown setting$"):
+        load_settings(file, environ={"GPUFLEET_NOPE__X": "1"})
+
+
+def test_a_missing_file_from_gpufleet_config_names_the_variable(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.toml"
+    with pytest.raises(ConfigError, match=r"gone\.toml \(from GPUFLEET_CONFIG\): no such"):
+        load_settings(environ={"GPUFLEET_CONFIG": str(missing)})
+
+
+def test_bad_command_line_overrides_are_named_as_such(tmp_path: Path) -> None:
+    file = write(tmp_path / "config.toml", "")
+    with pytest.raises(ConfigError, match=r"^command line: server\.port: Input should be a valid integer"):
+        load_settings(file, environ={}, overrides={"server.port": "x"})
+
+
 def test_malformed_toml_is_an_error(tmp_path: Path) -> None:
     file = write(tmp_path / "config.toml", "[server\n")
     with pytest.raises(ConfigError, match=r"config\.toml"):
