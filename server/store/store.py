@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 
 from server.config import Pricing
+from server.files import make_private_dir
 from server.schemas import ChargebackReport, Heartbeat, HostInfo, KeyCreated, KeyInfo, PurgeResult
 from server.store import chargeback as cb
 from server.store import hosts, usage_sql
@@ -65,10 +66,11 @@ class MetricsStore:
              idle_utilization_pct: float = DEFAULT_IDLE_PCT) -> MetricsStore:
         """Open (creating and migrating) the store; raises StoreLockedError if another process has it."""
         path = Path(path)
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
+        on_disk = str(path) != ":memory:"
+        if on_disk:
+            make_private_dir(path.parent)
         try:
-            con = duckdb.connect(str(path))
+            con = _connect_private(path) if on_disk else duckdb.connect(str(path))
         except duckdb.IOException as exc:
             match = _PID_RE.search(str(exc))
             if "lock" in str(exc).lower():
@@ -79,9 +81,8 @@ class MetricsStore:
         default = RollupParams(round(expected_interval_s * 1e6), idle_utilization_pct)
         fold_on_open(con, default.cap_us, default.idle_pct)  # rows a crash left pending
         rollup = _ensure_rollup(con, default)
-        if str(path) != ":memory:":
-            with contextlib.suppress(OSError):
-                os.chmod(path, 0o600)  # key hashes and telemetry: owner only
+        if on_disk:
+            _restrict_wal(path)
         return cls(path, con, rollup)
 
     # ---------------------------------------------------------------- basics
@@ -219,6 +220,44 @@ class MetricsStore:
             con.execute(usage_sql.REBUILD_ALL, params)
 
         self.writer.call(rebuild)
+
+
+def _connect_private(path: Path) -> duckdb.DuckDBPyConnection:
+    """Connect with umask 0o077, so a new store file is owner-only from its first byte.
+
+    The umask is process-wide, so it is narrowed around the connect alone. A store file
+    from before (or copied in) is narrowed to 0600 too: key hashes and telemetry.
+    """
+    previous = os.umask(0o077)
+    try:
+        con = duckdb.connect(str(path))
+    finally:
+        os.umask(previous)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
+    return con
+
+
+def _restrict_wal(path: Path) -> None:
+    """Narrow the write-ahead log to 0600, and warn when the folder does not protect it.
+
+    DuckDB deletes its ``.wal`` at each checkpoint and creates it again under the
+    process umask, so only an owner-only folder (as created here) keeps later ones private.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(path.with_name(path.name + ".wal"), 0o600)
+    with contextlib.suppress(OSError):
+        if path.parent.stat().st_mode & 0o077 and _current_umask() & 0o077 != 0o077:
+            log.warning("the store's folder %s is open to other users, and the store's write-ahead "
+                        "log is recreated with the process umask: keep the store in an owner-only "
+                        "folder (chmod 700)", path.parent)
+
+
+def _current_umask() -> int:
+    """The process umask (reading it means setting it; 0o077 meanwhile only narrows)."""
+    current = os.umask(0o077)
+    os.umask(current)
+    return current
 
 
 def _ensure_rollup(con: duckdb.DuckDBPyConnection, wanted: RollupParams) -> RollupParams:
