@@ -159,8 +159,12 @@ def test_simulate_serves_n_nodes_with_a_private_token(tmp_path: Path) -> None:
         assert proc.stdout is not None
         header = [proc.stdout.readline() for _ in range(3)]
         nodes = [proc.stdout.readline().split() for _ in range(3)]
-        token = header[0].split()[1]
-        assert token_file.read_text().strip() == token
+        assert header[0] == f"token_file {token_file}\n"
+        assert header[1] == f"nodes_file {nodes_file}\n"
+        assert f"$(cat {token_file})" in header[2] and nodes[0][1] in header[2]
+        token = token_file.read_text().strip()
+        assert token.startswith("gpf_sim_") and len(token) > 40
+        assert all(token not in line for line in header)  # the secret is never printed
         assert token_file.stat().st_mode & 0o777 == 0o600
         names = [name for name, _ in nodes]
         assert len(set(names)) == 3

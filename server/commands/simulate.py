@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from server.app import ServerApp
 
 HELP = ("Serve N simulated GPU nodes (operator API only) on loopback ports, "
-        "for trying the console against a fleet.")
+        "for trying the console against a fleet. The operator token is written to "
+        "--token-file (0600), never printed.")
 TOKEN_PREFIX = "gpf_sim_"
 
 
@@ -71,6 +72,7 @@ async def _simulate(settings: object, args: argparse.Namespace, token_file: Path
                     nodes_file: Path) -> int:
     import asyncio
     import secrets
+    import shlex
 
     from server.app import ServerApp
     from server.auth import StaticKeyResolver
@@ -93,9 +95,12 @@ async def _simulate(settings: object, args: argparse.Namespace, token_file: Path
         listed = [(name, app.url) for name, app in apps]
         nodes_file.parent.mkdir(parents=True, exist_ok=True)
         nodes_file.write_text(nodes_toml(listed, token_file))
-        print(f"token {token}")
+        # The token goes only to the 0600 file: a secret printed here would stay in
+        # terminal scrollback and CI logs. The third line says how to use it.
         print(f"token_file {token_file}")
         print(f"nodes_file {nodes_file}")
+        print(f'try curl -H "Authorization: Bearer $(cat {shlex.quote(str(token_file))})" '
+              f"{listed[0][1]}/v1/gpu/status")
         for name, url in listed:
             print(f"{name} {url}")
         sys.stdout.flush()
