@@ -12,13 +12,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from server.config import Settings
+    from server.gpu.base import GpuBackend
 
 HELP = "Stream this machine's GPU telemetry to a gpufleet ingest server (spooled, exactly once)."
 
 log = logging.getLogger("gpufleet.agent")
 
 EXIT_USAGE = 64
+EXIT_NO_GPU = 2
 
 
 class KeyProblem(Exception):
@@ -50,6 +54,25 @@ def read_key(key_file: Path | None, environ: dict[str, str]) -> str:
     if not key:
         raise KeyProblem("no API key: pass --key-file F (mode 0600) or set GPUFLEET_KEY")
     return key
+
+
+def open_agent_backend(*, simulate: bool, nvml_module: ModuleType | None = None) -> GpuBackend:
+    """NVML's GPUs, or the simulated fleet only when asked: invented numbers must never feed chargeback.
+
+    Raises BackendUnavailable (with the reason) when NVML finds no GPU and ``simulate`` is off.
+    """
+    from server.gpu.base import BackendUnavailable
+
+    if simulate:
+        from server.gpu.simulated import SimulatedBackend
+
+        try:
+            return SimulatedBackend()
+        except Exception as exc:  # a broken fleet.toml: say why rather than crash with a traceback
+            raise BackendUnavailable(f"the simulated fleet is not usable: {exc}") from exc
+    from server.gpu.nvml import NvmlBackend
+
+    return NvmlBackend(nvml_module)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,14 +116,14 @@ async def _main(
     from server.agent.spool import Spool, SpoolLocked
     from server.client import AsyncGpuFleetClient
     from server.gpu.base import BackendUnavailable
-    from server.gpu.select import open_backend
 
     agent = settings.agent
     try:
-        backend = await asyncio.to_thread(open_backend, simulate=simulate)
+        backend = await asyncio.to_thread(open_agent_backend, simulate=simulate)
     except BackendUnavailable as exc:
-        log.error("no GPUs to sample: %s (use --simulate for the simulated fleet)", exc)
-        return 1
+        log.error("no GPU to sample: %s. The agent does not report made-up numbers; "
+                  "pass --simulate to send the simulated fleet (demos and tests only)", exc)
+        return EXIT_NO_GPU
     try:
         spool = Spool(spool_dir, max_bytes=agent.spool_max_bytes)
     except SpoolLocked as exc:
@@ -110,7 +133,12 @@ async def _main(
     sampler = Sampler(backend, ProcessAttributor(agent))
     client = AsyncGpuFleetClient(server, api_key=key, timeout=agent.request_timeout_s)
     runner = AgentRunner(agent, sampler=sampler, spool=spool, client=client)
-    log.info("agent: sampling every %.0f s into %s, delivering to %s", agent.interval_s, spool_dir, server)
+    source = "the simulated fleet" if simulate else "NVML"
+    if once:
+        log.info("agent: one sample of %s (--once) into %s, delivering to %s", source, spool_dir, server)
+    else:
+        log.info("agent: sampling %s every %g s into %s, delivering to %s",
+                 source, agent.interval_s, spool_dir, server)
     try:
         if once:
             return await runner.run_once()

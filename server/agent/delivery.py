@@ -109,6 +109,7 @@ class Delivery:
         self._max_bytes = max_bytes
         self._backoff = backoff or Backoff()
         self.stats = DeliveryStats()
+        self.retry_log_level = logging.INFO  # the one-shot agent reports failures once, itself
         # After a joined batch is refused, its records go one by one to find the bad one.
         self._one_by_one_until: tuple[int, int] | None = None
 
@@ -150,7 +151,8 @@ class Delivery:
         self.stats.failures += 1
         self.stats.last_error = f"{exc.status} {exc.message}" if exc.status else exc.message
         delay = self._backoff.next_delay(retry_after)
-        log.info("ingest failed (%s); batch kept in the spool, next try in %.1f s", self.stats.last_error, delay)
+        log.log(self.retry_log_level, "ingest failed (%s); batch kept in the spool, next try in %.1f s",
+                self.stats.last_error, delay)
         return Step.RETRY, delay
 
     def _reject(self, batch: Batch, exc: GpuFleetError) -> None:

@@ -28,6 +28,7 @@ from server.schemas import Heartbeat, HeartbeatResult, IngestResult
 log = logging.getLogger("gpufleet.agent")
 
 EXIT_OK = 0
+EXIT_UNDELIVERED = 1  # --once: the samples taken could not be delivered (they stay spooled)
 EXIT_AUTH = 2
 
 
@@ -106,14 +107,17 @@ class AgentRunner:
             self.log_status()
 
     async def run_once(self) -> int:
-        """One sample, delivered or left in the spool; with a heartbeat first."""
-        await self.tick()
+        """One sample and a heartbeat, delivered; non-zero when something is left in the spool."""
+        taken = await self.tick()
+        heartbeat_error: str | None = None
         try:
             await self._send_heartbeat()
         except AuthProblem as exc:
             return self._stop_for_auth(exc)
         except GpuFleetError as exc:
-            log.warning("heartbeat failed: %s", exc.message)
+            heartbeat_error = exc.message
+        # One attempt per batch: the reason is said once, below, not as "next try in ..." lines.
+        self.delivery.retry_log_level = logging.DEBUG
         self._draining.set()
         try:
             await asyncio.wait_for(self._delivery_loop(), self._settings.flush_timeout_s)
@@ -121,7 +125,19 @@ class AgentRunner:
             pass
         except AuthProblem as exc:
             return self._stop_for_auth(exc)
+        pending = self._spool.stats.pending_samples
+        if pending:
+            log.error(
+                "not delivered: %d samples (%s); they stay in the spool %s and go out on the next run",
+                pending, self.delivery.stats.last_error or "the flush timed out", self._spool.directory,
+            )
+            return EXIT_UNDELIVERED
+        if heartbeat_error is not None:
+            log.warning("heartbeat failed: %s", heartbeat_error)
         self.log_status()
+        if not taken:
+            log.error("no samples taken: %s", "sampling failed" if self.sample_errors else "no GPU reported")
+            return EXIT_UNDELIVERED
         return EXIT_OK
 
     @staticmethod
