@@ -351,3 +351,45 @@ async def test_after_an_agent_run_the_hosts_listing_shows_its_last_sample(tmp_pa
     (host,) = listing["hosts"]
     assert host["hostname"] == hostname
     assert host["last_sample_at"] is not None
+
+
+# ---------------------------------------------------------------- gpufleet agent --once, run after run
+
+
+def agent_once(url: str, secret: str, spool: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"GPUFLEET_KEY": secret, "PATH": "/usr/bin:/bin", "HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "agent", "--server", url, "--once", "--simulate",
+         "--spool-dir", str(spool)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+async def test_agent_once_run_after_run_delivers_every_sample_exactly_once(tmp_path, store, key) -> None:
+    from server.gpu.simulated import SimulatedBackend
+
+    local = SimulatedBackend()
+    gpus = len(local.snapshot().gpus)
+    app = await start_server(server_settings(), local, store)
+    spool = tmp_path / "spool"
+    try:
+        for run in range(1, 4):
+            done = await asyncio.to_thread(agent_once, app.url, key, spool, tmp_path)
+            assert done.returncode == 0, done.stderr
+            await wait_until(lambda run=run: store.sample_count("default") >= run * gpus, what=f"run {run}'s samples")
+            assert store.sample_count("default") == run * gpus, done.stderr
+            # Timestamps are whole seconds: the next run samples in a later one.
+            latest = max(ts for _, ts in stored_keys(store))
+            await wait_until(lambda latest=latest: datetime.now(UTC).replace(tzinfo=None, microsecond=0) > latest,
+                             what="the next second")
+        refused = await asyncio.to_thread(agent_once, app.url, "gf_not-a-real-key-0123456789", spool, tmp_path)
+    finally:
+        await app.stop()
+        local.close()
+    keys = stored_keys(store)
+    assert len(keys) == len(set(keys)) == 3 * gpus  # every sample of every run, once
+    assert len({ts for _, ts in keys}) == 3
+    assert refused.returncode == EXIT_AUTH
+    assert "refused the API key" in refused.stderr and "gf_not-a-real-key" not in refused.stderr
+    assert store.sample_count("default") == 3 * gpus  # the refused run's sample waits in the spool
+    assert sum(p.stat().st_size for p in spool.glob("seg-*.log")) > 0
