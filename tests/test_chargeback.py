@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from server.config import Pricing
+from server.pricing import gpu_arch
 from server.schemas import CSV_COLUMNS
 from server.store import MetricsStore, ReportRangeError
 
@@ -155,3 +156,28 @@ def test_bad_ranges_raise(store: MetricsStore) -> None:
         store.chargeback("acme", DAY, DAY - timedelta(days=1), PRICING)
     with pytest.raises(ReportRangeError):
         store.chargeback("acme", DAY, DAY + timedelta(days=366), PRICING)
+
+
+def test_csv_text_cells_never_start_a_formula_and_numbers_stay_numbers(store: MetricsStore) -> None:
+    hostile = ["=HYPERLINK(\"http://x\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\tx", "\rx"]
+    rows = [s(T0 + timedelta(minutes=i), uuid=f"G{i}", team_id=text, model_tag=text, gpu_name=text)
+            for i, text in enumerate(hostile)]
+    rows.append(s(T0, uuid="G-plain", team_id="a=b", model_tag="m-1"))
+    rows.append(s(T0, uuid="G-split", team_id="x\ry", model_tag='q,"z"\n'))  # must stay one row
+    put(store, rows)
+    text = store.chargeback_csv("acme", DAY, DAY, PRICING)
+    lines = list(csv.reader(io.StringIO(text, newline="")))[1:]
+    assert len(lines) == len(hostile) + 2 and all(len(r) == len(CSV_COLUMNS) for r in lines)
+    cells = {(r[0], r[1], r[2]) for r in lines}
+    # the architecture is derived from gpu_name (stripped: "\tx" is x), then neutralised too
+    arch = {t: ("'" + gpu_arch(t) if gpu_arch(t) == t else gpu_arch(t)) for t in hostile}
+    assert {a for a in arch.values() if a.startswith("'")} == {"'" + t for t in hostile[:4]}
+    assert cells == ({("'" + t, "'" + t, arch[t]) for t in hostile}
+                     | {("a=b", "m-1", "A100"), ("x\ry", 'q,"z"\n', "A100")})
+    for line in lines:
+        for number in line[3:]:
+            float(number)  # every figure is a plain number, never quoted or prefixed
+            assert not number.startswith("'")
+    # the JSON report keeps the names exactly as sent
+    assert {t.team_id for t in store.chargeback("acme", DAY, DAY, PRICING).teams} == \
+        {*hostile, "a=b", "x\ry"}

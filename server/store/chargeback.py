@@ -7,8 +7,7 @@ rounded rows; the summary is the sum of the teams.
 
 from __future__ import annotations
 
-import csv
-import io
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -142,19 +141,46 @@ def build_report(rows: list[UsageRow], from_date: date, to_date: date, now: date
 
 def rows_csv(rows: list[UsageRow]) -> str:
     """CSV with the documented six columns first, extras appended (schemas.CSV_COLUMNS)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    lines = [_csv_line(CSV_COLUMNS)]
     by_team_cost: dict[str, float] = defaultdict(float)
     for row in rows:
         by_team_cost[row.team_id] += row.cost_usd
     for row in sorted(rows, key=lambda r: (-round(by_team_cost[r.team_id], 2), r.team_id, -r.cost_usd,
                                            r.model_tag, r.gpu_arch)):
-        writer.writerow([
-            row.team_id, row.model_tag, row.gpu_arch, f"{row.gpu_hours:.2f}", _money_rate(row.rate),
+        lines.append(_csv_line([
+            csv_text(row.team_id), csv_text(row.model_tag), csv_text(row.gpu_arch),
+            f"{row.gpu_hours:.2f}", _money_rate(row.rate),
             f"{row.cost_usd:.2f}", f"{row.energy_kwh:.3f}", f"{row.idle_gpu_hours:.2f}",
-        ])
-    return out.getvalue()
+        ]))
+    return "".join(lines)
+
+
+def _csv_line(cells: Iterable[str]) -> str:
+    """One CSV line; a cell holding a comma, quote, CR or LF is quoted (RFC 4180).
+
+    Python 3.11's csv writer leaves a lone CR unquoted when lines end in LF, and readers
+    then split the row there; every cell here is quoted when it needs to be.
+    """
+    return ",".join(_quoted(c) if _NEEDS_QUOTES.search(c) else c for c in cells) + "\n"
+
+
+def _quoted(cell: str) -> str:
+    return '"' + cell.replace('"', '""') + '"'
+
+
+# A spreadsheet opening the CSV runs a cell starting with one of these as a formula
+# (=HYPERLINK(...), +cmd|..., @SUM(...)); tab and CR start one in some importers.
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell that no spreadsheet runs as a formula: a leading ``'`` when it would start one.
+
+    Only text columns (team, model tag, architecture: all chosen by clients) pass here;
+    the numbers are ours and stay numbers.
+    """
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
 def _money_rate(rate: float) -> str:
