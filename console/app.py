@@ -153,9 +153,12 @@ class GpuFleetApp(App[None]):
         return result
 
     def action_help(self) -> None:
+        from console.screens.chargeback import ChargebackScreen
         from console.screens.help import HelpScreen
+        from console.screens.hosts import HostsScreen
 
-        self.push_screen(HelpScreen([FleetScreen, GpuDetailScreen, PurgeModal]))
+        self.push_screen(HelpScreen([FleetScreen, GpuDetailScreen, PurgeModal, ChargebackScreen,
+                                     HostsScreen]))
 
     def action_toggle_dark(self) -> None:
         self.theme = self._dark_theme if self.theme == LIGHT_THEME else LIGHT_THEME

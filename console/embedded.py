@@ -267,7 +267,12 @@ def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
 
 
 def _start_demo_fleet(settings: Settings, count: int, connections: Connections) -> list[NodeTarget]:
-    """``count`` simulated nodes, each an operator-only server on its own loopback port."""
+    """``count`` simulated nodes, each an operator-only server on its own loopback port.
+
+    When the local server is our own, the nodes' heartbeats are kept fresh in it for as long
+    as the console runs, so Hosts agrees with the fleet screen.
+    """
+    from console.demo_heartbeat import DemoHeartbeats, DemoHost, beat_interval
     from server.auth import StaticKeyResolver
     from server.embedded import EmbeddedServer
     from server.gpu.simulated import simulated_backends
@@ -275,6 +280,7 @@ def _start_demo_fleet(settings: Settings, count: int, connections: Connections) 
     token = secrets.token_urlsafe(24)
     local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0})
     nodes: list[NodeTarget] = []
+    hosts: list[DemoHost] = []
     for backend in simulated_backends(count):
         name = backend.node_name
         server = EmbeddedServer(local, backend=backend, store=None,
@@ -282,7 +288,14 @@ def _start_demo_fleet(settings: Settings, count: int, connections: Connections) 
         url = server.start()
         connections._stoppers.append(server.stop)
         nodes.append(NodeTarget(name=name, url=url, token=Secret(token)))
+        hosts.append(DemoHost(name, len(backend.fleet.node(name).gpus)))
     log.info("serving a simulated demo fleet of %d nodes", len(nodes))
+    if connections.origin == "embedded":
+        # Only into our own server: a configured or shared one is not ours to write hosts into.
+        heartbeats = DemoHeartbeats(connections.local_url, connections.local_key, hosts,
+                                    interval_s=beat_interval(settings.server.heartbeat_interval_s))
+        heartbeats.start()
+        connections._stoppers.append(heartbeats.stop)
     return nodes
 
 

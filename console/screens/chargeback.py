@@ -50,6 +50,8 @@ class ChargebackScreen(Screen[None]):
         Binding("c", "custom_period", "Custom dates", id="chargeback.custom"),
         Binding("e", "export_csv", "Export CSV", id="chargeback.export"),
         Binding("r", "reload", "Reload", id="chargeback.reload"),
+        Binding("escape", "close_custom", "Close dates", id="chargeback.close_custom",
+                tooltip="Close the custom dates form"),
     ]
 
     DEFAULT_CSS = """
@@ -65,6 +67,7 @@ class ChargebackScreen(Screen[None]):
     ChargebackScreen #cb-custom-row { height: 3; }
     ChargebackScreen #cb-custom Input { width: 18; }
     ChargebackScreen #cb-custom Label { padding: 1 1 0 0; }
+    ChargebackScreen #cb-apply { margin: 1 0 0 2; }
     ChargebackScreen #cb-custom-error { color: $error; height: auto; }
     ChargebackScreen #cb-summary { height: 2; padding: 0 1; margin-top: 1; }
     ChargebackScreen .stat { width: 1fr; height: 2; }
@@ -174,6 +177,7 @@ class ChargebackScreen(Screen[None]):
         table = self.query_one("#cb-teams", DataTable)
         table.loading = False
         table.clear()
+        self._focus_teams()
         bar_width = 20 if self.size.width >= 110 else 10
         for team in sorted(report.teams, key=lambda t: (-t.total_cost_usd, t.team_id)):
             table.add_row(team.team_id, money(team.total_cost_usd), hours(team.total_gpu_hours),
@@ -194,6 +198,7 @@ class ChargebackScreen(Screen[None]):
             return
         self.report = None
         self.query_one("#cb-teams", DataTable).loading = False
+        self._focus_teams()
         for stat in ("cost", "gpu-hours", "energy", "idle"):
             self.query_one(f"#stat-{stat}", Label).update("-")
         self.set_class(False, "-empty")
@@ -201,10 +206,43 @@ class ChargebackScreen(Screen[None]):
         self.query_one("#cb-message", Static).update(
             f"Could not load chargeback: {message.message}\nPress r to retry.")
 
+    def _focus_teams(self) -> None:
+        """Give the team table the keys again once it has loaded, unless the user is typing dates.
+
+        A loading table cannot hold focus, so focusing it before the answer arrives is lost.
+        """
+        if self.custom_open and self._focus_in_custom_form():
+            return
+        self.query_one("#cb-teams", DataTable).focus()
+
+    def _focus_in_custom_form(self) -> bool:
+        focused = self.focused
+        return focused is not None and self.query_one("#cb-custom") in focused.ancestors_with_self
+
     # -- period selection --------------------------------------------------
 
-    def action_period(self, kind: PeriodKind) -> None:
+    @property
+    def custom_open(self) -> bool:
+        """Whether the custom dates form is shown."""
+        return self.has_class("-custom")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Esc belongs to the form only while it is open; otherwise it is not this screen's key.
+        return self.custom_open if action == "close_custom" else True
+
+    def _close_custom(self) -> None:
+        """Hide the dates form; a hidden input must not keep the focus (it would eat every key)."""
+        if self._focus_in_custom_form():
+            self.set_focus(None)
         self.remove_class("-custom")
+        self.refresh_bindings()
+
+    def action_close_custom(self) -> None:
+        self._close_custom()
+        self._focus_teams()
+
+    def action_period(self, kind: PeriodKind) -> None:
+        self._close_custom()
         self._load(Period.preset(kind, self._clock()))
 
     def action_reload(self) -> None:
@@ -212,6 +250,7 @@ class ChargebackScreen(Screen[None]):
 
     def action_custom_period(self) -> None:
         self.add_class("-custom")
+        self.refresh_bindings()
         self.query_one("#cb-from", Input).value = self.period.from_.isoformat()
         self.query_one("#cb-to", Input).value = self.period.to.isoformat()
         self.query_one("#cb-custom-error", Static).update("")
@@ -240,8 +279,7 @@ class ChargebackScreen(Screen[None]):
             error.update(str(exc))
             return
         error.update("")
-        self.remove_class("-custom")
-        self.query_one("#cb-teams", DataTable).focus()
+        self._close_custom()
         self._load(period)
 
     # -- drill-down ---------------------------------------------------------

@@ -40,7 +40,6 @@ def gpu_facts(gpu: GpuInfo) -> str:
         ("MIG", "on" if gpu.mig_mode else "off" if gpu.mig_mode is False else "—"),
         ("Team", gpu.team_id or "—"),
         ("Model", gpu.model_tag or "—"),
-        ("UUID", (gpu.uuid or "—")[:20]),
     ]
     if gpu.lost:
         rows.insert(0, ("State", "[$error]GPU is lost[/]"))
@@ -49,6 +48,8 @@ def gpu_facts(gpu: GpuInfo) -> str:
 
 class GpuDetailScreen(Screen[None]):
     """Everything the console knows about one GPU of one node."""
+
+    HELP_SECTION = "GPU detail"
 
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back", id="detail.back", tooltip="Back to the fleet"),
@@ -68,6 +69,8 @@ class GpuDetailScreen(Screen[None]):
             yield SimulatedBadge(id="detail-simulated")
         with VerticalScroll(id="detail-body"):
             yield Static("", id="detail-node")
+            # Full width: a UUID is 40 cells, wider than the facts column, and is copied whole.
+            yield Static("", id="detail-uuid")
             yield MemoryBar(id="detail-memory")
             with Horizontal(id="detail-columns"):
                 with Vertical(id="detail-sparks"):
@@ -108,6 +111,7 @@ class GpuDetailScreen(Screen[None]):
         set_text(self.query_one("#detail-node", Static), self._node_line(node))
         if gpu is None:
             return
+        set_text(self.query_one("#detail-uuid", Static), f"[$text-muted]UUID[/] {gpu.uuid or '—'}")
         self.query_one(MemoryBar).show(gpu.memory.used_mb, gpu.memory.total_mb)
         history = node.histories.get(self.gpu_index)
         if history is not None:

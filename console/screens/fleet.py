@@ -46,12 +46,14 @@ class FleetScreen(Screen[None]):
             yield Static("", id="fleet-summary")
             yield SimulatedBadge(id="fleet-simulated")
         yield FleetTable(id="fleet-table", mask_rtt=self.mask_rtt)
+        yield Static("", id="fleet-nomatch", markup=False)
         yield Input(placeholder="filter: node, GPU, team, model or process (enter keeps, esc clears)",
                     id="fleet-filter")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#fleet-filter", Input).display = False
+        self.query_one("#fleet-nomatch", Static).display = False
         self.refresh_fleet(force=True)
         self.query_one(FleetTable).focus()
 
@@ -75,13 +77,24 @@ class FleetScreen(Screen[None]):
         self.table.show(rows, sort=self.sort, reverse=self.reverse, now=self.clock())
         up, total, gpus = self.state.counts()
         summary = f"{up}/{total} nodes up · {gpus} GPUs · sort {self.sort}{' ▼' if self.reverse else ' ▲'}"
+        matched = sum(1 for r in rows if r.kind == "gpu")
         if self.query_text:
-            summary += f" · filter “{self.query_text}” ({sum(1 for r in rows if r.kind == 'gpu')} GPUs)"
+            summary += f" · filter “{self.query_text}” ({matched} GPUs)"
+        self._show_no_match(bool(self.query_text) and not matched)
         if self.readonly:
             summary += " · read-only"
         # One line of fixed size: a change needs no layout, and most polls change nothing here.
         set_text(self.query_one("#fleet-summary", Static), summary, layout=False)
         self.query_one(SimulatedBadge).set_on(self.state.simulated)
+
+    def _show_no_match(self, no_match: bool) -> None:
+        """A filter that matches nothing says so, rather than leaving an empty table."""
+        message = self.query_one("#fleet-nomatch", Static)
+        if no_match:
+            set_text(message, f"No GPUs match “{self.query_text}” (Esc clears the filter)")
+        if message.display != no_match:
+            message.display = no_match
+            self.table.display = not no_match
 
     # -- sorting and filtering ---------------------------------------------------------
 
@@ -120,6 +133,8 @@ class FleetScreen(Screen[None]):
 
     @on(Input.Submitted, "#fleet-filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
+        if self.query_one("#fleet-nomatch", Static).display:
+            return  # nothing to move to: the box keeps the keys so the text can be fixed
         if not event.value:
             event.input.display = False
         self.table.focus()

@@ -67,6 +67,9 @@ def collect_bindings(app: App[object], screens: Iterable[type[DOMNode]] = ()) ->
 
 
 def _section_name(cls: type[DOMNode]) -> str:
+    titled = getattr(cls, "HELP_SECTION", None)
+    if isinstance(titled, str):
+        return titled
     name = cls.__name__.removesuffix("Screen").removesuffix("Modal")
     return name or cls.__name__
 

@@ -25,6 +25,9 @@ from console.datasource import DataSource, DataSourceError
 from server.schemas import HostInfo, HostsResponse, HostStatus
 
 DEFAULT_REFRESH_S = 10.0
+COMPACT_BELOW = 100  # columns: narrower screens get short headings and relative times only
+COLUMNS = ("Status", "Hostname", "Agent", "GPUs", "Last heartbeat", "Last sample", "First seen")
+COMPACT_COLUMNS = ("Status", "Hostname", "Agent", "GPUs", "Heartbeat", "Sample", "First seen")
 # Each status is drawn in a theme colour, looked up by variable name at render time.
 STATUS_VARIABLES: dict[HostStatus, str] = {"alive": "success", "stale": "warning", "offline": "error"}
 STATUS_ORDER: dict[HostStatus, int] = {"offline": 0, "stale": 1, "alive": 2}
@@ -97,6 +100,7 @@ class HostsScreen(Screen[None]):
         self._refresh_s = refresh_s
         self._simulated = simulated
         self._timer: Timer | None = None
+        self._compact: bool | None = None  # the column set the table has now
         self.response: HostsResponse | None = None
 
     def compose(self) -> ComposeResult:
@@ -113,12 +117,27 @@ class HostsScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#hosts-table", DataTable).add_columns(
-            "Status", "Hostname", "Agent", "GPUs", "Last heartbeat", "Last sample", "First seen")
+        self._set_columns()
         self.query_one("#hosts-table", DataTable).loading = True
         if self._refresh_s:
             self._timer = self.set_interval(self._refresh_s, self.action_reload)
         self.action_reload()
+
+    @property
+    def compact(self) -> bool:
+        return self.app.size.width < COMPACT_BELOW
+
+    def _set_columns(self) -> None:
+        if self._compact == self.compact:
+            return
+        self._compact = self.compact
+        table = self.query_one("#hosts-table", DataTable)
+        table.clear(columns=True)
+        table.add_columns(*(COMPACT_COLUMNS if self._compact else COLUMNS))
+
+    def on_resize(self) -> None:
+        if self.response is not None and self._compact != self.compact:
+            self.post_message(self.HostsLoaded(self.response))
 
     def on_screen_suspend(self) -> None:
         if self._timer is not None:
@@ -146,6 +165,7 @@ class HostsScreen(Screen[None]):
         now = self._clock()
         hosts = sorted(message.response.hosts,
                        key=lambda h: (STATUS_ORDER.get(h.status, 0), h.hostname))
+        self._set_columns()
         table = self.query_one("#hosts-table", DataTable)
         table.loading = False
         table.clear()
@@ -156,9 +176,10 @@ class HostsScreen(Screen[None]):
             self.query_one(f"#hosts-count-{status}", Label).update(f"● {counts[status]} {status}")
         interval = message.response.heartbeat_interval_s
         every = f"{interval // 60}m" if interval >= 60 and interval % 60 == 0 else f"{interval}s"
+        updated = message.response.generated_at.astimezone(UTC)
         self.query_one("#hosts-updated", Label).update(
-            f"heartbeat every {every} · "
-            f"updated {absolute_time(message.response.generated_at)}")
+            f"heartbeat {every} · updated {updated:%H:%M:%SZ}" if self.compact
+            else f"heartbeat every {every} · updated {absolute_time(updated)}")
         self.set_class(not hosts, "-empty")
         self.set_class(False, "-failed")
         if not hosts:
@@ -176,13 +197,16 @@ class HostsScreen(Screen[None]):
         colour = self.app.theme_variables.get(STATUS_VARIABLES.get(host.status, "error"), "")
         last_sample = (f"{relative_age(host.last_sample_at, now)}"
                        if host.last_sample_at is not None else "never")
+        heartbeat: Text | str = relative_age(host.last_heartbeat, now)
+        if not self.compact:
+            heartbeat = Text.assemble(heartbeat, " ", (absolute_time(host.last_heartbeat), "dim"))
+        first_seen = absolute_time(host.first_heartbeat)
         return (
             Text(f"● {host.status}", style=colour),
             host.hostname,
             host.agent_version,
             str(host.gpu_count),
-            Text.assemble(relative_age(host.last_heartbeat, now), " ",
-                          (absolute_time(host.last_heartbeat), "dim")),
+            heartbeat,
             last_sample,
-            absolute_time(host.first_heartbeat),
+            first_seen[:10] if self.compact else first_seen,
         )

@@ -18,6 +18,17 @@ from server.schemas import PurgeResult
 
 PurgeCall = Callable[[bool, list[int] | None], Awaitable[PurgeResult]]
 
+FORCE_OFF = "Force is OFF: models in use and busy processes are skipped"
+FORCE_ON = "Force is ON: unloads models in use, signals busy processes"
+# Rows the dialog's fixed parts take (see console.tcss): border + title + body margin,
+# the bordered force row (with its margin), the confirmation input and the buttons.
+DIALOG_CHROME_ROWS = 4
+FORCE_ROW_ROWS = 6
+CONFIRM_ROWS = 3
+BUTTON_ROWS = 4
+MIN_BODY_ROWS = 3
+MAX_BODY_ROWS = 30
+
 
 def _esc(text: str) -> str:
     """Escape markup in text that came from a server (model and process names, errors)."""
@@ -107,14 +118,15 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="purge-dialog"):
             yield Label("Purge GPU memory", id="purge-title")
+            # Only the plan scrolls: the force switch, its confirmation and the buttons stay whole.
             with VerticalScroll(id="purge-body"):
                 yield Static("\n".join(describe_plan(self.node, self.gpu_indices)), id="purge-plan")
-                with Horizontal(id="purge-force-row"):
-                    yield Switch(value=False, id="purge-force")
-                    yield Label("Force: also unload models in use and signal busy processes",
-                                id="purge-force-label")
-                yield Input(placeholder=f"type {self.node.name} to confirm force", id="purge-confirm")
                 yield Static("", id="purge-result")
+            with Horizontal(id="purge-force-row") as row:
+                row.border_title = "force"
+                yield Switch(value=False, id="purge-force")
+                yield Label(FORCE_OFF, id="purge-force-label")
+            yield Input(placeholder=f"type {self.node.name} to confirm force", id="purge-confirm")
             with Horizontal(id="purge-buttons"):
                 yield Button("Cancel", id="purge-cancel", variant="primary")
                 yield Button("Purge", id="purge-go", variant="error")
@@ -123,6 +135,20 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
         self.query_one("#purge-confirm", Input).display = False
         self.query_one("#purge-result", Static).display = False
         self.query_one("#purge-cancel", Button).focus()
+        self._fit_body()
+
+    def on_resize(self) -> None:
+        self._fit_body()
+
+    def _fit_body(self) -> None:
+        """Give the plan whatever height the fixed parts leave, so they are never squeezed."""
+        fixed = DIALOG_CHROME_ROWS + BUTTON_ROWS
+        if self.query_one("#purge-force-row").display:
+            fixed += FORCE_ROW_ROWS
+        if self.query_one("#purge-confirm", Input).display:
+            fixed += CONFIRM_ROWS
+        room = self.size.height - fixed
+        self.query_one("#purge-body").styles.max_height = max(MIN_BODY_ROWS, min(MAX_BODY_ROWS, room))
 
     @property
     def force(self) -> bool:
@@ -137,6 +163,9 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
     def _force_changed(self, event: Switch.Changed) -> None:
         confirm = self.query_one("#purge-confirm", Input)
         confirm.display = event.value
+        self.query_one("#purge-force-label", Label).update(FORCE_ON if event.value else FORCE_OFF)
+        self.set_class(event.value, "-force")
+        self._fit_body()
         if event.value:
             confirm.focus()
         self.query_one("#purge-go", Button).disabled = not self._ready()
@@ -191,3 +220,4 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
         cancel = self.query_one("#purge-cancel", Button)
         cancel.label = "Close"
         cancel.focus()
+        self._fit_body()

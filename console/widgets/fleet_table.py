@@ -72,6 +72,20 @@ def _fit(text: str, width: int, align: str = "<") -> str:
     return pad + text if align == ">" else text + pad
 
 
+def header_cell(column: Column, sort: SortKey, reverse: bool) -> str:
+    """A column title with a one-cell slot for the sort arrow, so sorting never shifts the text.
+
+    The slot sits on the side away from the values, in the padding or the gap between
+    columns: just before a right-aligned title, just after a left-aligned one.
+    """
+    arrow = ("▼" if reverse else "▲") if column.sort is not None and column.sort == sort else " "
+    if column.align == ">":
+        return _fit(arrow + column.title, column.width, ">")
+    if cell_len(column.title) < column.width - 1:
+        return _fit(column.title + arrow, column.width - 1) + " "
+    return _fit(column.title, column.width - 1) + arrow
+
+
 class FleetTable(ScrollView, can_focus=True):
     """Every GPU of every node, grouped by node."""
 
@@ -208,15 +222,7 @@ class FleetTable(ScrollView, can_focus=True):
 
     def _header(self, width: int) -> Strip:
         style = self._style("header")
-        segments = []
-        for column in layout(width):
-            title = column.title
-            if column.sort == self.sort:
-                arrow = "▼" if self.reverse else "▲"
-                # A narrow column gives up a letter rather than its sort arrow.
-                title = (title if len(title) + 1 < column.width else title[: column.width - 2]) + arrow
-            text = _fit(title, column.width - 1, column.align)
-            segments.append(Segment(text + " " if column.align == "<" else " " + text, style))
+        segments = [Segment(header_cell(column, self.sort, self.reverse), style) for column in layout(width)]
         return Strip(segments).adjust_cell_length(width, style)
 
     def _node_line(self, row: FleetRow, width: int) -> list[Segment]:
