@@ -221,3 +221,28 @@ def test_an_explicitly_configured_url_is_trusted_without_the_ownership_probe(
         assert connections.origin == "configured" and connections.local_url == url
     finally:
         connections.stop()
+
+
+def test_demo_nodes_keep_heartbeating_into_the_embedded_server(tmp_path: Path, refused_url: str) -> None:
+    import time
+
+    settings = console_settings(tmp_path, refused_url).with_overrides({"server.heartbeat_interval_s": 2})
+    connections = start_demo_or_connect(settings, directory=tmp_path / "data", gpu_present=False,
+                                        demo_nodes=2)
+    try:
+        names = {node.name for node in connections.nodes}
+        with GpuFleetClient(connections.local_url, api_key=connections.local_key) as client:
+            def demo_hosts() -> dict[str, datetime]:
+                return {h.hostname: h.last_heartbeat for h in client.hosts().hosts
+                        if h.hostname in names and h.agent_version == "simulated"}
+
+            deadline = time.monotonic() + 15
+            while len(first := demo_hosts()) < len(names) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert first.keys() == names  # announced at start, labelled simulated
+            while (later := demo_hosts()) == first and time.monotonic() < deadline:
+                time.sleep(0.05)  # every heartbeat_interval_s / 2 = 1 s
+            assert all(later[name] > first[name] for name in names)
+            assert all(h.status == "alive" for h in client.hosts().hosts if h.hostname in names)
+    finally:
+        connections.stop()
