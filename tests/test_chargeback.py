@@ -76,9 +76,11 @@ def test_missing_team_model_and_energy(store: MetricsStore) -> None:
     # 60 samples x 60 s = 1 h each; no energy counter: 360 W x 1 h = 0.36 kWh
     assert teams["unattributed"].total_gpu_hours == 1.0
     assert teams["unattributed"].energy_kwh == 0.36
-    # with the counter: 60 x 7200 J = 0.12 kWh
-    assert teams["ml"].energy_kwh == 0.12
-    assert teams["ml"].energy_cost_usd == round(0.12 * 0.12, 2)
+    # with the counter: each of the 59 closed intervals gets its NEXT sample's 7200 J (the
+    # energy consumed since the previous sample); the first sample's delta (time before it,
+    # not billed) is not counted; the last sample's interval has no delta yet: 360 W x 60 s.
+    assert teams["ml"].energy_kwh == round((59 * 7200 + 360 * 60) / 3.6e6, 3) == 0.124
+    assert teams["ml"].energy_cost_usd == round(0.124 * 0.12, 2)
     assert teams["ml"].total_cost_usd == 2.0  # 1 h of A100 at 2.00
 
 
@@ -181,3 +183,46 @@ def test_csv_text_cells_never_start_a_formula_and_numbers_stay_numbers(store: Me
     # the JSON report keeps the names exactly as sent
     assert {t.team_id for t in store.chargeback("acme", DAY, DAY, PRICING).teams} == \
         {*hostile, "a=b", "x\ry"}
+
+
+def test_an_intervals_energy_goes_where_its_gpu_hours_go(store: MetricsStore) -> None:
+    # 10:00 team a; 10:01 team b reports the 6000 J used since 10:00 (under a's job);
+    # 10:02 team b reports 9000 J used since 10:01; then a gap of 10 min (capped at 120 s)
+    # closed by a sample whose delta of 90000 J spans mostly unbilled time: power x time.
+    at = T0 + timedelta(hours=10)
+    put(store, [
+        s(at, team_id="a", energy_delta_j=111.0),
+        s(at + timedelta(minutes=1), team_id="b", energy_delta_j=6000.0),
+        s(at + timedelta(minutes=2), team_id="b", energy_delta_j=9000.0, power_draw_w=100.0),
+        s(at + timedelta(minutes=12), team_id="c", energy_delta_j=90000.0, power_draw_w=200.0),
+    ])
+    teams = {t.team_id: t for t in store.chargeback("acme", DAY, DAY, PRICING).teams}
+    assert {k: t.total_gpu_hours for k, t in teams.items()} == {
+        "a": round(60 / 3600, 2), "b": round(180 / 3600, 2), "c": round(60 / 3600, 2)}
+    kwh = {k: t.energy_kwh for k, t in teams.items()}
+    assert kwh == {
+        "a": round(6000 / 3.6e6, 3),                   # [10:00, 10:01): the 10:01 delta
+        "b": round((9000 + 100 * 120) / 3.6e6, 3),     # [10:01, 10:02) + capped gap at 100 W
+        "c": round(200 * 60 / 3.6e6, 3),               # last sample: one interval at 200 W
+    }
+    raw = {r.team_id: r.energy_kwh for r in store.chargeback_from_samples("acme", DAY, DAY, PRICING)}
+    assert raw == kwh
+
+
+def test_a_rollup_built_by_the_older_energy_rule_is_rebuilt_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    with MetricsStore.open(path) as st:
+        put(st, [s(T0 + timedelta(minutes=m), energy_delta_j=7200.0) for m in range(10)])
+        expected = st.chargeback("acme", DAY, DAY, PRICING).summary.energy_kwh
+
+    def tamper(con_sql: str) -> None:
+        with MetricsStore.open(path) as st:
+            st.writer.call(lambda con: con.execute(con_sql))
+            st.writer.call(lambda con: con.execute("UPDATE usage_daily SET energy_j = 1e9"))
+
+    tamper("SELECT 1")  # same rule: the rollup is trusted as it is
+    with MetricsStore.open(path) as st:
+        assert st.chargeback("acme", DAY, DAY, PRICING).summary.energy_kwh > 200
+    tamper("COMMENT ON TABLE usage_daily IS NULL")  # as a store from before the rule was kept
+    with MetricsStore.open(path) as st:
+        assert st.chargeback("acme", DAY, DAY, PRICING).summary.energy_kwh == expected

@@ -263,7 +263,11 @@ def _current_umask() -> int:
 def _ensure_rollup(con: duckdb.DuckDBPyConnection, wanted: RollupParams) -> RollupParams:
     """The rollup's parameters; a store first opened with other ones is rebuilt to these."""
     row = con.execute("SELECT interval_us, idle_utilization_pct FROM rollup_meta").fetchone()
-    if row is not None and (int(row[0]), float(row[1])) == (wanted.interval_us, wanted.idle_pct):
+    method = con.execute(
+        "SELECT comment FROM duckdb_tables() WHERE table_name = 'usage_daily' AND schema_name = 'main'"
+    ).fetchone()
+    same_rule = method is not None and method[0] == usage_sql.ROLLUP_METHOD
+    if same_rule and row is not None and (int(row[0]), float(row[1])) == (wanted.interval_us, wanted.idle_pct):
         return wanted
     if wanted.cap_us > usage_sql.DAY_US:
         raise ValueError("expected_interval_s must be at most 12 hours")
@@ -273,12 +277,14 @@ def _ensure_rollup(con: duckdb.DuckDBPyConnection, wanted: RollupParams) -> Roll
         con.execute("INSERT INTO rollup_meta VALUES (?, ?)", [wanted.interval_us, wanted.idle_pct])
         con.execute("DELETE FROM usage_daily")
         con.execute(usage_sql.REBUILD_ALL, {"cap_us": wanted.cap_us, "idle_pct": wanted.idle_pct})
+        con.execute(f"COMMENT ON TABLE usage_daily IS '{usage_sql.ROLLUP_METHOD}'")
         con.commit()
     except BaseException:
         con.rollback()
         raise
     if row is not None:
-        log.info("usage rollup rebuilt for a %.0f s interval", wanted.interval_us / 1e6)
+        log.info("usage rollup rebuilt (%s, a %.0f s interval)", usage_sql.ROLLUP_METHOD,
+                 wanted.interval_us / 1e6)
     return wanted
 
 

@@ -2,7 +2,10 @@
 
 Every sample covers the time until the same GPU's next sample, at most
 ``cap_us`` (twice the expected interval); a GPU's last sample covers one
-interval (``interval_us``). Covered time is cut at UTC midnights into
+interval (``interval_us``). That interval's energy is the next sample's
+``energy_delta_j`` (energy used since the previous sample) when the next sample
+is within the cap, else ``power_draw_w`` x covered time; either way it goes to
+the same sample's team, model and GPU as the covered time. Covered time is cut at UTC midnights into
 ``usage_daily`` so a report over whole days sums rollup rows, and the raw
 query below is the same rule over samples (the reference and the fallback).
 All times are integer microseconds since the epoch.
@@ -11,6 +14,10 @@ All times are integer microseconds since the epoch.
 from __future__ import annotations
 
 DAY_US = 86_400_000_000
+# The rule usage_daily was computed by, kept as that table's comment; a store whose
+# rollup was built by an older rule is rebuilt on open. 2: an interval's energy is the
+# next sample's energy_delta_j (1 used the sample's own delta, which covers the time before it).
+ROLLUP_METHOD = "usage rule 2"
 
 
 def _parts_sql(source: str, *, floor_us: str = "0") -> str:
@@ -25,12 +32,12 @@ def _parts_sql(source: str, *, floor_us: str = "0") -> str:
     ),
     parts AS (
         SELECT account, gpu_uuid, team_id, model_tag, gpu_name, power_draw_w,
-               energy_delta_j, utilization_gpu_pct, full_us,
+               interval_energy_j, utilization_gpu_pct, full_us,
                d0 AS day_us, least(b, d0 + {DAY_US}) - a AS part_us
         FROM iv WHERE d0 >= {floor_us}
         UNION ALL
         SELECT account, gpu_uuid, team_id, model_tag, gpu_name, power_draw_w,
-               energy_delta_j, utilization_gpu_pct, full_us,
+               interval_energy_j, utilization_gpu_pct, full_us,
                d0 + {DAY_US} AS day_us, b - (d0 + {DAY_US}) AS part_us
         FROM iv WHERE b > d0 + {DAY_US} AND d0 + {DAY_US} >= {floor_us}
     ),
@@ -39,7 +46,7 @@ def _parts_sql(source: str, *, floor_us: str = "0") -> str:
                coalesce(team_id, '') AS team_id, coalesce(model_tag, '') AS model_tag,
                coalesce(gpu_name, '') AS gpu_name,
                sum(part_us)::BIGINT AS covered_us,
-               sum(coalesce(energy_delta_j * part_us / full_us, power_draw_w * part_us / 1e6))
+               sum(coalesce(interval_energy_j * part_us / full_us, power_draw_w * part_us / 1e6))
                    AS energy_j,
                sum(CASE WHEN utilization_gpu_pct < $idle_pct THEN part_us ELSE 0 END)::BIGINT
                    AS idle_us
@@ -56,6 +63,11 @@ UPSERT_DAILY = """
         idle_us = usage_daily.idle_us + excluded.idle_us
 """
 
+# The energy of the interval [t, next): the NEXT sample's energy_delta_j ("energy consumed
+# since last sample"), when that sample follows within the cap; after a longer gap its
+# delta spans time that is not billed, so the interval falls back to power x time.
+_INTERVAL_ENERGY = "CASE WHEN nxt - t <= $cap_us THEN nxt_energy_j END"
+
 _ATTRS = "gpu_name, team_id, model_tag, power_draw_w, energy_delta_j, utilization_gpu_pct"
 
 # In-order arrivals: the GPU's previous tail plus the new rows, windowed; every
@@ -68,10 +80,13 @@ WITH seq AS (
     SELECT account, gpu_uuid, epoch_us(ts) AS t, {_ATTRS} FROM cand WHERE NOT ooo
 ),
 win AS (
-    SELECT *, lead(t) OVER (PARTITION BY account, gpu_uuid ORDER BY t) AS nxt FROM seq
+    SELECT *, lead(t) OVER w AS nxt, lead(energy_delta_j) OVER w AS nxt_energy_j FROM seq
+    WINDOW w AS (PARTITION BY account, gpu_uuid ORDER BY t)
 ),
 closed AS (
-    SELECT *, t AS a, least(nxt - t, $cap_us) AS full_us FROM win WHERE nxt IS NOT NULL
+    SELECT *, t AS a, least(nxt - t, $cap_us) AS full_us,
+           {_INTERVAL_ENERGY} AS interval_energy_j
+    FROM win WHERE nxt IS NOT NULL
 ),
 {_parts_sql("closed").strip()}
 {UPSERT_DAILY}
@@ -91,10 +106,13 @@ WITH seq AS (
     WHERE s.ts >= make_timestamp(r.from_us - $cap_us)
 ),
 win AS (
-    SELECT *, lead(t) OVER (PARTITION BY account, gpu_uuid ORDER BY t) AS nxt FROM seq
+    SELECT *, lead(t) OVER w AS nxt, lead(energy_delta_j) OVER w AS nxt_energy_j FROM seq
+    WINDOW w AS (PARTITION BY account, gpu_uuid ORDER BY t)
 ),
 closed AS (
-    SELECT *, t AS a, least(nxt - t, $cap_us) AS full_us FROM win WHERE nxt IS NOT NULL
+    SELECT *, t AS a, least(nxt - t, $cap_us) AS full_us,
+           {_INTERVAL_ENERGY} AS interval_energy_j
+    FROM win WHERE nxt IS NOT NULL
 ),
 {_parts_sql("closed", floor_us="from_us").strip()}
 {UPSERT_DAILY}
@@ -105,10 +123,13 @@ WITH seq AS (
     SELECT account, gpu_uuid, epoch_us(ts) AS t, {_ATTRS} FROM samples
 ),
 win AS (
-    SELECT *, lead(t) OVER (PARTITION BY account, gpu_uuid ORDER BY t) AS nxt FROM seq
+    SELECT *, lead(t) OVER w AS nxt, lead(energy_delta_j) OVER w AS nxt_energy_j FROM seq
+    WINDOW w AS (PARTITION BY account, gpu_uuid ORDER BY t)
 ),
 closed AS (
-    SELECT *, t AS a, least(nxt - t, $cap_us) AS full_us FROM win WHERE nxt IS NOT NULL
+    SELECT *, t AS a, least(nxt - t, $cap_us) AS full_us,
+           {_INTERVAL_ENERGY} AS interval_energy_j
+    FROM win WHERE nxt IS NOT NULL
 ),
 {_parts_sql("closed").strip()}
 INSERT INTO usage_daily BY NAME SELECT * FROM daily
@@ -123,7 +144,7 @@ FROM (
     FROM usage_daily WHERE account = $account AND day >= $from_day AND day <= $to_day
     UNION ALL
     SELECT coalesce(team_id, ''), coalesce(model_tag, ''), coalesce(gpu_name, ''),
-           p_us, coalesce(energy_delta_j * p_us / $interval_us, power_draw_w * p_us / 1e6),
+           p_us, power_draw_w * p_us / 1e6,  -- the next sample's delta is not here yet
            CASE WHEN utilization_gpu_pct < $idle_pct THEN p_us ELSE 0 END
     FROM (
         SELECT *, least(epoch_us(ts) + $interval_us, $p1) - greatest(epoch_us(ts), $p0) AS p_us
@@ -134,7 +155,7 @@ GROUP BY ALL
 """
 
 # The same figures straight from raw samples (any interval or idle threshold).
-REPORT_FROM_SAMPLES = """
+REPORT_FROM_SAMPLES = f"""
 WITH seq AS (
     SELECT gpu_uuid, epoch_us(ts) AS t, gpu_name, team_id, model_tag, power_draw_w,
            energy_delta_j, utilization_gpu_pct
@@ -142,14 +163,17 @@ WITH seq AS (
     WHERE account = $account AND ts >= make_timestamp($p0 - $cap_us) AND ts < make_timestamp($p1 + $cap_us)
 ),
 win AS (
-    SELECT seq.*, lead(t) OVER (PARTITION BY seq.gpu_uuid ORDER BY t) AS nxt,
+    SELECT seq.*, lead(t) OVER w AS nxt, lead(seq.energy_delta_j) OVER w AS nxt_energy_j,
            epoch_us(g.ts) AS last_t
     FROM seq JOIN gpu_last g ON g.account = $account AND g.gpu_uuid = seq.gpu_uuid
+    WINDOW w AS (PARTITION BY seq.gpu_uuid ORDER BY t)
 ),
 cov AS (
     SELECT *, CASE WHEN nxt IS NOT NULL THEN least(nxt - t, $cap_us)
                    WHEN last_t > t THEN $cap_us  -- its successor lies past the window
-                   ELSE $interval_us END AS full_us
+                   ELSE $interval_us END AS full_us,
+           -- a successor past the window lies over the cap away: power x time, as above
+           {_INTERVAL_ENERGY} AS interval_energy_j
     FROM win
 ),
 clipped AS (
@@ -157,7 +181,7 @@ clipped AS (
 )
 SELECT coalesce(team_id, ''), coalesce(model_tag, ''), coalesce(gpu_name, ''),
        sum(p_us)::BIGINT,
-       sum(coalesce(energy_delta_j * p_us / full_us, power_draw_w * p_us / 1e6)),
+       sum(coalesce(interval_energy_j * p_us / full_us, power_draw_w * p_us / 1e6)),
        sum(CASE WHEN utilization_gpu_pct < $idle_pct THEN p_us ELSE 0 END)::BIGINT
 FROM clipped WHERE p_us > 0
 GROUP BY ALL
