@@ -141,3 +141,22 @@ def test_unreachable_node(snap_compare, size: tuple[int, int]) -> None:
         assert snap_compare(app_for(doomed), terminal_size=size, run_before=polled_then(node_dies))
     finally:
         doomed.close()
+
+
+async def force_typed(pilot: Pilot[None]) -> None:
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, PurgeModal), "the purge modal")
+    await pilot.click("#purge-force")
+    await pilot.press(*H100)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_purge_force_confirmation(snap_compare, fresh: EmbeddedFleet, size: tuple[int, int]) -> None:
+    assert snap_compare(app_for(fresh), terminal_size=size,
+                        run_before=polled_then(cursor_to((H100, None)), press("p"), force_typed))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_fleet_filter_matches_nothing(snap_compare, fresh: EmbeddedFleet, size: tuple[int, int]) -> None:
+    assert snap_compare(app_for(fresh), terminal_size=size,
+                        run_before=polled_then(press("slash", *"xyz")))
