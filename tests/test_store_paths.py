@@ -27,6 +27,10 @@ T0 = datetime(2026, 3, 10, 23, 0, tzinfo=UTC)  # batches below cross midnight in
 DAYS = (date(2026, 3, 10), date(2026, 3, 11))
 PRICING = Pricing()
 REPO = Path(__file__).resolve().parent.parent
+# samples waiting to be folded into the rollup: every sample newer than its GPU's tail
+PENDING_SQL = """SELECT count(*) FROM samples s
+                 LEFT JOIN gpu_last g ON g.account = s.account AND g.gpu_uuid = s.gpu_uuid
+                 WHERE g.ts IS NULL OR s.ts > g.ts"""
 
 
 def rows(uuid: str, start_s: int, count: int, *, step_s: int = 30, team: str | None = "ml",
@@ -87,6 +91,34 @@ def hold_writer(store: MetricsStore) -> threading.Event:
 
 # ------------------------------------------------------------ crash with rows pending
 
+def test_rows_left_in_the_old_pending_copy_are_folded_at_open(tmp_path: Path) -> None:
+    """A store written before schema 6 may hold pending samples as copied rows."""
+    db = tmp_path / "legacy.duckdb"
+    with MetricsStore.open(db) as store:
+        store.writer.submit_sync("acme", rows("GPU-a", 0, 40), T0)
+        store.writer.sync_rollup()
+    later = rows("GPU-a", 3000, 200)
+    with duckdb.connect(str(db)) as con:  # what a schema-5 writer left behind at a crash
+        columns = ("account, ts, gpu_index, gpu_uuid, power_draw_w, utilization_gpu_pct, utilization_memory_pct, "
+                   "temperature_c, memory_used_mb, gpu_name, team_id, model_tag, energy_delta_j, received_at")
+        for r in later:
+            values = ["acme", r["timestamp"].replace(tzinfo=None), 0, r["gpu_uuid"], r["power_draw_w"],
+                      r["utilization_gpu_pct"], r["utilization_memory_pct"], r["temperature_c"],
+                      r["memory_used_mb"], r["gpu_name"], r["team_id"], r["model_tag"], r["energy_delta_j"],
+                      T0.replace(tzinfo=None)]
+            con.execute(f"INSERT INTO samples ({columns}) VALUES ({', '.join('?' * len(values))})", values)
+        con.execute("""INSERT INTO rollup_pending
+                       SELECT account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w,
+                              energy_delta_j, utilization_gpu_pct, received_at, hostname
+                       FROM samples WHERE ts >= ?""", [(T0 + timedelta(seconds=3000)).replace(tzinfo=None)])
+    with MetricsStore.open(db) as store:
+        assert store.query(PENDING_SQL)[0][0] == 0
+        assert store.query("SELECT count(*) FROM rollup_pending")[0][0] == 0
+        tail = store.query("SELECT ts FROM gpu_last WHERE gpu_uuid = 'GPU-a'")[0][0]
+        assert tail == (T0 + timedelta(seconds=3000 + 199 * 30)).replace(tzinfo=None)
+        assert_rollup_matches_raw(store, "acme")
+
+
 _CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from datetime import UTC, datetime
@@ -113,11 +145,13 @@ def test_rows_pending_at_a_crash_are_folded_when_the_store_reopens(tmp_path: Pat
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert int(proc.stdout.strip()) == 650
     with duckdb.connect(str(db), read_only=True) as con:  # replays the WAL, writes nothing
-        assert con.execute("SELECT count(*) FROM rollup_pending").fetchone()[0] == 650
+        assert con.execute(PENDING_SQL).fetchone()[0] == 650
+        assert con.execute("SELECT count(*) FROM pending_since").fetchone()[0] == 1
         assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 750
     with MetricsStore.open(db) as store:
         assert store.writer.pending_rows == 0
-        assert store.query("SELECT count(*) FROM rollup_pending")[0][0] == 0
+        assert store.query(PENDING_SQL)[0][0] == 0
+        assert store.query("SELECT count(*) FROM pending_since")[0][0] == 0
         tails = dict(store.query("SELECT account || '/' || gpu_uuid, ts FROM gpu_last"))
         assert tails["acme/GPU-a"] == (T0 + timedelta(seconds=3000 + 199 * 30)).replace(tzinfo=None)
         assert set(tails) == {"acme/GPU-a", "acme/GPU-bh", "globex/GPU-a"}
@@ -215,6 +249,34 @@ async def test_a_group_mixing_fresh_and_resent_batches_counts_each_batch(
 
 
 # ------------------------------------------------------------------ reads after writes
+
+def test_a_failed_group_keeps_earlier_pending_samples_known(store: MetricsStore, paths_taken: list[tuple[str, int]],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rolled-back group reloads the tail; samples still pending must count as stored."""
+    monkeypatch.setattr(writer_mod, "FOLD_WHEN_IDLE_S", 3600.0)  # nothing is folded on its own
+    monkeypatch.setattr(writer_mod, "FOLD_AFTER_S", 3600.0)
+    first = rows("GPU-a", 0, 50)
+    assert store.writer.submit_sync("acme", first, T0).inserted == 50
+    assert store.writer.pending_rows == 50
+    real = writer_mod.write_fresh
+    calls = {"n": 0}
+
+    def fail_once(con: duckdb.DuckDBPyConnection, *args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise duckdb.IOException("disk went away")
+        return real(con, *args)
+
+    monkeypatch.setattr(writer_mod, "write_fresh", fail_once)
+    with pytest.raises(duckdb.IOException):
+        store.writer.submit_sync("acme", rows("GPU-a", 3000, 10), T0)
+    assert store.writer.pending_rows == 50
+    again = store.writer.submit_sync("acme", first[40:], T0)  # pending, not folded yet
+    assert (again.inserted, again.duplicates) == (0, 10)
+    assert paths_taken[-1] == ("careful", 0)
+    assert store.sample_count("acme") == 50
+    assert_rollup_matches_raw(store, "acme")
+
 
 async def test_a_report_right_after_an_ingest_sees_it(store: MetricsStore,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,27 +1,58 @@
 """Samples stored but not yet folded into the usage rollup and the per-GPU tail.
 
 Keeping ``usage_daily`` and ``gpu_last`` costs a fixed ~20 ms of SQL per write
-whatever its size, so live (in-order, new) samples are recorded in
-``rollup_pending`` in the same transaction as ``samples`` and folded in later, in
-one pass over many groups: when the writer is idle, when enough rows or time
-have accumulated, and before anything reads the rollup or the tail (reports,
-hosts, other writes). All pending rows are newer than their GPU's tail in
-``gpu_last`` (the writer only defers rows it proved so), which is what
-``APPEND_IN_ORDER`` needs. Pending rows are durable: a store opened after a
-crash folds them in first.
+whatever its size, so a group of live (in-order, new) samples is only inserted,
+and the rollup is folded in later, in one pass over many groups: when the writer
+is idle, when enough rows or time have accumulated, and before anything reads the
+rollup or the tail (reports, hosts, other writes).
+
+What is pending needs no copy: every sample newer than its GPU's tail in
+``gpu_last`` is pending (the writer defers only rows it proved newer, and every
+other write folds first). The writer keeps each GPU's pending time range in memory
+(``Range``) and a fold reads those rows back from ``samples``. For a crash, one
+durable row is enough: ``pending_since`` holds a time at or before every pending
+sample, written in the group's own transaction only when a group goes below it
+(once per fold cycle for live agents); a store opened after a crash finds the
+pending rows from there (newer than their GPU's tail) and folds them first. Rows
+that versions before schema 6 copied into ``rollup_pending`` are also newer than
+their tail, so the same recovery covers them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
 import duckdb
 
 from server.store import usage_sql
+from server.store.staging import Key, Range
 
 PENDING_COLUMNS = ("account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w, "
                    "energy_delta_j, utilization_gpu_pct, received_at, hostname")
+# how far below a group's oldest pending sample the durable mark goes, so the next
+# groups (other GPUs a little behind) rarely need to move it
+MARK_MARGIN_US = 600 * 1_000_000
+_EPOCH = datetime(1970, 1, 1)
 
-# Rows of one group, newer than their GPU's tail; `staging` holds them.
-RECORD_FROM_STAGING = f"INSERT INTO rollup_pending SELECT {PENDING_COLUMNS} FROM staging"
+_FROM_SAMPLES = ", ".join("s." + c.strip() for c in PENDING_COLUMNS.split(","))
+# The writer's ranges: a GPU's rows between its lowest and highest pending timestamp.
+# The lowest of all is inlined as a constant so DuckDB skips older row groups.
+_ROWS_IN_RANGES = f"""
+    CREATE OR REPLACE TEMP TABLE pending_rows AS
+    SELECT {_FROM_SAMPLES} FROM samples s
+    JOIN (SELECT unnest($account) AS account, unnest($uuid) AS gpu_uuid,
+                 make_timestamp(unnest($lo)) AS lo, make_timestamp(unnest($hi)) AS hi) r
+      ON s.account = r.account AND s.gpu_uuid = r.gpu_uuid AND s.ts BETWEEN r.lo AND r.hi
+    WHERE s.ts >= {{floor}}
+"""
+# After a crash: every sample since the mark that is newer than its GPU's tail.
+_ROWS_NEWER_THAN_TAIL = f"""
+    CREATE OR REPLACE TEMP TABLE pending_rows AS
+    SELECT {_FROM_SAMPLES} FROM samples s
+    LEFT JOIN gpu_last g ON g.account = s.account AND g.gpu_uuid = s.gpu_uuid
+    WHERE s.ts >= {{floor}} AND (g.ts IS NULL OR s.ts > g.ts)
+"""
 
 _NEWER = "excluded.ts > gpu_last.ts"
 # Each GPU's newest pending sample becomes its tail (the latest non-empty hostname
@@ -34,7 +65,7 @@ _FOLD_GPU_LAST = f"""
            arg_max_null(energy_delta_j, ts) AS energy_delta_j,
            arg_max_null(utilization_gpu_pct, ts) AS utilization_gpu_pct,
            max(received_at) AS received_at, arg_max(hostname, ts) AS hostname
-    FROM rollup_pending GROUP BY account, gpu_uuid
+    FROM pending_rows GROUP BY account, gpu_uuid
     ON CONFLICT DO UPDATE SET
         {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE gpu_last.{c} END"
                    for c in ("ts", "gpu_name", "team_id", "model_tag", "power_draw_w",
@@ -44,29 +75,59 @@ _FOLD_GPU_LAST = f"""
 """
 
 
-def pending_count(con: duckdb.DuckDBPyConnection) -> int:
-    row = con.execute("SELECT count(*) FROM rollup_pending").fetchone()
-    return int(row[0]) if row else 0
+def mark(con: duckdb.DuckDBPyConnection, since_us: int) -> None:
+    """Inside a group's transaction: every pending sample is at or after ``since_us``."""
+    con.execute("DELETE FROM pending_since")
+    con.execute(f"INSERT INTO pending_since VALUES (make_timestamp({int(since_us)}))")
 
 
-def fold_pending(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float) -> None:
-    """Inside an open transaction: add pending rows to the rollup and the tail, then forget them."""
-    con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM rollup_pending")
-    con.execute(usage_sql.APPEND_IN_ORDER, {"cap_us": cap_us, "idle_pct": idle_pct})
-    con.execute(_FOLD_GPU_LAST)
-    con.execute("DELETE FROM rollup_pending")
+def fold(con: duckdb.DuckDBPyConnection, ranges: Mapping[Key, Range], cap_us: int, idle_pct: float) -> None:
+    """Inside an open transaction: fold the writer's pending ranges into the rollup and the tail."""
+    if ranges:
+        keys = list(ranges)
+        values = list(ranges.values())
+        con.execute(_ROWS_IN_RANGES.format(floor=_literal_us(min(v[0] for v in values))), {
+            "account": [k[0] for k in keys], "uuid": [k[1] for k in keys],
+            "lo": [v[0] for v in values], "hi": [v[1] for v in values]})
+        _fold_rows(con, cap_us, idle_pct)
+    con.execute("DELETE FROM pending_since")
 
 
 def fold_on_open(con: duckdb.DuckDBPyConnection, default_cap_us: int, default_idle_pct: float) -> None:
-    """At open (no writer yet): fold rows left pending by a crash, with the rollup's stored parameters."""
-    if not pending_count(con):
+    """At open (no writer yet): fold what a crash left pending, with the rollup's stored parameters."""
+    since = _recovery_floor(con)
+    if since is None:
         return
     row = con.execute("SELECT interval_us, idle_utilization_pct FROM rollup_meta").fetchone()
     cap_us, idle_pct = (2 * int(row[0]), float(row[1])) if row else (default_cap_us, default_idle_pct)
     con.begin()
     try:
-        fold_pending(con, cap_us, idle_pct)
+        con.execute(_ROWS_NEWER_THAN_TAIL.format(floor=_literal(since)))
+        _fold_rows(con, cap_us, idle_pct)
+        con.execute("DELETE FROM pending_since")
+        con.execute("DELETE FROM rollup_pending")
         con.commit()
     except BaseException:
         con.rollback()
         raise
+
+
+def _recovery_floor(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    row = con.execute("""SELECT least((SELECT min(since) FROM pending_since),
+                                      (SELECT min(ts) FROM rollup_pending))""").fetchone()
+    return row[0] if row else None
+
+
+def _fold_rows(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float) -> None:
+    con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
+    con.execute(usage_sql.APPEND_IN_ORDER, {"cap_us": cap_us, "idle_pct": idle_pct})
+    con.execute(_FOLD_GPU_LAST)
+    con.execute("DROP TABLE pending_rows")
+
+
+def _literal(value: datetime) -> str:
+    return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
+
+
+def _literal_us(value_us: int) -> str:
+    return _literal(_EPOCH + timedelta(microseconds=value_us))

@@ -137,6 +137,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             hostname VARCHAR
         )""",
     ),
+    # 6: pending samples are no longer copied: a time at or before every sample not yet
+    # folded into usage_daily and gpu_last (none when nothing is pending), see pending.py
+    (
+        "CREATE TABLE pending_since (since TIMESTAMP NOT NULL)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

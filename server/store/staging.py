@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,7 @@ class JsonStager:
         parts: list[str] = []
         if big:  # our own paths (no quotes inside); every value inlined as a SQL literal
             files = ", ".join(f"'{p}'" for p in paths[:len(big)])
-            tags = ", ".join(f"('{path}', {job}, {_sql_text(batches[job][0])}, {_sql_time(batches[job][1])})"
+            tags = ", ".join(f"('{path}', {job}, {sql_text(batches[job][0])}, {_sql_time(batches[job][1])})"
                              for path, job in zip(paths, big, strict=False))
             parts.append(
                 f"""SELECT j.job AS job, j.account AS account, j.received_at AS received_at,
@@ -156,7 +156,8 @@ class JsonStager:
             os.rmdir(self._dir)
 
 
-def _sql_text(value: str) -> str:
+def sql_text(value: str) -> str:
+    """A SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -217,14 +218,16 @@ def _to_us(value: Any) -> int:
 
 
 Key = tuple[str, str]
+Range = tuple[int, int, int]  # a GPU's lowest and highest timestamp (µs) in a group, and its count
 SampleKeys = tuple[Sequence[str], Sequence[int]]  # every sample's gpu_uuid and timestamp (µs)
 
 
 class TailCache:
     """Every GPU's newest stored timestamp (µs), mirrored from the store by the writer thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, pending: Callable[[], Mapping[Key, Range]] = dict) -> None:
         self._tail: dict[Key, int] | None = None
+        self._pending = pending  # the writer's samples not folded in yet (not in gpu_last)
 
     def invalidate(self) -> None:
         """Something other than a sample group wrote samples: reload before the next check."""
@@ -232,22 +235,22 @@ class TailCache:
 
     def load(self, con: duckdb.DuckDBPyConnection) -> dict[Key, int]:
         if self._tail is None:
-            rows = con.execute(
-                """SELECT account, gpu_uuid, epoch_us(max(ts)) FROM (
-                       SELECT account, gpu_uuid, ts FROM gpu_last
-                       UNION ALL SELECT account, gpu_uuid, ts FROM rollup_pending)
-                   GROUP BY ALL"""
-            ).fetchall()
-            self._tail = {(a, u): int(t) for a, u, t in rows}
+            rows = con.execute("SELECT account, gpu_uuid, epoch_us(ts) FROM gpu_last").fetchall()
+            tail = {(a, u): int(t) for a, u, t in rows}
+            for key, (_low, high, _count) in self._pending().items():
+                if high > tail.get(key, high - 1):
+                    tail[key] = high
+            self._tail = tail
         return self._tail
 
     def newest_if_fresh(self, con: duckdb.DuckDBPyConnection,
                         batches: Iterable[tuple[str, Sequence[dict[str, Any]], SampleKeys | None]]
-                        ) -> dict[Key, int] | None:
-        """Each GPU's newest timestamp in the group if every sample is new and newer than its
-        GPU's stored tail (and than the group's earlier batches); None otherwise."""
+                        ) -> dict[Key, Range] | None:
+        """Each GPU's lowest and newest timestamp and sample count in the group, if every
+        sample is new and newer than its GPU's stored tail (and than the group's earlier
+        batches); None otherwise."""
         tail = self.load(con)
-        newest: dict[Key, int] = {}
+        ranges: dict[Key, Range] = {}
         for account, samples, keys in batches:
             if keys is None:
                 keys = ([s["gpu_uuid"] for s in samples], timestamps_us(samples))
@@ -256,26 +259,28 @@ class TailCache:
                 return None  # the same (gpu, timestamp) twice in one batch
             low: dict[str, int] = {}
             high: dict[str, int] = {}
+            count: dict[str, int] = {}
             for uuid, ts in zip(uuids, stamps, strict=True):
                 if ts < low.get(uuid, ts + 1):
                     low[uuid] = ts
                 if ts > high.get(uuid, ts - 1):
                     high[uuid] = ts
+                count[uuid] = count.get(uuid, 0) + 1
             for uuid, ts in low.items():
                 key = (account, uuid)
-                seen = newest.get(key)
-                if seen is None:
-                    seen = tail.get(key)
+                earlier = ranges.get(key)
+                seen = earlier[1] if earlier is not None else tail.get(key)
                 if seen is not None and ts <= seen:
                     return None
-                newest[key] = high[uuid]
-        return newest
+                ranges[key] = (earlier[0] if earlier is not None else ts, high[uuid],
+                               count[uuid] + (earlier[2] if earlier is not None else 0))
+        return ranges
 
-    def advance(self, newest: dict[Key, int]) -> None:
+    def advance(self, ranges: dict[Key, Range]) -> None:
         """After COMMIT: the group's newest timestamps become the tails they exceed."""
         if self._tail is None:
             return
         tail = self._tail
-        for key, ts in newest.items():
+        for key, (_low, ts, _count) in ranges.items():
             if ts > tail.get(key, ts - 1):
                 tail[key] = ts
