@@ -12,11 +12,13 @@ dedup entirely.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,17 +43,22 @@ FIELD_TYPES: dict[str, str] = {
 SAMPLE_FIELDS: tuple[str, ...] = tuple(FIELD_TYPES)
 
 STAGING_DDL = f"""CREATE TEMP TABLE IF NOT EXISTS staging (
-    job INTEGER, account VARCHAR, received_at TIMESTAMP, ts TIMESTAMP,
+    job BIGINT, account VARCHAR, received_at TIMESTAMP, ts TIMESTAMP,
     {", ".join(f"{name} {kind}" for name, kind in FIELD_TYPES.items())}
 )"""
 
 _JSON_COLUMNS = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in
                                {"timestamp": "TIMESTAMPTZ", **FIELD_TYPES}.items()) + "}"
 _PACKED_COLUMNS = "{" + ", ".join(
-    f"'{name}': '{kind}'" for name, kind in {"timestamp": "TIMESTAMPTZ", **FIELD_TYPES, "_job": "INTEGER",
+    f"'{name}': '{kind}'" for name, kind in {"timestamp": "TIMESTAMPTZ", **FIELD_TYPES, "_job": "BIGINT",
                                              "_account": "VARCHAR", "_received": "TIMESTAMP"}.items()) + "}"
 PACK_BELOW_ROWS = 500
 _INT64 = 2**63
+
+
+Key = tuple[str, str]
+Range = tuple[int, int, int]  # a GPU's lowest and highest timestamp (µs) in a group, and its count
+SampleKeys = tuple[Sequence[str], Sequence[int]]  # every sample's gpu_uuid and timestamp (µs)
 
 
 STAGING_DIR_ENV = "GPUFLEET_STAGING_DIR"  # where staging folders go (default: MEMORY_DIR)
@@ -86,55 +93,87 @@ def make_staging_dir() -> str:
     return tempfile.mkdtemp(prefix=f"gpufleet-ingest-{os.getpid()}-")
 
 
+@dataclass
+class StagedBatch:
+    """One submitted batch, made ready for the writer on the submitting thread.
+
+    The JSON serialisation, the file write and the per-GPU summary happen where the
+    batch is submitted (the event loop, which holds the GIL anyway), so the writer
+    thread spends its time in DuckDB: every time it needs the GIL back from a busy
+    event loop it can wait up to a switch interval (5 ms), and a group used to need it
+    twice per batch.
+    """
+
+    job: int  # unique per stager: the batch's tag in ``staging.job``
+    account: str
+    received_at: datetime
+    count: int
+    ranges: dict[str, Range] | None  # per gpu_uuid; None when a (gpu, timestamp) repeats
+    path: str | None = None  # a big batch's own file
+    packed: bytes | None = None  # a small batch's rows, tagged, as a JSON array
+
+
 class JsonStager:
-    """Writes a group's batches to files (one per batch) and loads them into ``staging``."""
+    """Stages batches as JSON files and gives the SELECT that reads a group of them."""
 
     def __init__(self) -> None:
         self._dir = make_staging_dir()
-        self._paths: list[str] = []
+        self._jobs = itertools.count(1)
+        self._packed_path = os.path.join(self._dir, "packed.json")
 
     @property
     def folder(self) -> str:
         """The folder this stager writes its files in."""
         return self._dir
 
-    def stage(self, con: duckdb.DuckDBPyConnection, batches: Sequence[tuple[str, datetime, Sequence[dict[str, Any]]]]
-              ) -> None:
-        """Load every (account, received_at, samples) batch into ``staging``, job = its position."""
+    def prepare(self, account: str, received_at: datetime, samples: Sequence[dict[str, Any]],
+                keys: SampleKeys | None = None) -> StagedBatch:
+        """Summarise and serialise one batch (thread-safe; call it where the batch is submitted).
+
+        A big batch gets a file of its own (the group's SELECT names its job by file);
+        small ones are kept as bytes, each row a copy tagged with its job, account and
+        receive time, and share one file per group (DuckDB pays ~0.7 ms per file and more
+        for the join that names a file's job; the copy costs ~0.3 µs per row).
+        """
+        job = next(self._jobs)
+        if keys is None:
+            keys = ([s["gpu_uuid"] for s in samples], timestamps_us(samples))
+        batch = StagedBatch(job, account, received_at, len(samples), batch_ranges(*keys))
+        if len(samples) >= PACK_BELOW_ROWS:
+            batch.path = os.path.join(self._dir, f"batch-{job}.json")
+            self._write(batch.path, _dumps(samples))
+        else:
+            tags = {"_job": job, "_account": account, "_received": to_db(received_at)}
+            batch.packed = _dumps([{**sample, **tags} for sample in samples])
+        return batch
+
+    def release(self, batch: StagedBatch) -> None:
+        """The batch is written (or failed): remove its file."""
+        if batch.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(batch.path)
+
+    def stage(self, con: duckdb.DuckDBPyConnection, batches: Sequence[StagedBatch]) -> None:
+        """Load every batch of the group into ``staging``."""
         con.execute("INSERT INTO staging " + self.source(batches))
 
-    def source(self, batches: Sequence[tuple[str, datetime, Sequence[dict[str, Any]]]]
-               ) -> str:
-        """Write the group's files; return a SELECT of their rows (columns as ``staging``).
+    def source(self, batches: Sequence[StagedBatch]) -> str:
+        """A SELECT of the group's rows (columns as ``staging``, job = each batch's ``job``).
 
-        A big batch gets a file of its own (the file names its job); small ones share one
-        file, each row a copy tagged with its job, account and receive time (DuckDB pays
-        ~0.7 ms per file and more for the join that names a file's job; the copy costs
-        ~0.3 µs per row). The SELECT has no parameters, so it can go in a multi-statement
-        script, and may be run more than once until the next call.
+        Small batches' rows are written to the group's one shared file here. The SELECT
+        has no parameters, so it can go in a multi-statement script, and may be run more
+        than once until the next call.
         """
-        big: list[int] = []
-        packed: list[dict[str, Any]] = []
-        for job, (account, received, samples) in enumerate(batches):
-            if len(samples) >= PACK_BELOW_ROWS:
-                big.append(job)
-            else:
-                tags = {"_job": job, "_account": account, "_received": to_db(received)}
-                packed.extend([{**sample, **tags} for sample in samples])
-        bodies = [_dumps(batches[job][2]) for job in big] + ([_dumps(packed)] if packed else [])
-        while len(self._paths) < len(bodies):
-            self._paths.append(os.path.join(self._dir, f"batch-{len(self._paths)}.json"))
-        paths = self._paths[:len(bodies)]
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)  # a tmp cleaner may have removed it
-        for path, body in zip(paths, bodies, strict=True):
-            with open(path, "wb") as out:
-                out.write(body)
+        big = [b for b in batches if b.path is not None]
+        packed = [b.packed[1:-1] for b in batches if b.packed is not None and len(b.packed) > 2]
+        if packed:
+            self._write(self._packed_path, b"[" + b",".join(packed) + b"]")
         fields = ", ".join("r." + f for f in SAMPLE_FIELDS)
         parts: list[str] = []
         if big:  # our own paths (no quotes inside); every value inlined as a SQL literal
-            files = ", ".join(f"'{p}'" for p in paths[:len(big)])
-            tags = ", ".join(f"('{path}', {job}, {sql_text(batches[job][0])}, {_sql_time(batches[job][1])})"
-                             for path, job in zip(paths, big, strict=False))
+            files = ", ".join(f"'{b.path}'" for b in big)
+            tags = ", ".join(f"('{b.path}', {b.job}, {sql_text(b.account)}, {_sql_time(b.received_at)})"
+                             for b in big)
             parts.append(
                 f"""SELECT j.job AS job, j.account AS account, j.received_at AS received_at,
                            r.timestamp::TIMESTAMP AS ts, {fields}
@@ -145,15 +184,41 @@ class JsonStager:
             parts.append(
                 f"""SELECT r._job AS job, r._account AS account, r._received AS received_at,
                            r.timestamp::TIMESTAMP AS ts, {fields}
-                    FROM read_json('{paths[-1]}', format = 'array', columns = {_PACKED_COLUMNS}) r""")
+                    FROM read_json('{self._packed_path}', format = 'array', columns = {_PACKED_COLUMNS}) r""")
+        if not parts:  # every batch empty: nothing to read
+            return "SELECT * FROM staging WHERE false"
         return " UNION ALL ".join(parts)
 
     def close(self) -> None:
-        for path in self._paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.unlink(self._packed_path)
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
+
+    def _write(self, path: str, body: bytes) -> None:
+        try:
+            with open(path, "wb") as out:
+                out.write(body)
+        except FileNotFoundError:  # a tmp cleaner removed the folder: make it again
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            with open(path, "wb") as out:
+                out.write(body)
+
+
+def batch_ranges(uuids: Sequence[str], stamps: Sequence[int]) -> dict[str, Range] | None:
+    """Each GPU's lowest and highest timestamp and sample count; None if a (gpu, timestamp) repeats."""
+    if len(set(zip(uuids, stamps, strict=True))) != len(stamps):
+        return None
+    low: dict[str, int] = {}
+    high: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for uuid, ts in zip(uuids, stamps, strict=True):
+        if ts < low.get(uuid, ts + 1):
+            low[uuid] = ts
+        if ts > high.get(uuid, ts - 1):
+            high[uuid] = ts
+        count[uuid] = count.get(uuid, 0) + 1
+    return {uuid: (low[uuid], high[uuid], count[uuid]) for uuid in low}
 
 
 def sql_text(value: str) -> str:
@@ -217,9 +282,6 @@ def _to_us(value: Any) -> int:
     return epoch_us(value)
 
 
-Key = tuple[str, str]
-Range = tuple[int, int, int]  # a GPU's lowest and highest timestamp (µs) in a group, and its count
-SampleKeys = tuple[Sequence[str], Sequence[int]]  # every sample's gpu_uuid and timestamp (µs)
 
 
 class TailCache:
@@ -244,36 +306,22 @@ class TailCache:
         return self._tail
 
     def newest_if_fresh(self, con: duckdb.DuckDBPyConnection,
-                        batches: Iterable[tuple[str, Sequence[dict[str, Any]], SampleKeys | None]]
-                        ) -> dict[Key, Range] | None:
-        """Each GPU's lowest and newest timestamp and sample count in the group, if every
-        sample is new and newer than its GPU's stored tail (and than the group's earlier
-        batches); None otherwise."""
+                        batches: Iterable[tuple[str, Mapping[str, Range] | None]]) -> dict[Key, Range] | None:
+        """Each GPU's lowest and newest timestamp and sample count in the group, given every
+        (account, ``batch_ranges``) of it, if every sample is new and newer than its GPU's
+        stored tail (and than the group's earlier batches); None otherwise."""
         tail = self.load(con)
         ranges: dict[Key, Range] = {}
-        for account, samples, keys in batches:
-            if keys is None:
-                keys = ([s["gpu_uuid"] for s in samples], timestamps_us(samples))
-            uuids, stamps = keys
-            if len(set(zip(uuids, stamps, strict=True))) != len(stamps):
+        for account, per_gpu in batches:
+            if per_gpu is None:
                 return None  # the same (gpu, timestamp) twice in one batch
-            low: dict[str, int] = {}
-            high: dict[str, int] = {}
-            count: dict[str, int] = {}
-            for uuid, ts in zip(uuids, stamps, strict=True):
-                if ts < low.get(uuid, ts + 1):
-                    low[uuid] = ts
-                if ts > high.get(uuid, ts - 1):
-                    high[uuid] = ts
-                count[uuid] = count.get(uuid, 0) + 1
-            for uuid, ts in low.items():
+            for uuid, (low, high, count) in per_gpu.items():
                 key = (account, uuid)
                 earlier = ranges.get(key)
                 seen = earlier[1] if earlier is not None else tail.get(key)
-                if seen is not None and ts <= seen:
+                if seen is not None and low <= seen:
                     return None
-                ranges[key] = (earlier[0] if earlier is not None else ts, high[uuid],
-                               count[uuid] + (earlier[2] if earlier is not None else 0))
+                ranges[key] = (low, high, count) if earlier is None else (earlier[0], high, earlier[2] + count)
         return ranges
 
     def advance(self, ranges: dict[Key, Range]) -> None:

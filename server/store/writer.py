@@ -37,6 +37,7 @@ from server.store.staging import (
     Key,
     Range,
     SampleKeys,
+    StagedBatch,
     TailCache,
 )
 
@@ -67,11 +68,8 @@ class StoreClosedError(RuntimeError):
 
 @dataclass
 class _SampleJob:
-    account: str
-    samples: Sequence[dict[str, Any]]
-    received_at: datetime
+    batch: StagedBatch
     done: Callable[[WriteResult | None, BaseException | None], None]
-    keys: SampleKeys | None = None
 
 
 @dataclass
@@ -141,22 +139,36 @@ class StoreWriter:
         """
         if not samples:
             return WriteResult(0, 0)
+        self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[WriteResult] = loop.create_future()
 
-        def done(result: WriteResult | None, exc: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, result, exc)
+        batch = self._stager.prepare(account, received_at, samples, keys)
+        release = self._stager.release
 
-        self._put(_SampleJob(account, samples, received_at, done, keys))
+        def done(result: WriteResult | None, exc: BaseException | None) -> None:
+            # the file goes once the writer is done with it, even if the waiter was cancelled
+            loop.call_soon_threadsafe(_settle, future, result, exc, lambda: release(batch))
+
+        try:
+            self._put(_SampleJob(batch, done))
+        except BaseException:
+            release(batch)
+            raise
         return await future
 
     def submit_sync(self, account: str, samples: Sequence[dict[str, Any]], received_at: datetime) -> WriteResult:
         """The blocking form of ``submit`` for threads without an event loop (loaders, CLI)."""
         if not samples:
             return WriteResult(0, 0)
+        self._check_open()
         future: concurrent.futures.Future[WriteResult] = concurrent.futures.Future()
-        self._put(_SampleJob(account, samples, received_at, _resolver(future)))
-        return future.result()
+        batch = self._stager.prepare(account, received_at, samples)
+        try:
+            self._put(_SampleJob(batch, _resolver(future)))
+            return future.result()
+        finally:
+            self._stager.release(batch)
 
     def call(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *, transaction: bool = True) -> T:
         """Run ``fn(write_connection)`` on the writer thread (in a transaction) and return its result.
@@ -196,6 +208,10 @@ class StoreWriter:
         self._thread.join()
         self._stager.close()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+
     def _put(self, job: _SampleJob | _CallJob) -> None:
         with self._lock:
             if self._closed:
@@ -228,7 +244,7 @@ class StoreWriter:
                 self._tails.invalidate()  # it may have written samples or tails
                 continue
             group = [job]
-            size = len(job.samples)
+            size = job.batch.count
             while size < MAX_GROUP_SAMPLES:
                 try:
                     nxt = self._queue.get_nowait()
@@ -238,7 +254,7 @@ class StoreWriter:
                     pending_job = nxt  # keep order: run it right after this group
                     break
                 group.append(nxt)
-                size += len(nxt.samples)
+                size += nxt.batch.count
             self._run_group(group)
             if self._pending_rows >= FOLD_AT_ROWS or (
                     self._pending_rows and time.monotonic() - self._pending_since >= FOLD_AFTER_S):
@@ -280,13 +296,13 @@ class StoreWriter:
 
     def _run_group(self, group: list[_SampleJob]) -> None:
         con = self._con
+        batches = [job.batch for job in group]
         newest = None
         try:
-            newest = self._tails.newest_if_fresh(con, [(job.account, job.samples, job.keys) for job in group])
+            newest = self._tails.newest_if_fresh(con, [(b.account, b.ranges) for b in batches])
             if newest is None and not self._fold():
                 # the careful path keeps the rollup itself: it must start current
                 raise RuntimeError("deferred rollup upkeep could not be written")
-            batches = [(job.account, job.received_at, job.samples) for job in group]
             mark_us = None
             con.begin()
             if newest is not None:
@@ -295,7 +311,7 @@ class StoreWriter:
                 if self._marked_us is None or low < self._marked_us:
                     mark_us = low - pending.MARK_MARGIN_US
                     pending.mark(con, mark_us)
-                counts = {index: len(job.samples) for index, job in enumerate(group)}
+                counts = {b.job: b.count for b in batches}
             else:
                 self._stager.stage(con, batches)
                 counts = write_careful(con, self._rollup)
@@ -318,9 +334,9 @@ class StoreWriter:
             _merge(self._pending, newest)
         else:
             self._tails.invalidate()
-        for index, job in enumerate(group):
-            inserted = counts.get(index, 0)
-            job.done(WriteResult(inserted, len(job.samples) - inserted), None)
+        for job in group:
+            inserted = counts.get(job.batch.job, 0)
+            job.done(WriteResult(inserted, job.batch.count - inserted), None)
 
 
 def write_careful(con: duckdb.DuckDBPyConnection, rollup: RollupParams) -> dict[int, int]:
@@ -423,7 +439,9 @@ def _resolver(future: concurrent.futures.Future[Any]) -> Callable[[Any, BaseExce
     return done
 
 
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None,
+            cleanup: Callable[[], None]) -> None:
+    cleanup()
     if future.done():  # the waiter was cancelled; the write still happened (or not)
         return
     if exc is not None:
