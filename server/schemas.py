@@ -13,8 +13,8 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -30,8 +30,19 @@ def utc_now() -> datetime:
 
 
 def _as_utc(value: Any) -> Any:
+    """A datetime in UTC (naive taken as UTC); ValueError when UTC cannot hold it.
+
+    ``0001-01-01T00:30:00+01:00`` or ``9999-12-31T23:30:00-01:00`` lie outside
+    datetime's range once in UTC: as a validator that must be a validation error
+    (a 400), never the OverflowError that would make a 500.
+    """
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp is out of range once converted to UTC") from None
     return value
 
 
@@ -43,16 +54,17 @@ def format_utc(value: datetime, *, millis: bool = False) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# A UTC instant, serialised as "2025-01-29T12:00:00Z".
+# A UTC instant, serialised as "2025-01-29T12:00:00Z". The validator runs after
+# parsing so that text with an offset ("...+01:00") is converted to UTC as well.
 UtcDateTime = Annotated[
     datetime,
-    BeforeValidator(_as_utc),
+    AfterValidator(_as_utc),
     PlainSerializer(lambda v: format_utc(v), return_type=str, when_used="json-unless-none"),
 ]
 # The same with milliseconds, as chargeback's generated_at: "2026-04-01T09:00:00.000Z".
 UtcDateTimeMillis = Annotated[
     datetime,
-    BeforeValidator(_as_utc),
+    AfterValidator(_as_utc),
     PlainSerializer(lambda v: format_utc(v, millis=True), return_type=str, when_used="json-unless-none"),
 ]
 

@@ -205,6 +205,9 @@ AGREEMENT_CASES: list[dict[str, Any]] = [
     sample(fan_speed_pct=100), sample(fan_speed_pct=100.5), sample(energy_delta_j=-1),
     sample(power_limit_w=-1), sample(memory_total_mb=-1), sample(sm_clock_mhz=-1),
     sample(memory_clock_mhz=-1), sample(timestamp="not a time"),
+    # outside datetime's range once in UTC: both sides reject, neither raises
+    sample(timestamp="0001-01-01T00:30:00+01:00"), sample(timestamp="9999-12-31T23:30:00-01:00"),
+    sample(timestamp="2026-02-25T13:00:00+01:00"),  # an offset: both hold the same UTC instant
 ]
 
 

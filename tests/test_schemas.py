@@ -264,6 +264,25 @@ def test_timestamps_are_utc_with_z():
     assert sample.model_dump(mode="json")["timestamp"] == "2026-02-25T12:00:00Z"
 
 
+def test_timestamps_with_an_offset_are_held_in_utc():
+    sample = MetricSample.model_validate({**json.loads(INGEST_CURL_BODY)[0],
+                                          "timestamp": "2026-02-25T13:00:00+01:00"})
+    assert sample.timestamp == datetime(2026, 2, 25, 12, 0, tzinfo=UTC)
+    assert sample.timestamp.tzinfo is UTC
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00"])
+@pytest.mark.parametrize("as_datetime", [False, True])
+def test_timestamps_outside_the_utc_range_are_validation_errors(text, as_datetime):
+    value = datetime.fromisoformat(text) if as_datetime else text
+    body = {**json.loads(INGEST_CURL_BODY)[0], "timestamp": value}
+    with pytest.raises(ValidationError, match="out of range once converted to UTC"):
+        MetricSample.model_validate(body)
+    with pytest.raises(ValidationError):
+        TypeAdapter(GpuStatusResponse).validate_python(
+            {"timestamp": value, "gpus": [], "processes": [], "total_gpus": 0})
+
+
 @pytest.mark.parametrize(("field", "value"), [
     ("power_draw_w", 1500.1), ("utilization_gpu_pct", 101), ("temperature_c", -1),
     ("gpu_index", -1), ("memory_used_mb", -5), ("scheduler_source", "nomad"),
