@@ -94,6 +94,10 @@ class StoreKeyResolver:
     one rotated through this server at once (``forget``). Secrets that proved valid are
     also remembered (digest only, up to ``KNOWN_KEYS``) so that ``recognizes`` lets them
     through to a lookup while their address is refused for others' bad keys.
+
+    A lookup runs in a thread while ``forget`` may run on the loop: a generation
+    counter, bumped by ``forget``, keeps a lookup that read a key before its
+    revocation or rotation from caching that stale answer afterwards.
     """
 
     KNOWN_KEYS = 10_000
@@ -105,6 +109,12 @@ class StoreKeyResolver:
         self._clock = clock
         self._cache: dict[bytes, tuple[float, KeyInfo]] = {}
         self._known: dict[bytes, str] = {}  # digest -> key id, oldest first
+        self._generation = 0  # bumped by every forget()
+
+    @property
+    def generation(self) -> int:
+        """How many invalidations this resolver has seen."""
+        return self._generation
 
     def recognizes(self, secret: str) -> bool:
         return _digest(secret) in self._known
@@ -115,11 +125,16 @@ class StoreKeyResolver:
         now = self._clock()
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         info = await asyncio.to_thread(self._store.authenticate, secret)
         if info is None or info.revoked_at is not None:
             self._cache.pop(digest, None)
             self._known.pop(digest, None)
             return None
+        if generation != self._generation:
+            # A key was revoked or rotated while this lookup ran: the answer may predate
+            # it. It stands for this one request (it raced), but is not remembered.
+            return info
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now + self._ttl_s, info)
@@ -130,6 +145,7 @@ class StoreKeyResolver:
         return info
 
     def forget(self, key: KeyInfo) -> None:
+        self._generation += 1
         for digest, (_, info) in list(self._cache.items()):
             if info.id == key.id:
                 del self._cache[digest]
