@@ -38,6 +38,8 @@ INFO_PATH = "/admin/v1/info"
 KEYS_PATH = "/admin/v1/keys"
 CHARGEBACK_PATH = "/admin/v1/chargeback"  # read-only: the report, as GET /v1/chargeback/report
 _MAX_SUN_PATH = 107  # sun_path is 108 bytes with its terminating NUL
+# A response carrying a new secret must not be kept by any cache (as server/api/keys.py).
+SECRET_HEADERS: tuple[tuple[str, str], ...] = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
 
 
 class AdminChannelError(OSError):
@@ -185,7 +187,7 @@ class AdminChannel:
         body = _fields(request, name=str, scopes=list, account=str)
         created = await _keys_call(self._store.create_key, body["name"], body["scopes"], body["account"])
         log.info("admin channel: key %r created in account %r", created.info.name, created.info.account)
-        return Response.json(created, status=201)
+        return Response.json(created, status=201, headers=list(SECRET_HEADERS))
 
     async def _revoke(self, request: Request) -> Response:
         body = _fields(request, key=str, account=(str, type(None)))
@@ -203,7 +205,7 @@ class AdminChannel:
             if info.name == created.info.name and info.revoked_at is not None:
                 self._forget(info)
         log.info("admin channel: key %r of account %r rotated", created.info.name, created.info.account)
-        return Response.json(created)
+        return Response.json(created, headers=list(SECRET_HEADERS))
 
     async def _chargeback(self, request: Request) -> Response:
         """``?account=&from=&to=&format=json|csv``: the same report and checks as the HTTP API."""

@@ -186,3 +186,26 @@ async def test_another_user_is_refused_even_with_open_permissions(tmp_path: Path
             assert out.decode().strip() in ("b''", "reset")  # closed without a byte of answer
         finally:
             await channel.stop()
+
+
+async def test_responses_carrying_a_new_secret_are_never_cached(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    with MetricsStore.open(db) as store:
+        channel = AdminChannel(store, db, Limits())
+        await channel.start()
+        try:
+            transport = httpx.AsyncHTTPTransport(uds=str(channel.socket_path))
+            async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+                created = await http.post("/admin/v1/keys", json={
+                    "name": "ci", "scopes": ["ingest"], "account": "acme"})
+                assert created.status_code == 201 and created.json()["key"]
+                rotated = await http.post("/admin/v1/keys/rotate",
+                                          json={"key": "ci", "account": "acme"})
+                assert rotated.status_code == 200 and rotated.json()["key"] != created.json()["key"]
+                listed = await http.get("/admin/v1/keys", params={"account": "acme"})
+            for response in (created, rotated):
+                assert response.headers["cache-control"] == "no-store"
+                assert response.headers["pragma"] == "no-cache"
+            assert "cache-control" not in listed.headers  # no secret there
+        finally:
+            await channel.stop()
