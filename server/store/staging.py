@@ -171,15 +171,7 @@ class JsonStager:
         fields = ", ".join("r." + f for f in SAMPLE_FIELDS)
         parts: list[str] = []
         if big:  # our own paths (no quotes inside); every value inlined as a SQL literal
-            files = ", ".join(f"'{b.path}'" for b in big)
-            tags = ", ".join(f"('{b.path}', {b.job}, {sql_text(b.account)}, {_sql_time(b.received_at)})"
-                             for b in big)
-            parts.append(
-                f"""SELECT j.job AS job, j.account AS account, j.received_at AS received_at,
-                           r.timestamp::TIMESTAMP AS ts, {fields}
-                    FROM read_json([{files}], format = 'array', columns = {_JSON_COLUMNS},
-                                   filename = true) r
-                    JOIN (VALUES {tags}) j(filename, job, account, received_at) USING (filename)""")
+            parts.append(_big_batches_select(big, fields))
         if packed:
             parts.append(
                 f"""SELECT r._job AS job, r._account AS account, r._received AS received_at,
@@ -203,6 +195,28 @@ class JsonStager:
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
             with open(path, "wb") as out:
                 out.write(body)
+
+
+def _big_batches_select(big: Sequence[StagedBatch], fields: str) -> str:
+    """The rows of batches with files of their own, tagged with each batch's job, account
+    and receive time (one file: constants; more: a CASE on the file name, which costs
+    DuckDB ~30 % less than joining a VALUES list on it)."""
+    if len(big) == 1:
+        b = big[0]
+        job, account, received = str(b.job), sql_text(b.account), _sql_time(b.received_at)
+        source = f"read_json('{b.path}', format = 'array', columns = {_JSON_COLUMNS})"
+    else:
+        def case(value: Callable[[StagedBatch], str]) -> str:
+            return "CASE r.filename " + " ".join(f"WHEN '{b.path}' THEN {value(b)}" for b in big) + " END"
+
+        job = case(lambda b: str(b.job))
+        account = case(lambda b: sql_text(b.account))
+        received = case(lambda b: _sql_time(b.received_at))
+        files = ", ".join(f"'{b.path}'" for b in big)
+        source = f"read_json([{files}], format = 'array', columns = {_JSON_COLUMNS}, filename = true)"
+    return f"""SELECT {job} AS job, {account} AS account, {received} AS received_at,
+                      r.timestamp::TIMESTAMP AS ts, {fields}
+               FROM {source} r"""
 
 
 def batch_ranges(uuids: Sequence[str], stamps: Sequence[int]) -> dict[str, Range] | None:
