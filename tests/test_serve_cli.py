@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
+import re
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from server.store import MetricsStore
-from tests.serve_process import start_serve
+from tests.serve_process import ServeProcess, _pump, start_serve
 
 
 def _create_key(db: Path, scopes: list[str]) -> str:
@@ -180,3 +186,124 @@ def test_simulate_serves_n_nodes_with_a_private_token(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+# --- private files; a simulated node is served but only sampled when asked -------------
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_NVML_PATH = str(REPO / "tests" / "fakes")  # NVML loads and finds no GPU
+
+
+def _serve(db: Path, *extra: str, pythonpath: str | None = None) -> ServeProcess:
+    """``gpufleet serve --port 0 --db DB ...`` under umask 022, started as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", "0",
+                             "--db", str(db), *extra], cwd=REPO, env=env, umask=0o022,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # ends when the server exits; a test timeout bounds the rest
+        lines.append(line)
+        match = re.search(r"gpufleet serving (http\S+)", line)
+        if match:
+            sink: queue.Queue[str | None] = queue.Queue()
+            threading.Thread(target=_pump, args=(proc.stderr, sink), daemon=True).start()
+            return ServeProcess(proc, match.group(1), lines, sink)
+    proc.wait()
+    raise AssertionError("gpufleet serve did not start:\n" + "".join(lines))
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_store_its_wal_and_its_folders_are_private(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "gpufleet" / "db.duckdb"
+    server = _serve(db, "--simulate")
+    try:
+        # The sampler's first tick writes through DuckDB (the .wal appears on its first commit).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "samples" not in _wrote(db):
+            time.sleep(0.05)
+        for path in [db.parent, *db.parent.iterdir()]:
+            assert _mode(path) & 0o077 == 0, f"{path} is {_mode(path):o}"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert _mode(tmp_path / "data") == 0o700 and _mode(db.parent) == 0o700
+    assert _mode(db) == 0o600
+    assert all(_mode(p) & 0o077 == 0 for p in db.parent.iterdir())
+
+
+def _wrote(db: Path) -> str:
+    """``samples`` once the running server's store has a .wal or has grown past its header."""
+    wal = db.with_name(db.name + ".wal")
+    return "samples" if wal.exists() or (db.exists() and db.stat().st_size > 0) else ""
+
+
+def test_without_a_gpu_serve_warns_and_stores_no_simulated_samples(tmp_path: Path) -> None:
+    db = tmp_path / "db.duckdb"
+    key = _create_key(db, ["operator"])
+    server = _serve(db, pythonpath=FAKE_NVML_PATH)
+    try:
+        status = httpx.get(f"{server.url}/v1/gpu/status", headers={"X-API-Key": key}, timeout=10)
+        assert status.status_code == 200 and status.json()["node"]["simulated"] is True
+        hosts = httpx.get(f"{server.url}/v1/agent/hosts", headers={"X-API-Key": key}, timeout=10)
+        assert hosts.json()["hosts"] == []  # no in-process heartbeat either
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    (warning,) = [line for line in server.lines if "SIMULATED" in line]
+    assert " WARNING " in warning and "NOT stored" in warning and "--simulate" in warning
+    with MetricsStore.open(db) as store:
+        assert store.sample_count() == 0
+
+
+def test_with_simulate_the_simulated_node_is_sampled_without_a_warning(tmp_path: Path) -> None:
+    db = tmp_path / "db.duckdb"
+    key = _create_key(db, ["read"])
+    server = _serve(db, "--simulate", pythonpath=FAKE_NVML_PATH)
+    try:
+        deadline = time.monotonic() + 20
+        hosts: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not hosts:
+            hosts = httpx.get(f"{server.url}/v1/agent/hosts", headers={"X-API-Key": key},
+                              timeout=10).json()["hosts"]
+            if not hosts:
+                time.sleep(0.1)
+        assert hosts, "the simulated node was never sampled"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert "SIMULATED" not in server.log and " WARNING " not in server.log.replace(
+        "No API keys yet", "")
+    with MetricsStore.open(db) as store:
+        assert store.sample_count() > 0
+
+
+def test_sampling_settings_keep_invented_samples_out_unless_asked(
+        fake_nvml: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from server.commands.serve import sampling_settings
+    from server.config import Settings
+    from server.gpu.nvml import NvmlBackend
+    from server.gpu.simulated import SimulatedBackend
+    from tests.fakes.pynvml import FakeGpu
+
+    simulated = SimulatedBackend()
+    default = Settings()
+    with caplog.at_level(logging.WARNING, logger="gpufleet.server"):
+        assert sampling_settings(default, simulated).sampler.enabled is False
+    assert "SIMULATED" in caplog.text and "NOT stored" in caplog.text
+    caplog.clear()
+    asked = default.with_overrides({"server.simulate": True})  # --simulate or the config
+    assert sampling_settings(asked, simulated).sampler.enabled is True
+    assert caplog.text == ""
+    fake_nvml.configure([FakeGpu(name="NVIDIA A100-SXM4-80GB", uuid="GPU-a100-0")])
+    real = NvmlBackend(nvml_module=fake_nvml)
+    try:
+        assert sampling_settings(default, real) is default
+    finally:
+        real.close()
+    assert caplog.text == ""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import asyncio
+
     from server.admin import AdminChannel
     from server.app import ServerApp
     from server.config import Settings
+    from server.gpu.base import GpuBackend
     from server.store import MetricsStore
 
 HELP = ("Run the gpufleet server: this node's GPU API, metrics ingest, chargeback and "
@@ -31,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
                         help="private key of --tls-cert (PEM)")
     parser.add_argument("--simulate", action="store_true", default=None,
-                        help="serve the simulated fleet's local node even when NVML finds GPUs")
+                        help="serve the simulated fleet's local node (even when NVML finds GPUs) and "
+                             "sample it into the store; without a GPU and without this "
+                             "flag the simulated node is served but not sampled")
     parser.add_argument("--no-sampler", dest="sampler", action="store_false", default=None,
                         help="do not sample this node's GPUs into the store")
     parser.add_argument("--log-level", default="INFO",
@@ -60,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
     log = logging.getLogger("gpufleet.server")
+    # Everything the server writes is its owner's alone: the store, and DuckDB's .wal,
+    # which is recreated at every checkpoint (a chmod after opening would not last).
+    os.umask(0o077)
     try:
         settings = settings_from(args)
         # Before the store is opened (and perhaps migrated): a server that cannot start
@@ -148,6 +157,7 @@ async def serve(settings: Settings) -> int:
     import logging
 
     from server.app import ServerApp
+    from server.files import make_private_dir
     from server.gpu.base import BackendUnavailable
     from server.gpu.select import open_backend
     from server.http.signals import run_until_signalled
@@ -156,7 +166,7 @@ async def serve(settings: Settings) -> int:
     log = logging.getLogger("gpufleet.server")
     db_path = settings.server.resolved_db_path()
     try:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(db_path.parent)
         store = await asyncio.to_thread(
             MetricsStore.open, db_path, expected_interval_s=settings.pricing.expected_interval_s,
             idle_utilization_pct=settings.pricing.idle_utilization_pct)
@@ -167,6 +177,7 @@ async def serve(settings: Settings) -> int:
             backend = await asyncio.to_thread(open_backend, simulate=settings.server.simulate)
         except BackendUnavailable as exc:
             raise _StartupError(str(exc)) from exc
+        settings = sampling_settings(settings, backend)
         try:
             app = ServerApp(settings, backend=backend, store=store)
             try:
@@ -176,6 +187,8 @@ async def serve(settings: Settings) -> int:
                                     f"{settings.server.port}: {exc}") from exc
             # Before the "serving" line: whoever waits for it can use `gpufleet keys` at once.
             admin = await _start_admin_channel(app, store, db_path)
+            # Whoever reads the "serving" line may signal at once: the stop must already be caught.
+            stop = _catch_stop_signals()
             log.info("gpufleet serving %s (store %s)", app.url, db_path)
             if not await asyncio.to_thread(store.list_keys):
                 log.warning("No API keys yet. Create one with: gpufleet keys create --name NAME "
@@ -186,12 +199,48 @@ async def serve(settings: Settings) -> int:
                 if admin is not None:
                     await admin.stop()
 
-            return await run_until_signalled(app.http, on_stop=on_stop)
+            return await run_until_signalled(app.http, on_stop=on_stop, stop=stop)
         finally:
             backend.close()
     finally:
         await asyncio.to_thread(store.close)
         log.info("store closed")
+
+
+def _catch_stop_signals() -> asyncio.Event:
+    """An event SIGTERM/SIGINT set from now on (run_until_signalled takes over the handlers)."""
+    import asyncio
+    import contextlib
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def sampling_settings(settings: Settings, backend: GpuBackend) -> Settings:
+    """``settings``, with the in-process sampler off when it would store invented numbers.
+
+    Without a usable GPU the server still serves the simulated node (every body says
+    ``simulated: true``), but its samples feed chargeback only when the simulation was
+    asked for (``--simulate`` or ``server.simulate = true``): made-up GPU-hours must
+    never be billed by accident.
+    """
+    import logging
+
+    if not backend.simulated or settings.server.simulate:
+        return settings
+    log = logging.getLogger("gpufleet.server")
+    if not settings.sampler.enabled:
+        log.warning("No usable NVIDIA GPU: serving a SIMULATED node (simulated: true); "
+                    "pass --simulate to serve it deliberately")
+        return settings
+    log.warning("No usable NVIDIA GPU: serving a SIMULATED node (simulated: true), and its "
+                "samples are NOT stored; pass --simulate to sample it into the store")
+    return settings.with_overrides({"sampler.enabled": False})
 
 
 async def _start_admin_channel(app: ServerApp, store: MetricsStore,
