@@ -226,3 +226,18 @@ def test_a_rollup_built_by_the_older_energy_rule_is_rebuilt_on_open(tmp_path: Pa
     tamper("COMMENT ON TABLE usage_daily IS NULL")  # as a store from before the rule was kept
     with MetricsStore.open(path) as st:
         assert st.chargeback("acme", DAY, DAY, PRICING).summary.energy_kwh == expected
+
+
+def test_time_before_1970_lands_on_its_own_utc_day(store: MetricsStore) -> None:
+    # Negative epoch values: a truncating modulo would put 23:58 on the wrong side of midnight.
+    midnight = datetime(1969, 12, 31, tzinfo=UTC)
+    days = (date(1969, 12, 30), date(1969, 12, 31))
+    first = [s(midnight - timedelta(seconds=120) + timedelta(seconds=30 * i)) for i in range(6)]
+    late = s(midnight - timedelta(seconds=75), uuid="GPU-a")  # out of order: recomputed from raw
+    put(store, first)
+    put(store, [late, *[s(midnight + timedelta(seconds=60 + 30 * i)) for i in range(4)]])
+    assert seconds(store, day=days[0]) == 120.0  # 23:58:00 to midnight
+    for first_day, last_day in ((days[0], days[0]), (days[1], days[1]), days):
+        rolled = store.usage_rows("acme", first_day, last_day, PRICING)
+        assert rolled, (first_day, last_day)
+        assert rolled == store.chargeback_from_samples("acme", first_day, last_day, PRICING)

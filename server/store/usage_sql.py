@@ -25,10 +25,13 @@ def _parts_sql(source: str, *, floor_us: str = "0") -> str:
 
     An interval is at most ``cap_us`` long, which must not exceed a day, so it
     crosses at most one midnight. Parts starting before ``floor_us`` are dropped.
+    ``d0`` is the UTC midnight at or before ``a``: SQL's ``%`` truncates toward zero,
+    so the floored form keeps times before 1970 (negative ``a``) on their own day.
     """
     return f"""
     iv AS (
-        SELECT *, a + full_us AS b, a - (a % {DAY_US}) AS d0 FROM {source}
+        SELECT *, a + full_us AS b, a - (((a % {DAY_US}) + {DAY_US}) % {DAY_US}) AS d0
+        FROM {source}
     ),
     parts AS (
         SELECT account, gpu_uuid, team_id, model_tag, gpu_name, power_draw_w,
