@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _REQS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _PCT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+_NODE_LINE = re.compile(r"^\S+ (https?://\S+)$")  # "ws-gpu-01 http://127.0.0.1:41234"
 
 
 def start_node(workdir: Path) -> tuple[subprocess.Popen[str], str, str]:
@@ -37,9 +39,28 @@ def start_node(workdir: Path) -> tuple[subprocess.Popen[str], str, str]:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in range(4)]
-    url = lines[3].split()[1]
+    try:
+        url = first_node_url(proc.stdout)
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise
     return proc, url, token_file.read_text().strip()
+
+
+def first_node_url(stdout: Iterable[str]) -> str:
+    """The URL of the first ``<node name> <url>`` line ``gpufleet simulate`` prints.
+
+    Lines before the nodes (token and nodes files, a curl hint) may change in number or
+    wording; a node line is exactly two fields, the second an http(s) URL.
+    """
+    seen: list[str] = []
+    for line in stdout:
+        seen.append(line)
+        match = _NODE_LINE.match(line.strip())
+        if match:
+            return match.group(1)
+    raise RuntimeError("gpufleet simulate printed no node line:\n" + "".join(seen))
 
 
 def sequential(url: str, token: str, count: int) -> list[float]:
