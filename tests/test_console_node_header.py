@@ -39,7 +39,7 @@ def text(node: NodeState, width: int) -> str:
 def test_wide_row_says_everything(node: NodeState) -> None:
     row = text(node, 200)
     assert row.startswith(f"▾ {A100}  ● up  14 ms   SIM   8 x A100-SXM4-80GB  mem ")
-    assert row.endswith(" W") and "/640.0 GiB" in row
+    assert row.endswith(" W") and "/640.0 GB" in row
 
 
 def test_at_80_columns_the_gpu_model_goes_first_and_power_stays_whole(node: NodeState) -> None:
@@ -61,12 +61,12 @@ def test_narrower_rows_drop_parts_in_order_and_fit(node: NodeState) -> None:
         if row not in seen:
             seen.append(row)
     # Model, then precision of memory, GPU count, round trip, power, memory.
-    assert any("mem " not in r and "GiB" in r and "8 GPUs" in r for r in seen)
-    assert any("GPUs" not in r and "ms" in r and "GiB" in r for r in seen)
+    assert any("mem " not in r and "GB" in r and "8 GPUs" in r for r in seen)
+    assert any("GPUs" not in r and "ms" in r and "GB" in r for r in seen)
     assert any(" ms" not in r and r.endswith(" W") for r in seen)
     assert seen[-1] == f"▾ {A100}  ● up   SIM "
     # Every row ends on a whole part: a figure with its unit, or the SIM label.
-    assert all(re.search(r"(\d W| GiB| ms| SIM )$", row) for row in seen), seen
+    assert all(re.search(r"(\d W| GB| ms| SIM )$", row) for row in seen), seen
 
 
 def test_unreachable_row_drops_the_error_before_last_seen(node: NodeState) -> None:

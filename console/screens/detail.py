@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from console.state import FleetState, NodeState
 from console.widgets.badges import SimulatedBadge, set_text
-from console.widgets.format import ago, gib, pct, rtt, short_gpu_name, temp
+from console.widgets.format import MEMORY_UNIT, ago, gb, pct, rtt, short_gpu_name, temp
 from console.widgets.memory_bar import MemoryBar
 from console.widgets.sparklines import MetricSpark
 from server.schemas import GpuInfo
@@ -30,7 +30,7 @@ def gpu_facts(gpu: GpuInfo) -> str:
         power += f" of {gpu.power_limit_w:.0f} W"
     rows = [
         ("Utilization", f"GPU {pct(gpu.utilization.gpu_percent)} · mem {pct(gpu.utilization.memory_percent)}"),
-        ("Memory", f"{gib(gpu.memory.used_mb)} / {gib(gpu.memory.total_mb)} GiB"),
+        ("Memory", f"{gb(gpu.memory.used_mb)} / {gb(gpu.memory.total_mb)} {MEMORY_UNIT}"),
         ("Temperature", temp(gpu.temperature_c)),
         ("Power", power),
         ("SM clock", _mhz(gpu.sm_clock_mhz)),
@@ -146,7 +146,7 @@ class GpuDetailScreen(Screen[None]):
                 name = f"{proc.name} (not visible to this host)"
             if len(name) > name_width:
                 name = name[: name_width - 1] + "…"
-            memory = f"{gib(proc.memory_mb)} GiB" if proc.memory_mb is not None else "—"
+            memory = f"{gb(proc.memory_mb)} {MEMORY_UNIT}" if proc.memory_mb is not None else "—"
             table.add_row(str(proc.pid), proc.user or ("?" if not proc.visible else "—"),
                           name, memory, proc.type or "—")
         if not processes:

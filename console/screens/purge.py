@@ -13,7 +13,7 @@ from textual.widgets import Button, Input, Label, Static, Switch
 
 from console.poller import describe_error
 from console.state import NodeState
-from console.widgets.format import gib, short_gpu_name
+from console.widgets.format import MEMORY_UNIT, gb, short_gpu_name
 from server.schemas import PurgeResult
 
 PurgeCall = Callable[[bool, list[int] | None], Awaitable[PurgeResult]]
@@ -46,12 +46,12 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None) -> list[str]:
         lines.append("[$error]This node is not answering: the purge will most likely fail.[/]")
     used = sum(g.memory.used_mb for g in gpus)
     total = sum(g.memory.total_mb for g in gpus)
-    lines.append(f"Memory in use: [b]{gib(used)} / {gib(total)} GiB[/b]")
+    lines.append(f"Memory in use: [b]{gb(used)} / {gb(total)} {MEMORY_UNIT}[/b]")
     if len(gpus) <= 2:
         for gpu in gpus:
-            lines.append(f"  GPU {gpu.index} {short_gpu_name(gpu.name)}: {gib(gpu.memory.used_mb)} GiB used")
+            lines.append(f"  GPU {gpu.index} {short_gpu_name(gpu.name)}: {gb(gpu.memory.used_mb)} {MEMORY_UNIT} used")
     else:
-        lines.append("  GiB used per GPU: " + " · ".join(f"{g.index}: {gib(g.memory.used_mb)}" for g in gpus))
+        lines.append(f"  {MEMORY_UNIT} used per GPU: " + " · ".join(f"{g.index}: {gb(g.memory.used_mb)}" for g in gpus))
     models = node.models_on(gpu_indices)
     runtimes = [m for m in models if m.runtime != "process"]
     processes = [m for m in models if m.runtime == "process"]
@@ -61,7 +61,7 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None) -> list[str]:
         on = [g.index for g in (status.gpus if status else []) if g.model_tag == model.name]
         on = on or ([model.gpu_index] if model.gpu_index is not None else [])
         where = ("GPU " if len(on) == 1 else "GPUs ") + ",".join(map(str, on)) if on else "any GPU"
-        size = f"{gib(model.memory_mb)} GiB" if model.memory_mb is not None else "size unknown"
+        size = f"{gb(model.memory_mb)} {MEMORY_UNIT}" if model.memory_mb is not None else "size unknown"
         state = ("[$warning]in use: skipped unless forced[/]" if model.in_use
                  else "[$success]idle: unloaded[/]")
         lines.append(f"  {_esc(model.name)} ({model.runtime}, {where}, {size}) {state}")
@@ -83,8 +83,8 @@ def describe_result(result: PurgeResult) -> list[str]:
     colour = {"success": "$success", "partial": "$warning", "error": "$error"}[result.status]
     lines = [
         f"Status: [{colour}]{result.status}[/]",
-        f"Freed [b]{result.memory_freed_gb:.1f} GiB[/b]: {result.memory_before.used_gb:.1f} → "
-        f"{result.memory_after.used_gb:.1f} of {result.memory_after.total_gb:.1f} GiB",
+        f"Freed [b]{result.memory_freed_gb:.1f} {MEMORY_UNIT}[/b]: {result.memory_before.used_gb:.1f} → "
+        f"{result.memory_after.used_gb:.1f} of {result.memory_after.total_gb:.1f} {MEMORY_UNIT}",
         "Models unloaded: " + (", ".join(_esc(m) for m in result.models_unloaded) or "none"),
     ]
     # The server lists an in-use skip under both errors and skipped: show it once, as a skip.

@@ -27,7 +27,7 @@ from console.widgets.format import (
     MEMORY_PCT,
     POWER_PCT_OF_LIMIT,
     TEMP_C,
-    gib,
+    gb,
     level,
     pct,
     short_gpu_name,
@@ -242,7 +242,7 @@ class FleetTable(ScrollView, can_focus=True):
         if gpu.lost:
             segments.append(Segment(_fit("GPU lost", cols[2].width), self._style("crit")))
         else:
-            label = f"{gib(gpu.memory.used_mb)}/{gib(gpu.memory.total_mb)}G"
+            label = f"{gb(gpu.memory.used_mb)}/{gb(gpu.memory.total_mb)}G"
             bar_width = max(3, cols[2].width - MEMORY_LABEL_WIDTH)
             lvl = "dim" if stale else level(gpu.memory.percent_used, MEMORY_PCT)
             fraction = gpu.memory.used_mb / gpu.memory.total_mb if gpu.memory.total_mb else 0.0

@@ -25,7 +25,13 @@ def short_gpu_name(name: str) -> str:
     return name.removeprefix("NVIDIA ").removeprefix("Tesla ")
 
 
-def gib(mb: float) -> str:
+# The API document's unit: its "GB" figures are MiB / 1024 (81920 MiB is 80.0 GB, as
+# server/purge.py's SIZE_UNIT says), so every memory figure on screen is written the same way.
+MEMORY_UNIT = "GB"
+
+
+def gb(mb: float) -> str:
+    """A MiB figure in the document's GB (MiB / 1024), one decimal."""
     return f"{mb / 1024:.1f}"
 
 

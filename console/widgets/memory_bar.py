@@ -7,7 +7,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from console.widgets.format import MEMORY_PCT, gib, level
+from console.widgets.format import MEMORY_PCT, MEMORY_UNIT, gb, level
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 FULL, FREE = "█", "░"
@@ -51,7 +51,7 @@ class MemoryBar(Widget):
     def render_line_text(self) -> tuple[list[Segment], str]:
         total = self._total_mb or 1
         fraction = self._used_mb / total
-        label = f" {gib(self._used_mb)}/{gib(self._total_mb)} GiB ({100 * fraction:.0f}%)"
+        label = f" {gb(self._used_mb)}/{gb(self._total_mb)} {MEMORY_UNIT} ({100 * fraction:.0f}%)"
         width = max(4, self.size.width - len(label))
         lvl = level(100 * fraction, MEMORY_PCT)
         used = self.get_component_rich_style(f"memory-bar--{lvl}")

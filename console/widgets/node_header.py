@@ -14,7 +14,7 @@ from datetime import datetime
 from rich.cells import cell_len
 
 from console.state import NodeState
-from console.widgets.format import ago, gib, rtt, short_gpu_name
+from console.widgets.format import MEMORY_UNIT, ago, gb, rtt, short_gpu_name
 
 # A part's role names the fleet table's component class that styles it.
 Part = tuple[str, str | None]
@@ -43,13 +43,13 @@ def _summary_variants(node: NodeState, *, mask_rtt: bool) -> list[_Summary]:
     power = sum(g.power_draw_w or 0 for g in status.gpus)
     full = _Summary(
         gpus=f"{count} x {names[0]}" if len(names) == 1 else many,
-        memory=f"mem {gib(used)}/{gib(total)} GiB",
+        memory=f"mem {gb(used)}/{gb(total)} {MEMORY_UNIT}",
         power=f"{power:.0f} W",
         rtt=rtt(node.rtt_ms, masked=mask_rtt) or None,
     )
     steps = [
         replace(full, gpus=many),  # the model's name first: every GPU row shows it
-        replace(full, gpus=many, memory=f"{used / 1024:.0f}/{total / 1024:.0f} GiB"),
+        replace(full, gpus=many, memory=f"{used / 1024:.0f}/{total / 1024:.0f} {MEMORY_UNIT}"),
     ]
     steps.append(replace(steps[-1], gpus=None))
     steps.append(replace(steps[-1], rtt=None))
