@@ -253,6 +253,10 @@ async def test_overflowing_timestamp_is_a_400_and_the_server_keeps_serving(tmp_p
             assert response.status_code == 400
             assert response.json() == {
                 "error": "Metric at index 0: timestamp must be an ISO-8601 UTC timestamp"}
+            # A body parsed by the pydantic schemas: an unknown field is ignored, never a 500.
+            beat = await srv.http.post("/v1/agent/heartbeat", headers=headers, json={
+                "agent_version": "1", "gpu_count": 1, "hostname": "h", "timestamp": text})
+            assert beat.status_code == 200 and beat.json()["received_at"].endswith("Z")
         edge = await srv.http.post("/v1/metrics/ingest", headers=headers,
                                    json=[sample(timestamp="0001-01-01T00:00:00Z")])
         assert edge.status_code == 200 and edge.json()["inserted"] == 1
