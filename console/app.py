@@ -18,7 +18,7 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from console.config import NodeTarget
 from console.datasource import DataSource
@@ -28,6 +28,7 @@ from console.screens.detail import GpuDetailScreen
 from console.screens.fleet import FleetScreen
 from console.screens.purge import PurgeModal
 from console.state import FleetState
+from console.widgets.footer import ConsoleFooter
 from server.client import AsyncGpuFleetClient
 from server.config import ConsoleSettings
 from server.schemas import PurgeResult, utc_now
@@ -55,7 +56,7 @@ class NoServerScreen(Screen[None]):
         yield Static(f"{self.what}: no local gpufleet server is configured or running.\n"
                      "Start one with `gpufleet serve`, or set [console] local_server_url.",
                      id="noserver-text")
-        yield Footer()
+        yield ConsoleFooter()
 
 
 class GpuFleetApp(App[None]):
@@ -71,7 +72,7 @@ class GpuFleetApp(App[None]):
                 tooltip="Cost by team, architecture and model"),
         Binding("h", "switch_mode('hosts')", "Hosts", id="app.hosts", tooltip="Agents reporting to the server"),
         Binding("question_mark", "help", "Help", id="app.help", tooltip="Every key binding"),
-        Binding("t", "toggle_dark", "Theme", id="app.toggle_theme", tooltip="Switch light / dark"),
+        Binding("t", "toggle_dark", "Theme", show=False, id="app.toggle_theme", tooltip="Switch light / dark"),
         Binding("ctrl+r", "poll_now", "Poll now", show=False, id="app.poll_now",
                 tooltip="Poll every node now instead of waiting for the next tick"),
     ]
@@ -159,6 +160,10 @@ class GpuFleetApp(App[None]):
 
         self.push_screen(HelpScreen([FleetScreen, GpuDetailScreen, PurgeModal, ChargebackScreen,
                                      HostsScreen]))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The key of the view already shown does nothing, so it leaves the footer to keys that do.
+        return not (action == "switch_mode" and bool(parameters) and parameters[0] == self.current_mode)
 
     def action_toggle_dark(self) -> None:
         self.theme = self._dark_theme if self.theme == LIGHT_THEME else LIGHT_THEME

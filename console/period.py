@@ -6,11 +6,13 @@ and shows a ``PeriodError``'s message as is.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 MAX_SPAN_DAYS = 366
+_DAY_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 PeriodKind = Literal["this_month", "last_7_days", "last_month", "custom"]
 PERIOD_NAMES: dict[PeriodKind, str] = {
     "this_month": "This month",
@@ -59,12 +61,13 @@ class Period:
 def parse_day(text: str, field: str) -> date:
     """``YYYY-MM-DD`` (surrounding spaces allowed) or a PeriodError naming ``field``."""
     text = text.strip()
+    if not _DAY_SHAPE.fullmatch(text):
+        raise PeriodError(f"{field}: enter a date as YYYY-MM-DD")
     try:
-        if len(text) != 10:
-            raise ValueError
         return date.fromisoformat(text)
     except ValueError:
-        raise PeriodError(f"{field}: enter a date as YYYY-MM-DD") from None
+        # The shape is right, so "enter YYYY-MM-DD" would not help: name what is wrong.
+        raise PeriodError(f"{field}: {text} is not a calendar date (month 01-12, day within the month)") from None
 
 
 def utc_today() -> date:

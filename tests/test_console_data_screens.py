@@ -87,7 +87,7 @@ async def test_enter_on_a_team_drills_into_architectures_and_models(
 
 
 INVALID_PERIODS = [
-    ("2026-13-01", "2026-03-31", "From: enter a date as YYYY-MM-DD"),
+    ("2026-13-01", "2026-03-31", "From: 2026-13-01 is not a calendar date (month 01-12, day within the month)"),
     ("2026-03-01", "31/03/2026", "To: enter a date as YYYY-MM-DD"),
     ("2026-03-10", "2026-03-01", "From must be on or before To"),
     ("2025-01-01", "2026-03-01", "A period spans at most 366 days"),

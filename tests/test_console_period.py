@@ -41,7 +41,8 @@ def test_custom_dates_accept_iso_days_with_spaces() -> None:
     ("2026-2-1", "2026-02-14", "From: enter a date as YYYY-MM-DD"),  # not zero-padded
     ("20260201", "2026-02-14", "From: enter a date as YYYY-MM-DD"),  # basic ISO form
     ("", "2026-02-14", "From: enter a date as YYYY-MM-DD"),
-    ("2026-02-01", "2026-02-30", "To: enter a date as YYYY-MM-DD"),  # no such day
+    ("2026-02-01", "2026-02-30", "To: 2026-02-30 is not a calendar date (month 01-12, day within the month)"),
+    ("2026-13-01", "2026-02-14", "From: 2026-13-01 is not a calendar date (month 01-12, day within the month)"),
     ("2026-02-14", "2026-02-01", "From must be on or before To"),
     ("2025-01-01", "2026-01-02", f"A period spans at most {MAX_SPAN_DAYS} days"),
 ])

@@ -9,7 +9,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 from textual.widgets import DataTable, Input
+from textual.widgets._footer import FooterKey
 
 from console.datasource import DataSource
 from console.demo_heartbeat import DemoHeartbeats, DemoHost
@@ -162,6 +164,8 @@ async def test_help_lists_chargeback_and_hosts_bindings(live_server: LiveServer)
         sections = {str(table.get_row_at(i)[0]) for i in range(table.row_count)} - {""}
         assert {"chargeback.custom", "chargeback.export", "chargeback.close_custom",
                 "hosts.reload", "fleet.filter", "purge.cancel"} <= ids
+        # Enter opens a GPU and a team: the help says so (the fleet's keys live on its table)
+        assert {"table.select", "table.down", "chargeback.drilldown"} <= ids
         assert {"Chargeback", "Hosts"} <= sections
     # the app closed the data source it was given (its HTTP client) on the way out
     assert source._client._http.is_closed  # type: ignore[attr-defined]
@@ -256,3 +260,30 @@ async def test_the_console_opens_chargeback_with_the_team_table_focused(live_ser
         await pilot.pause()
         assert app.focused is screen.query_one("#cb-teams", DataTable)
     await source.inner.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_remapped_drilldown_key_opens_the_team_under_the_cursor(live_server: LiveServer) -> None:
+    from console.app import GpuFleetApp
+    from console.datasource import ClientDataSource
+    from server.config import ConsoleSettings
+
+    source = ClientDataSource.connect(live_server.url, live_server.key)
+    settings = ConsoleSettings(keybindings={"chargeback.drilldown": "d"})
+    app = GpuFleetApp(settings, [], data_source=source, clock=live_server.now)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("c")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, ChargebackScreen)
+        table = screen.query_one("#cb-teams", DataTable)
+        keys = {key.key: key for key in screen.query(FooterKey)}
+        assert keys["question_mark"].region.right <= 80  # Help stays on an 80-column footer
+        assert "c" not in keys or keys["c"].action != "app.switch_mode('chargeback')"
+        await pilot.press("down", "d")
+        await pilot.pause()
+        modal = app.screen
+        assert isinstance(modal, TeamDrilldownModal)
+        assert modal._team.team_id == str(table.ordered_rows[1].key.value)
+        # figures are set flush right so their digits line up
+        cost = table.get_row_at(0)[1]
+        assert isinstance(cost, Text) and cost.justify == "right" and cost.plain.startswith("$")

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Static
 
 from console.datasource import DataSource, DataSourceError
 from console.export import (
@@ -31,11 +31,14 @@ from console.export import (
 )
 from console.period import PERIOD_NAMES, Period, PeriodError, PeriodKind, utc_today
 from console.screens.drilldown import TeamDrilldownModal
-from console.widgets.format import hours, money, share_bar
+from console.widgets.footer import ConsoleFooter
+from console.widgets.format import hours, money, numeric, share_bar
 from server.schemas import ChargebackReport
 
 __all__ = ["ChargebackScreen", "TeamDrilldownModal"]
 
+# The four period keys share one footer slot; the buttons above the summary spell each one out.
+PERIOD_KEYS = Binding.Group("Period")
 
 
 class ChargebackScreen(Screen[None]):
@@ -44,10 +47,14 @@ class ChargebackScreen(Screen[None]):
     AUTO_FOCUS = "#cb-teams"
 
     BINDINGS = [
-        Binding("m", "period('this_month')", "This month", id="chargeback.this_month"),
-        Binding("w", "period('last_7_days')", "Last 7 days", id="chargeback.last_7_days"),
-        Binding("p", "period('last_month')", "Last month", id="chargeback.last_month"),
-        Binding("c", "custom_period", "Custom dates", id="chargeback.custom"),
+        Binding("m", "period('this_month')", "This month", id="chargeback.this_month", group=PERIOD_KEYS),
+        Binding("w", "period('last_7_days')", "Last 7 days", id="chargeback.last_7_days", group=PERIOD_KEYS),
+        Binding("p", "period('last_month')", "Last month", id="chargeback.last_month", group=PERIOD_KEYS),
+        Binding("c", "custom_period", "Custom dates", id="chargeback.custom", group=PERIOD_KEYS),
+        # Enter on a team row reaches the table first (RowSelected); this binding is what the
+        # help lists and what a remapped key (chargeback.drilldown) runs.
+        Binding("enter", "drill_down", "Team detail", show=False, id="chargeback.drilldown",
+                tooltip="Architectures and models of the team under the cursor"),
         Binding("e", "export_csv", "Export CSV", id="chargeback.export"),
         Binding("r", "reload", "Reload", id="chargeback.reload"),
         Binding("escape", "close_custom", "Close dates", id="chargeback.close_custom",
@@ -138,11 +145,12 @@ class ChargebackScreen(Screen[None]):
                     yield Label("-", id=f"stat-{stat}", classes="stat-value")
         yield Static("", id="cb-message")
         yield DataTable(id="cb-teams", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield ConsoleFooter()
 
     def on_mount(self) -> None:
         self.query_one("#cb-teams", DataTable).add_columns(
-            "Team", "Cost", "GPU-h", "Energy kWh", "Idle GPU-h", "Share of cost")
+            "Team", numeric("Cost"), numeric("GPU-h"), numeric("Energy kWh"), numeric("Idle GPU-h"),
+            "Share of cost")
         self._load(self.period)
 
     # -- loading -----------------------------------------------------------
@@ -180,8 +188,9 @@ class ChargebackScreen(Screen[None]):
         self._focus_teams()
         bar_width = 20 if self.size.width >= 110 else 10
         for team in sorted(report.teams, key=lambda t: (-t.total_cost_usd, t.team_id)):
-            table.add_row(team.team_id, money(team.total_cost_usd), hours(team.total_gpu_hours),
-                          hours(team.energy_kwh), hours(team.idle_gpu_hours),
+            table.add_row(team.team_id, numeric(money(team.total_cost_usd)),
+                          numeric(hours(team.total_gpu_hours)), numeric(hours(team.energy_kwh)),
+                          numeric(hours(team.idle_gpu_hours)),
                           share_bar(team.total_cost_usd, summary.total_cost_usd, bar_width),
                           key=team.team_id)
         empty = not report.teams
@@ -286,9 +295,17 @@ class ChargebackScreen(Screen[None]):
 
     @on(DataTable.RowSelected, "#cb-teams")
     def _drill_down(self, event: DataTable.RowSelected) -> None:
+        self._open_team(event.row_key.value)
+
+    def action_drill_down(self) -> None:
+        table = self.query_one("#cb-teams", DataTable)
+        if table.row_count:
+            self._open_team(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def _open_team(self, team_id: str | None) -> None:
         if self.report is None:
             return
-        team = next((t for t in self.report.teams if t.team_id == event.row_key.value), None)
+        team = next((t for t in self.report.teams if t.team_id == team_id), None)
         if team is not None:
             self.app.push_screen(TeamDrilldownModal(team, self.period))
 

@@ -9,10 +9,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from console.state import FleetState, NodeState
 from console.widgets.badges import SimulatedBadge, set_text
+from console.widgets.footer import ConsoleFooter
 from console.widgets.format import MEMORY_UNIT, ago, gb, pct, rtt, short_gpu_name, temp
 from console.widgets.memory_bar import MemoryBar
 from console.widgets.sparklines import MetricSpark
@@ -81,7 +82,7 @@ class GpuDetailScreen(Screen[None]):
                 yield Static("", id="detail-facts")
             yield Static("Processes", classes="section-title")
             yield DataTable(id="detail-processes", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield ConsoleFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#detail-processes", DataTable)

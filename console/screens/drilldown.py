@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
 from console.period import Period
-from console.widgets.format import hours, money, share_bar
+from console.widgets.format import hours, money, numeric, share_bar
 from server.schemas import TeamUsage
 
 
@@ -51,16 +51,17 @@ class TeamDrilldownModal(ModalScreen[None]):
 
     def on_mount(self) -> None:
         gpus = self.query_one("#drill-gpus", DataTable)
-        gpus.add_columns("Architecture", "GPU-h", "Rate $/h", "Cost", "Energy kWh", "Idle GPU-h")
+        gpus.add_columns("Architecture", *map(numeric, ("GPU-h", "Rate $/h", "Cost", "Energy kWh",
+                                                        "Idle GPU-h")))
         for arch in sorted(self._team.by_gpu, key=lambda a: -a.cost_usd):
-            gpus.add_row(arch.gpu_arch, hours(arch.gpu_hours), f"{arch.rate:.2f}",
-                         money(arch.cost_usd), hours(arch.energy_kwh), hours(arch.idle_gpu_hours),
-                         key=arch.gpu_arch)
+            figures = (hours(arch.gpu_hours), f"{arch.rate:.2f}", money(arch.cost_usd),
+                       hours(arch.energy_kwh), hours(arch.idle_gpu_hours))
+            gpus.add_row(arch.gpu_arch, *map(numeric, figures), key=arch.gpu_arch)
         models = self.query_one("#drill-models", DataTable)
-        models.add_columns("Model", "GPU-h", "Cost", "Energy kWh", "Share of team cost")
+        models.add_columns("Model", *map(numeric, ("GPU-h", "Cost", "Energy kWh")), "Share of team cost")
         for model in sorted(self._team.by_model, key=lambda m: -m.cost_usd):
-            models.add_row(model.model_tag, hours(model.gpu_hours), money(model.cost_usd),
-                           hours(model.energy_kwh),
+            models.add_row(model.model_tag, numeric(hours(model.gpu_hours)), numeric(money(model.cost_usd)),
+                           numeric(hours(model.energy_kwh)),
                            share_bar(model.cost_usd, self._team.total_cost_usd, 10),
                            key=model.model_tag)
 

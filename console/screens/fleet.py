@@ -10,22 +10,33 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from console.state import SORT_KEYS, FleetRow, FleetState, SortKey
 from console.widgets.badges import SimulatedBadge, set_text
 from console.widgets.fleet_table import FleetTable
+from console.widgets.footer import ConsoleFooter
+
+
+class FilterInput(Input):
+    """The filter box; while it has the keys, the footer says Esc clears it (the placeholder is gone)."""
+
+    BINDINGS = [Binding("escape", "screen.clear_filter", "Clear filter", id="fleet.filter_box_clear",
+                        tooltip="Clear the filter and show every GPU")]
 
 
 class FleetScreen(Screen[None]):
     """The console's home: a live table of the fleet."""
+
+    HELP_WIDGETS = (FleetTable,)
 
     BINDINGS = [
         Binding("slash", "filter", "Filter", id="fleet.filter", tooltip="Filter by node, GPU, team, model or process"),
         Binding("s", "sort_next", "Sort", id="fleet.sort", tooltip="Sort by the next column"),
         Binding("r", "sort_reverse", "Reverse", id="fleet.reverse", tooltip="Reverse the sort order"),
         Binding("p", "purge", "Purge", id="fleet.purge", tooltip="Purge the GPU (or node) under the cursor"),
-        Binding("escape", "clear_filter", "Clear filter", show=False, id="fleet.clear_filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="fleet.clear_filter",
+                tooltip="Clear the filter and show every GPU"),
     ]
 
     def __init__(self, state: FleetState, *, clock: Callable[[], datetime], readonly: bool,
@@ -47,9 +58,9 @@ class FleetScreen(Screen[None]):
             yield SimulatedBadge(id="fleet-simulated")
         yield FleetTable(id="fleet-table", mask_rtt=self.mask_rtt)
         yield Static("", id="fleet-nomatch", markup=False)
-        yield Input(placeholder="filter: node, GPU, team, model or process (enter keeps, esc clears)",
-                    id="fleet-filter")
-        yield Footer()
+        yield FilterInput(placeholder="filter: node, GPU, team, model or process (enter keeps, esc clears)",
+                          id="fleet-filter")
+        yield ConsoleFooter()
 
     def on_mount(self) -> None:
         self.query_one("#fleet-filter", Input).display = False
@@ -63,6 +74,7 @@ class FleetScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # A read-only console has no purge: hidden, not merely disabled.
         return not (action == "purge" and self.readonly)
+
 
     @property
     def table(self) -> FleetTable:
@@ -146,6 +158,12 @@ class FleetScreen(Screen[None]):
         row = event.row
         if row.kind == "gpu" and row.gpu is not None:
             self.app.open_detail(row.node.name, row.gpu.index)  # type: ignore[attr-defined]
+            return
+        # A node row has no detail screen of its own: say where the details are instead of ignoring Enter.
+        hint = f"{row.node.name} is a node: move to one of its GPUs (↓) and press Enter for details"
+        if not self.readonly:
+            hint += "; p on the node row purges the whole node"
+        self.notify(hint + ".", title="Node row", timeout=6)
 
     def action_purge(self) -> None:
         row: FleetRow | None = self.table.current

@@ -33,12 +33,18 @@ class HelpEntry:
 
 
 def _own_bindings(cls: type[DOMNode]) -> BindingsMap:
-    """The bindings a class and its non-Textual ancestors declare (Textual's own stay out)."""
+    """The bindings a class and its non-Textual ancestors declare (Textual's own stay out).
+
+    A screen lists in ``HELP_WIDGETS`` the widget classes whose keys belong in its section
+    (the fleet table's cursor keys and Enter), since those bindings live on the widget.
+    """
     declared: list[Binding] = []
     for klass in reversed(cls.__mro__):
         if klass.__module__.startswith("textual.") or "BINDINGS" not in klass.__dict__:
             continue
         declared.extend(Binding.make_bindings(klass.__dict__["BINDINGS"]))
+    for widget in getattr(cls, "HELP_WIDGETS", ()):
+        declared.extend(binding for _, binding in _own_bindings(widget))
     return BindingsMap(declared)
 
 

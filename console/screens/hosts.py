@@ -19,9 +19,10 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Label, Static
+from textual.widgets import DataTable, Label, Static
 
 from console.datasource import DataSource, DataSourceError
+from console.widgets.footer import ConsoleFooter
 from server.schemas import HostInfo, HostsResponse, HostStatus
 
 DEFAULT_REFRESH_S = 10.0
@@ -114,7 +115,7 @@ class HostsScreen(Screen[None]):
             yield Label("", id="hosts-updated")
         yield Static("", id="hosts-message")
         yield DataTable(id="hosts-table", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield ConsoleFooter()
 
     def on_mount(self) -> None:
         self._set_columns()

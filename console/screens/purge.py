@@ -35,7 +35,7 @@ def _esc(text: str) -> str:
     return text.replace("[", r"\[")
 
 
-def describe_plan(node: NodeState, gpu_indices: list[int] | None) -> list[str]:
+def describe_plan(node: NodeState, gpu_indices: list[int] | None, *, force: bool = False) -> list[str]:
     """The confirmation text: memory in use, each model and whether in use, processes signalled."""
     status = node.status
     lines: list[str] = []
@@ -62,13 +62,18 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None) -> list[str]:
         on = on or ([model.gpu_index] if model.gpu_index is not None else [])
         where = ("GPU " if len(on) == 1 else "GPUs ") + ",".join(map(str, on)) if on else "any GPU"
         size = f"{gb(model.memory_mb)} {MEMORY_UNIT}" if model.memory_mb is not None else "size unknown"
-        state = ("[$warning]in use: skipped unless forced[/]" if model.in_use
-                 else "[$success]idle: unloaded[/]")
+        if not model.in_use:
+            state = "[$success]idle: unloaded[/]"
+        else:
+            state = "[$error]in use: unloaded anyway (force)[/]" if force else "[$warning]in use: skipped unless forced[/]"
         lines.append(f"  {_esc(model.name)} ({model.runtime}, {where}, {size}) {state}")
     if processes:
         lines.append("Processes that would be signalled (SIGTERM, then SIGKILL):")
         for proc in processes:
-            state = "[$warning]busy: only with force[/]" if proc.in_use else "idle"
+            if not proc.in_use:
+                state = "idle"
+            else:
+                state = "[$error]busy: signalled anyway (force)[/]" if force else "[$warning]busy: only with force[/]"
             lines.append(f"  {_esc(proc.name)} (GPU {proc.gpu_index}) {state}")
     others = [p for p in (status.processes if status else [])
               if gpu_indices is None or p.gpu_index in gpu_indices]
@@ -164,6 +169,9 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
         confirm = self.query_one("#purge-confirm", Input)
         confirm.display = event.value
         self.query_one("#purge-force-label", Label).update(FORCE_ON if event.value else FORCE_OFF)
+        # The plan says what force changes, model by model, before anyone types the name.
+        self.query_one("#purge-plan", Static).update(
+            "\n".join(describe_plan(self.node, self.gpu_indices, force=event.value)))
         self.set_class(event.value, "-force")
         self._fit_body()
         if event.value:
@@ -173,6 +181,15 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
     @on(Input.Changed, "#purge-confirm")
     def _confirm_changed(self) -> None:
         self.query_one("#purge-go", Button).disabled = not self._ready()
+
+    @on(Input.Submitted, "#purge-confirm")
+    def _confirm_submitted(self) -> None:
+        """Enter after the name moves to Purge (one more Enter runs it); a wrong name is said so."""
+        if self._ready():
+            self.query_one("#purge-go", Button).focus()
+        else:
+            self.notify(f"Type the node name {self.node.name} exactly to enable Purge.",
+                        title="Force not confirmed", severity="warning")
 
     @on(Button.Pressed, "#purge-cancel")
     def action_cancel(self) -> None:

@@ -27,10 +27,10 @@ from console.widgets.format import (
     MEMORY_PCT,
     POWER_PCT_OF_LIMIT,
     TEMP_C,
+    fitted_gpu_name,
     gb,
     level,
     pct,
-    short_gpu_name,
     temp,
     watts,
 )
@@ -237,7 +237,7 @@ class FleetTable(ScrollView, can_focus=True):
         cols = layout(width)
         segments: list[Segment] = [
             Segment(_fit(f"  {gpu.index}", cols[0].width), dim),
-            Segment(_fit(short_gpu_name(gpu.name), cols[1].width - 1) + " ", None),
+            Segment(_fit(fitted_gpu_name(gpu.name, cols[1].width - 1), cols[1].width - 1) + " ", None),
         ]
         if gpu.lost:
             segments.append(Segment(_fit("GPU lost", cols[2].width), self._style("crit")))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
+
+from rich.text import Text
 
 Level = Literal["ok", "warn", "crit"]
 
@@ -28,6 +31,20 @@ def short_gpu_name(name: str) -> str:
 # The API document's unit: its "GB" figures are MiB / 1024 (81920 MiB is 80.0 GB, as
 # server/purge.py's SIZE_UNIT says), so every memory figure on screen is written the same way.
 MEMORY_UNIT = "GB"
+
+
+def fitted_gpu_name(name: str, width: int) -> str:
+    """The GPU name in ``width`` cells: ``A100-SXM4-80GB`` -> ``A100 80GB`` rather than ``A100-SXM…``.
+
+    When the short name does not fit, the model (first word) and its memory size say most;
+    the caller truncates whatever still does not fit.
+    """
+    short = short_gpu_name(name)
+    if len(short) <= width:
+        return short
+    words = re.split(r"[\s-]+", short)
+    memory = next((w for w in words[1:] if re.fullmatch(r"[0-9]+GB", w)), None)
+    return f"{words[0]} {memory}" if memory else short
 
 
 def gb(mb: float) -> str:
@@ -77,3 +94,8 @@ def money(value: float) -> str:
 
 def hours(value: float) -> str:
     return f"{value:,.1f}"
+
+
+def numeric(text: str) -> Text:
+    """A table cell (or column title) set flush right, so the digits of a column line up."""
+    return Text(text, justify="right")
