@@ -40,7 +40,6 @@ def test_first_start_says_how_to_create_a_key_and_sigterm_exits_0(tmp_path: Path
     try:
         health = httpx.get(f"{server.url}/v1/metrics/ingest", timeout=10)
         assert health.json()["status"] == "ok"
-        server.drain(0.5)
     finally:
         server.proc.send_signal(signal.SIGTERM)
     assert server.wait_exit() == 0
