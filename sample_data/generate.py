@@ -1,30 +1,50 @@
-"""A deterministic month of telemetry for the fleet in sample_data/fleet.toml.
+"""Deterministic telemetry for the fleet in sample_data/fleet.toml: last month and this one so far.
 
-Every GPU of every node reports every 60 s; busy/idle follows its job's
-schedule (continuous, business_hours, nightly, adhoc); values come from
-``hash()`` of (seed, GPU, minute), so the same inputs always give the same rows.
-The rows are generated inside DuckDB (``generate_series``), which is what makes
-loading a million of them take about a second.
+The window runs from the first day of the previous month to its end (now, or
+the end of a given day), so "this month", "last month" and "last 7 days" are
+all whole, comparable periods. Every GPU of every node reports every 60 s;
+busy/idle follows its job's schedule (continuous, business_hours, nightly,
+adhoc); values come from ``hash()`` of (seed, GPU, minute), so the same inputs
+always give the same rows. One host is offline and one stale at the end, and
+their samples stop when their heartbeats did. The rows are generated inside
+DuckDB (``generate_series``), which is what makes loading millions of them
+take a few seconds.
 
-    .venv/bin/python sample_data/generate.py --out month.csv [--end 2026-03-31]
+    .venv/bin/python sample_data/generate.py --out sample.csv [--end 2026-03-31]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from server.fleet import Fleet, default_fleet
 
-DAYS = 30
 INTERVAL_S = 60
+STALE_AFTER_INTERVALS = 3    # the second-to-last node: its agent stalled a quarter of an hour ago
+OFFLINE_AFTER_INTERVALS = 12  # the last node: its agent died an hour ago
 
 
-def gpu_rows(fleet: Fleet) -> list[tuple[Any, ...]]:
-    """One row per GPU: node, index, uuid, name, limits, and its job's attribution."""
+def host_silence_s(fleet: Fleet, heartbeat_interval_s: float) -> dict[str, float]:
+    """Seconds each node has been silent (no heartbeat, no sample) at the window's end."""
+    names = [n.name for n in fleet.nodes]
+    silence = dict.fromkeys(names, 0.0)
+    if len(names) >= 2:
+        silence[names[-2]] = STALE_AFTER_INTERVALS * heartbeat_interval_s
+    if names:
+        silence[names[-1]] = OFFLINE_AFTER_INTERVALS * heartbeat_interval_s
+    return silence
+
+
+def gpu_rows(fleet: Fleet, minutes: int, silence_s: dict[str, float] | None = None) -> list[tuple[Any, ...]]:
+    """One row per GPU: node, index, uuid, name, limits, its job's attribution and its sample count."""
+    silence_s = silence_s or {}
     rows = []
     for node_number, node in enumerate(fleet.nodes):
+        # a silent node's samples stop with its heartbeats: none in its last silent minutes
+        samples = max(0, minutes - math.ceil(silence_s.get(node.name, 0.0) / INTERVAL_S))
         for index, arch in enumerate(node.gpus):
             spec = fleet.gpu_models[arch]
             job = fleet.job_for(node.name, index)
@@ -36,7 +56,7 @@ def gpu_rows(fleet: Fleet) -> list[tuple[Any, ...]]:
                 job.schedule if job else "idle", model.name if model else None,
                 model.team if model else None, model.memory_mb if model else 0,
                 f"{job.scheduler}-{job.model}-{node.name}" if job else None,
-                job.scheduler if job else None,
+                job.scheduler if job else None, samples,
             ))
     return rows
 
@@ -45,15 +65,15 @@ GPU_COLUMNS = (
     "node VARCHAR, gpu_index INTEGER, gpu_uuid VARCHAR, gpu_name VARCHAR, memory_mb DOUBLE, "
     "power_limit_w DOUBLE, idle_power_w DOUBLE, sm_clock_mhz DOUBLE, memory_clock_mhz DOUBLE, "
     "schedule VARCHAR, model_tag VARCHAR, team_id VARCHAR, model_memory_mb DOUBLE, job_id VARCHAR, "
-    "scheduler_source VARCHAR"
+    "scheduler_source VARCHAR, samples INTEGER"
 )
 
-# $start_us / $minutes / $seed; `fleet_gpus` holds gpu_rows(). Busy is a 0..1 load
-# factor by schedule; an idle-but-loaded GPU still holds its model's memory.
+# $start_us / $seed; `fleet_gpus` holds gpu_rows(), each GPU's `samples` minutes from the start.
+# Busy is a 0..1 load factor by schedule; an idle-but-loaded GPU still holds its model's memory.
 SAMPLES_SQL = """
 WITH grid AS (
     SELECT g.*, m AS minute, $start_us + m * 60000000 AS t_us
-    FROM fleet_gpus g, generate_series(0, $minutes - 1) AS s(m)
+    FROM fleet_gpus g, generate_series(0, g.samples - 1) AS s(m)
 ),
 clock AS (
     SELECT *, (t_us // 3600000000) % 24 AS hour, (t_us // 86400000000 + 4) % 7 AS dow,
@@ -93,29 +113,28 @@ FROM load
 """
 
 
-def month_window(end: date | None, *, now: datetime | None = None) -> tuple[datetime, int]:
-    """(first sample time, minutes): DAYS days ending at the last whole minute before ``end``+1d or now."""
+def sample_window(end: date | None, *, now: datetime | None = None) -> tuple[datetime, int]:
+    """(first sample time, minutes): from the first of last month up to the end of ``end``, or now."""
     now = now or datetime.now(UTC)
     if end is None:
-        stop = now.replace(second=0, microsecond=0)
+        # the last sample is this minute's, once its 2 s receive delay has passed
+        stop = (now - timedelta(seconds=2)).replace(second=0, microsecond=0) + timedelta(minutes=1)
     else:
         stop = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
-    start = stop - timedelta(days=DAYS)
-    return start, DAYS * 24 * 60
+    this_month = (stop - timedelta(minutes=1)).date().replace(day=1)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    start = datetime(last_month.year, last_month.month, 1, tzinfo=UTC)
+    return start, int((stop - start) / timedelta(minutes=1))
 
 
-def heartbeat_rows(fleet: Fleet, stop: datetime, heartbeat_interval_s: float) -> list[tuple[Any, ...]]:
-    """Hosts: all alive except one stale and one offline (relative to ``stop``)."""
+def heartbeat_rows(fleet: Fleet, start: datetime, stop: datetime,
+                   heartbeat_interval_s: float) -> list[tuple[Any, ...]]:
+    """Hosts since ``start``: all alive at ``stop`` except one stale and one offline (see host_silence_s)."""
+    silence = host_silence_s(fleet, heartbeat_interval_s)
     rows = []
-    names = [n.name for n in fleet.nodes]
     for number, node in enumerate(fleet.nodes):
-        silent = 0.0
-        if node.name == names[-1]:
-            silent = 12 * heartbeat_interval_s  # offline
-        elif node.name == names[-2]:
-            silent = 3 * heartbeat_interval_s  # stale
-        last = stop - timedelta(seconds=silent + number)
-        rows.append((node.name, f"0.1.{number}", len(node.gpus), stop - timedelta(days=DAYS), last))
+        last = stop - timedelta(seconds=silence[node.name] + number)
+        rows.append((node.name, f"0.1.{number}", len(node.gpus), start, last))
     return rows
 
 
@@ -125,16 +144,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--end", type=date.fromisoformat, default=None, help="last day (default: today)")
+    parser.add_argument("--heartbeat-interval", type=float, default=300.0,
+                        help="agent heartbeat interval in seconds: how long the silent hosts have been silent")
     args = parser.parse_args()
     fleet = default_fleet()
-    start, minutes = month_window(args.end)
+    start, minutes = sample_window(args.end)
     con = duckdb.connect()
     con.execute(f"CREATE TABLE fleet_gpus ({GPU_COLUMNS})")
-    con.executemany(f"INSERT INTO fleet_gpus VALUES ({', '.join('?' * 15)})", gpu_rows(fleet))
+    rows = gpu_rows(fleet, minutes, host_silence_s(fleet, args.heartbeat_interval))
+    con.executemany(f"INSERT INTO fleet_gpus VALUES ({', '.join('?' * len(rows[0]))})", rows)
     from server.store.timeutil import epoch_us
 
     con.execute(f"COPY ({SAMPLES_SQL}) TO '{args.out}' (HEADER)",
-                {"start_us": epoch_us(start), "minutes": minutes, "seed": fleet.seed})
+                {"start_us": epoch_us(start), "seed": fleet.seed})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Load the sample fleet's month of telemetry into a store, so chargeback has figures at once.
+"""Load the sample fleet's telemetry into a store, so chargeback has figures at once.
 
-The rows are generated inside DuckDB by sample_data/generate.py's SQL (about a
-million rows in a second or two) and written in one transaction on the
-store's writer thread, with the usage rollup recomputed for those GPUs.
+The window is last month and this month so far (sample_data/generate.py), so
+"this month" and "last month" are both whole periods at the same load. The rows
+are generated inside DuckDB by the generator's SQL (1.3 to 2.1 million rows
+for 24 GPUs, depending on the day of the month) and written in one
+transaction on the store's writer thread, with the usage rollup recomputed
+for those GPUs.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import duckdb
 
 from server.fleet import Fleet, default_fleet, sample_data_dir
 from server.store import MetricsStore, usage_sql
-from server.store.timeutil import epoch_us, to_db
+from server.store.timeutil import epoch_us, from_db, to_db
 
 log = logging.getLogger("gpufleet.sample")
+
+# With end=None, sample data this recent counts as loaded: no second generation pass.
+FRESH_ENOUGH = timedelta(days=1)
 
 _COLUMNS = (
     "ts, gpu_index, gpu_uuid, power_draw_w, utilization_gpu_pct, utilization_memory_pct, "
@@ -41,48 +47,48 @@ def _generator() -> ModuleType:
 def load_sample_month(store: MetricsStore, account: str, *, end: date | None = None,
                       fleet: Fleet | None = None, now: datetime | None = None,
                       heartbeat_interval_s: float = 300.0) -> int:
-    """Insert the sample month (ending ``end``, default now); returns rows inserted.
+    """Insert last month and this month up to ``end`` (default now); returns rows inserted.
 
-    Idempotent: rows already stored are skipped, and with ``end=None`` an account
-    that already holds the sample fleet's data gets nothing more.
+    Idempotent: rows already stored are skipped. With ``end=None`` an account
+    whose sample-fleet data reaches into the last day gets nothing more (a
+    cheap check); older sample data is topped up to now.
     """
     gen = _generator()
     fleet = fleet or default_fleet()
     now = now or datetime.now(UTC)
-    start, minutes = gen.month_window(end, now=now)
+    start, minutes = gen.sample_window(end, now=now)
     stop = start + timedelta(minutes=minutes)
-    gpus = gen.gpu_rows(fleet)
-    hb_rows = gen.heartbeat_rows(fleet, now if end is None else stop, heartbeat_interval_s)
+    gpus = gen.gpu_rows(fleet, minutes, gen.host_silence_s(fleet, heartbeat_interval_s))
+    hb_rows = gen.heartbeat_rows(fleet, start, now if end is None else stop, heartbeat_interval_s)
     cap_us = 2 * store.rollup_params.interval_us
 
     def load(con: duckdb.DuckDBPyConnection) -> int:
         uuids = [g[2] for g in gpus]
-        if end is None:
-            have = con.execute(
-                "SELECT count(*) FROM gpu_last WHERE account = ? AND list_contains(?, gpu_uuid)",
-                [account, uuids],
-            ).fetchone()[0]
-            if have:
-                return 0
+        latest = con.execute(
+            "SELECT max(ts) FROM gpu_last WHERE account = ? AND list_contains(?, gpu_uuid)",
+            [account, uuids],
+        ).fetchone()[0]
+        if end is None and latest is not None and from_db(latest) >= stop - FRESH_ENOUGH:
+            return 0
         con.execute(f"CREATE OR REPLACE TEMP TABLE fleet_gpus ({gen.GPU_COLUMNS})")
         appender = con.appender("fleet_gpus")
         appender.append_rows(gpus)
         appender.flush()
-        params = {"start_us": epoch_us(start), "minutes": minutes, "seed": fleet.seed}
-        con.execute(f"CREATE OR REPLACE TEMP TABLE sample_rows AS {gen.SAMPLES_SQL}", params)
+        # A store that never held these GPUs needs no duplicate check (the common, first-launch case).
+        skip_stored = "" if latest is None else """
+            WHERE NOT EXISTS (
+                SELECT 1 FROM samples s WHERE s.account = $account AND s.gpu_uuid = r.gpu_uuid
+                  AND s.ts = r.ts AND s.ts >= $lo AND s.ts < $hi)"""
         inserted = con.execute(
             f"""INSERT INTO samples (account, {_COLUMNS}, received_at)
-                SELECT $account, {_COLUMNS}, ts + INTERVAL 2 SECOND FROM sample_rows r
-                WHERE NOT EXISTS (
-                    SELECT 1 FROM samples s WHERE s.account = $account AND s.gpu_uuid = r.gpu_uuid
-                      AND s.ts = r.ts AND s.ts >= $lo AND s.ts < $hi)""",
-            {"account": account, "lo": to_db(start), "hi": to_db(stop)},
+                SELECT $account, {_COLUMNS}, ts + INTERVAL 2 SECOND FROM ({gen.SAMPLES_SQL}) r{skip_stored}""",
+            {"account": account, "start_us": epoch_us(start), "seed": fleet.seed}
+            | ({} if latest is None else {"lo": to_db(start), "hi": to_db(stop)}),
         ).fetchone()[0]
-        con.execute("DROP TABLE sample_rows")
         con.execute("DROP TABLE fleet_gpus")
         if not inserted:
             return 0
-        # every GPU's tail, then its rollup from the day before the month
+        # every GPU's tail, then its rollup from the day before the window
         con.execute(
             """INSERT OR REPLACE INTO gpu_last BY NAME
                SELECT account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w,
