@@ -17,24 +17,30 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from server.fleet import Fleet, default_fleet
 
 INTERVAL_S = 60
-STALE_AFTER_INTERVALS = 3    # the second-to-last node: its agent stalled a quarter of an hour ago
-OFFLINE_AFTER_INTERVALS = 12  # the last node: its agent died an hour ago
+STALE_AFTER_INTERVALS = 3    # one node's agent stalled a quarter of an hour ago
+OFFLINE_AFTER_INTERVALS = 12  # another's died an hour ago
 
 
-def host_silence_s(fleet: Fleet, heartbeat_interval_s: float) -> dict[str, float]:
-    """Seconds each node has been silent (no heartbeat, no sample) at the window's end."""
-    names = [n.name for n in fleet.nodes]
-    silence = dict.fromkeys(names, 0.0)
-    if len(names) >= 2:
-        silence[names[-2]] = STALE_AFTER_INTERVALS * heartbeat_interval_s
-    if names:
-        silence[names[-1]] = OFFLINE_AFTER_INTERVALS * heartbeat_interval_s
+def host_silence_s(fleet: Fleet, heartbeat_interval_s: float,
+                   live_hosts: Collection[str] = ()) -> dict[str, float]:
+    """Seconds each node has been silent (no heartbeat, no sample) at the window's end.
+
+    The last node not in ``live_hosts`` is offline and the one before it stale;
+    ``live_hosts`` are nodes something else keeps reporting (the console's demo
+    nodes), which must not look dead in the data behind them.
+    """
+    silence = {n.name: 0.0 for n in fleet.nodes}
+    candidates = [n.name for n in fleet.nodes if n.name not in set(live_hosts)]
+    for name, intervals in zip(reversed(candidates), (OFFLINE_AFTER_INTERVALS, STALE_AFTER_INTERVALS),
+                               strict=False):
+        silence[name] = intervals * heartbeat_interval_s
     return silence
 
 
@@ -128,9 +134,9 @@ def sample_window(end: date | None, *, now: datetime | None = None) -> tuple[dat
 
 
 def heartbeat_rows(fleet: Fleet, start: datetime, stop: datetime,
-                   heartbeat_interval_s: float) -> list[tuple[Any, ...]]:
-    """Hosts since ``start``: all alive at ``stop`` except one stale and one offline (see host_silence_s)."""
-    silence = host_silence_s(fleet, heartbeat_interval_s)
+                   silence_s: dict[str, float]) -> list[tuple[Any, ...]]:
+    """Hosts since ``start``: each last heard from at ``stop`` less its silence (see host_silence_s)."""
+    silence = silence_s
     rows = []
     for number, node in enumerate(fleet.nodes):
         last = stop - timedelta(seconds=silence[node.name] + number)

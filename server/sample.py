@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 from types import ModuleType
 
@@ -46,20 +47,24 @@ def _generator() -> ModuleType:
 
 def load_sample_month(store: MetricsStore, account: str, *, end: date | None = None,
                       fleet: Fleet | None = None, now: datetime | None = None,
-                      heartbeat_interval_s: float = 300.0) -> int:
+                      heartbeat_interval_s: float = 300.0, live_hosts: Collection[str] = ()) -> int:
     """Insert last month and this month up to ``end`` (default now); returns rows inserted.
 
     Idempotent: rows already stored are skipped. With ``end=None`` an account
     whose sample-fleet data reaches into the last day gets nothing more (a
-    cheap check); older sample data is topped up to now.
+    cheap check); older sample data is topped up to now. One host is offline
+    and one stale at the end, their samples stopping with their heartbeats;
+    ``live_hosts`` (nodes a caller keeps heartbeating, like the console's demo
+    nodes) are never among them.
     """
     gen = _generator()
     fleet = fleet or default_fleet()
     now = now or datetime.now(UTC)
     start, minutes = gen.sample_window(end, now=now)
     stop = start + timedelta(minutes=minutes)
-    gpus = gen.gpu_rows(fleet, minutes, gen.host_silence_s(fleet, heartbeat_interval_s))
-    hb_rows = gen.heartbeat_rows(fleet, start, now if end is None else stop, heartbeat_interval_s)
+    silence = gen.host_silence_s(fleet, heartbeat_interval_s, live_hosts)
+    gpus = gen.gpu_rows(fleet, minutes, silence)
+    hb_rows = gen.heartbeat_rows(fleet, start, now if end is None else stop, silence)
     cap_us = 2 * store.rollup_params.interval_us
 
     def load(con: duckdb.DuckDBPyConnection) -> int:

@@ -129,3 +129,15 @@ def test_sample_data_is_deterministic(tmp_path: Path, march: tuple[MetricsStore,
     with MetricsStore.open(tmp_path / "again.duckdb") as store:
         load_sample_month(store, "demo", end=MARCH_END, now=MARCH_NOW)
         assert store.query(fingerprint) == march[0].query(fingerprint)
+
+
+def test_live_hosts_are_never_the_silent_ones(tmp_path: Path) -> None:
+    live = [n.name for n in FLEET.nodes[:4]]  # the console's default demo nodes
+    now = DEMO_NOW
+    with MetricsStore.open(tmp_path / "s.duckdb") as store:
+        load_sample_month(store, "demo", end=date(2026, 10, 2), now=now, live_hosts=live)
+        hosts = {h.hostname: h for h in store.list_hosts("demo", datetime(2026, 10, 3, tzinfo=UTC), 300)}
+    assert [h for h in hosts if hosts[h].status != "alive"] == [OFFLINE_NODE.name]
+    assert hosts[OFFLINE_NODE.name].status == "offline"
+    for name in live:
+        assert datetime(2026, 10, 3, tzinfo=UTC) - hosts[name].last_sample_at < timedelta(minutes=1)
