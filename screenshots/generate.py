@@ -53,12 +53,14 @@ class Servers:
         self.store = MetricsStore.open(directory / "screens.duckdb")
         self.key = self.store.create_key("screenshots", ["operator", "ingest", "read"], "default").key
         # The month ends yesterday, so the heartbeats sent below are the latest ones.
-        load_sample_month(self.store, "default", end=(FROZEN - timedelta(days=1)).date(), now=FROZEN)
+        moments = {"ws-gpu-01": 1, "dgx-a100-01": 2, "dgx-h100-01": 14, "inf-l40s-01": 240}
+        # the hosts given heartbeats below are not the sample data's silent ones
+        load_sample_month(self.store, "default", end=(FROZEN - timedelta(days=1)).date(), now=FROZEN,
+                          live_hosts=list(moments))
         local = EmbeddedServer(settings, backend=SimulatedBackend(clock=lambda: FROZEN), store=self.store)
         self.local_url = local.start()
         self.embedded.append(local)
         assert local.app is not None
-        moments = {"ws-gpu-01": 1, "dgx-a100-01": 2, "dgx-h100-01": 14, "inf-l40s-01": 240}
         now = FROZEN
         local.app.context.now = lambda: now  # heartbeats land when the script says
         with GpuFleetClient(self.local_url, api_key=self.key) as client:
