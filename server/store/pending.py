@@ -21,7 +21,6 @@ their tail, so the same recovery covers them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
 
 import duckdb
 
@@ -33,7 +32,6 @@ PENDING_COLUMNS = ("account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_d
 # how far below a group's oldest pending sample the durable mark goes, so the next
 # groups (other GPUs a little behind) rarely need to move it
 MARK_MARGIN_US = 600 * 1_000_000
-_EPOCH = datetime(1970, 1, 1)
 
 _FROM_SAMPLES = ", ".join("s." + c.strip() for c in PENDING_COLUMNS.split(","))
 # The writer's ranges: a GPU's rows between its lowest and highest pending timestamp.
@@ -102,7 +100,7 @@ def fold_on_open(con: duckdb.DuckDBPyConnection, default_cap_us: int, default_id
     cap_us, idle_pct = (2 * int(row[0]), float(row[1])) if row else (default_cap_us, default_idle_pct)
     con.begin()
     try:
-        con.execute(_ROWS_NEWER_THAN_TAIL.format(floor=_literal(since)))
+        con.execute(_ROWS_NEWER_THAN_TAIL.format(floor=_literal_us(since)))
         _fold_rows(con, cap_us, idle_pct)
         con.execute("DELETE FROM pending_since")
         con.execute("DELETE FROM rollup_pending")
@@ -112,10 +110,11 @@ def fold_on_open(con: duckdb.DuckDBPyConnection, default_cap_us: int, default_id
         raise
 
 
-def _recovery_floor(con: duckdb.DuckDBPyConnection) -> datetime | None:
-    row = con.execute("""SELECT least((SELECT min(since) FROM pending_since),
-                                      (SELECT min(ts) FROM rollup_pending))""").fetchone()
-    return row[0] if row else None
+def _recovery_floor(con: duckdb.DuckDBPyConnection) -> int | None:
+    """µs since the epoch at or before every pending sample; None when nothing is pending."""
+    row = con.execute("""SELECT epoch_us(least((SELECT min(since) FROM pending_since),
+                                               (SELECT min(ts) FROM rollup_pending)))""").fetchone()
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def _fold_rows(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float) -> None:
@@ -125,9 +124,7 @@ def _fold_rows(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float) -> 
     con.execute("DROP TABLE pending_rows")
 
 
-def _literal(value: datetime) -> str:
-    return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
-
-
 def _literal_us(value_us: int) -> str:
-    return _literal(_EPOCH + timedelta(microseconds=value_us))
+    # an integer, never a Python datetime: DuckDB returns times before year 1 (a mark
+    # below a year-1 sample) as text, and a constant expression still prunes row groups
+    return f"make_timestamp({int(value_us)})"

@@ -20,14 +20,17 @@ DAY_US = 86_400_000_000
 ROLLUP_METHOD = "usage rule 2"
 
 
-def _parts_sql(source: str, *, floor_us: str = "0") -> str:
+def _parts_sql(source: str, *, floor_us: str | None = None) -> str:
     """Split each covered interval of ``source`` (a, full_us, attributes) at midnight.
 
     An interval is at most ``cap_us`` long, which must not exceed a day, so it
-    crosses at most one midnight. Parts starting before ``floor_us`` are dropped.
+    crosses at most one midnight. Parts starting before ``floor_us`` (when given) are
+    dropped; without it every part is kept, times before 1970 included.
     ``d0`` is the UTC midnight at or before ``a``: SQL's ``%`` truncates toward zero,
     so the floored form keeps times before 1970 (negative ``a``) on their own day.
     """
+    first = "true" if floor_us is None else f"d0 >= {floor_us}"
+    second = "true" if floor_us is None else f"d0 + {DAY_US} >= {floor_us}"
     return f"""
     iv AS (
         SELECT *, a + full_us AS b, a - (((a % {DAY_US}) + {DAY_US}) % {DAY_US}) AS d0
@@ -37,12 +40,12 @@ def _parts_sql(source: str, *, floor_us: str = "0") -> str:
         SELECT account, gpu_uuid, team_id, model_tag, gpu_name, power_draw_w,
                interval_energy_j, utilization_gpu_pct, full_us,
                d0 AS day_us, least(b, d0 + {DAY_US}) - a AS part_us
-        FROM iv WHERE d0 >= {floor_us}
+        FROM iv WHERE {first}
         UNION ALL
         SELECT account, gpu_uuid, team_id, model_tag, gpu_name, power_draw_w,
                interval_energy_j, utilization_gpu_pct, full_us,
                d0 + {DAY_US} AS day_us, b - (d0 + {DAY_US}) AS part_us
-        FROM iv WHERE b > d0 + {DAY_US} AND d0 + {DAY_US} >= {floor_us}
+        FROM iv WHERE b > d0 + {DAY_US} AND {second}
     ),
     daily AS (
         SELECT account, make_timestamp(day_us)::DATE AS day, gpu_uuid,

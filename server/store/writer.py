@@ -148,7 +148,10 @@ class StoreWriter:
 
         def done(result: WriteResult | None, exc: BaseException | None) -> None:
             # the file goes once the writer is done with it, even if the waiter was cancelled
-            loop.call_soon_threadsafe(_settle, future, result, exc, lambda: release(batch))
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, exc, lambda: release(batch))
+            except RuntimeError:  # the waiter's event loop is gone: nobody to tell
+                release(batch)
 
         try:
             self._put(_SampleJob(batch, done))
@@ -290,9 +293,9 @@ class StoreWriter:
         except BaseException as exc:
             if job.transaction:
                 _rollback(con)
-            job.done(None, exc)
+            _answer(job.done, None, exc)
             return
-        job.done(result, None)
+        _answer(job.done, result, None)
 
     def _run_group(self, group: list[_SampleJob]) -> None:
         con = self._con
@@ -322,7 +325,7 @@ class StoreWriter:
             self._tails.invalidate()
             log.warning("sample write of %d batches rolled back: %s", len(group), exc)
             for job in group:
-                job.done(None, exc)
+                _answer(job.done, None, exc)
             return
         if newest is not None:
             if not self._pending_rows:
@@ -336,7 +339,7 @@ class StoreWriter:
             self._tails.invalidate()
         for job in group:
             inserted = counts.get(job.batch.job, 0)
-            job.done(WriteResult(inserted, job.batch.count - inserted), None)
+            _answer(job.done, WriteResult(inserted, job.batch.count - inserted), None)
 
 
 def write_careful(con: duckdb.DuckDBPyConnection, rollup: RollupParams) -> dict[int, int]:
@@ -427,6 +430,15 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.rollback()
     except duckdb.Error as exc:  # no transaction open: the failure came before BEGIN
         log.debug("rollback: %s", exc)
+
+
+def _answer(done: Callable[[Any, BaseException | None], None], result: Any,
+            exc: BaseException | None) -> None:
+    """Tell a waiter; whatever its callback does, the writer thread goes on."""
+    try:
+        done(result, exc)
+    except Exception:
+        log.exception("answering a store waiter failed")
 
 
 def _resolver(future: concurrent.futures.Future[Any]) -> Callable[[Any, BaseException | None], None]:
