@@ -1,17 +1,18 @@
 """The store's single write path: one thread owns the write connection.
 
 Sample batches submitted concurrently are written in ONE transaction (group
-commit): the thread drains its queue, loads every batch of the group into a
-staging table with DuckDB's JSON reader (``staging.JsonStager``: no per-value
-Python conversion, and no GIL held while DuckDB parses), inserts, COMMITs, and
+commit). Each batch is made ready where it is submitted (``staging.JsonStager``:
+serialised to a JSON file, summarised per GPU), so the thread mostly runs SQL:
+it drains its queue, reads the group's files with DuckDB's JSON reader (no
+per-value Python conversion, no GIL held while DuckDB parses), COMMITs, and
 only then resolves every waiter. A group whose samples are all new and newer
 than their GPU's stored tail (live agents) is inserted as is and its rollup
-upkeep deferred (``pending_ranges``, folded in batches, see ``pending``);
-any other group (duplicates, late samples) first folds what is pending, then
-dedups on (account, gpu_uuid, timestamp) and keeps the rollup in SQL. A failure
-rolls the whole group back and every waiter gets the exception. Other writes
-(keys, heartbeats, purge audit) are jobs on the same thread, run after folding
-what is pending, so the process has exactly one writer.
+upkeep deferred (folded in batches, see ``pending``); any other group
+(duplicates, late samples) first folds what is pending, then dedups on
+(account, gpu_uuid, timestamp) through the ``staging`` table and keeps the
+rollup in SQL. A failure rolls the whole group back and every waiter gets the
+exception. Other writes (keys, heartbeats, purge audit) are jobs on the same
+thread, run after folding what is pending, so the process has exactly one writer.
 """
 
 from __future__ import annotations
