@@ -341,11 +341,17 @@ def test_staging_falls_back_when_its_folders_are_unusable(tmp_path: Path, monkey
     assert not (tmp_path / "no-shm").exists()
 
 
-def test_a_staging_folder_removed_while_running_is_recreated(store: MetricsStore) -> None:
+def test_a_staging_folder_removed_while_running_is_made_again_under_a_new_name(store: MetricsStore) -> None:
     folder = Path(store.writer.staging_folder)
     store.writer.submit_sync("acme", rows("GPU-a", 0, 10), datetime.now(UTC))
     for child in folder.iterdir():
         child.unlink()
     folder.rmdir()  # a tmp cleaner at work
+    folder.mkdir(mode=0o777)  # someone else takes the old name in the shared folder
     result = store.writer.submit_sync("acme", rows("GPU-a", 600, 10), datetime.now(UTC))
     assert result.inserted == 10 and store.sample_count("acme") == 20
+    fresh = Path(store.writer.staging_folder)
+    assert fresh != folder and fresh.is_dir()
+    assert fresh.stat().st_mode & 0o777 == 0o700 and fresh.stat().st_uid == os.getuid()
+    assert not any(folder.iterdir())  # nothing of ours went into the folder we did not make
+    folder.rmdir()

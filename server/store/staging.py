@@ -16,7 +16,9 @@ import itertools
 import logging
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,7 +121,7 @@ class JsonStager:
     def __init__(self) -> None:
         self._dir = make_staging_dir()
         self._jobs = itertools.count(1)
-        self._packed_path = os.path.join(self._dir, "packed.json")
+        self._lock = threading.Lock()  # batches are prepared on several threads
 
     @property
     def folder(self) -> str:
@@ -133,15 +135,14 @@ class JsonStager:
         A big batch gets a file of its own (the group's SELECT names its job by file);
         small ones are kept as bytes, each row a copy tagged with its job, account and
         receive time, and share one file per group (DuckDB pays ~0.7 ms per file and more
-        for the join that names a file's job; the copy costs ~0.3 µs per row).
+        to name each file's job; the copy costs ~0.3 µs per row).
         """
         job = next(self._jobs)
         if keys is None:
             keys = ([s["gpu_uuid"] for s in samples], timestamps_us(samples))
         batch = StagedBatch(job, account, received_at, len(samples), batch_ranges(*keys))
         if len(samples) >= PACK_BELOW_ROWS:
-            batch.path = os.path.join(self._dir, f"batch-{job}.json")
-            self._write(batch.path, _dumps(samples))
+            batch.path = self._write(f"batch-{job}.json", _dumps(samples))
         else:
             tags = {"_job": job, "_account": account, "_received": to_db(received_at)}
             batch.packed = _dumps([{**sample, **tags} for sample in samples])
@@ -167,7 +168,7 @@ class JsonStager:
         big = [b for b in batches if b.path is not None]
         packed = [b.packed[1:-1] for b in batches if b.packed is not None and len(b.packed) > 2]
         if packed:
-            self._write(self._packed_path, b"[" + b",".join(packed) + b"]")
+            packed_path = self._write("packed.json", b"[" + b",".join(packed) + b"]")
         fields = ", ".join("r." + f for f in SAMPLE_FIELDS)
         parts: list[str] = []
         if big:  # our own paths (no quotes inside); every value inlined as a SQL literal
@@ -176,25 +177,31 @@ class JsonStager:
             parts.append(
                 f"""SELECT r._job AS job, r._account AS account, r._received AS received_at,
                            r.timestamp::TIMESTAMP AS ts, {fields}
-                    FROM read_json('{self._packed_path}', format = 'array', columns = {_PACKED_COLUMNS}) r""")
+                    FROM read_json('{packed_path}', format = 'array', columns = {_PACKED_COLUMNS}) r""")
         if not parts:  # every batch empty: nothing to read
             return "SELECT * FROM staging WHERE false"
         return " UNION ALL ".join(parts)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            os.unlink(self._packed_path)
+            os.unlink(os.path.join(self._dir, "packed.json"))
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
 
-    def _write(self, path: str, body: bytes) -> None:
-        try:
-            with open(path, "wb") as out:
-                out.write(body)
-        except FileNotFoundError:  # a tmp cleaner removed the folder: make it again
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
-            with open(path, "wb") as out:
-                out.write(body)
+    def _write(self, name: str, body: bytes) -> str:
+        """Write ``body`` as ``name`` in the staging folder; returns its path.
+
+        If a tmp cleaner removed the folder, a fresh one is made under a new name: in a
+        shared place like /dev/shm someone else may have taken the old one meanwhile, so
+        the folder is checked to be ours (a stat, ~1 µs) before every write.
+        """
+        with self._lock:
+            if not _private_dir(self._dir):
+                self._dir = make_staging_dir()
+            path = os.path.join(self._dir, name)
+        with open(path, "wb") as out:
+            out.write(body)
+        return path
 
 
 def _big_batches_select(big: Sequence[StagedBatch], fields: str) -> str:
@@ -242,6 +249,15 @@ def sql_text(value: str) -> str:
 
 def _sql_time(value: datetime) -> str:
     return f"TIMESTAMP '{to_db(value).isoformat(sep=' ')}'"
+
+
+def _private_dir(path: str) -> bool:
+    """A real folder (not a link) of this user that nobody else may enter."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
 
 
 def _remove_orphans(base: Path) -> None:
