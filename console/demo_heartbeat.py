@@ -1,10 +1,11 @@
-"""Heartbeats for the simulated demo nodes, sent to the console's embedded server while it runs.
+"""Heartbeats and samples for the simulated demo nodes, sent to the console's embedded server.
 
 The demo nodes have no agents, so nothing would tell the local server they are
 alive: after two heartbeat intervals the Hosts screen would call them stale,
-then offline, while the fleet screen shows them up. :class:`DemoHeartbeats`
-plays their agents' part over the server's real heartbeat API, from a daemon
-thread, until ``stop()``.
+then offline, while the fleet screen shows them up, and their "last sample"
+would stay at the time the sample data was loaded. :class:`DemoHeartbeats`
+plays their agents' part over the server's real heartbeat and ingest APIs,
+from a daemon thread, until ``stop()``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from server.agent.sampler import Sampler
     from server.client import GpuFleetClient
+    from server.gpu.base import GpuBackend
 
 log = logging.getLogger("gpufleet.console.demo")
 
@@ -26,10 +29,11 @@ DEMO_AGENT_VERSION = "simulated"
 
 @dataclass(frozen=True, slots=True)
 class DemoHost:
-    """One demo node as its agent would announce it."""
+    """One demo node as its agent would announce it; with a backend, its GPUs are sampled too."""
 
     hostname: str
     gpu_count: int
+    backend: GpuBackend | None = field(default=None, compare=False, repr=False)
 
 
 ClientFactory = Callable[[], "GpuFleetClient"]
@@ -41,19 +45,25 @@ def beat_interval(heartbeat_interval_s: float) -> float:
 
 
 class DemoHeartbeats:
-    """Posts one heartbeat per demo host now and every ``interval_s`` until stopped."""
+    """Posts one heartbeat per demo host, and one sample per GPU of hosts with a backend, every round."""
 
     def __init__(self, url: str, key: str | None, hosts: list[DemoHost], *, interval_s: float,
                  client_factory: ClientFactory | None = None) -> None:
+        from server.agent.sampler import Sampler
+
         self.hosts = list(hosts)
         self.interval_s = max(MIN_INTERVAL_S, interval_s)
         self.beats = 0  # heartbeats the server accepted (tests read it)
+        self.samples = 0  # samples the server stored
+        # The agent's own sampler: the same fields, ranges and whole-second UTC timestamps.
+        self._samplers: dict[str, Sampler] = {
+            host.hostname: Sampler(host.backend) for host in self.hosts if host.backend is not None}
         self._client_factory = client_factory or _client_for(url, key)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def beat_once(self) -> int:
-        """Send every host's heartbeat once; returns how many the server accepted."""
+        """Send every host's heartbeat and its GPUs' samples once; returns the heartbeats accepted."""
         from server.client import GpuFleetError
         from server.schemas import Heartbeat
 
@@ -68,8 +78,27 @@ class DemoHeartbeats:
                     log.warning("demo heartbeat for %s failed: %s", host.hostname, exc.message)
                     continue
                 accepted += 1
+            self._post_samples(client)
         self.beats += accepted
         return accepted
+
+    def _post_samples(self, client: GpuFleetClient) -> None:
+        """All demo GPUs' readings in one ingest request: one request per round, whatever the fleet size."""
+        from server.client import GpuFleetError
+
+        batch: list[dict[str, Any]] = []
+        for hostname, sampler in self._samplers.items():
+            for sample in sampler.sample():
+                sample["hostname"] = hostname  # the hosts listing's "last sample" goes by it
+                batch.append(sample)
+        if not batch:
+            return
+        try:
+            result = client.ingest(batch)
+        except GpuFleetError as exc:
+            log.warning("demo samples (%d) were not stored: %s", len(batch), exc.message)
+            return
+        self.samples += result.inserted
 
     def start(self) -> None:
         if self._thread is not None or not self.hosts:

@@ -19,7 +19,10 @@ returned :class:`Connections` when the app exits. The local server is, in order:
 
 With no NVIDIA GPU (or ``server.simulate``) a small simulated fleet is served
 from this process too, each node on its own loopback port with a static
-operator token, and everything is flagged ``simulated``.
+operator token, and everything is flagged ``simulated``. When the local server
+is this console's own, the demo nodes heartbeat and post samples into it
+(:class:`console.demo_heartbeat.DemoHeartbeats`), and the sample month never
+makes one of them its stale or offline host.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import psutil
@@ -43,6 +46,9 @@ import psutil
 from console.config import NodeTarget, Secret
 from server.config import Settings, data_dir
 from server.files import write_private_file
+
+if TYPE_CHECKING:
+    from server.gpu.simulated import SimulatedBackend
 
 log = logging.getLogger("gpufleet.console.embedded")
 
@@ -205,14 +211,21 @@ def _local_key(store: Any, directory: Path, account: str) -> str:
     return created.key
 
 
-def _load_sample_if_empty(store: Any, settings: Settings) -> None:
+def _load_sample_if_empty(store: Any, settings: Settings, live_hosts: list[str]) -> None:
+    """Load the sample month unless the store holds recent usage.
+
+    ``live_hosts`` are the demo nodes this console keeps reporting: the sample
+    data never makes one of them its stale or offline host.
+    """
     from server.sample import load_sample_month
 
     today = datetime.now(UTC).date()
     report = store.chargeback(settings.server.account, today - timedelta(days=RECENT_USAGE_DAYS),
                               today, settings.pricing, datetime.now(UTC))
     if not report.teams:
-        inserted = load_sample_month(store, settings.server.account)
+        inserted = load_sample_month(store, settings.server.account,
+                                     heartbeat_interval_s=settings.server.heartbeat_interval_s,
+                                     live_hosts=live_hosts)
         log.info("loaded the sample month into the console's store: %d samples", inserted)
 
 
@@ -240,7 +253,7 @@ def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
 
 
 def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
-                        timeout: float, connections: Connections) -> None:
+                        timeout: float, connections: Connections, live_hosts: list[str]) -> None:
     from server.embedded import EmbeddedServer
 
     store, shared = _open_store_or_wait(settings, directory, timeout)
@@ -251,7 +264,7 @@ def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
     connections._stoppers.append(store.close)
     key = _local_key(store, directory, settings.server.account)
     if simulated:
-        _load_sample_if_empty(store, settings)
+        _load_sample_if_empty(store, settings, live_hosts)
     # No backend passed: the server opens NVML, or the simulated node when simulated, and closes it.
     local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0,
                                      "server.simulate": simulated})
@@ -266,37 +279,46 @@ def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
     log.info("started an embedded server at %s", url)
 
 
-def _start_demo_fleet(settings: Settings, count: int, connections: Connections) -> list[NodeTarget]:
-    """``count`` simulated nodes, each an operator-only server on its own loopback port.
+def _start_demo_fleet(settings: Settings, backends: list[SimulatedBackend],
+                      connections: Connections) -> list[NodeTarget]:
+    """One operator-only server per simulated node, each on its own loopback port.
 
-    When the local server is our own, the nodes' heartbeats are kept fresh in it for as long
-    as the console runs, so Hosts agrees with the fleet screen.
+    When the local server is our own, the nodes' heartbeats and samples are kept fresh in
+    it for as long as the console runs, so Hosts agrees with the fleet screen.
     """
     from console.demo_heartbeat import DemoHeartbeats, DemoHost, beat_interval
     from server.auth import StaticKeyResolver
     from server.embedded import EmbeddedServer
-    from server.gpu.simulated import simulated_backends
 
     token = secrets.token_urlsafe(24)
     local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0})
     nodes: list[NodeTarget] = []
     hosts: list[DemoHost] = []
-    for backend in simulated_backends(count):
+    for backend in backends:
         name = backend.node_name
         server = EmbeddedServer(local, backend=backend, store=None,
                                 key_resolver=StaticKeyResolver.operator(token, name="console-demo"))
         url = server.start()
         connections._stoppers.append(server.stop)
         nodes.append(NodeTarget(name=name, url=url, token=Secret(token)))
-        hosts.append(DemoHost(name, len(backend.fleet.node(name).gpus)))
+        hosts.append(DemoHost(name, len(backend.fleet.node(name).gpus), backend))
     log.info("serving a simulated demo fleet of %d nodes", len(nodes))
     if connections.origin == "embedded":
         # Only into our own server: a configured or shared one is not ours to write hosts into.
+        # At least one sample per expected interval, so the demo GPUs' usage is counted whole.
+        interval_s = min(beat_interval(settings.server.heartbeat_interval_s),
+                         settings.pricing.expected_interval_s)
         heartbeats = DemoHeartbeats(connections.local_url, connections.local_key, hosts,
-                                    interval_s=beat_interval(settings.server.heartbeat_interval_s))
+                                    interval_s=interval_s)
         heartbeats.start()
         connections._stoppers.append(heartbeats.stop)
     return nodes
+
+
+def _demo_backends(count: int) -> list[SimulatedBackend]:
+    from server.gpu.simulated import simulated_backends
+
+    return simulated_backends(count) if count > 0 else []
 
 
 def _remove_discovery(directory: Path, url: str) -> None:
@@ -317,6 +339,7 @@ def start_demo_or_connect(settings: Settings, *, directory: Path | None = None,
     explicit = settings.console.local_server_url
     configured = (explicit or f"http://127.0.0.1:{settings.server.port}").rstrip("/")
     connections = Connections(configured, None, [], simulated, "configured")
+    backends = _demo_backends(demo_nodes) if simulated else []
     try:
         if server_answers(configured, timeout=probe_timeout_s) and (
                 explicit or _default_url_is_ours(configured)):
@@ -325,10 +348,10 @@ def start_demo_or_connect(settings: Settings, *, directory: Path | None = None,
             connections.local_url, connections.local_key = shared
             connections.origin = "shared"
         else:
-            _start_local_server(settings, directory, simulated=simulated,
-                                timeout=probe_timeout_s, connections=connections)
-        if simulated and demo_nodes > 0:
-            connections.nodes = _start_demo_fleet(settings, demo_nodes, connections)
+            _start_local_server(settings, directory, simulated=simulated, timeout=probe_timeout_s,
+                                connections=connections, live_hosts=[b.node_name for b in backends])
+        if backends:
+            connections.nodes = _start_demo_fleet(settings, backends, connections)
     except BaseException:
         connections.stop()
         raise
