@@ -26,6 +26,7 @@ from console.embedded import (
 )
 from server.client import GpuFleetClient, Unauthorized
 from server.config import Settings
+from server.schemas import HostInfo
 
 
 @pytest.fixture
@@ -223,26 +224,41 @@ def test_an_explicitly_configured_url_is_trusted_without_the_ownership_probe(
         connections.stop()
 
 
-def test_demo_nodes_keep_heartbeating_into_the_embedded_server(tmp_path: Path, refused_url: str) -> None:
+def test_demo_nodes_keep_heartbeating_and_sampling_into_the_embedded_server(
+        tmp_path: Path, refused_url: str) -> None:
     import time
 
     settings = console_settings(tmp_path, refused_url).with_overrides({"server.heartbeat_interval_s": 2})
     connections = start_demo_or_connect(settings, directory=tmp_path / "data", gpu_present=False,
-                                        demo_nodes=2)
+                                        demo_nodes=4)
     try:
         names = {node.name for node in connections.nodes}
+        assert "inf-l40s-01" in names  # the sample data's stale host before live_hosts
         with GpuFleetClient(connections.local_url, api_key=connections.local_key) as client:
-            def demo_hosts() -> dict[str, datetime]:
-                return {h.hostname: h.last_heartbeat for h in client.hosts().hosts
+            def demo_hosts() -> dict[str, HostInfo]:
+                return {h.hostname: h for h in client.hosts().hosts
                         if h.hostname in names and h.agent_version == "simulated"}
 
             deadline = time.monotonic() + 15
             while len(first := demo_hosts()) < len(names) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert first.keys() == names  # announced at start, labelled simulated
-            while (later := demo_hosts()) == first and time.monotonic() < deadline:
-                time.sleep(0.05)  # every heartbeat_interval_s / 2 = 1 s
-            assert all(later[name] > first[name] for name in names)
-            assert all(h.status == "alive" for h in client.hosts().hosts if h.hostname in names)
+            assert all(h.status == "alive" for h in first.values())
+            assert all(h.last_sample_at is not None for h in first.values())
+
+            def advanced(later: dict[str, HostInfo]) -> bool:
+                return all(later[n].last_heartbeat > first[n].last_heartbeat
+                           and later[n].last_sample_at > first[n].last_sample_at  # type: ignore[operator]
+                           for n in names)
+
+            while not advanced(later := demo_hosts()) and time.monotonic() < deadline:
+                time.sleep(0.05)  # a round every heartbeat_interval_s / 2 = 1 s
+            assert advanced(later)
+            # a fresh sample with a fresh heartbeat: never "heartbeat 1s ago, last sample 15m ago"
+            assert all(abs(h.last_heartbeat - h.last_sample_at) < timedelta(seconds=5)  # type: ignore[operator]
+                       for h in later.values())
+            everyone = {h.hostname: h for h in client.hosts().hosts}
+            assert all(everyone[n].status == "alive" for n in names)
+            assert everyone["edge-l4-01"].status == "offline"  # the sample data's dead host stays dead
     finally:
         connections.stop()
