@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from server.fleet import Fleet, default_fleet
+from server.gpu.simulated import simulated_gpu_uuid
 
 INTERVAL_S = 60
 STALE_AFTER_INTERVALS = 3    # one node's agent stalled a quarter of an hour ago
@@ -48,14 +49,14 @@ def gpu_rows(fleet: Fleet, minutes: int, silence_s: dict[str, float] | None = No
     """One row per GPU: node, index, uuid, name, limits, its job's attribution and its sample count."""
     silence_s = silence_s or {}
     rows = []
-    for node_number, node in enumerate(fleet.nodes):
+    for node in fleet.nodes:
         # a silent node's samples stop with its heartbeats: none in its last silent minutes
         samples = max(0, minutes - math.ceil(silence_s.get(node.name, 0.0) / INTERVAL_S))
         for index, arch in enumerate(node.gpus):
             spec = fleet.gpu_models[arch]
             job = fleet.job_for(node.name, index)
             model = fleet.model(job.model) if job else None
-            uuid = f"GPU-{fleet.seed % 100000:05d}{node_number:03d}-{index:04d}-sim"
+            uuid = simulated_gpu_uuid(fleet.seed, node.name, index)  # as the live simulated fleet
             rows.append((
                 node.name, index, uuid, spec.name, spec.memory_mb, spec.power_limit_w,
                 spec.idle_power_w, spec.sm_clock_max_mhz, spec.memory_clock_mhz,

@@ -141,3 +141,18 @@ def test_live_hosts_are_never_the_silent_ones(tmp_path: Path) -> None:
     assert hosts[OFFLINE_NODE.name].status == "offline"
     for name in live:
         assert datetime(2026, 10, 3, tzinfo=UTC) - hosts[name].last_sample_at < timedelta(minutes=1)
+
+
+def test_sample_data_gpus_are_the_live_simulated_fleets_gpus() -> None:
+    """The demo's live samples continue the sample data's GPUs instead of starting new ones."""
+    from sample_data.generate import gpu_rows
+    from server.gpu.simulated import SimulatedBackend
+
+    fleet = default_fleet()
+    stored = {(row[0], row[1]): row[2] for row in gpu_rows(fleet, minutes=1)}
+    live = {}
+    for node in fleet.nodes:
+        snapshot = SimulatedBackend(node.name, fleet=fleet).snapshot()
+        live.update({(node.name, gpu.index): gpu.uuid for gpu in snapshot.gpus})
+    assert stored == live
+    assert len(set(stored.values())) == len(stored)

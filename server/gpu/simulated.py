@@ -54,6 +54,21 @@ def _command(model: ModelSpec, job: JobSpec, gpu: int) -> str:
     return f"python serve.py --model {model.name} --device cuda:{gpu}"
 
 
+
+def node_seed(fleet_seed: int, node_name: str) -> int:
+    """A simulated node's own seed: everything about its GPUs derives from it."""
+    return mix(fleet_seed, zlib.crc32(node_name.encode()))
+
+
+def simulated_gpu_uuid(fleet_seed: int, node_name: str, index: int) -> str:
+    """The UUID the simulated fleet gives GPU ``index`` of ``node_name`` (the sample data uses it too)."""
+    return _uuid(mix(node_seed(fleet_seed, node_name), index))
+
+
+def _uuid(salt: int) -> str:
+    raw = f"{mix(salt, 1):016x}{mix(salt, 2):016x}"
+    return f"GPU-{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:32]}"
+
 @dataclass(slots=True)
 class _SimGpu:
     """One simulated GPU and its mutable state (loaded or not, energy anchor)."""
@@ -107,7 +122,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
             raise ValueError(f"no node {self.node_name!r} in the simulated fleet") from None
         self._clock = clock or _utc_now
         self._lock = threading.Lock()
-        self._seed = mix(self.fleet.seed, zlib.crc32(self.node_name.encode()))
+        self._seed = node_seed(self.fleet.seed, self.node_name)
         jobs = {i: job for job in self.fleet.jobs if job.node == self.node_name for i in job.gpus}
         models = {m.name: m for m in self.fleet.models}
         self._gpus = [self._build_gpu(i, arch, jobs.get(i), models)
@@ -126,7 +141,6 @@ class SimulatedBackend(GpuBackend, ModelHost):
                    models: dict[str, ModelSpec]) -> _SimGpu:
         spec = self.fleet.gpu_models[arch]
         salt = mix(self._seed, index)
-        raw = f"{mix(salt, 1):016x}{mix(salt, 2):016x}"
         model = models[job.model] if job else None
         job_seed = mix(self._seed, 1000 + job.gpus[0]) if job else 0
         pid = None
@@ -135,7 +149,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
             pid = 2_000 + job_seed % 60_000 + (0 if model.runtime != "process" else job.gpus.index(index))
         return _SimGpu(
             index=index, spec=spec,
-            uuid=f"GPU-{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:32]}",
+            uuid=_uuid(salt),
             salt=salt, job=job, model=model,
             curve=LoadCurve(job.schedule, job_seed) if job else None,
             pid=pid,
