@@ -347,7 +347,8 @@ def test_a_staging_folder_removed_while_running_is_made_again_under_a_new_name(s
     for child in folder.iterdir():
         child.unlink()
     folder.rmdir()  # a tmp cleaner at work
-    folder.mkdir(mode=0o777)  # someone else takes the old name in the shared folder
+    folder.mkdir()  # someone else takes the old name in the shared folder
+    folder.chmod(0o777)
     result = store.writer.submit_sync("acme", rows("GPU-a", 600, 10), datetime.now(UTC))
     assert result.inserted == 10 and store.sample_count("acme") == 20
     fresh = Path(store.writer.staging_folder)
