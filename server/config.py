@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 APP_NAME = "gpufleet"
 
@@ -44,24 +44,24 @@ class Section(BaseModel):
 
 
 class Limits(Section):
-    """Every limit and timeout of the HTTP server, in one place."""
+    """Every limit and timeout of the HTTP server, in one place (each must be > 0)."""
 
-    max_header_bytes: int = 16 * 1024  # request line + headers -> 431
-    max_body_bytes: int = 8 * 1024 * 1024  # counted on bytes received, chunked too -> 413
-    header_timeout_s: float = 10.0  # absolute deadline for the whole head -> 408
-    body_timeout_s: float = 30.0  # absolute deadline for the whole body -> 408
-    keepalive_timeout_s: float = 15.0  # idle between requests on one connection
-    max_connections: int = 1024  # open connections; past it -> 503 and close
-    handler_timeout_s: float = 30.0  # a handler running longer -> 504
-    write_timeout_s: float = 30.0  # a client not reading its response
-    shutdown_grace_s: float = 10.0  # in-flight requests finish within this on SIGTERM
-    close_linger_s: float = 1.0  # after an error response, drain unread input so the client sees it
-    max_samples_per_batch: int = 10_000  # ingest bodies with more -> 400
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # request line + headers -> 431
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # counted on bytes received, chunked too -> 413
+    header_timeout_s: float = Field(default=10.0, gt=0)  # absolute deadline for the whole head -> 408
+    body_timeout_s: float = Field(default=30.0, gt=0)  # absolute deadline for the whole body -> 408
+    keepalive_timeout_s: float = Field(default=15.0, gt=0)  # idle between requests on one connection
+    max_connections: int = Field(default=1024, ge=1)  # open connections; past it -> 503 and close
+    handler_timeout_s: float = Field(default=30.0, gt=0)  # a handler running longer -> 504
+    write_timeout_s: float = Field(default=30.0, gt=0)  # a client not reading its response
+    shutdown_grace_s: float = Field(default=10.0, ge=0)  # in-flight requests finish within this on SIGTERM
+    close_linger_s: float = Field(default=1.0, ge=0)  # after an error response, drain unread input so the client sees it
+    max_samples_per_batch: int = Field(default=10_000, ge=1)  # ingest bodies with more -> 400
 
 
 class RateLimit(Section):
-    requests: int
-    per_s: float
+    requests: int = Field(ge=1)
+    per_s: float = Field(gt=0)
 
 
 class RateLimits(Section):
@@ -108,8 +108,20 @@ class RuntimeSettings(Section):
     url: str | None = None  # ollama / triton base URL
     process_names: list[str] = Field(default_factory=list)  # process adapter: match by name
     users: list[str] = Field(default_factory=list)  # process adapter: match by user
-    grace_s: float = 10.0  # SIGTERM -> SIGKILL
-    timeout_s: float = 10.0
+    grace_s: float = Field(default=10.0, ge=0)  # SIGTERM -> SIGKILL
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> RuntimeSettings:
+        if self.type in ("ollama", "triton"):
+            if not self.url:
+                raise ValueError(f"{'an' if self.type == 'ollama' else 'a'} {self.type} runtime needs a url (e.g. http://127.0.0.1:"
+                                 f"{11434 if self.type == 'ollama' else 8000})")
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"url must start with http:// or https://, not {self.url!r}")
+        if self.type == "process" and not (self.process_names or self.users):
+            raise ValueError("a process runtime needs process_names or users (it would match nothing)")
+        return self
 
 
 class SamplerSettings(Section):
@@ -306,5 +318,7 @@ def _describe(exc: ValidationError, sources: dict[tuple[str, ...], str], fallbac
                 break
         key = ".".join(loc) or "(top level)"
         message = _PLAIN_MESSAGES.get(error["type"], error["msg"])
+        if error["type"] == "value_error":  # our own validators' words, without pydantic's prefix
+            message = message.removeprefix("Value error, ")
         lines.append(f"{source}: {key}: {message}")
     return "\n".join(lines)

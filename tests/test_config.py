@@ -118,3 +118,31 @@ def test_settings_are_frozen() -> None:
     limits = Limits()
     with pytest.raises(ValueError):
         limits.max_body_bytes = 1  # type: ignore[misc]
+
+
+def test_limits_that_would_break_every_request_are_refused(tmp_path: Path) -> None:
+    file = write(tmp_path / "config.toml", "[limits]\nmax_connections = 0\nmax_header_bytes = 0\n"
+                                          "[rate_limits.ingest]\nrequests = 0\nper_s = 60\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(file, environ={"GPUFLEET_LIMITS__HANDLER_TIMEOUT_S": "-5"})
+    assert sorted(str(caught.value).splitlines()) == sorted([
+        f"{file}: limits.max_connections: Input should be greater than or equal to 1",
+        f"{file}: limits.max_header_bytes: Input should be greater than or equal to 1024",
+        f"{file}: rate_limits.ingest.requests: Input should be greater than or equal to 1",
+        "environment variable GPUFLEET_LIMITS__HANDLER_TIMEOUT_S: limits.handler_timeout_s: "
+        "Input should be greater than 0",
+    ])
+
+
+def test_incomplete_runtimes_are_refused_in_plain_words(tmp_path: Path) -> None:
+    file = write(tmp_path / "config.toml",
+                 '[[runtimes]]\ntype = "ollama"\n'
+                 '[[runtimes]]\ntype = "triton"\nurl = "127.0.0.1:8000"\n'
+                 '[[runtimes]]\ntype = "process"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(file, environ={})
+    assert str(caught.value).splitlines() == [
+        f"{file}: runtimes.0: an ollama runtime needs a url (e.g. http://127.0.0.1:11434)",
+        f"{file}: runtimes.1: url must start with http:// or https://, not '127.0.0.1:8000'",
+        f"{file}: runtimes.2: a process runtime needs process_names or users (it would match nothing)",
+    ]

@@ -43,8 +43,19 @@ def test_first_start_says_how_to_create_a_key_and_sigterm_exits_0(tmp_path: Path
     finally:
         server.proc.send_signal(signal.SIGTERM)
     assert server.wait_exit() == 0
-    assert "gpufleet keys create" in server.log
     assert "store closed" in server.log
+    # the hint is a command that works as printed
+    hint = re.search(r"Create one with: gpufleet (keys create .*)$", server.log, re.MULTILINE)
+    assert hint, server.log
+    argv = hint.group(1).split()
+    argv[argv.index("NAME")] = "first"
+    created = subprocess.run([sys.executable, "-m", "server.cli", *argv], capture_output=True,
+                             text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    with MetricsStore.open(tmp_path / "db.duckdb") as store:
+        secret = created.stdout.strip()
+        assert store.authenticate(secret) is not None
+        assert [k.name for k in store.list_keys()] == ["first"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -306,3 +317,15 @@ def test_sampling_settings_keep_invented_samples_out_unless_asked(
     finally:
         real.close()
     assert caplog.text == ""
+
+
+def test_a_bad_runtime_in_the_config_stops_serve_before_the_store_opens(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[[runtimes]]\ntype = "ollama"\nname = "local-llm"\n')
+    db = tmp_path / "never.duckdb"
+    done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--config", str(config),
+                           "--db", str(db), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"gpufleet serve: {config}: runtimes.0: an ollama runtime "
+                                   "needs a url (e.g. http://127.0.0.1:11434)")
+    assert not db.exists()

@@ -18,19 +18,29 @@ HELP = "create, list, revoke or rotate API keys (secrets are shown once)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # --db and --config go before or after the action: `keys --db X list` and `keys list --db X`
+    store_options = argparse.ArgumentParser(add_help=False)
+    store_options.add_argument("--db", type=Path, default=argparse.SUPPRESS,
+                               help="store file (default: the server's)")
+    store_options.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                               help="configuration file")
     parser.add_argument("--db", type=Path, default=None, help="store file (default: the server's)")
     parser.add_argument("--config", type=Path, default=None, help="configuration file")
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    create = sub.add_parser("create", help="create a key and print its secret once")
+
+    def action_parser(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[store_options])
+
+    create = action_parser("create", "create a key and print its secret once")
     create.add_argument("--name", required=True)
     create.add_argument("--scope", required=True, help="comma-separated: operator, ingest, read")
     create.add_argument("--account", default=None, help="account the key belongs to (default: server.account)")
     create.add_argument("--json", action="store_true", help="print the key as JSON")
-    listing = sub.add_parser("list", help="list keys (never their secrets)")
+    listing = action_parser("list", "list keys (never their secrets)")
     listing.add_argument("--account", default=None)
     listing.add_argument("--json", action="store_true")
     for name, text in (("revoke", "revoke a key now"), ("rotate", "replace a key's secret; the old one stops now")):
-        action = sub.add_parser(name, help=text)
+        action = action_parser(name, text)
         action.add_argument("key", metavar="ID_OR_NAME")
         action.add_argument("--account", default=None)
         action.add_argument("--json", action="store_true")

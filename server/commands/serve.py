@@ -161,6 +161,7 @@ async def serve(settings: Settings) -> int:
     from server.gpu.base import BackendUnavailable
     from server.gpu.select import open_backend
     from server.http.signals import run_until_signalled
+    from server.runtimes import RuntimeConfigError
     from server.store import MetricsStore
 
     log = logging.getLogger("gpufleet.server")
@@ -179,7 +180,10 @@ async def serve(settings: Settings) -> int:
             raise _StartupError(str(exc)) from exc
         settings = sampling_settings(settings, backend)
         try:
-            app = ServerApp(settings, backend=backend, store=store)
+            try:
+                app = ServerApp(settings, backend=backend, store=store)
+            except RuntimeConfigError as exc:  # e.g. a simulated runtime on a real node
+                raise _StartupError(f"[[runtimes]]: {exc}") from exc
             try:
                 await app.start()
             except OSError as exc:

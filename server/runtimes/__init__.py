@@ -19,6 +19,7 @@ __all__ = [
     "ProcessAdapter",
     "RuntimeAdapter",
     "RuntimeAdapterError",
+    "RuntimeConfigError",
     "SimulatedAdapter",
     "TritonAdapter",
     "build_adapters",
