@@ -13,8 +13,10 @@ Schedule = Literal["continuous", "business_hours", "nightly", "adhoc"]
 
 
 def sample_data_dir() -> Path:
-    """sample_data/ beside the packages (source checkouts and editable installs)."""
-    return Path(__file__).resolve().parent.parent / "sample_data"
+    """The ``sample_data`` package's folder: sample_data/ of a checkout, or the installed copy."""
+    import sample_data
+
+    return Path(sample_data.__file__).resolve().parent
 
 
 class _Frozen(BaseModel):
