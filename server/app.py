@@ -134,11 +134,14 @@ class ServerApp:
         The next tick is the first grid point after the last one finished: a slow tick
         skips points instead of stacking them, and the schedule does not drift.
         """
+        from server.agent.attribution import ProcessAttributor
         from server.agent.runner import next_tick
         from server.agent.sampler import Sampler
 
         assert self.store is not None
-        sampler = Sampler(self.backend)
+        # the same attribution as `gpufleet agent`: [agent] rules, then Slurm / Kubernetes /
+        # Run:ai facts of the processes on each GPU, then the [agent] defaults
+        sampler = Sampler(self.backend, ProcessAttributor(self.settings.agent))
         account = self.settings.server.account
         interval = self.settings.sampler.interval_s
         start = self._monotonic()

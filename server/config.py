@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 APP_NAME = "gpufleet"
 
@@ -93,11 +93,18 @@ DEFAULT_GPU_RATES_USD: dict[str, float] = {
 
 
 class Pricing(Section):
-    gpu_rates_usd: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GPU_RATES_USD))
-    default_rate_usd: float = 1.00  # an architecture missing from the table
-    energy_usd_per_kwh: float = 0.12
-    expected_interval_s: float = 60.0  # a sample covers up to 2x this until the next one
-    idle_utilization_pct: float = 5.0  # below this a GPU-hour counts as idle
+    # the configured table is laid over the defaults: `A100 = 3.0` changes A100 only
+    gpu_rates_usd: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_GPU_RATES_USD))
+    default_rate_usd: float = Field(default=1.00, ge=0)  # an architecture missing from the table
+    energy_usd_per_kwh: float = Field(default=0.12, ge=0)
+    expected_interval_s: float = Field(default=60.0, gt=0)  # a sample covers up to 2x this until the next one
+    idle_utilization_pct: float = Field(default=5.0, ge=0, le=100)  # below this a GPU-hour counts as idle
+
+    @field_validator("gpu_rates_usd", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: Any) -> Any:
+        return {**DEFAULT_GPU_RATES_USD, **value} if isinstance(value, dict) else value
 
 
 class RuntimeSettings(Section):

@@ -146,3 +146,15 @@ def test_incomplete_runtimes_are_refused_in_plain_words(tmp_path: Path) -> None:
         f"{file}: runtimes.1: url must start with http:// or https://, not '127.0.0.1:8000'",
         f"{file}: runtimes.2: a process runtime needs process_names or users (it would match nothing)",
     ]
+
+
+def test_a_configured_gpu_rate_changes_that_architecture_only(tmp_path: Path) -> None:
+    from server.config import DEFAULT_GPU_RATES_USD
+
+    file = write(tmp_path / "config.toml", "[pricing.gpu_rates_usd]\nA100 = 3.0\nMI300X = 4.25\n")
+    rates = load_settings(file, environ={}).pricing.gpu_rates_usd
+    assert rates == {**DEFAULT_GPU_RATES_USD, "A100": 3.0, "MI300X": 4.25}
+    assert rates["H100"] == 3.50  # a default the file did not mention
+    bad = write(tmp_path / "bad.toml", "[pricing.gpu_rates_usd]\nT4 = -1\n")
+    with pytest.raises(ConfigError, match=r"pricing\.gpu_rates_usd\.T4: Input should be greater than or equal to 0"):
+        load_settings(bad, environ={})

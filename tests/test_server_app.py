@@ -100,3 +100,41 @@ async def test_the_in_process_samples_show_as_the_nodes_last_sample(tmp_path: Pa
     # The simulated node's own name, for the heartbeat and the samples alike.
     assert [h.hostname for h in hosts] == [SimulatedBackend().node_name]
     assert hosts[0].last_sample_at is not None
+
+
+async def test_serves_own_sampler_attributes_gpus_like_the_agent(tmp_path: Path, fake_nvml) -> None:  # type: ignore[no-untyped-def]
+    """`gpufleet serve` alone on a workstation: a Slurm job's GPU is charged to its account."""
+    import os
+    import subprocess
+    import sys
+
+    from server.app import ServerApp
+    from server.gpu.nvml import NvmlBackend
+    from server.store import MetricsStore
+
+    env = dict(os.environ, SLURM_JOB_ID="777", SLURM_JOB_ACCOUNT="vision-team",
+               GPUFLEET_MODEL_TAG="vit-huge")
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             env=env, stdin=subprocess.PIPE)
+    try:
+        fake_nvml.configure([
+            fake_nvml.FakeGpu(uuid="GPU-idle"),
+            fake_nvml.FakeGpu(uuid="GPU-job", compute_processes=[fake_nvml.FakeProcess(child.pid, 1000)]),
+        ])
+        settings = api_settings(**{"sampler.enabled": True, "agent.default_team_id": "platform"})
+        with MetricsStore.open(tmp_path / "db.duckdb") as store:
+            app = ServerApp(settings, backend=NvmlBackend(fake_nvml), store=store)
+            await app.start("127.0.0.1", 0)
+            try:
+                await wait_until(lambda: app.samples_written >= 2, what="the first in-process tick")
+            finally:
+                await app.stop()
+            rows = store.query("SELECT gpu_uuid, team_id, model_tag, job_id, scheduler_source "
+                               "FROM samples ORDER BY gpu_uuid")
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait(timeout=10)
+    assert [tuple(r) for r in rows] == [
+        ("GPU-idle", "platform", None, None, "manual"),
+        ("GPU-job", "vision-team", "vit-huge", "777", "slurm"),
+    ]

@@ -171,7 +171,10 @@ class ProcessAttributor:
         for gpu in snapshot.gpus:
             # The process holding the most memory speaks first.
             processes = sorted(by_gpu.get(gpu.index, []), key=lambda p: -(p.memory_mb or 0))
-            facts = [self._reader.facts(p.pid) if p.visible else ProcessFacts() for p in processes]
+            # a simulated node's PIDs are made up: /proc/PID would be some unrelated process
+            real = not snapshot.node.simulated
+            facts = [self._reader.facts(p.pid) if p.visible and real else ProcessFacts()
+                     for p in processes]
             sources: list[dict[str, str]] = []
             rule = self._matching_rule(gpu.index, processes, facts)
             if rule is not None:
