@@ -300,7 +300,7 @@ class MetricSample(Value):
     """One GPU reading as the agent posts it. Ranges are the documented ones."""
 
     timestamp: UtcDateTime
-    gpu_index: Annotated[int, Field(ge=0)]
+    gpu_index: Annotated[int, Field(ge=0, le=2**31 - 1)]  # stored as INTEGER
     gpu_uuid: Annotated[str, Field(min_length=1)]
     power_draw_w: Annotated[float, Field(ge=0, le=1500)]
     utilization_gpu_pct: Annotated[float, Field(ge=0, le=100)]

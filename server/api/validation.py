@@ -26,7 +26,7 @@ MAX_HOSTNAME_CHARS = 255
 FUTURE_TOLERANCE = timedelta(minutes=5)
 SCHEDULER_SOURCES: tuple[str, ...] = ("kubernetes", "slurm", "runai", "manual")
 _MAX_FLOAT = 1.7976931348623157e308  # rejects inf (and NaN fails every comparison)
-_MAX_GPU_INDEX = 65_535
+_MAX_GPU_INDEX = 2**31 - 1  # the stored column is a 32-bit INTEGER
 
 # name -> (low, high) for the numeric fields; high None means unbounded (finite).
 NUMERIC_RANGES: dict[str, tuple[float, float | None]] = {
