@@ -211,3 +211,16 @@ def test_real_nvml_energy_counter_does_not_go_backwards(real_backend):
     for a, b in zip(first, second, strict=True):
         if a.energy_j is not None and b.energy_j is not None:
             assert b.energy_j >= a.energy_j
+
+
+def test_a_mig_slot_nvml_refuses_costs_that_slot_only(fake_nvml):
+    mig = _a100(0, mig_mode=1, max_mig_devices=7, mig_devices=[
+        FakeMigDevice("MIG-aaa", "NVIDIA A100-SXM4-80GB MIG 3g.40gb", 40192, 1024)])
+    mig.no_permission.add("nvmlDeviceGetMigDeviceHandleByIndex")
+    fake_nvml.configure([mig, _a100(1)])
+    snap = NvmlBackend(nvml_module=fake_nvml).snapshot()
+    assert [g.uuid for g in snap.gpus] == ["GPU-a100-0", "GPU-a100-1"]
+    assert snap.gpus[0].mig_mode is True and snap.gpus[0].mig_devices == []
+    assert snap.gpus[0].memory.total_mb == 81920 and not snap.gpus[0].lost
+    assert not snap.gpus[1].lost
+    assert any(w.startswith("GPU 0: MIG device 0 (") for w in snap.warnings)

@@ -195,6 +195,11 @@ class NvmlBackend(GpuBackend):
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
             except nvml.NVMLError_NotFound:
                 continue  # an empty slot: no instance was created there
+            except nvml.NVMLError_GpuIsLost as exc:
+                raise _GpuLost from exc
+            except nvml.NVMLError as exc:  # one MIG slot's problem, never the snapshot's
+                self._warn_once(index, f"MIG device {slot} ({exc})")
+                continue
             mig_field = _FieldReader(self, index, mig)
             memory = mig_field("mig_memory", nvml.nvmlDeviceGetMemoryInfo)
             devices.append(MigDevice(
