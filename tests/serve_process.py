@@ -50,12 +50,22 @@ def _pump(stream: object, sink: queue.Queue[str | None]) -> None:
     sink.put(None)
 
 
-def start_serve(db: Path, *extra: str) -> ServeProcess:
-    """Start ``gpufleet serve --port 0 --db DB --simulate ...`` and wait until it listens."""
+def start_serve(db: Path, *extra: str, open_files: tuple[int, int] | None = None) -> ServeProcess:
+    """Start ``gpufleet serve --port 0 --db DB --simulate ...`` and wait until it listens.
+
+    ``open_files``: the server's (soft, hard) open-file limit, as ``ulimit -Sn``/``-Hn`` set.
+    """
     cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--db", str(db),
            "--simulate", *extra]
+
+    def limit_files() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=limit_files if open_files else None)
     sink: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stderr, sink), daemon=True).start()
     lines: list[str] = []

@@ -329,3 +329,41 @@ def test_a_bad_runtime_in_the_config_stops_serve_before_the_store_opens(tmp_path
     assert done.stderr.strip() == (f"gpufleet serve: {config}: runtimes.0: an ollama runtime "
                                    "needs a url (e.g. http://127.0.0.1:11434)")
     assert not db.exists()
+
+
+def _hold(url: str, count: int) -> list:  # type: ignore[type-arg]
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return [socket.create_connection((host, int(port)), timeout=10) for _ in range(count)]
+
+
+def test_a_low_soft_open_file_limit_is_raised_so_every_allowed_connection_fits(tmp_path: Path) -> None:
+    server = start_serve(tmp_path / "db.duckdb", "--no-sampler", open_files=(128, 4096))
+    held = _hold(server.url, 200)  # more than 128 files would allow
+    try:
+        time.sleep(0.3)
+        assert httpx.get(f"{server.url}/v1/metrics/ingest", timeout=10).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert "Too many open files" not in server.log and "open-file limit" not in server.log
+
+
+def test_a_low_hard_open_file_limit_lowers_the_connection_cap_so_past_it_is_a_503(tmp_path: Path) -> None:
+    server = start_serve(tmp_path / "db.duckdb", "--no-sampler", open_files=(160, 160))
+    held = _hold(server.url, 100)  # the cap is 160 - 64 spare files = 96
+    try:
+        held[-1].sendall(b"GET /v1/metrics/ingest HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert held[-1].recv(200).startswith(b"HTTP/1.1 503")
+        held[0].sendall(b"GET /v1/metrics/ingest HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert held[0].recv(200).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()
+        server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert "open-file limit 160 leaves room for 96 connections, not limits.max_connections=1024" in server.log
+    assert "Too many open files" not in server.log

@@ -81,11 +81,45 @@ def run(args: argparse.Namespace) -> int:
     except _StartupError as exc:
         print(f"gpufleet serve: {exc}", file=sys.stderr)
         return 1
+    settings = fit_open_files(settings)
     try:
         return asyncio.run(serve(settings))
     except _StartupError as exc:
         log.error("%s", exc)
         return 1
+
+
+# files besides client connections: the store, its WAL, staging files, logs, the admin socket
+_SPARE_FILES = 64
+
+
+def fit_open_files(settings: Settings) -> Settings:
+    """Make room for ``limits.max_connections`` under the open-file limit.
+
+    The soft limit is raised towards the hard one; if that is still too low, the
+    connection cap is lowered to fit (with a warning), so the server answers 503 past
+    it instead of failing to accept with "Too many open files".
+    """
+    import logging
+    import resource
+
+    log = logging.getLogger("gpufleet.server")
+    wanted = settings.limits.max_connections + _SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open-file limit to %d: %s", target, exc)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        cap = max(1, soft - _SPARE_FILES)
+        log.warning("open-file limit %d leaves room for %d connections, not limits.max_connections=%d; "
+                    "serving at most %d (raise it with ulimit -n)", soft, cap,
+                    settings.limits.max_connections, cap)
+        return settings.with_overrides({"limits.max_connections": cap})
+    return settings
 
 
 class _StartupError(Exception):
