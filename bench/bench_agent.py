@@ -22,13 +22,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.agent.attribution import ProcessAttributor
-from server.agent.runner import encode_batch
-from server.agent.sampler import Sampler
-from server.agent.spool import Spool
-from server.config import AgentSettings
-from server.gpu.base import GpuSnapshot
-from server.gpu.nvml import NvmlBackend
+from gpufleet.server.agent.attribution import ProcessAttributor
+from gpufleet.server.agent.runner import encode_batch
+from gpufleet.server.agent.sampler import Sampler
+from gpufleet.server.agent.spool import Spool
+from gpufleet.server.config import AgentSettings
+from gpufleet.server.gpu.base import GpuSnapshot
+from gpufleet.server.gpu.nvml import NvmlBackend
 from tests.fakes import pynvml as fake
 
 GPUS = 8

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import duckdb
 
-from server.config import Pricing
-from server.store import MetricsStore
-from server.store.timeutil import epoch_us
+from gpufleet.server.config import Pricing
+from gpufleet.server.store import MetricsStore
+from gpufleet.server.store.timeutil import epoch_us
 
 FROM, TO = date(2026, 1, 1), date(2026, 1, 31)
 MINUTES = 31 * 24 * 60

@@ -176,7 +176,7 @@ def launch(args: argparse.Namespace, nodes_file: Path, env: dict[str, str]) -> t
     """Start the console and wait for its first frame and for every node; return their times."""
     argv = [*GPUFLEET, "console", "--nodes-file", str(nodes_file), "--refresh", str(args.refresh), "--no-demo"]
     if args.profile:  # cProfile of the console's main thread (its event loop), written on q
-        argv = [sys.executable, "-m", "cProfile", "-o", str(args.profile), "-m", "server.cli", *argv[1:]]
+        argv = [sys.executable, "-m", "cProfile", "-o", str(args.profile), "-m", "gpufleet.server.cli", *argv[1:]]
     term = Terminal(argv, env, 120, 40)
     first, everyone = term.watch("nodes up"), term.watch(f"{args.nodes}/{args.nodes} nodes up")
     if term.wait(first, 120) is None or term.wait(everyone, 120) is None:

@@ -34,7 +34,7 @@ _NODE_LINE = re.compile(r"^\S+ (https?://\S+)$")  # "ws-gpu-01 http://127.0.0.1:
 def start_node(workdir: Path) -> tuple[subprocess.Popen[str], str, str]:
     token_file = workdir / "token"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "simulate", "--nodes", "1", "--token-file",
+        [sys.executable, "-m", "gpufleet.server.cli", "simulate", "--nodes", "1", "--token-file",
          str(token_file), "--nodes-file", str(workdir / "nodes.toml")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -30,10 +30,10 @@ STATUS_LIKE = {"gpus": [{"index": i, "name": "NVIDIA H100 80GB HBM3", "uuid": f"
 
 
 async def serve() -> None:
-    from server.config import Limits
-    from server.http.router import Router
-    from server.http.server import HttpServer
-    from server.http.types import Request, Response
+    from gpufleet.server.config import Limits
+    from gpufleet.server.http.router import Router
+    from gpufleet.server.http.server import HttpServer
+    from gpufleet.server.http.types import Request, Response
 
     body = json.dumps(STATUS_LIKE, separators=(",", ":")).encode()
 

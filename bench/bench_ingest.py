@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.store import MetricsStore  # noqa: E402
+from gpufleet.server.store import MetricsStore  # noqa: E402
 
 LUA = Path(__file__).with_name("ingest.lua")
 _LISTENING = re.compile(r"gpufleet serving (http\S+)")
@@ -75,7 +75,7 @@ class Run:
 
 
 def start_server(db: Path, config: Path) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--db", str(db),
+    cmd = [sys.executable, "-m", "gpufleet.server.cli", "serve", "--port", "0", "--db", str(db),
            "--config", str(config), "--simulate", "--no-sampler", "--log-level", "INFO"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,

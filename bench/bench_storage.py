@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from server.store import MetricsStore
+from gpufleet.server.store import MetricsStore
 
 TEAMS = ["ml-infra", "inference", "research", "data-science"]
 MODELS = ["llama3-70b-finetune", "qwen-3.5-27b", "sdxl-base", "bge-embed", None]

@@ -20,18 +20,18 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Static
 
-from console.config import NodeTarget
-from console.datasource import DataSource
-from console.messages import NodeFailed, NodePolled
-from console.poller import ClientFactory, SharedTransportFactory, poll_node
-from console.screens.detail import GpuDetailScreen
-from console.screens.fleet import FleetScreen
-from console.screens.purge import PurgeModal
-from console.state import FleetState
-from console.widgets.footer import ConsoleFooter
-from server.client import AsyncGpuFleetClient
-from server.config import ConsoleSettings
-from server.schemas import PurgeResult, utc_now
+from gpufleet.console.config import NodeTarget
+from gpufleet.console.datasource import DataSource
+from gpufleet.console.messages import NodeFailed, NodePolled
+from gpufleet.console.poller import ClientFactory, SharedTransportFactory, poll_node
+from gpufleet.console.screens.detail import GpuDetailScreen
+from gpufleet.console.screens.fleet import FleetScreen
+from gpufleet.console.screens.purge import PurgeModal
+from gpufleet.console.state import FleetState
+from gpufleet.console.widgets.footer import ConsoleFooter
+from gpufleet.server.client import AsyncGpuFleetClient
+from gpufleet.server.config import ConsoleSettings
+from gpufleet.server.schemas import PurgeResult, utc_now
 
 log = logging.getLogger("gpufleet.console")
 
@@ -121,7 +121,7 @@ class GpuFleetApp(App[None]):
     def _chargeback_screen(self) -> Screen[None]:
         if self.data_source is None:
             return NoServerScreen("Chargeback")
-        from console.screens.chargeback import ChargebackScreen
+        from gpufleet.console.screens.chargeback import ChargebackScreen
 
         return ChargebackScreen(self.data_source, clock=lambda: self.clock().date(),
                                 simulated=self.fleet.simulated, export_dir=self._export_dir)
@@ -129,7 +129,7 @@ class GpuFleetApp(App[None]):
     def _hosts_screen(self) -> Screen[None]:
         if self.data_source is None:
             return NoServerScreen("Hosts")
-        from console.screens.hosts import HostsScreen
+        from gpufleet.console.screens.hosts import HostsScreen
 
         return HostsScreen(self.data_source, clock=self.clock, simulated=self.fleet.simulated)
 
@@ -154,9 +154,9 @@ class GpuFleetApp(App[None]):
         return result
 
     def action_help(self) -> None:
-        from console.screens.chargeback import ChargebackScreen
-        from console.screens.help import HelpScreen
-        from console.screens.hosts import HostsScreen
+        from gpufleet.console.screens.chargeback import ChargebackScreen
+        from gpufleet.console.screens.help import HelpScreen
+        from gpufleet.console.screens.hosts import HostsScreen
 
         self.push_screen(HelpScreen([FleetScreen, GpuDetailScreen, PurgeModal, ChargebackScreen,
                                      HostsScreen]))

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from console.config import NodeTarget
-    from server.config import Settings
+    from gpufleet.console.config import NodeTarget
+    from gpufleet.server.config import Settings
 
 HELP = "Open the fleet console: live GPUs of every node, purge, chargeback and hosts."
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     import tomllib
 
-    from server.config import ConfigError, NodeSettings, load_settings
+    from gpufleet.server.config import ConfigError, NodeSettings, load_settings
 
     settings = load_settings(args.config, overrides={
         "console.readonly": args.readonly,
@@ -58,8 +58,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from console.config import ConsoleConfigError, NodeTarget, Secret, node_targets
-    from server.config import ConfigError
+    from gpufleet.console.config import ConsoleConfigError, NodeTarget, Secret, node_targets
+    from gpufleet.server.config import ConfigError
 
     # The terminal belongs to the UI: log warnings to a file only if asked.
     logging.getLogger("gpufleet").addHandler(logging.NullHandler())
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpufleet console: {exc}", file=sys.stderr)
         return 2
 
-    from console.embedded import EmbeddedServerError, start_demo_or_connect
+    from gpufleet.console.embedded import EmbeddedServerError, start_demo_or_connect
 
     demo_nodes = 0 if args.no_demo or targets else (args.demo_nodes if args.demo_nodes is not None else 4)
     try:
@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_app(settings: Settings, targets: list[NodeTarget], local_url: str, local_key: str | None) -> int:
-    from console.app import GpuFleetApp
-    from console.datasource import ClientDataSource
+    from gpufleet.console.app import GpuFleetApp
+    from gpufleet.console.datasource import ClientDataSource
 
     source = ClientDataSource.connect(local_url, local_key, timeout=max(10.0, settings.console.request_timeout_s))
     app = GpuFleetApp(settings.console, targets, data_source=source)

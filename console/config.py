@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.client import KeyFileError, read_key_file
-from server.config import NodeSettings, Settings
+from gpufleet.server.client import KeyFileError, read_key_file
+from gpufleet.server.config import NodeSettings, Settings
 
 LOCAL_NODE_NAME = "local"
 

@@ -12,10 +12,10 @@ import logging
 from datetime import date
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from server.schemas import ChargebackReport, HostsResponse
+from gpufleet.server.schemas import ChargebackReport, HostsResponse
 
 if TYPE_CHECKING:
-    from server.client import AsyncGpuFleetClient
+    from gpufleet.server.client import AsyncGpuFleetClient
 
 log = logging.getLogger("gpufleet.console.data")
 
@@ -37,7 +37,7 @@ class DataSource(Protocol):
 
 def describe_error(exc: BaseException) -> str:
     """One line for the screen: the server's own error text when it sent one."""
-    from server import client
+    from gpufleet.server import client
 
     if isinstance(exc, client.RequestTimeout):
         return "The server did not answer in time"
@@ -61,7 +61,7 @@ class ClientDataSource:
 
     @classmethod
     def connect(cls, base_url: str, api_key: str | None, *, timeout: float = 5.0) -> ClientDataSource:
-        from server.client import AsyncGpuFleetClient
+        from gpufleet.server.client import AsyncGpuFleetClient
 
         return cls(AsyncGpuFleetClient(base_url, api_key=api_key, timeout=timeout), owns_client=True)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from server.agent.sampler import Sampler
-    from server.client import GpuFleetClient
-    from server.gpu.base import GpuBackend
+    from gpufleet.server.agent.sampler import Sampler
+    from gpufleet.server.client import GpuFleetClient
+    from gpufleet.server.gpu.base import GpuBackend
 
 log = logging.getLogger("gpufleet.console.demo")
 
@@ -49,7 +49,7 @@ class DemoHeartbeats:
 
     def __init__(self, url: str, key: str | None, hosts: list[DemoHost], *, interval_s: float,
                  client_factory: ClientFactory | None = None) -> None:
-        from server.agent.sampler import Sampler
+        from gpufleet.server.agent.sampler import Sampler
 
         self.hosts = list(hosts)
         self.interval_s = max(MIN_INTERVAL_S, interval_s)
@@ -64,8 +64,8 @@ class DemoHeartbeats:
 
     def beat_once(self) -> int:
         """Send every host's heartbeat and its GPUs' samples once; returns the heartbeats accepted."""
-        from server.client import GpuFleetError
-        from server.schemas import Heartbeat
+        from gpufleet.server.client import GpuFleetError
+        from gpufleet.server.schemas import Heartbeat
 
         accepted = 0
         with self._client_factory() as client:
@@ -84,7 +84,7 @@ class DemoHeartbeats:
 
     def _post_samples(self, client: GpuFleetClient) -> None:
         """All demo GPUs' readings in one ingest request: one request per round, whatever the fleet size."""
-        from server.client import GpuFleetError
+        from gpufleet.server.client import GpuFleetError
 
         batch: list[dict[str, Any]] = []
         for hostname, sampler in self._samplers.items():
@@ -124,7 +124,7 @@ class DemoHeartbeats:
 
 def _client_for(url: str, key: str | None) -> ClientFactory:
     def make() -> GpuFleetClient:
-        from server.client import GpuFleetClient
+        from gpufleet.server.client import GpuFleetClient
 
         return GpuFleetClient(url, api_key=key, timeout=5.0)
 

@@ -43,12 +43,12 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from console.config import NodeTarget, Secret
-from server.config import Settings, data_dir
-from server.files import write_private_file
+from gpufleet.console.config import NodeTarget, Secret
+from gpufleet.server.config import Settings, data_dir
+from gpufleet.server.files import write_private_file
 
 if TYPE_CHECKING:
-    from server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.gpu.simulated import SimulatedBackend
 
 log = logging.getLogger("gpufleet.console.embedded")
 
@@ -98,7 +98,7 @@ def discovery_path(directory: Path | None = None) -> Path:
 
 def server_answers(url: str, *, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """True when a gpufleet server answers the unauthenticated ingest health check at ``url``."""
-    from server.client import GpuFleetClient, GpuFleetError
+    from gpufleet.server.client import GpuFleetClient, GpuFleetError
 
     try:
         with GpuFleetClient(url, timeout=timeout) as client:
@@ -161,8 +161,8 @@ def _default_url_is_ours(url: str) -> bool:
 
 def nvidia_gpu_present() -> bool:
     """True when NVML loads and finds at least one GPU (the server layer owns pynvml)."""
-    from server.gpu.base import BackendUnavailable
-    from server.gpu.nvml import NvmlBackend
+    from gpufleet.server.gpu.base import BackendUnavailable
+    from gpufleet.server.gpu.nvml import NvmlBackend
 
     try:
         NvmlBackend().close()
@@ -217,7 +217,7 @@ def _load_sample_if_empty(store: Any, settings: Settings, live_hosts: list[str])
     ``live_hosts`` are the demo nodes this console keeps reporting: the sample
     data never makes one of them its stale or offline host.
     """
-    from server.sample import load_sample_month
+    from gpufleet.server.sample import load_sample_month
 
     today = datetime.now(UTC).date()
     report = store.chargeback(settings.server.account, today - timedelta(days=RECENT_USAGE_DAYS),
@@ -232,7 +232,7 @@ def _load_sample_if_empty(store: Any, settings: Settings, live_hosts: list[str])
 def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
                         ) -> tuple[Any, None] | tuple[None, tuple[str, str | None]]:
     """Open the store, or, when another process holds it, wait for that console's discovery file."""
-    from server.store import MetricsStore, StoreLockedError
+    from gpufleet.server.store import MetricsStore, StoreLockedError
 
     db_path = settings.server.resolved_db_path()
     db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -254,7 +254,7 @@ def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
 
 def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
                         timeout: float, connections: Connections, live_hosts: list[str]) -> None:
-    from server.embedded import EmbeddedServer
+    from gpufleet.server.embedded import EmbeddedServer
 
     store, shared = _open_store_or_wait(settings, directory, timeout)
     if shared is not None:
@@ -286,9 +286,9 @@ def _start_demo_fleet(settings: Settings, backends: list[SimulatedBackend],
     When the local server is our own, the nodes' heartbeats and samples are kept fresh in
     it for as long as the console runs, so Hosts agrees with the fleet screen.
     """
-    from console.demo_heartbeat import DemoHeartbeats, DemoHost, beat_interval
-    from server.auth import StaticKeyResolver
-    from server.embedded import EmbeddedServer
+    from gpufleet.console.demo_heartbeat import DemoHeartbeats, DemoHost, beat_interval
+    from gpufleet.server.auth import StaticKeyResolver
+    from gpufleet.server.embedded import EmbeddedServer
 
     token = secrets.token_urlsafe(24)
     local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0})
@@ -316,7 +316,7 @@ def _start_demo_fleet(settings: Settings, backends: list[SimulatedBackend],
 
 
 def _demo_backends(count: int) -> list[SimulatedBackend]:
-    from server.gpu.simulated import simulated_backends
+    from gpufleet.server.gpu.simulated import simulated_backends
 
     return simulated_backends(count) if count > 0 else []
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from textual.message import Message
 
-from server.schemas import GpuStatusResponse
+from gpufleet.server.schemas import GpuStatusResponse
 
 
 class NodePolled(Message):

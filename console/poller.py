@@ -21,9 +21,14 @@ import httpx
 from pydantic import ValidationError
 from textual.message import Message
 
-from console.config import NodeTarget
-from console.messages import NodeFailed, NodePolled
-from server.client import AsyncGpuFleetClient, ConnectionFailed, GpuFleetError, RequestTimeout
+from gpufleet.console.config import NodeTarget
+from gpufleet.console.messages import NodeFailed, NodePolled
+from gpufleet.server.client import (
+    AsyncGpuFleetClient,
+    ConnectionFailed,
+    GpuFleetError,
+    RequestTimeout,
+)
 
 log = logging.getLogger("gpufleet.console.poller")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from server.schemas import GpuInfo, GpuProcess, GpuStatusResponse, LoadedModel
+from gpufleet.server.schemas import GpuInfo, GpuProcess, GpuStatusResponse, LoadedModel
 
 HISTORY_WINDOW_S = 15 * 60  # the detail screen's sparklines cover the last ~15 minutes
 

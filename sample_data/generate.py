@@ -21,8 +21,8 @@ from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from server.fleet import Fleet, default_fleet
-from server.gpu.simulated import simulated_gpu_uuid
+from gpufleet.server.fleet import Fleet, default_fleet
+from gpufleet.server.gpu.simulated import simulated_gpu_uuid
 
 INTERVAL_S = 60
 STALE_AFTER_INTERVALS = 3    # one node's agent stalled a quarter of an hour ago
@@ -160,7 +160,7 @@ def main() -> None:
     con.execute(f"CREATE TABLE fleet_gpus ({GPU_COLUMNS})")
     rows = gpu_rows(fleet, minutes, host_silence_s(fleet, args.heartbeat_interval))
     con.executemany(f"INSERT INTO fleet_gpus VALUES ({', '.join('?' * len(rows[0]))})", rows)
-    from server.store.timeutil import epoch_us
+    from gpufleet.server.store.timeutil import epoch_us
 
     con.execute(f"COPY ({SAMPLES_SQL}) TO '{args.out}' (HEADER)",
                 {"start_us": epoch_us(start), "seed": fleet.seed})

@@ -20,19 +20,19 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
-from console.app import GpuFleetApp
-from console.config import NodeTarget, Secret
-from console.datasource import ClientDataSource
-from console.screens.purge import PurgeModal
-from console.widgets.fleet_table import FleetTable
-from server.auth import StaticKeyResolver
-from server.client import GpuFleetClient
-from server.config import ConsoleSettings, Settings
-from server.embedded import EmbeddedServer
-from server.gpu.simulated import SimulatedBackend, simulated_backends
-from server.sample import load_sample_month
-from server.schemas import Heartbeat
-from server.store import MetricsStore
+from gpufleet.console.app import GpuFleetApp
+from gpufleet.console.config import NodeTarget, Secret
+from gpufleet.console.datasource import ClientDataSource
+from gpufleet.console.screens.purge import PurgeModal
+from gpufleet.console.widgets.fleet_table import FleetTable
+from gpufleet.server.auth import StaticKeyResolver
+from gpufleet.server.client import GpuFleetClient
+from gpufleet.server.config import ConsoleSettings, Settings
+from gpufleet.server.embedded import EmbeddedServer
+from gpufleet.server.gpu.simulated import SimulatedBackend, simulated_backends
+from gpufleet.server.sample import load_sample_month
+from gpufleet.server.schemas import Heartbeat
+from gpufleet.server.store import MetricsStore
 
 FROZEN = datetime(2026, 3, 11, 15, 0, tzinfo=UTC)
 TOKEN = "screenshots-operator-token"

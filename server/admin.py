@@ -21,15 +21,15 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.config import Limits, Pricing
-from server.http.router import Router
-from server.http.server import HttpServer
-from server.http.types import HttpError, Request, Response
-from server.schemas import KeyInfo
+from gpufleet.server.config import Limits, Pricing
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.server import HttpServer
+from gpufleet.server.http.types import HttpError, Request, Response
+from gpufleet.server.schemas import KeyInfo
 
 if TYPE_CHECKING:
-    from server.auth import KeyResolver
-    from server.store import MetricsStore
+    from gpufleet.server.auth import KeyResolver
+    from gpufleet.server.store import MetricsStore
 
 log = logging.getLogger("gpufleet.admin")
 
@@ -209,8 +209,8 @@ class AdminChannel:
 
     async def _chargeback(self, request: Request) -> Response:
         """``?account=&from=&to=&format=json|csv``: the same report and checks as the HTTP API."""
-        from server.api.chargeback import report_period
-        from server.store import ReportRangeError
+        from gpufleet.server.api.chargeback import report_period
+        from gpufleet.server.store import ReportRangeError
 
         start, end = report_period(request.query)
         account = request.query.get("account") or ""
@@ -249,7 +249,7 @@ def _fields(request: Request, **types: Any) -> dict[str, Any]:
 
 async def _keys_call(method: Any, *args: Any) -> Any:
     """Run a store key method in a thread; its user errors become 4xx with their message."""
-    from server.store import KeyNameTakenError, UnknownKeyError
+    from gpufleet.server.store import KeyNameTakenError, UnknownKeyError
 
     try:
         return await asyncio.to_thread(method, *args)

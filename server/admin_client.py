@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import httpx
 
-from server.admin import (
+from gpufleet.server.admin import (
     CHARGEBACK_PATH,
     INFO_PATH,
     KEYS_PATH,
@@ -27,7 +27,7 @@ from server.admin import (
     connectable_path,
     open_private_dir,
 )
-from server.schemas import ChargebackReport, KeyCreated, KeyInfo
+from gpufleet.server.schemas import ChargebackReport, KeyCreated, KeyInfo
 
 TIMEOUT_S = 30.0
 
@@ -101,7 +101,7 @@ class AdminClient:
 
 
 def _payload(response: httpx.Response) -> Any:
-    from server.store import KeyNameTakenError, UnknownKeyError
+    from gpufleet.server.store import KeyNameTakenError, UnknownKeyError
 
     if response.is_success:
         return response.json() if "json" in response.headers.get("content-type", "") \

@@ -17,27 +17,27 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from server import __version__
-from server.api.agents import AgentRoutes
-from server.api.chargeback import ChargebackRoutes
-from server.api.context import ApiContext
-from server.api.gpu import GpuRoutes
-from server.api.ingest import IngestRoutes
-from server.api.keys import KeyRoutes
-from server.api.validation import validate_batch
-from server.auth import KeyResolver, StoreKeyResolver
-from server.config import Settings
-from server.gpu.base import GpuBackend
-from server.http.router import Router
-from server.http.server import HttpServer
-from server.http.types import Request, Response
-from server.openapi import openapi_document
-from server.ratelimit import RateLimiter
-from server.schemas import Heartbeat, utc_now
+from gpufleet.server import __version__
+from gpufleet.server.api.agents import AgentRoutes
+from gpufleet.server.api.chargeback import ChargebackRoutes
+from gpufleet.server.api.context import ApiContext
+from gpufleet.server.api.gpu import GpuRoutes
+from gpufleet.server.api.ingest import IngestRoutes
+from gpufleet.server.api.keys import KeyRoutes
+from gpufleet.server.api.validation import validate_batch
+from gpufleet.server.auth import KeyResolver, StoreKeyResolver
+from gpufleet.server.config import Settings
+from gpufleet.server.gpu.base import GpuBackend
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.server import HttpServer
+from gpufleet.server.http.types import Request, Response
+from gpufleet.server.openapi import openapi_document
+from gpufleet.server.ratelimit import RateLimiter
+from gpufleet.server.schemas import Heartbeat, utc_now
 
 if TYPE_CHECKING:
-    from server.purge import PurgeService
-    from server.store import MetricsStore
+    from gpufleet.server.purge import PurgeService
+    from gpufleet.server.store import MetricsStore
 
 log = logging.getLogger("gpufleet.server")
 
@@ -55,8 +55,8 @@ def ssl_context_for(settings: Settings) -> ssl.SSLContext | None:
 
 
 def default_purge_service(settings: Settings, backend: GpuBackend) -> PurgeService:
-    from server.purge import PurgeService
-    from server.runtimes import build_adapters
+    from gpufleet.server.purge import PurgeService
+    from gpufleet.server.runtimes import build_adapters
 
     return PurgeService(backend, build_adapters(settings.runtimes, backend),
                         settle_s=settings.server.purge_settle_s)
@@ -134,9 +134,9 @@ class ServerApp:
         The next tick is the first grid point after the last one finished: a slow tick
         skips points instead of stacking them, and the schedule does not drift.
         """
-        from server.agent.attribution import ProcessAttributor
-        from server.agent.runner import next_tick
-        from server.agent.sampler import Sampler
+        from gpufleet.server.agent.attribution import ProcessAttributor
+        from gpufleet.server.agent.runner import next_tick
+        from gpufleet.server.agent.sampler import Sampler
 
         assert self.store is not None
         # the same attribution as `gpufleet agent`: [agent] rules, then Slurm / Kubernetes /

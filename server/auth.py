@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from server.http.types import HttpError, Request
-from server.schemas import KeyInfo
+from gpufleet.server.http.types import HttpError, Request
+from gpufleet.server.schemas import KeyInfo
 
 if TYPE_CHECKING:
-    from server.store import MetricsStore
+    from gpufleet.server.store import MetricsStore
 
 log = logging.getLogger("gpufleet.auth")
 

@@ -7,18 +7,18 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from server import __version__
+from gpufleet.server import __version__
 
 # name -> module; every module exposes HELP, add_arguments(parser) and run(args) -> int.
 # A module is listed here only once its command works.
 COMMANDS: dict[str, str] = {
-    "agent": "server.agent.cli",
-    "console": "console.command",
-    "serve": "server.commands.serve",
-    "simulate": "server.commands.simulate",
-    "status": "server.commands.status",
-    "keys": "server.commands.keys",
-    "report": "server.commands.report",
+    "agent": "gpufleet.server.agent.cli",
+    "console": "gpufleet.console.command",
+    "serve": "gpufleet.server.commands.serve",
+    "simulate": "gpufleet.server.commands.simulate",
+    "status": "gpufleet.server.commands.status",
+    "keys": "gpufleet.server.commands.keys",
+    "report": "gpufleet.server.commands.report",
 }
 DEFAULT_COMMAND = "console"
 

@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from server.schemas import (
+from gpufleet.server.schemas import (
     ChargebackReport,
     GpuMemoryResponse,
     GpuStatusResponse,

@@ -11,13 +11,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.auth import KeyResolver
-from server.config import Settings
-from server.gpu.base import GpuBackend
+from gpufleet.server.auth import KeyResolver
+from gpufleet.server.config import Settings
+from gpufleet.server.gpu.base import GpuBackend
 
 if TYPE_CHECKING:
-    from server.app import ServerApp
-    from server.store import MetricsStore
+    from gpufleet.server.app import ServerApp
+    from gpufleet.server.store import MetricsStore
 
 log = logging.getLogger("gpufleet.server")
 
@@ -84,14 +84,14 @@ class EmbeddedServer:
                 log.exception("embedded server failed")
 
     async def _main(self, host: str, port: int, ready: Future[str]) -> None:
-        from server.app import ServerApp
+        from gpufleet.server.app import ServerApp
 
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         backend = self._backend or _open_backend(self.settings)
         store = self._store
         if store is None and self._db_path is not None:
-            from server.store import MetricsStore
+            from gpufleet.server.store import MetricsStore
 
             store = await asyncio.to_thread(MetricsStore.open, self._db_path)
             self._owns_store = True
@@ -111,6 +111,6 @@ class EmbeddedServer:
 
 
 def _open_backend(settings: Settings) -> GpuBackend:
-    from server.gpu.select import open_backend
+    from gpufleet.server.gpu.select import open_backend
 
     return open_backend(simulate=settings.server.simulate)

@@ -14,7 +14,7 @@ Schedule = Literal["continuous", "business_hours", "nightly", "adhoc"]
 
 def sample_data_dir() -> Path:
     """The ``sample_data`` package's folder: sample_data/ of a checkout, or the installed copy."""
-    import sample_data
+    from gpufleet import sample_data
 
     return Path(sample_data.__file__).resolve().parent
 

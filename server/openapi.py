@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server import __version__
-from server.auth import ANY_KEY, INGEST, OPERATOR, READ
-from server.http.router import Route
-from server.schemas import MODELS_BY_NAME, ChargebackReport, ErrorBody, MetricSample
+from gpufleet.server import __version__
+from gpufleet.server.auth import ANY_KEY, INGEST, OPERATOR, READ
+from gpufleet.server.http.router import Route
+from gpufleet.server.schemas import MODELS_BY_NAME, ChargebackReport, ErrorBody, MetricSample
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

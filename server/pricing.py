@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from server.config import Pricing
+from gpufleet.server.config import Pricing
 
 # Most specific first: "L40S" must win over "L40", and "L40" over "L4";
 # "A100" over "A10", "A10G" over "A10".

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from server.gpu.base import GpuBackend, GpuSnapshot
-from server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
-from server.schemas import (
+from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot
+from gpufleet.server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
+from gpufleet.server.schemas import (
     LoadedModel,
     MemorySummary,
     PurgeRequest,

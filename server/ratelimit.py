@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.config import RateLimit, RateLimits
-from server.http.types import HttpError
+from gpufleet.server.config import RateLimit, RateLimits
+from gpufleet.server.http.types import HttpError
 
 # Past this many buckets, full (idle) ones are dropped: they carry no state.
 _PRUNE_ABOVE = 10_000

@@ -18,9 +18,9 @@ from types import ModuleType
 
 import duckdb
 
-from server.fleet import Fleet, default_fleet, sample_data_dir
-from server.store import MetricsStore, usage_sql
-from server.store.timeutil import epoch_us, from_db, to_db
+from gpufleet.server.fleet import Fleet, default_fleet, sample_data_dir
+from gpufleet.server.store import MetricsStore, usage_sql
+from gpufleet.server.store.timeutil import epoch_us, from_db, to_db
 
 log = logging.getLogger("gpufleet.sample")
 

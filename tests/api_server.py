@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 
-from server.app import ServerApp
-from server.auth import KeyResolver, StaticKeyResolver
-from server.config import Settings
-from server.gpu.simulated import SimulatedBackend
+from gpufleet.server.app import ServerApp
+from gpufleet.server.auth import KeyResolver, StaticKeyResolver
+from gpufleet.server.config import Settings
+from gpufleet.server.gpu.simulated import SimulatedBackend
 
 OPERATOR_TOKEN = "gpf_test_operator_token_0123456789"
 
@@ -76,7 +76,7 @@ KEY_ROLES: dict[str, tuple[list[str], str]] = {
 async def store_app(db_path: Any, settings: Settings | None = None, *,
                     clock: Callable[[], datetime] | None = None) -> AsyncIterator[Running]:
     """A server over a real DuckDB file with one key per role in ``KEY_ROLES``."""
-    from server.store import MetricsStore
+    from gpufleet.server.store import MetricsStore
 
     store = MetricsStore.open(db_path)
     try:

@@ -55,7 +55,7 @@ def start_serve(db: Path, *extra: str, open_files: tuple[int, int] | None = None
 
     ``open_files``: the server's (soft, hard) open-file limit, as ``ulimit -Sn``/``-Hn`` set.
     """
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--db", str(db),
+    cmd = [sys.executable, "-m", "gpufleet.server.cli", "serve", "--port", "0", "--db", str(db),
            "--simulate", *extra]
 
     def limit_files() -> None:

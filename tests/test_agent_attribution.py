@@ -10,15 +10,15 @@ from types import ModuleType
 
 import pytest
 
-from server.agent.attribution import (
+from gpufleet.server.agent.attribution import (
     ProcessAttributor,
     ProcessReader,
     facts_to_fields,
     pod_uid_from_cgroup,
 )
-from server.agent.sampler import Sampler
-from server.config import AgentSettings, AttributionRule
-from server.gpu.nvml import NvmlBackend
+from gpufleet.server.agent.sampler import Sampler
+from gpufleet.server.config import AgentSettings, AttributionRule
+from gpufleet.server.gpu.nvml import NvmlBackend
 
 POD_UID = "0d6f5d4e-9c1b-4a8e-8f5e-3c2b1a0f9e8d"
 

@@ -10,8 +10,8 @@ from types import ModuleType
 
 import pytest
 
-from server.agent.cli import KeyProblem, open_agent_backend, read_key
-from server.gpu.base import BackendUnavailable
+from gpufleet.server.agent.cli import KeyProblem, open_agent_backend, read_key
+from gpufleet.server.gpu.base import BackendUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def agent(tmp_path: Path, *args: str, pythonpath: str | None = None) -> subproce
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", "agent", "--spool-dir", str(tmp_path / "spool"), *args],
+        [sys.executable, "-m", "gpufleet.server.cli", "agent", "--spool-dir", str(tmp_path / "spool"), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
 

@@ -17,15 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from server.agent.attribution import ProcessAttributor
-from server.agent.runner import EXIT_AUTH, AgentRunner, encode_batch
-from server.agent.sampler import Sampler
-from server.agent.spool import Spool
-from server.app import ServerApp
-from server.client import AsyncGpuFleetClient
-from server.config import AgentSettings, Settings
-from server.gpu.nvml import NvmlBackend
-from server.store import MetricsStore
+from gpufleet.server.agent.attribution import ProcessAttributor
+from gpufleet.server.agent.runner import EXIT_AUTH, AgentRunner, encode_batch
+from gpufleet.server.agent.sampler import Sampler
+from gpufleet.server.agent.spool import Spool
+from gpufleet.server.app import ServerApp
+from gpufleet.server.client import AsyncGpuFleetClient
+from gpufleet.server.config import AgentSettings, Settings
+from gpufleet.server.gpu.nvml import NvmlBackend
+from gpufleet.server.store import MetricsStore
 
 REPO = Path(__file__).resolve().parent.parent
 GPUS = 8
@@ -280,7 +280,7 @@ def agent_process(url: str, key_file: Path, spool: Path, log: Path) -> subproces
     env.pop("GPUFLEET_KEY", None)
     with open(log, "ab") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "agent", "--server", url, "--key-file", str(key_file),
+            [sys.executable, "-m", "gpufleet.server.cli", "agent", "--server", url, "--key-file", str(key_file),
              "--interval", "1", "--simulate", "--spool-dir", str(spool), "--verbose"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
         )
@@ -359,14 +359,14 @@ async def test_after_an_agent_run_the_hosts_listing_shows_its_last_sample(tmp_pa
 def agent_once(url: str, secret: str, spool: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = {"GPUFLEET_KEY": secret, "PATH": "/usr/bin:/bin", "HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", "agent", "--server", url, "--once", "--simulate",
+        [sys.executable, "-m", "gpufleet.server.cli", "agent", "--server", url, "--once", "--simulate",
          "--spool-dir", str(spool)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
 
 
 async def test_agent_once_run_after_run_delivers_every_sample_exactly_once(tmp_path, store, key) -> None:
-    from server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.gpu.simulated import SimulatedBackend
 
     local = SimulatedBackend()
     gpus = len(local.snapshot().gpus)

@@ -8,10 +8,10 @@ from types import ModuleType
 
 import pytest
 
-from server.agent.energy import EnergyMeter
-from server.agent.sampler import Sampler
-from server.gpu.nvml import NvmlBackend
-from server.schemas import REQUIRED_SAMPLE_FIELDS, MetricSample
+from gpufleet.server.agent.energy import EnergyMeter
+from gpufleet.server.agent.sampler import Sampler
+from gpufleet.server.gpu.nvml import NvmlBackend
+from gpufleet.server.schemas import REQUIRED_SAMPLE_FIELDS, MetricSample
 
 T0 = datetime(2026, 3, 3, 14, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.agent.spool import Spool, SpoolLocked
+from gpufleet.server.agent.spool import Spool, SpoolLocked
 
 
 def body(n: int) -> bytes:

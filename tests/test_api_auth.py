@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from server.client import AsyncGpuFleetClient, Unauthorized
+from gpufleet.server.client import AsyncGpuFleetClient, Unauthorized
 from tests.api_server import store_app
 
 TS = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")

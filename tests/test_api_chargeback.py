@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from server.schemas import CSV_COLUMNS, ChargebackReport, HostsResponse
+from gpufleet.server.schemas import CSV_COLUMNS, ChargebackReport, HostsResponse
 from tests.api_server import store_app
 
 DAY = datetime(2026, 3, 2, tzinfo=UTC)

@@ -6,10 +6,16 @@ import asyncio
 
 import pytest
 
-from server.auth import StaticKeyResolver
-from server.client import AsyncGpuFleetClient, Forbidden, GpuFleetError, Unauthorized
-from server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
-from server.schemas import GpuMemoryResponse, GpuStatusResponse, KeyInfo, PurgeResult, utc_now
+from gpufleet.server.auth import StaticKeyResolver
+from gpufleet.server.client import AsyncGpuFleetClient, Forbidden, GpuFleetError, Unauthorized
+from gpufleet.server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
+from gpufleet.server.schemas import (
+    GpuMemoryResponse,
+    GpuStatusResponse,
+    KeyInfo,
+    PurgeResult,
+    utc_now,
+)
 from tests.api_server import OPERATOR_TOKEN, api_settings, running_app
 
 STATUS_GPU_FIELDS = {"index", "name", "memory", "utilization", "temperature_c"}
@@ -150,7 +156,7 @@ async def test_backend_failure_is_a_503_not_a_crash() -> None:
 async def test_concurrent_status_requests_share_snapshots() -> None:
     class CountingBackend(GpuBackend):
         def __init__(self) -> None:
-            from server.gpu.simulated import SimulatedBackend
+            from gpufleet.server.gpu.simulated import SimulatedBackend
 
             self.inner = SimulatedBackend()
             self.calls = 0
@@ -192,7 +198,7 @@ async def test_a_purge_may_outlast_the_default_handler_deadline() -> None:
 
 
 def test_the_purge_deadline_covers_runtimes_grace_and_settling() -> None:
-    from server.api.gpu import PROCESS_KILL_WAIT_S, PURGE_MARGIN_S, purge_deadline_s
+    from gpufleet.server.api.gpu import PROCESS_KILL_WAIT_S, PURGE_MARGIN_S, purge_deadline_s
 
     assert purge_deadline_s(api_settings()) == 30.0  # nothing configured: the server default
     settings = api_settings(**{
@@ -207,9 +213,9 @@ def test_the_purge_deadline_covers_runtimes_grace_and_settling() -> None:
 
 
 async def test_one_slow_runtime_does_not_hide_the_other_runtimes_models(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from server.gpu.simulated import SimulatedBackend
-    from server.purge import PurgeService
-    from server.runtimes import RuntimeAdapter, SimulatedAdapter
+    from gpufleet.server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.purge import PurgeService
+    from gpufleet.server.runtimes import RuntimeAdapter, SimulatedAdapter
 
     class HangingAdapter(RuntimeAdapter):
         name = "stuck"
@@ -221,7 +227,7 @@ async def test_one_slow_runtime_does_not_hide_the_other_runtimes_models(monkeypa
         async def unload(self, model, *, force):  # type: ignore[no-untyped-def]
             raise AssertionError("not reached")
 
-    monkeypatch.setattr("server.api.gpu.MODELS_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("gpufleet.server.api.gpu.MODELS_TIMEOUT_S", 0.2)
     backend = SimulatedBackend()
     purge = PurgeService(backend, [HangingAdapter(), SimulatedAdapter(backend)], settle_s=0.5)
     async with running_app(backend=backend, purge=purge) as srv:
@@ -231,12 +237,12 @@ async def test_one_slow_runtime_does_not_hide_the_other_runtimes_models(monkeypa
 
 
 async def test_a_purge_cut_short_by_its_deadline_is_still_audited(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import server.api.gpu as gpu_api
-    from server.gpu.simulated import SimulatedBackend
-    from server.purge import PurgeService
-    from server.runtimes import RuntimeAdapter
-    from server.schemas import LoadedModel
-    from server.store import MetricsStore
+    import gpufleet.server.api.gpu as gpu_api
+    from gpufleet.server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.purge import PurgeService
+    from gpufleet.server.runtimes import RuntimeAdapter
+    from gpufleet.server.schemas import LoadedModel
+    from gpufleet.server.store import MetricsStore
 
     entered = asyncio.Event()
 

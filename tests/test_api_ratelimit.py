@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from server.client import AsyncGpuFleetClient, RateLimited
-from server.config import RateLimit, RateLimits
-from server.ratelimit import RateLimiter, window_text
+from gpufleet.server.client import AsyncGpuFleetClient, RateLimited
+from gpufleet.server.config import RateLimit, RateLimits
+from gpufleet.server.ratelimit import RateLimiter, window_text
 from tests.api_server import api_settings, store_app
 
 TS = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -170,10 +170,10 @@ async def test_bad_keys_are_limited_per_address_on_unlimited_routes_too(tmp_path
 
 
 async def test_one_address_failing_never_slows_a_valid_key_from_another(tmp_path: Path) -> None:
-    from server.api.guard import guarded
-    from server.auth import OPERATOR, StoreKeyResolver
-    from server.http.types import HttpError, Request, Response
-    from server.store import MetricsStore
+    from gpufleet.server.api.guard import guarded
+    from gpufleet.server.auth import OPERATOR, StoreKeyResolver
+    from gpufleet.server.http.types import HttpError, Request, Response
+    from gpufleet.server.store import MetricsStore
 
     async def ok(request: Request) -> Response:
         return Response.json({"ok": True})

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from server.auth import StoreKeyResolver
-from server.schemas import KeyInfo
-from server.store import MetricsStore
+from gpufleet.server.auth import StoreKeyResolver
+from gpufleet.server.schemas import KeyInfo
+from gpufleet.server.store import MetricsStore
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _CHECK = """
 import contextlib, io, sys
-from server.cli import main
+from gpufleet.server.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     rc = main(["status", "--simulate", "--json"])
 assert rc == 0, rc
@@ -37,7 +37,7 @@ def test_gpu_layer_and_schemas_do_not_import_textual_or_duckdb():
 
 _SERVE_CHECK = """
 import logging, os, signal, sys, threading, time
-from server.cli import main
+from gpufleet.server.cli import main
 
 def stop_once_handled():
     # SIGTERM only once serve has its handler, so the graceful path runs (bounded wait)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from server.config import Pricing
-from server.pricing import gpu_arch
-from server.schemas import CSV_COLUMNS
-from server.store import MetricsStore, ReportRangeError
+from gpufleet.server.config import Pricing
+from gpufleet.server.pricing import gpu_arch
+from gpufleet.server.schemas import CSV_COLUMNS
+from gpufleet.server.store import MetricsStore, ReportRangeError
 
 DAY = date(2026, 3, 10)
 T0 = datetime(2026, 3, 10, tzinfo=UTC)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.client import (
+from gpufleet.server.client import (
     AsyncGpuFleetClient,
     BadRequest,
     ConnectionFailed,
@@ -24,11 +24,11 @@ from server.client import (
     encode_samples,
     parse_retry_after,
 )
-from server.embedded import EmbeddedServer
-from server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
-from server.gpu.simulated import SimulatedBackend
-from server.schemas import Heartbeat
-from server.store import MetricsStore
+from gpufleet.server.embedded import EmbeddedServer
+from gpufleet.server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
+from gpufleet.server.gpu.simulated import SimulatedBackend
+from gpufleet.server.schemas import Heartbeat
+from gpufleet.server.store import MetricsStore
 from tests.api_server import KEY_ROLES, api_settings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -136,7 +136,7 @@ def test_server_errors_are_server_error(tmp_path: Path) -> None:
         def snapshot(self) -> GpuSnapshot:
             raise BackendUnavailable("no driver")
 
-    from server.auth import StaticKeyResolver
+    from gpufleet.server.auth import StaticKeyResolver
 
     server = EmbeddedServer(api_settings(), backend=Broken(),
                             key_resolver=StaticKeyResolver.operator("tok"))
@@ -185,7 +185,7 @@ def test_samples_with_datetimes_encode_as_utc_z() -> None:
 
 
 def test_read_key_file_refuses_a_file_others_can_read(tmp_path) -> None:
-    from server.client import KeyFileError, read_key_file
+    from gpufleet.server.client import KeyFileError, read_key_file
 
     key_file = tmp_path / "key"
     key_file.write_text("gf_secret\n")
@@ -210,7 +210,7 @@ def test_report_refuses_a_shared_key_file(tmp_path) -> None:
     key_file.write_text("gf_secret\n")
     key_file.chmod(0o644)
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "report", "--from", "2026-11-01", "--to", "2026-11-02",
+        [sys.executable, "-m", "gpufleet.server.cli", "report", "--from", "2026-11-01", "--to", "2026-11-02",
          "--server", "http://127.0.0.1:9", "--key-file", str(key_file)],
         capture_output=True, text=True, timeout=60,
     )

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, Limits, load_settings
+from gpufleet.server.config import ConfigError, Limits, load_settings
 
 
 def write(path: Path, text: str) -> Path:
@@ -149,7 +149,7 @@ def test_incomplete_runtimes_are_refused_in_plain_words(tmp_path: Path) -> None:
 
 
 def test_a_configured_gpu_rate_changes_that_architecture_only(tmp_path: Path) -> None:
-    from server.config import DEFAULT_GPU_RATES_USD
+    from gpufleet.server.config import DEFAULT_GPU_RATES_USD
 
     file = write(tmp_path / "config.toml", "[pricing.gpu_rates_usd]\nA100 = 3.0\nMI300X = 4.25\n")
     rates = load_settings(file, environ={}).pricing.gpu_rates_usd

@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from console.demo_heartbeat import DemoHeartbeats, DemoHost
-from server.client import GpuFleetClient
-from server.config import Settings
-from server.embedded import EmbeddedServer
-from server.gpu.simulated import SimulatedBackend, simulated_backends
-from server.sample import load_sample_month
-from server.schemas import HostInfo
-from server.store import MetricsStore
-from server.store.timeutil import to_db
+from gpufleet.console.demo_heartbeat import DemoHeartbeats, DemoHost
+from gpufleet.server.client import GpuFleetClient
+from gpufleet.server.config import Settings
+from gpufleet.server.embedded import EmbeddedServer
+from gpufleet.server.gpu.simulated import SimulatedBackend, simulated_backends
+from gpufleet.server.sample import load_sample_month
+from gpufleet.server.schemas import HostInfo
+from gpufleet.server.store import MetricsStore
+from gpufleet.server.store.timeutil import to_db
 
 ACCOUNT = "default"
 DEMO_NODES = 4  # ws-gpu-01, dgx-a100-01, dgx-h100-01, inf-l40s-01

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from console import embedded
-from console.embedded import (
+from gpufleet.console import embedded
+from gpufleet.console.embedded import (
     DISCOVERY_FILE,
     KEY_FILE,
     discovery_path,
     server_answers,
     start_demo_or_connect,
 )
-from server.client import GpuFleetClient, Unauthorized
-from server.config import Settings
-from server.schemas import HostInfo
+from gpufleet.server.client import GpuFleetClient, Unauthorized
+from gpufleet.server.config import Settings
+from gpufleet.server.schemas import HostInfo
 
 
 @pytest.fixture

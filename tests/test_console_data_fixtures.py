@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.screen import Screen
 
-from console.datasource import ClientDataSource, DataSource
+from gpufleet.console.datasource import ClientDataSource, DataSource
 
 FROZEN_TODAY = date(2026, 3, 17)
 FROZEN_NOW = datetime(2026, 3, 17, 12, 0, tzinfo=UTC)
@@ -50,9 +50,9 @@ class DataScreensApp(App[None]):
             await self.source.aclose()
 
     def action_help(self) -> None:
-        from console.screens.chargeback import ChargebackScreen
-        from console.screens.help import HelpScreen
-        from console.screens.hosts import HostsScreen
+        from gpufleet.console.screens.chargeback import ChargebackScreen
+        from gpufleet.console.screens.help import HelpScreen
+        from gpufleet.console.screens.hosts import HostsScreen
 
         self.push_screen(HelpScreen([ChargebackScreen, HostsScreen]))
 
@@ -124,7 +124,7 @@ class LiveServer:
         return FROZEN_NOW
 
     def csv(self, from_: date, to: date) -> str:
-        from server.client import GpuFleetClient
+        from gpufleet.server.client import GpuFleetClient
 
         with GpuFleetClient(self.url, api_key=self.key) as client:
             return client.chargeback_csv(from_, to)
@@ -138,12 +138,12 @@ def start_live_server(directory: Path) -> tuple[LiveServer, Callable[[], None]]:
     """A real server on 127.0.0.1:0 over a DuckDB file in ``directory``, loaded through its API."""
     from datetime import timedelta
 
-    from server.client import GpuFleetClient
-    from server.config import Settings
-    from server.embedded import EmbeddedServer
-    from server.gpu.simulated import SimulatedBackend
-    from server.schemas import Heartbeat
-    from server.store import MetricsStore
+    from gpufleet.server.client import GpuFleetClient
+    from gpufleet.server.config import Settings
+    from gpufleet.server.embedded import EmbeddedServer
+    from gpufleet.server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.schemas import Heartbeat
+    from gpufleet.server.store import MetricsStore
 
     settings = Settings().with_overrides({
         "server.host": "127.0.0.1", "server.port": 0, "server.db_path": str(directory / "t.duckdb"),

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Static
 
-from console.export import ConfirmOverwriteModal, ExportPathModal
-from console.screens.chargeback import ChargebackScreen, TeamDrilldownModal
-from console.screens.help import HelpScreen, collect_bindings
-from console.screens.hosts import HostsScreen
+from gpufleet.console.export import ConfirmOverwriteModal, ExportPathModal
+from gpufleet.console.screens.chargeback import ChargebackScreen, TeamDrilldownModal
+from gpufleet.console.screens.help import HelpScreen, collect_bindings
+from gpufleet.console.screens.hosts import HostsScreen
 from tests.test_console_data_fixtures import (
     FROZEN_TODAY,
     DataScreensApp,
@@ -217,9 +217,9 @@ async def test_help_lists_every_binding_with_the_keymap_applied(live_server: Liv
 
 
 async def test_the_console_app_mounts_chargeback_and_hosts(live_server: LiveServer) -> None:
-    from console.app import GpuFleetApp
-    from console.datasource import ClientDataSource
-    from server.config import ConsoleSettings
+    from gpufleet.console.app import GpuFleetApp
+    from gpufleet.console.datasource import ClientDataSource
+    from gpufleet.server.config import ConsoleSettings
 
     source = ClientDataSource.connect(live_server.url, live_server.key)
     app = GpuFleetApp(ConsoleSettings(), [], data_source=source, clock=live_server.now)

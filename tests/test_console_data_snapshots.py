@@ -13,8 +13,8 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from console.screens.chargeback import ChargebackScreen
-from console.screens.hosts import HostsScreen
+from gpufleet.console.screens.chargeback import ChargebackScreen
+from gpufleet.console.screens.hosts import HostsScreen
 from tests.test_console_data_fixtures import (
     FROZEN_TODAY,
     DataScreensApp,

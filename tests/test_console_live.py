@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import pytest
 from textual.widgets import Button, Input, Static, Switch
 
-from console.app import GpuFleetApp
-from console.screens.detail import GpuDetailScreen
-from console.screens.fleet import FleetScreen
-from console.screens.purge import PurgeModal
-from console.widgets.fleet_table import FleetTable
+from gpufleet.console.app import GpuFleetApp
+from gpufleet.console.screens.detail import GpuDetailScreen
+from gpufleet.console.screens.fleet import FleetScreen
+from gpufleet.console.screens.purge import PurgeModal
+from gpufleet.console.widgets.fleet_table import FleetTable
 from tests.test_console_live_fixtures import (
     TOKEN,
     LiveNode,
@@ -224,7 +224,7 @@ async def test_writable_console_offers_purge(nodes: list[LiveNode]) -> None:
 
 
 async def test_theme_toggle_keymap_and_quit(nodes: list[LiveNode]) -> None:
-    from server.config import ConsoleSettings
+    from gpufleet.server.config import ConsoleSettings
 
     settings = ConsoleSettings(refresh_s=0.5, keybindings={"fleet.sort": "o"})
     app = GpuFleetApp(settings, [nodes[0].target], mask_rtt=True)

@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 from textual.pilot import Pilot
 
-from console.app import GpuFleetApp
-from console.config import NodeTarget, Secret
-from server.app import ServerApp
-from server.auth import StaticKeyResolver
-from server.config import ConsoleSettings, RuntimeSettings, Settings
-from server.embedded import EmbeddedServer
-from server.gpu.simulated import SimulatedBackend, simulated_backends
+from gpufleet.console.app import GpuFleetApp
+from gpufleet.console.config import NodeTarget, Secret
+from gpufleet.server.app import ServerApp
+from gpufleet.server.auth import StaticKeyResolver
+from gpufleet.server.config import ConsoleSettings, RuntimeSettings, Settings
+from gpufleet.server.embedded import EmbeddedServer
+from gpufleet.server.gpu.simulated import SimulatedBackend, simulated_backends
 
 # Wednesday 15:00 UTC: on dgx-h100-01 llama3-8b-sft sits idle on GPUs 0-5 while
 # qwen-3.5-27b serves on GPUs 6-7, so a purge without force has something to skip.

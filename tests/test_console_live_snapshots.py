@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 from textual.pilot import Pilot
 
-from console.app import GpuFleetApp
-from console.screens.purge import PurgeModal
-from console.widgets.fleet_table import FleetTable
-from server.config import RuntimeSettings
+from gpufleet.console.app import GpuFleetApp
+from gpufleet.console.screens.purge import PurgeModal
+from gpufleet.console.widgets.fleet_table import FleetTable
+from gpufleet.server.config import RuntimeSettings
 from tests.fakes.ollama_server import FakeOllama
 from tests.test_console_live_fixtures import EmbeddedFleet, all_polled, console_app, wait_for
 

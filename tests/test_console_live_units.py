@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from console.config import ConsoleConfigError, Secret, TokenError, load_token, node_targets
-from console.poller import describe_error
-from console.state import FleetState
-from console.widgets.format import ago, level
-from console.widgets.memory_bar import bar_text
-from console.widgets.sparklines import bar_rows, columns
-from server.client import ConnectionFailed, Forbidden, RequestTimeout
-from server.config import NodeSettings, Settings
-from server.gpu.simulated import simulated_backends
-from server.schemas import GpuStatusResponse
+from gpufleet.console.config import ConsoleConfigError, Secret, TokenError, load_token, node_targets
+from gpufleet.console.poller import describe_error
+from gpufleet.console.state import FleetState
+from gpufleet.console.widgets.format import ago, level
+from gpufleet.console.widgets.memory_bar import bar_text
+from gpufleet.console.widgets.sparklines import bar_rows, columns
+from gpufleet.server.client import ConnectionFailed, Forbidden, RequestTimeout
+from gpufleet.server.config import NodeSettings, Settings
+from gpufleet.server.gpu.simulated import simulated_backends
+from gpufleet.server.schemas import GpuStatusResponse
 
 T0 = datetime(2026, 3, 11, 15, 0, tzinfo=UTC)
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.cells import cell_len
 
-from console.state import FleetState, NodeState
-from console.widgets.node_header import node_header_parts
-from server.gpu.simulated import simulated_backends
-from server.schemas import GpuStatusResponse
+from gpufleet.console.state import FleetState, NodeState
+from gpufleet.console.widgets.node_header import node_header_parts
+from gpufleet.server.gpu.simulated import simulated_backends
+from gpufleet.server.schemas import GpuStatusResponse
 
 T0 = datetime(2026, 3, 11, 15, 0, tzinfo=UTC)
 A100 = "dgx-a100-01"

@@ -6,8 +6,8 @@ from datetime import date
 
 import pytest
 
-from console.period import MAX_SPAN_DAYS, Period, PeriodError, parse_day
-from console.widgets.format import hours, money, share_bar
+from gpufleet.console.period import MAX_SPAN_DAYS, Period, PeriodError, parse_day
+from gpufleet.console.widgets.format import hours, money, share_bar
 
 
 @pytest.mark.parametrize(("today", "kind", "expected"), [

@@ -11,10 +11,10 @@ import httpcore
 import pytest
 from textual.message import Message
 
-from console.config import NodeTarget
-from console.messages import NodeFailed, NodePolled
-from console.poller import SharedTransportFactory, poll_node, skip_missing_sniffio
-from server.client import ConnectionFailed
+from gpufleet.console.config import NodeTarget
+from gpufleet.console.messages import NodeFailed, NodePolled
+from gpufleet.console.poller import SharedTransportFactory, poll_node, skip_missing_sniffio
+from gpufleet.server.client import ConnectionFailed
 from tests.test_console_live_fixtures import (
     FROZEN,
     LiveNode,

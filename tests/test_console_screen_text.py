@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from console.screens.detail import gpu_facts
-from console.screens.purge import describe_result
-from console.widgets.sparklines import CAPTION_WIDTH, caption
-from server.gpu.simulated import simulated_backends
-from server.schemas import MemorySummary, PurgeResult
+from gpufleet.console.screens.detail import gpu_facts
+from gpufleet.console.screens.purge import describe_result
+from gpufleet.console.widgets.sparklines import CAPTION_WIDTH, caption
+from gpufleet.server.gpu.simulated import simulated_backends
+from gpufleet.server.schemas import MemorySummary, PurgeResult
 
 T0 = datetime(2026, 3, 11, 15, 0, tzinfo=UTC)
 SKIP = "skipped qwen3:32b (ollama): serving a request; use force to unload"

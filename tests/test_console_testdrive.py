@@ -13,12 +13,12 @@ from rich.text import Text
 from textual.widgets import DataTable, Input
 from textual.widgets._footer import FooterKey
 
-from console.datasource import DataSource
-from console.demo_heartbeat import DemoHeartbeats, DemoHost
-from console.screens.chargeback import ChargebackScreen, TeamDrilldownModal
-from console.screens.help import HelpScreen
-from console.screens.hosts import HostsScreen
-from server.schemas import ChargebackReport, HostInfo, HostsResponse
+from gpufleet.console.datasource import DataSource
+from gpufleet.console.demo_heartbeat import DemoHeartbeats, DemoHost
+from gpufleet.console.screens.chargeback import ChargebackScreen, TeamDrilldownModal
+from gpufleet.console.screens.help import HelpScreen
+from gpufleet.console.screens.hosts import HostsScreen
+from gpufleet.server.schemas import ChargebackReport, HostInfo, HostsResponse
 from tests.test_console_data_fixtures import (
     FROZEN_NOW,
     FROZEN_TODAY,
@@ -149,9 +149,9 @@ async def test_escape_closes_the_custom_form_not_the_screen(live_server: LiveSer
 
 
 async def test_help_lists_chargeback_and_hosts_bindings(live_server: LiveServer) -> None:
-    from console.app import GpuFleetApp
-    from console.datasource import ClientDataSource
-    from server.config import ConsoleSettings
+    from gpufleet.console.app import GpuFleetApp
+    from gpufleet.console.datasource import ClientDataSource
+    from gpufleet.server.config import ConsoleSettings
 
     source = ClientDataSource.connect(live_server.url, live_server.key)
     app = GpuFleetApp(ConsoleSettings(), [], data_source=source, clock=live_server.now)
@@ -185,7 +185,7 @@ async def test_hosts_screen_is_compact_at_80_columns(live_server: LiveServer) ->
 
 
 def demo_host(server: LiveServer, hostname: str) -> HostInfo:
-    from server.client import GpuFleetClient
+    from gpufleet.server.client import GpuFleetClient
 
     with GpuFleetClient(server.url, api_key=server.key) as client:
         return next(h for h in client.hosts().hosts if h.hostname == hostname)
@@ -235,9 +235,9 @@ def test_a_failed_heartbeat_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
 
 
 async def test_the_console_opens_chargeback_with_the_team_table_focused(live_server: LiveServer) -> None:
-    from console.app import GpuFleetApp
-    from console.datasource import ClientDataSource
-    from server.config import ConsoleSettings
+    from gpufleet.console.app import GpuFleetApp
+    from gpufleet.console.datasource import ClientDataSource
+    from gpufleet.server.config import ConsoleSettings
 
     source = GatedSource(ClientDataSource.connect(live_server.url, live_server.key))
     app = GpuFleetApp(ConsoleSettings(), [], data_source=source, clock=live_server.now)
@@ -263,9 +263,9 @@ async def test_the_console_opens_chargeback_with_the_team_table_focused(live_ser
 
 
 async def test_a_remapped_drilldown_key_opens_the_team_under_the_cursor(live_server: LiveServer) -> None:
-    from console.app import GpuFleetApp
-    from console.datasource import ClientDataSource
-    from server.config import ConsoleSettings
+    from gpufleet.console.app import GpuFleetApp
+    from gpufleet.console.datasource import ClientDataSource
+    from gpufleet.server.config import ConsoleSettings
 
     source = ClientDataSource.connect(live_server.url, live_server.key)
     settings = ConsoleSettings(keybindings={"chargeback.drilldown": "d"})

@@ -8,10 +8,10 @@ import pytest
 from textual.widgets import Button, Input, Static
 from textual.widgets._footer import FooterKey
 
-from console.screens.fleet import FleetScreen
-from console.screens.purge import PurgeModal
-from console.widgets.fleet_table import FleetTable
-from console.widgets.format import fitted_gpu_name
+from gpufleet.console.screens.fleet import FleetScreen
+from gpufleet.console.screens.purge import PurgeModal
+from gpufleet.console.widgets.fleet_table import FleetTable
+from gpufleet.console.widgets.format import fitted_gpu_name
 from tests.test_console_live_fixtures import EmbeddedFleet, all_polled, console_app, wait_for
 
 A100 = "dgx-a100-01"  # its GPU 0 holds llama3-70b-finetune, in use

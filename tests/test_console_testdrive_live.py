@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from textual.widgets import Button, Input, Label, Static, Switch
 
-from console.screens.detail import GpuDetailScreen
-from console.screens.purge import FORCE_OFF, FORCE_ON, PurgeModal
-from console.widgets.fleet_table import FleetTable, header_cell, layout
+from gpufleet.console.screens.detail import GpuDetailScreen
+from gpufleet.console.screens.purge import FORCE_OFF, FORCE_ON, PurgeModal
+from gpufleet.console.widgets.fleet_table import FleetTable, header_cell, layout
 from tests.test_console_live_fixtures import EmbeddedFleet, all_polled, console_app, wait_for
 
 H100 = "dgx-h100-01"

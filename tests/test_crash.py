@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from server.store import MetricsStore
+from gpufleet.server.store import MetricsStore
 from tests.serve_process import start_serve
 
 CLIENTS = 3

@@ -4,7 +4,7 @@ import os
 import stat
 from pathlib import Path
 
-from server.files import write_private_file
+from gpufleet.server.files import write_private_file
 
 
 def test_private_file_is_owner_only_even_under_a_permissive_umask(tmp_path: Path) -> None:

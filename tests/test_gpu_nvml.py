@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from server.gpu.base import BackendUnavailable
-from server.gpu.nvml import NvmlBackend
+from gpufleet.server.gpu.base import BackendUnavailable
+from gpufleet.server.gpu.nvml import NvmlBackend
 from tests.fakes.pynvml import FakeGpu, FakeMigDevice, FakeProcess
 
 GONE_PID = 99_999_999  # above any pid_max: the host cannot see it (another container's PID)

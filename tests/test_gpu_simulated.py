@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server.fleet import default_fleet
-from server.gpu.base import GpuBackend, ModelHost
-from server.gpu.load import DAY, LoadCurve
-from server.gpu.select import open_backend
-from server.gpu.simulated import SimulatedBackend, simulated_backends
-from server.schemas import GpuStatusResponse
+from gpufleet.server.fleet import default_fleet
+from gpufleet.server.gpu.base import GpuBackend, ModelHost
+from gpufleet.server.gpu.load import DAY, LoadCurve
+from gpufleet.server.gpu.select import open_backend
+from gpufleet.server.gpu.simulated import SimulatedBackend, simulated_backends
+from gpufleet.server.schemas import GpuStatusResponse
 
 TUESDAY_2PM = datetime(2026, 3, 3, 14, 0, tzinfo=UTC)
 TUESDAY_3AM = datetime(2026, 3, 3, 3, 0, tzinfo=UTC)

@@ -9,8 +9,8 @@ import json
 import httpx
 import pytest
 
-from server.config import Limits
-from server.http.server import HttpServer
+from gpufleet.server.config import Limits
+from gpufleet.server.http.server import HttpServer
 from tests.test_http_server import FAST, assert_still_serving, raw_exchange, running_server
 
 

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from server.config import Limits
-from server.http.router import Router
-from server.http.server import HttpServer
-from server.http.types import Request, Response
+from gpufleet.server.config import Limits
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.server import HttpServer
+from gpufleet.server.http.types import Request, Response
 
 
 class Waiters:

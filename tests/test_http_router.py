@@ -8,9 +8,9 @@ import logging
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from server.http.errors import error_response
-from server.http.router import Router
-from server.http.types import HttpError, Request, Response
+from gpufleet.server.http.errors import error_response
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.types import HttpError, Request, Response
 
 
 async def status(request: Request) -> Response:

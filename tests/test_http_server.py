@@ -13,11 +13,11 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from server.config import Limits
-from server.http.router import Router
-from server.http.server import HttpServer
-from server.http.signals import run_until_signalled
-from server.http.types import Handler, HttpError, Request, Response
+from gpufleet.server.config import Limits
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.server import HttpServer
+from gpufleet.server.http.signals import run_until_signalled
+from gpufleet.server.http.types import Handler, HttpError, Request, Response
 
 SECRET = "gf_live_s3cr3t_do_not_leak"
 FAST = Limits(header_timeout_s=2.0, body_timeout_s=2.0, keepalive_timeout_s=5.0,
@@ -251,7 +251,7 @@ class SteppedClock:
 
 async def test_access_log_time_runs_from_the_request_arriving_not_from_keep_alive_idle(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    import server.http.protocol as protocol_module
+    import gpufleet.server.http.protocol as protocol_module
 
     clock = SteppedClock()
     monkeypatch.setattr(protocol_module, "_clock", clock)

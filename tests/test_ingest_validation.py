@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.api.validation import (
+from gpufleet.server.api.validation import (
     TS_US,
     IngestValidationError,
     parse_timestamp,
@@ -17,7 +17,7 @@ from server.api.validation import (
     validate_columns,
     validate_rows_and_columns,
 )
-from server.schemas import MetricSample
+from gpufleet.server.schemas import MetricSample
 
 NOW = datetime(2026, 2, 25, 12, 0, tzinfo=UTC)
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.admin import AdminChannel, AdminChannelError, admin_dir, peer_uid
-from server.admin_client import AdminKeys, AdminUnavailableError
-from server.config import Limits
-from server.store import KeyNameTakenError, MetricsStore, UnknownKeyError
+from gpufleet.server.admin import AdminChannel, AdminChannelError, admin_dir, peer_uid
+from gpufleet.server.admin_client import AdminKeys, AdminUnavailableError
+from gpufleet.server.config import Limits
+from gpufleet.server.store import KeyNameTakenError, MetricsStore, UnknownKeyError
 from tests.serve_process import start_serve
 
 
 def keys(db: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server.cli", "keys", "--db", str(db), *argv],
+    return subprocess.run([sys.executable, "-m", "gpufleet.server.cli", "keys", "--db", str(db), *argv],
                           capture_output=True, text=True, timeout=60)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.store import MetricsStore
+from gpufleet.server.store import MetricsStore
 
 
 @pytest.fixture

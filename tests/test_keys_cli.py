@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from server.commands import keys as keys_cmd
-from server.commands import report as report_cmd
-from server.store import MetricsStore
+from gpufleet.server.commands import keys as keys_cmd
+from gpufleet.server.commands import report as report_cmd
+from gpufleet.server.store import MetricsStore
 
 
 def run(module, argv: list[str]) -> int:

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import psutil
 import pytest
 
-from server.config import RuntimeSettings
-from server.gpu.base import GpuBackend, GpuSnapshot
-from server.gpu.simulated import SimulatedBackend
-from server.purge import SUCCESS_TEXT, InvalidPurgeRequest, PurgeService
-from server.runtimes import (
+from gpufleet.server.config import RuntimeSettings
+from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot
+from gpufleet.server.gpu.simulated import SimulatedBackend
+from gpufleet.server.purge import SUCCESS_TEXT, InvalidPurgeRequest, PurgeService
+from gpufleet.server.runtimes import (
     OllamaAdapter,
     ProcessAdapter,
     RuntimeAdapter,
@@ -25,7 +25,7 @@ from server.runtimes import (
     TritonAdapter,
     build_adapters,
 )
-from server.schemas import (
+from gpufleet.server.schemas import (
     GpuInfo,
     GpuMemory,
     GpuProcess,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from server.admin import AdminChannel
-from server.admin_client import AdminReports
-from server.commands import report as report_cmd
-from server.config import Limits, Pricing
-from server.store import MetricsStore
+from gpufleet.server.admin import AdminChannel
+from gpufleet.server.admin_client import AdminReports
+from gpufleet.server.commands import report as report_cmd
+from gpufleet.server.config import Limits, Pricing
+from gpufleet.server.store import MetricsStore
 from tests.serve_process import start_serve
 
 DAY = "2026-03-10"

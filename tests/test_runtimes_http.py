@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from server.runtimes import OllamaAdapter, RuntimeAdapterError, TritonAdapter
+from gpufleet.server.runtimes import OllamaAdapter, RuntimeAdapterError, TritonAdapter
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.triton_server import FakeTriton
 

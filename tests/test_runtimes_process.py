@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from server.config import RuntimeSettings
-from server.gpu.base import GpuBackend, GpuSnapshot
-from server.gpu.nvml import NvmlBackend
-from server.runtimes import ModelGone, ProcessAdapter, RuntimeAdapterError, build_adapters
+from gpufleet.server.config import RuntimeSettings
+from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot
+from gpufleet.server.gpu.nvml import NvmlBackend
+from gpufleet.server.runtimes import ModelGone, ProcessAdapter, RuntimeAdapterError, build_adapters
 from tests.fakes.pynvml import FakeGpu, FakeProcess
 
 GONE_PID = 99_999_999  # above any pid_max: a PID of another container, invisible here
@@ -206,7 +206,7 @@ async def test_listing_reads_proc_off_the_event_loop(fake_nvml, spawn, monkeypat
         reads.append(threading.get_ident() == loop_thread)
         return real_process(pid)
 
-    monkeypatch.setattr("server.runtimes.process.psutil.Process", recording_process)
+    monkeypatch.setattr("gpufleet.server.runtimes.process.psutil.Process", recording_process)
     (model,) = await adapter.list_models()
     assert model.name.endswith(f"[{child.pid}]")
     assert reads and not any(reads), "psutil ran on the event loop"

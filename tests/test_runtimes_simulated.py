@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.gpu.simulated import SimulatedBackend
-from server.runtimes import RuntimeAdapterError, SimulatedAdapter
+from gpufleet.server.gpu.simulated import SimulatedBackend
+from gpufleet.server.runtimes import RuntimeAdapterError, SimulatedAdapter
 
 
 async def test_lists_and_unloads_the_hosts_models(fixed_clock):

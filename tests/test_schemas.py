@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from server.schemas import (
+from gpufleet.server.schemas import (
     CSV_COLUMNS,
     ChargebackCsvRow,
     ChargebackReport,

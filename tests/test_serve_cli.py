@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.store import MetricsStore
+from gpufleet.server.store import MetricsStore
 from tests.serve_process import ServeProcess, _pump, start_serve
 
 
@@ -49,7 +49,7 @@ def test_first_start_says_how_to_create_a_key_and_sigterm_exits_0(tmp_path: Path
     assert hint, server.log
     argv = hint.group(1).split()
     argv[argv.index("NAME")] = "first"
-    created = subprocess.run([sys.executable, "-m", "server.cli", *argv], capture_output=True,
+    created = subprocess.run([sys.executable, "-m", "gpufleet.server.cli", *argv], capture_output=True,
                              text=True, timeout=60)
     assert created.returncode == 0, created.stderr
     with MetricsStore.open(tmp_path / "db.duckdb") as store:
@@ -106,7 +106,7 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
         sock.listen()
         port = sock.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--db",
+            [sys.executable, "-m", "gpufleet.server.cli", "serve", "--port", str(port), "--db",
              str(tmp_path / "db.duckdb"), "--simulate", "--no-sampler"],
             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
@@ -117,7 +117,7 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _serve_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
-    from server.cli import main
+    from gpufleet.server.cli import main
 
     code = main(["serve", "--db", str(tmp_path / "db.duckdb"), "--simulate", "--no-sampler",
                  *flags])
@@ -167,7 +167,7 @@ def test_simulate_serves_n_nodes_with_a_private_token(tmp_path: Path) -> None:
     token_file = tmp_path / "sim.token"
     nodes_file = tmp_path / "nodes.toml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "simulate", "--nodes", "3", "--gpus-per-node", "2",
+        [sys.executable, "-m", "gpufleet.server.cli", "simulate", "--nodes", "3", "--gpus-per-node", "2",
          "--token-file", str(token_file), "--nodes-file", str(nodes_file)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -209,7 +209,7 @@ def _serve(db: Path, *extra: str, pythonpath: str | None = None) -> ServeProcess
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "gpufleet.server.cli", "serve", "--port", "0",
                              "--db", str(db), *extra], cwd=REPO, env=env, umask=0o022,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -295,10 +295,10 @@ def test_with_simulate_the_simulated_node_is_sampled_without_a_warning(tmp_path:
 
 def test_sampling_settings_keep_invented_samples_out_unless_asked(
         fake_nvml: Any, caplog: pytest.LogCaptureFixture) -> None:
-    from server.commands.serve import sampling_settings
-    from server.config import Settings
-    from server.gpu.nvml import NvmlBackend
-    from server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.commands.serve import sampling_settings
+    from gpufleet.server.config import Settings
+    from gpufleet.server.gpu.nvml import NvmlBackend
+    from gpufleet.server.gpu.simulated import SimulatedBackend
     from tests.fakes.pynvml import FakeGpu
 
     simulated = SimulatedBackend()
@@ -323,7 +323,7 @@ def test_a_bad_runtime_in_the_config_stops_serve_before_the_store_opens(tmp_path
     config = tmp_path / "config.toml"
     config.write_text('[[runtimes]]\ntype = "ollama"\nname = "local-llm"\n')
     db = tmp_path / "never.duckdb"
-    done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--config", str(config),
+    done = subprocess.run([sys.executable, "-m", "gpufleet.server.cli", "serve", "--config", str(config),
                            "--db", str(db), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == (f"gpufleet serve: {config}: runtimes.0: an ollama runtime "

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from server.embedded import EmbeddedServer
-from server.gpu.simulated import SimulatedBackend
-from server.schemas import HeartbeatResult, HostsResponse
+from gpufleet.server.embedded import EmbeddedServer
+from gpufleet.server.gpu.simulated import SimulatedBackend
+from gpufleet.server.schemas import HeartbeatResult, HostsResponse
 from tests.api_server import api_settings, store_app
 
 FROZEN = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -38,7 +38,7 @@ async def test_the_clock_argument_stamps_heartbeats_and_the_hosts_listing(tmp_pa
 
 
 def test_embedded_server_passes_its_clock_to_the_app(tmp_path: Path) -> None:
-    from server.store import MetricsStore
+    from gpufleet.server.store import MetricsStore
 
     with MetricsStore.open(tmp_path / "db.duckdb") as store:
         key = store.create_key("agent", ["ingest"], "default").key
@@ -70,8 +70,8 @@ class SlowTicks(SimulatedBackend):
 
 async def test_the_in_process_sampler_ticks_on_a_grid_after_the_last_tick_finished(
         tmp_path: Path) -> None:
-    from server.app import ServerApp
-    from server.store import MetricsStore
+    from gpufleet.server.app import ServerApp
+    from gpufleet.server.store import MetricsStore
 
     backend = SlowTicks([0.4, 2.95])  # a quick tick, then one that overruns two grid points
     settings = api_settings(**{"sampler.enabled": True, "sampler.interval_s": 1.0})
@@ -108,9 +108,9 @@ async def test_serves_own_sampler_attributes_gpus_like_the_agent(tmp_path: Path,
     import subprocess
     import sys
 
-    from server.app import ServerApp
-    from server.gpu.nvml import NvmlBackend
-    from server.store import MetricsStore
+    from gpufleet.server.app import ServerApp
+    from gpufleet.server.gpu.nvml import NvmlBackend
+    from gpufleet.server.store import MetricsStore
 
     env = dict(os.environ, SLURM_JOB_ID="777", SLURM_JOB_ACCOUNT="vision-team",
                GPUFLEET_MODEL_TAG="vit-huge")

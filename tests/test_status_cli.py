@@ -6,13 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.schemas import GpuStatusResponse
+from gpufleet.server.schemas import GpuStatusResponse
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _gpufleet(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "gpufleet.server.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -49,13 +49,13 @@ def test_status_without_simulate_falls_back_and_says_so():
 def test_status_reports_no_backend_with_exit_1(monkeypatch, capsys):
     import argparse
 
-    from server.commands import status
-    from server.gpu.base import BackendUnavailable
+    from gpufleet.server.commands import status
+    from gpufleet.server.gpu.base import BackendUnavailable
 
     def unavailable(*, simulate=False):
         raise BackendUnavailable("no driver and a broken fleet file")
 
-    monkeypatch.setattr("server.gpu.select.open_backend", unavailable)
+    monkeypatch.setattr("gpufleet.server.gpu.select.open_backend", unavailable)
     rc = status.run(argparse.Namespace(json=False, simulate=False, verbose=False))
     err = capsys.readouterr().err
     assert rc == 1 and "no GPU data: no driver and a broken fleet file" in err
@@ -64,8 +64,8 @@ def test_status_reports_no_backend_with_exit_1(monkeypatch, capsys):
 def test_table_marks_lost_gpus_and_unsupported_fields():
     from datetime import UTC, datetime
 
-    from server.commands.status import render_table
-    from server.schemas import GpuInfo, GpuMemory, GpuUtilization, NodeInfo
+    from gpufleet.server.commands.status import render_table
+    from gpufleet.server.schemas import GpuInfo, GpuMemory, GpuUtilization, NodeInfo
 
     status = GpuStatusResponse(
         timestamp=datetime(2026, 3, 3, 14, tzinfo=UTC), total_gpus=2, processes=[],
@@ -106,8 +106,8 @@ def _assert_aligned(header: str, rows: list[str], columns: tuple[tuple[str, bool
 def test_every_header_lines_up_with_its_column_values():
     from datetime import UTC, datetime
 
-    from server.commands.status import GPU_COLUMNS, PROCESS_COLUMNS, render_table
-    from server.schemas import GpuInfo, GpuMemory, GpuProcess, GpuUtilization, MigDevice
+    from gpufleet.server.commands.status import GPU_COLUMNS, PROCESS_COLUMNS, render_table
+    from gpufleet.server.schemas import GpuInfo, GpuMemory, GpuProcess, GpuUtilization, MigDevice
 
     status = GpuStatusResponse(
         timestamp=datetime(2026, 3, 3, 14, tzinfo=UTC), total_gpus=3,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from server.schemas import Heartbeat, MemorySummary, PurgeResult
-from server.store import SCHEMA_VERSION, KeyNameTakenError, MetricsStore, UnknownKeyError
-from server.store.keys import hash_secret
+from gpufleet.server.schemas import Heartbeat, MemorySummary, PurgeResult
+from gpufleet.server.store import SCHEMA_VERSION, KeyNameTakenError, MetricsStore, UnknownKeyError
+from gpufleet.server.store.keys import hash_secret
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from server.store import MetricsStore
-from server.store import store as store_module
+from gpufleet.server.store import MetricsStore
+from gpufleet.server.store import store as store_module
 
 
 def mode(path: Path) -> int:
@@ -39,7 +39,7 @@ def test_new_data_folders_are_owner_only(tmp_path: Path, permissive_umask: None)
 def test_an_existing_folder_keeps_its_mode(tmp_path: Path, permissive_umask: None) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
-    from server.files import make_private_dir
+    from gpufleet.server.files import make_private_dir
 
     make_private_dir(shared)
     assert mode(shared) == 0o755

@@ -18,10 +18,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from server.config import Pricing
-from server.store import MetricsStore
-from server.store import staging as staging_mod
-from server.store import writer as writer_mod
+from gpufleet.server.config import Pricing
+from gpufleet.server.store import MetricsStore
+from gpufleet.server.store import staging as staging_mod
+from gpufleet.server.store import writer as writer_mod
 
 T0 = datetime(2026, 3, 10, 23, 0, tzinfo=UTC)  # batches below cross midnight into 03-11
 DAYS = (date(2026, 3, 10), date(2026, 3, 11))
@@ -122,9 +122,9 @@ def test_rows_left_in_the_old_pending_copy_are_folded_at_open(tmp_path: Path) ->
 _CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from datetime import UTC, datetime
-    import server.store.writer as writer
+    import gpufleet.server.store.writer as writer
     writer.FOLD_WHEN_IDLE_S = writer.FOLD_AFTER_S = 3600.0  # the fold never comes on its own
-    from server.store import MetricsStore
+    from gpufleet.server.store import MetricsStore
     from tests.test_store_paths import rows
     store = MetricsStore.open(sys.argv[1])
     now = datetime.now(UTC)

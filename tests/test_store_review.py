@@ -22,11 +22,11 @@ from typing import Any
 import duckdb
 import pytest
 
-from server.config import Pricing
-from server.schemas import Heartbeat
-from server.store import MetricsStore
-from server.store import staging as staging_mod
-from server.store import writer as writer_mod
+from gpufleet.server.config import Pricing
+from gpufleet.server.schemas import Heartbeat
+from gpufleet.server.store import MetricsStore
+from gpufleet.server.store import staging as staging_mod
+from gpufleet.server.store import writer as writer_mod
 
 T0 = datetime(2026, 3, 10, 23, 0, tzinfo=UTC)  # samples from here cross midnight into 03-11
 PRICING = Pricing()
@@ -340,9 +340,9 @@ def test_close_with_rows_pending_folds_and_a_reopen_continues(tmp_path: Path, no
 _CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from datetime import timedelta
-    import server.store.writer as writer
+    import gpufleet.server.store.writer as writer
     writer.FOLD_WHEN_IDLE_S = writer.FOLD_AFTER_S = 3600.0  # the fold never comes on its own
-    from server.store import MetricsStore
+    from gpufleet.server.store import MetricsStore
     from tests.test_store_review import T0, rows
     store = MetricsStore.open(sys.argv[1])
     w = store.writer

@@ -8,7 +8,7 @@ import textwrap
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from server.store import MetricsStore
+from gpufleet.server.store import MetricsStore
 from tests.test_store_review import (
     REPO,
     assert_consistent,
@@ -20,9 +20,9 @@ YEAR_ONE = datetime(1, 1, 1, 0, 1, tzinfo=UTC)
 _YEAR_ONE_CRASH = textwrap.dedent("""
     import os, signal, sys
     from datetime import UTC, datetime
-    import server.store.writer as writer
+    import gpufleet.server.store.writer as writer
     writer.FOLD_WHEN_IDLE_S = writer.FOLD_AFTER_S = 3600.0
-    from server.store import MetricsStore
+    from gpufleet.server.store import MetricsStore
     from tests.test_store_review import rows
     store = MetricsStore.open(sys.argv[1])
     # a valid timestamp (ingest accepts it): the first minutes of year 1
@@ -47,7 +47,7 @@ def test_a_crash_with_a_year_one_sample_pending_reopens(tmp_path: Path) -> None:
 _CLOSED_LOOP = textwrap.dedent("""
     import asyncio, sys, threading
     from datetime import UTC, datetime
-    from server.store import MetricsStore
+    from gpufleet.server.store import MetricsStore
     from tests.test_store_review import BIG, rows
     store = MetricsStore.open(sys.argv[1])
     release = threading.Event()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from server.config import Pricing
-from server.fleet import default_fleet
-from server.sample import load_sample_month
-from server.store import MetricsStore
+from gpufleet.server.config import Pricing
+from gpufleet.server.fleet import default_fleet
+from gpufleet.server.sample import load_sample_month
+from gpufleet.server.store import MetricsStore
 
 FLEET = default_fleet()
 GPUS = sum(len(n.gpus) for n in FLEET.nodes)
@@ -145,8 +145,8 @@ def test_live_hosts_are_never_the_silent_ones(tmp_path: Path) -> None:
 
 def test_sample_data_gpus_are_the_live_simulated_fleets_gpus() -> None:
     """The demo's live samples continue the sample data's GPUs instead of starting new ones."""
-    from sample_data.generate import gpu_rows
-    from server.gpu.simulated import SimulatedBackend
+    from gpufleet.sample_data.generate import gpu_rows
+    from gpufleet.server.gpu.simulated import SimulatedBackend
 
     fleet = default_fleet()
     stored = {(row[0], row[1]): row[2] for row in gpu_rows(fleet, minutes=1)}

@@ -20,8 +20,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from console.datasource import DataSource, DataSourceError
-from console.export import (
+from gpufleet.console.datasource import DataSource, DataSourceError
+from gpufleet.console.export import (
     ConfirmOverwriteModal,
     ExportError,
     ExportPathModal,
@@ -29,11 +29,11 @@ from console.export import (
     display_path,
     write_csv,
 )
-from console.period import PERIOD_NAMES, Period, PeriodError, PeriodKind, utc_today
-from console.screens.drilldown import TeamDrilldownModal
-from console.widgets.footer import ConsoleFooter
-from console.widgets.format import hours, money, numeric, share_bar
-from server.schemas import ChargebackReport
+from gpufleet.console.period import PERIOD_NAMES, Period, PeriodError, PeriodKind, utc_today
+from gpufleet.console.screens.drilldown import TeamDrilldownModal
+from gpufleet.console.widgets.footer import ConsoleFooter
+from gpufleet.console.widgets.format import hours, money, numeric, share_bar
+from gpufleet.server.schemas import ChargebackReport
 
 __all__ = ["ChargebackScreen", "TeamDrilldownModal"]
 

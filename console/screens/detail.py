@@ -11,13 +11,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from console.state import FleetState, NodeState
-from console.widgets.badges import SimulatedBadge, set_text
-from console.widgets.footer import ConsoleFooter
-from console.widgets.format import MEMORY_UNIT, ago, gb, pct, rtt, short_gpu_name, temp
-from console.widgets.memory_bar import MemoryBar
-from console.widgets.sparklines import MetricSpark
-from server.schemas import GpuInfo
+from gpufleet.console.state import FleetState, NodeState
+from gpufleet.console.widgets.badges import SimulatedBadge, set_text
+from gpufleet.console.widgets.footer import ConsoleFooter
+from gpufleet.console.widgets.format import MEMORY_UNIT, ago, gb, pct, rtt, short_gpu_name, temp
+from gpufleet.console.widgets.memory_bar import MemoryBar
+from gpufleet.console.widgets.sparklines import MetricSpark
+from gpufleet.server.schemas import GpuInfo
 
 
 def _mhz(value: int | None) -> str:

@@ -8,9 +8,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
-from console.period import Period
-from console.widgets.format import hours, money, numeric, share_bar
-from server.schemas import TeamUsage
+from gpufleet.console.period import Period
+from gpufleet.console.widgets.format import hours, money, numeric, share_bar
+from gpufleet.server.schemas import TeamUsage
 
 
 class TeamDrilldownModal(ModalScreen[None]):

@@ -12,10 +12,10 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
-from console.state import SORT_KEYS, FleetRow, FleetState, SortKey
-from console.widgets.badges import SimulatedBadge, set_text
-from console.widgets.fleet_table import FleetTable
-from console.widgets.footer import ConsoleFooter
+from gpufleet.console.state import SORT_KEYS, FleetRow, FleetState, SortKey
+from gpufleet.console.widgets.badges import SimulatedBadge, set_text
+from gpufleet.console.widgets.fleet_table import FleetTable
+from gpufleet.console.widgets.footer import ConsoleFooter
 
 
 class FilterInput(Input):

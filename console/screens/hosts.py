@@ -21,9 +21,9 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Label, Static
 
-from console.datasource import DataSource, DataSourceError
-from console.widgets.footer import ConsoleFooter
-from server.schemas import HostInfo, HostsResponse, HostStatus
+from gpufleet.console.datasource import DataSource, DataSourceError
+from gpufleet.console.widgets.footer import ConsoleFooter
+from gpufleet.server.schemas import HostInfo, HostsResponse, HostStatus
 
 DEFAULT_REFRESH_S = 10.0
 COMPACT_BELOW = 100  # columns: narrower screens get short headings and relative times only

@@ -11,10 +11,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, Switch
 
-from console.poller import describe_error
-from console.state import NodeState
-from console.widgets.format import MEMORY_UNIT, gb, short_gpu_name
-from server.schemas import PurgeResult
+from gpufleet.console.poller import describe_error
+from gpufleet.console.state import NodeState
+from gpufleet.console.widgets.format import MEMORY_UNIT, gb, short_gpu_name
+from gpufleet.server.schemas import PurgeResult
 
 PurgeCall = Callable[[bool, list[int] | None], Awaitable[PurgeResult]]
 

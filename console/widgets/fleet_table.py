@@ -22,8 +22,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from console.state import FleetRow, SortKey
-from console.widgets.format import (
+from gpufleet.console.state import FleetRow, SortKey
+from gpufleet.console.widgets.format import (
     MEMORY_PCT,
     POWER_PCT_OF_LIMIT,
     TEMP_C,
@@ -34,8 +34,8 @@ from console.widgets.format import (
     temp,
     watts,
 )
-from console.widgets.memory_bar import bar_segments
-from console.widgets.node_header import node_header_parts
+from gpufleet.console.widgets.memory_bar import bar_segments
+from gpufleet.console.widgets.node_header import node_header_parts
 
 RowKey = tuple[str, int | None]
 MEMORY_LABEL_WIDTH = 13  # " 123.4/141.0G "

@@ -7,7 +7,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from console.widgets.format import MEMORY_PCT, MEMORY_UNIT, gb, level
+from gpufleet.console.widgets.format import MEMORY_PCT, MEMORY_UNIT, gb, level
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 FULL, FREE = "█", "░"

@@ -13,8 +13,8 @@ from datetime import datetime
 
 from rich.cells import cell_len
 
-from console.state import NodeState
-from console.widgets.format import MEMORY_UNIT, ago, gb, rtt, short_gpu_name
+from gpufleet.console.state import NodeState
+from gpufleet.console.widgets.format import MEMORY_UNIT, ago, gb, rtt, short_gpu_name
 
 # A part's role names the fleet table's component class that styles it.
 Part = tuple[str, str | None]

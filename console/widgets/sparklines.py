@@ -11,7 +11,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
-from console.widgets.badges import set_text
+from gpufleet.console.widgets.badges import set_text
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 CAPTION_WIDTH = 22  # "now 1000 W max 1000 W" and a space

@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.config import AgentSettings, AttributionRule
-from server.gpu.base import GpuSnapshot
-from server.schemas import GpuProcess
+from gpufleet.server.config import AgentSettings, AttributionRule
+from gpufleet.server.gpu.base import GpuSnapshot
+from gpufleet.server.schemas import GpuProcess
 
 log = logging.getLogger("gpufleet.agent")
 

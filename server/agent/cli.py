@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from server.config import Settings
-    from server.gpu.base import GpuBackend
+    from gpufleet.server.config import Settings
+    from gpufleet.server.gpu.base import GpuBackend
 
 HELP = "Stream this machine's GPU telemetry to a gpufleet ingest server (spooled, exactly once)."
 
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_key(key_file: Path | None, environ: dict[str, str]) -> str:
     """The API key from a private file, else GPUFLEET_KEY."""
-    from server.client import KeyFileError, read_key_file
+    from gpufleet.server.client import KeyFileError, read_key_file
 
     if key_file is not None:
         try:
@@ -61,22 +61,22 @@ def open_agent_backend(*, simulate: bool, nvml_module: ModuleType | None = None)
 
     Raises BackendUnavailable (with the reason) when NVML finds no GPU and ``simulate`` is off.
     """
-    from server.gpu.base import BackendUnavailable
+    from gpufleet.server.gpu.base import BackendUnavailable
 
     if simulate:
-        from server.gpu.simulated import SimulatedBackend
+        from gpufleet.server.gpu.simulated import SimulatedBackend
 
         try:
             return SimulatedBackend()
         except Exception as exc:  # a broken fleet.toml: say why rather than crash with a traceback
             raise BackendUnavailable(f"the simulated fleet is not usable: {exc}") from exc
-    from server.gpu.nvml import NvmlBackend
+    from gpufleet.server.gpu.nvml import NvmlBackend
 
     return NvmlBackend(nvml_module)
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.config import ConfigError, load_settings, state_dir
+    from gpufleet.server.config import ConfigError, load_settings, state_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -110,12 +110,12 @@ def run(args: argparse.Namespace) -> int:
 async def _main(
     settings: Settings, server: str, key: str, spool_dir: Path, *, once: bool, simulate: bool
 ) -> int:
-    from server.agent.attribution import ProcessAttributor
-    from server.agent.runner import AgentRunner
-    from server.agent.sampler import Sampler
-    from server.agent.spool import Spool, SpoolLocked
-    from server.client import AsyncGpuFleetClient
-    from server.gpu.base import BackendUnavailable
+    from gpufleet.server.agent.attribution import ProcessAttributor
+    from gpufleet.server.agent.runner import AgentRunner
+    from gpufleet.server.agent.sampler import Sampler
+    from gpufleet.server.agent.spool import Spool, SpoolLocked
+    from gpufleet.server.client import AsyncGpuFleetClient
+    from gpufleet.server.gpu.base import BackendUnavailable
 
     agent = settings.agent
     try:

@@ -13,8 +13,8 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.agent.spool import Batch, Spool
-from server.client import (
+from gpufleet.server.agent.spool import Batch, Spool
+from gpufleet.server.client import (
     BadRequest,
     ConnectionFailed,
     Forbidden,
@@ -25,7 +25,7 @@ from server.client import (
     ServerError,
     Unauthorized,
 )
-from server.schemas import IngestResult
+from gpufleet.server.schemas import IngestResult
 
 log = logging.getLogger("gpufleet.agent")
 

@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from server import __version__
-from server.agent.delivery import AuthProblem, Backoff, Delivery, Step, auth_problem
-from server.agent.sampler import Sampler
-from server.agent.spool import Spool
-from server.client import Forbidden, GpuFleetError, RateLimited, Unauthorized
-from server.config import AgentSettings
-from server.schemas import Heartbeat, HeartbeatResult, IngestResult
+from gpufleet.server import __version__
+from gpufleet.server.agent.delivery import AuthProblem, Backoff, Delivery, Step, auth_problem
+from gpufleet.server.agent.sampler import Sampler
+from gpufleet.server.agent.spool import Spool
+from gpufleet.server.client import Forbidden, GpuFleetError, RateLimited, Unauthorized
+from gpufleet.server.config import AgentSettings
+from gpufleet.server.schemas import Heartbeat, HeartbeatResult, IngestResult
 
 log = logging.getLogger("gpufleet.agent")
 

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from server.agent.energy import EnergyMeter
-from server.gpu.base import GpuBackend, GpuSnapshot
-from server.schemas import GpuInfo, format_utc
+from gpufleet.server.agent.energy import EnergyMeter
+from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot
+from gpufleet.server.schemas import GpuInfo, format_utc
 
 log = logging.getLogger("gpufleet.agent")
 

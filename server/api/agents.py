@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from server.api.context import ApiContext
-from server.api.guard import add_route
-from server.auth import INGEST, READ
-from server.http.router import Router
-from server.http.types import Request, Response
-from server.schemas import Heartbeat, HeartbeatResult, HostsResponse
+from gpufleet.server.api.context import ApiContext
+from gpufleet.server.api.guard import add_route
+from gpufleet.server.auth import INGEST, READ
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.types import Request, Response
+from gpufleet.server.schemas import Heartbeat, HeartbeatResult, HostsResponse
 
 
 class AgentRoutes:

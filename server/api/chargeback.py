@@ -6,12 +6,12 @@ import asyncio
 import re
 from datetime import date, datetime
 
-from server.api.context import ApiContext
-from server.api.guard import add_route
-from server.auth import READ
-from server.http.router import Router
-from server.http.types import HttpError, Request, Response
-from server.schemas import ChargebackReport
+from gpufleet.server.api.context import ApiContext
+from gpufleet.server.api.guard import add_route
+from gpufleet.server.auth import READ
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.types import HttpError, Request, Response
+from gpufleet.server.schemas import ChargebackReport
 
 MAX_REPORT_DAYS = 366
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -61,7 +61,7 @@ class ChargebackRoutes:
         fmt = (request.query.get("format") or "json").lower()
         if fmt not in ("json", "csv"):
             raise HttpError(400, "Query parameter format must be json or csv")
-        from server.store import ReportRangeError
+        from gpufleet.server.store import ReportRangeError
 
         account = request.account or ""
         pricing = self._ctx.settings.pricing

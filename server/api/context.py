@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from server.auth import KeyResolver
-from server.config import Settings
-from server.gpu.base import GpuBackend
-from server.ratelimit import RateLimiter
-from server.schemas import utc_now
+from gpufleet.server.auth import KeyResolver
+from gpufleet.server.config import Settings
+from gpufleet.server.gpu.base import GpuBackend
+from gpufleet.server.ratelimit import RateLimiter
+from gpufleet.server.schemas import utc_now
 
 if TYPE_CHECKING:
-    from server.purge import PurgeService
-    from server.store import MetricsStore
+    from gpufleet.server.purge import PurgeService
+    from gpufleet.server.store import MetricsStore
 
 
 @dataclass(slots=True)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from server.api.context import ApiContext
-from server.api.guard import add_route
-from server.auth import OPERATOR
-from server.config import Settings
-from server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
-from server.http.router import Router
-from server.http.types import HttpError, Request, Response
-from server.schemas import (
+from gpufleet.server.api.context import ApiContext
+from gpufleet.server.api.guard import add_route
+from gpufleet.server.auth import OPERATOR
+from gpufleet.server.config import Settings
+from gpufleet.server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.types import HttpError, Request, Response
+from gpufleet.server.schemas import (
     GpuMemoryEntry,
     GpuMemoryResponse,
     GpuStatusResponse,
@@ -108,7 +108,7 @@ class GpuRoutes:
         purge_request = (PurgeRequest.model_validate(request.json()) if request.body.strip()
                          else PurgeRequest())
         # The purge module pulls in the runtimes: imported on first use.
-        from server.purge import InvalidPurgeRequest, PurgeProgress
+        from gpufleet.server.purge import InvalidPurgeRequest, PurgeProgress
 
         progress = PurgeProgress()
         result: PurgeResult | None = None

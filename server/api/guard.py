@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.api.context import ApiContext
-from server.auth import KeyResolver, allows, authenticate, forbidden, presented_secret
-from server.http.errors import error_response
-from server.http.router import Route, Router
-from server.http.types import Handler, HttpError, Request, Response
-from server.ratelimit import RateLimiter, rate_limited
-from server.schemas import KeyInfo
+from gpufleet.server.api.context import ApiContext
+from gpufleet.server.auth import KeyResolver, allows, authenticate, forbidden, presented_secret
+from gpufleet.server.http.errors import error_response
+from gpufleet.server.http.router import Route, Router
+from gpufleet.server.http.types import Handler, HttpError, Request, Response
+from gpufleet.server.ratelimit import RateLimiter, rate_limited
+from gpufleet.server.schemas import KeyInfo
 
 FAILED_AUTH = "failed_auth"
 

@@ -6,18 +6,18 @@ from typing import Any
 
 import orjson
 
-from server.api.context import ApiContext
-from server.api.guard import add_route
-from server.api.validation import (
+from gpufleet.server.api.context import ApiContext
+from gpufleet.server.api.guard import add_route
+from gpufleet.server.api.validation import (
     TS_US,
     IngestValidationError,
     validate_batch,
     validate_rows_and_columns,
 )
-from server.auth import INGEST
-from server.http.router import Router
-from server.http.types import HttpError, Request, Response
-from server.schemas import IngestHealth, IngestResult, MetricSample
+from gpufleet.server.auth import INGEST
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.types import HttpError, Request, Response
+from gpufleet.server.schemas import IngestHealth, IngestResult, MetricSample
 
 _HEALTH = Response.json(IngestHealth()).body
 

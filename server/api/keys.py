@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from server.api.context import ApiContext
-from server.api.guard import add_route
-from server.auth import ANY_KEY, authenticate
-from server.http.router import Router
-from server.http.types import Request, Response
-from server.schemas import KeyCreated
+from gpufleet.server.api.context import ApiContext
+from gpufleet.server.api.guard import add_route
+from gpufleet.server.auth import ANY_KEY, authenticate
+from gpufleet.server.http.router import Router
+from gpufleet.server.http.types import Request, Response
+from gpufleet.server.schemas import KeyCreated
 
 log = logging.getLogger("gpufleet.auth")
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from server.schemas import OPTIONAL_SAMPLE_FIELDS, REQUIRED_SAMPLE_FIELDS
+from gpufleet.server.schemas import OPTIONAL_SAMPLE_FIELDS, REQUIRED_SAMPLE_FIELDS
 
 MAX_TAG_CHARS = 128
 MAX_HOSTNAME_CHARS = 255

@@ -47,8 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.config import ConfigError, load_settings
-    from server.store import KeyNameTakenError, MetricsStore, StoreLockedError, UnknownKeyError
+    from gpufleet.server.config import ConfigError, load_settings
+    from gpufleet.server.store import (
+        KeyNameTakenError,
+        MetricsStore,
+        StoreLockedError,
+        UnknownKeyError,
+    )
 
     try:
         settings = load_settings(args.config)
@@ -71,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _through_server(path: Path, pid: int | None, args: argparse.Namespace, default_account: str) -> int:
     """The same command, run by the server holding the store over its owner-only admin socket."""
-    from server.admin_client import AdminKeys, AdminUnavailableError
-    from server.store import KeyNameTakenError, UnknownKeyError
+    from gpufleet.server.admin_client import AdminKeys, AdminUnavailableError
+    from gpufleet.server.store import KeyNameTakenError, UnknownKeyError
 
     who = f"pid {pid}" if pid else "another process"
     try:

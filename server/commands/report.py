@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from server.config import ConfigError, load_settings
+    from gpufleet.server.config import ConfigError, load_settings
 
     try:
         args.from_, args.to = report_period(args.from_, args.to)
@@ -81,7 +81,7 @@ def report_period(start: str, end: str) -> tuple[date, date]:
 
 
 def _from_server(args: argparse.Namespace, url: str) -> str:
-    from server.client import GpuFleetClient, read_key_file
+    from gpufleet.server.client import GpuFleetClient, read_key_file
 
     key = read_key_file(args.key_file) if args.key_file else None
     with GpuFleetClient(url, api_key=key) as client:
@@ -92,7 +92,7 @@ def _from_server(args: argparse.Namespace, url: str) -> str:
 
 
 def _from_store(args: argparse.Namespace, settings) -> str:
-    from server.store import MetricsStore, StoreLockedError
+    from gpufleet.server.store import MetricsStore, StoreLockedError
 
     path = args.db or settings.server.resolved_db_path()
     if not path.exists():
@@ -112,7 +112,7 @@ def _from_store(args: argparse.Namespace, settings) -> str:
 
 def _through_server(args: argparse.Namespace, path: Path, pid: int | None, account: str) -> str:
     """The report from the ``gpufleet serve`` holding ``path``, over its admin socket."""
-    from server.admin_client import AdminReports, AdminUnavailableError
+    from gpufleet.server.admin_client import AdminReports, AdminUnavailableError
 
     try:
         with AdminReports(path, pid) as reports:

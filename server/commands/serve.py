@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
-    from server.admin import AdminChannel
-    from server.app import ServerApp
-    from server.config import Settings
-    from server.gpu.base import GpuBackend
-    from server.store import MetricsStore
+    from gpufleet.server.admin import AdminChannel
+    from gpufleet.server.app import ServerApp
+    from gpufleet.server.config import Settings
+    from gpufleet.server.gpu.base import GpuBackend
+    from gpufleet.server.store import MetricsStore
 
 HELP = ("Run the gpufleet server: this node's GPU API, metrics ingest, chargeback and "
         "agent heartbeats over a local DuckDB store.")
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    from server.config import load_settings
+    from gpufleet.server.config import load_settings
 
     return load_settings(args.config, overrides={
         "server.host": args.host,
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from server.config import ConfigError
+    from gpufleet.server.config import ConfigError
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
     log = logging.getLogger("gpufleet.server")
@@ -134,7 +134,7 @@ def check_tls_files(settings: Settings) -> None:
     """Load the TLS certificate and key exactly as the server will, or say what is wrong."""
     import ssl
 
-    from server.app import ssl_context_for
+    from gpufleet.server.app import ssl_context_for
 
     cert, key = settings.server.tls_cert, settings.server.tls_key
     for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
@@ -190,13 +190,13 @@ async def serve(settings: Settings) -> int:
     import asyncio
     import logging
 
-    from server.app import ServerApp
-    from server.files import make_private_dir
-    from server.gpu.base import BackendUnavailable
-    from server.gpu.select import open_backend
-    from server.http.signals import run_until_signalled
-    from server.runtimes import RuntimeConfigError
-    from server.store import MetricsStore
+    from gpufleet.server.app import ServerApp
+    from gpufleet.server.files import make_private_dir
+    from gpufleet.server.gpu.base import BackendUnavailable
+    from gpufleet.server.gpu.select import open_backend
+    from gpufleet.server.http.signals import run_until_signalled
+    from gpufleet.server.runtimes import RuntimeConfigError
+    from gpufleet.server.store import MetricsStore
 
     log = logging.getLogger("gpufleet.server")
     db_path = settings.server.resolved_db_path()
@@ -286,7 +286,7 @@ async def _start_admin_channel(app: ServerApp, store: MetricsStore,
     """The owner-only socket ``gpufleet keys``/``report`` use while this server holds the store, or None."""
     import logging
 
-    from server.admin import AdminChannel
+    from gpufleet.server.admin import AdminChannel
 
     admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver,
                          pricing=app.settings.pricing)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.app import ServerApp
+    from gpufleet.server.app import ServerApp
 
 HELP = ("Serve N simulated GPU nodes (operator API only) on loopback ports, "
         "for trying the console against a fleet. The operator token is written to "
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from server.config import ConfigError, load_settings, state_dir
+    from gpufleet.server.config import ConfigError, load_settings, state_dir
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,12 +74,12 @@ async def _simulate(settings: object, args: argparse.Namespace, token_file: Path
     import secrets
     import shlex
 
-    from server.app import ServerApp
-    from server.auth import StaticKeyResolver
-    from server.config import Settings
-    from server.files import write_private_file
-    from server.gpu.simulated import simulated_backends
-    from server.http.signals import run_until_signalled
+    from gpufleet.server.app import ServerApp
+    from gpufleet.server.auth import StaticKeyResolver
+    from gpufleet.server.config import Settings
+    from gpufleet.server.files import write_private_file
+    from gpufleet.server.gpu.simulated import simulated_backends
+    from gpufleet.server.http.signals import run_until_signalled
 
     assert isinstance(settings, Settings)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)

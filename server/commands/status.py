@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.schemas import GpuInfo, GpuProcess, GpuStatusResponse
+    from gpufleet.server.schemas import GpuInfo, GpuProcess, GpuStatusResponse
 
 HELP = "Show this node's GPUs and GPU processes once (real via NVML, else the simulated fleet)."
 NAME_WIDTH = 32  # longer names are clipped with …; columns size to their content
@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from server.gpu.base import BackendUnavailable, ModelHost
-    from server.gpu.select import open_backend
-    from server.schemas import GpuStatusResponse
+    from gpufleet.server.gpu.base import BackendUnavailable, ModelHost
+    from gpufleet.server.gpu.select import open_backend
+    from gpufleet.server.schemas import GpuStatusResponse
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def render_table(status: GpuStatusResponse) -> str:
     """The human view: a node line, one row per GPU (and MIG instance), then the processes."""
-    from server.schemas import format_utc
+    from gpufleet.server.schemas import format_utc
 
     lines: list[str] = []
     node = status.node

@@ -6,7 +6,7 @@ import abc
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from server.schemas import GpuInfo, GpuProcess, LoadedModel, NodeInfo
+from gpufleet.server.schemas import GpuInfo, GpuProcess, LoadedModel, NodeInfo
 
 
 @dataclass(frozen=True, slots=True)

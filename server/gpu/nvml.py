@@ -9,10 +9,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from server import __version__
-from server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
-from server.gpu.processes import HostProcess, describe_process
-from server.schemas import (
+from gpufleet.server import __version__
+from gpufleet.server.gpu.base import BackendUnavailable, GpuBackend, GpuSnapshot
+from gpufleet.server.gpu.processes import HostProcess, describe_process
+from gpufleet.server.schemas import (
     GpuInfo,
     GpuMemory,
     GpuProcess,

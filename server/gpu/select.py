@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from server.gpu.base import BackendUnavailable, GpuBackend
+from gpufleet.server.gpu.base import BackendUnavailable, GpuBackend
 
 log = logging.getLogger("gpufleet.gpu")
 
@@ -15,7 +15,7 @@ def open_backend(*, simulate: bool = False) -> GpuBackend:
     Raises BackendUnavailable only when neither can be built (e.g. the fleet file is broken).
     """
     if not simulate:
-        from server.gpu.nvml import NvmlBackend
+        from gpufleet.server.gpu.nvml import NvmlBackend
 
         try:
             backend = NvmlBackend()
@@ -24,7 +24,7 @@ def open_backend(*, simulate: bool = False) -> GpuBackend:
         else:
             log.info("GPU backend: NVML (%d GPU(s))", backend.gpu_count)
             return backend
-    from server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.gpu.simulated import SimulatedBackend
 
     try:
         backend = SimulatedBackend()

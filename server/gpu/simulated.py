@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from server import __version__
-from server.fleet import Fleet, GpuModelSpec, JobSpec, ModelSpec, default_fleet
-from server.gpu.base import GpuBackend, GpuSnapshot, ModelHost
-from server.gpu.load import LoadCurve, mix, seconds_since_epoch, unit
-from server.gpu.synthetic import extend_fleet
-from server.schemas import (
+from gpufleet.server import __version__
+from gpufleet.server.fleet import Fleet, GpuModelSpec, JobSpec, ModelSpec, default_fleet
+from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot, ModelHost
+from gpufleet.server.gpu.load import LoadCurve, mix, seconds_since_epoch, unit
+from gpufleet.server.gpu.synthetic import extend_fleet
+from gpufleet.server.schemas import (
     GpuInfo,
     GpuMemory,
     GpuProcess,

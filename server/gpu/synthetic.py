@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import get_args
 
-from server.fleet import Fleet, JobSpec, NodeSpec, Schedule
-from server.gpu.load import mix
+from gpufleet.server.fleet import Fleet, JobSpec, NodeSpec, Schedule
+from gpufleet.server.gpu.load import mix
 
 SYNTHETIC_PREFIX = "sim-node-"
 # How often each GPU model shows up on synthetic nodes (models missing from the fleet are skipped).

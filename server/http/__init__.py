@@ -5,11 +5,11 @@ What the rest of gpufleet imports: ``HttpServer`` (server.py), ``Router`` and ``
 (signals.py) and the handler types ``Request``, ``Response``, ``HttpError`` (types.py).
 """
 
-from server.http.errors import error_response, json_error
-from server.http.router import Route, Router
-from server.http.server import HttpServer, Middleware
-from server.http.signals import run_until_signalled, serve_until_signalled
-from server.http.types import Handler, HttpError, Request, Response
+from gpufleet.server.http.errors import error_response, json_error
+from gpufleet.server.http.router import Route, Router
+from gpufleet.server.http.server import HttpServer, Middleware
+from gpufleet.server.http.signals import run_until_signalled, serve_until_signalled
+from gpufleet.server.http.types import Handler, HttpError, Request, Response
 
 __all__ = [
     "Handler",

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import ValidationError
 
-from server.http.types import JSON, HttpError, Response
+from gpufleet.server.http.types import JSON, HttpError, Response
 
 log = logging.getLogger("gpufleet.http")
 

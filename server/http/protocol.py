@@ -10,11 +10,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
-from server.config import Limits
-from server.http.connection import PeerGone, StreamConnection
-from server.http.errors import json_error
-from server.http.types import Request, Response
-from server.http.wire import encode_closing, headers_are_safe, http_date, reason_phrase
+from gpufleet.server.config import Limits
+from gpufleet.server.http.connection import PeerGone, StreamConnection
+from gpufleet.server.http.errors import json_error
+from gpufleet.server.http.types import Request, Response
+from gpufleet.server.http.wire import encode_closing, headers_are_safe, http_date, reason_phrase
 
 access_log = logging.getLogger("gpufleet.access")
 log = logging.getLogger("gpufleet.http")

@@ -24,13 +24,13 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
-from server.config import Limits
-from server.http.connection import READ_CHUNK_BYTES, StreamConnection
-from server.http.errors import error_response, json_error
-from server.http.protocol import HttpProtocol, ServerState, access_log
-from server.http.router import Route, Router
-from server.http.types import Handler, Request, Response
-from server.http.wire import encode_closing
+from gpufleet.server.config import Limits
+from gpufleet.server.http.connection import READ_CHUNK_BYTES, StreamConnection
+from gpufleet.server.http.errors import error_response, json_error
+from gpufleet.server.http.protocol import HttpProtocol, ServerState, access_log
+from gpufleet.server.http.router import Route, Router
+from gpufleet.server.http.types import Handler, Request, Response
+from gpufleet.server.http.wire import encode_closing
 
 log = logging.getLogger("gpufleet.http")
 

@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
-from server.http.server import HttpServer
+from gpufleet.server.http.server import HttpServer
 
 log = logging.getLogger("gpufleet.http")
 

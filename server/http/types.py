@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from server.http.router import Route
+    from gpufleet.server.http.router import Route
 
 JSON = "application/json"
 

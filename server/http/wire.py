@@ -6,7 +6,7 @@ import http
 import time
 from email.utils import formatdate
 
-from server.http.types import Response
+from gpufleet.server.http.types import Response
 
 
 def headers_are_safe(response: Response) -> bool:

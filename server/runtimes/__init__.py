@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from server.config import RuntimeSettings
-from server.gpu.base import GpuBackend, ModelHost
-from server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
-from server.runtimes.ollama import OllamaAdapter
-from server.runtimes.process import ProcessAdapter
-from server.runtimes.simulated import SimulatedAdapter
-from server.runtimes.triton import TritonAdapter
+from gpufleet.server.config import RuntimeSettings
+from gpufleet.server.gpu.base import GpuBackend, ModelHost
+from gpufleet.server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
+from gpufleet.server.runtimes.ollama import OllamaAdapter
+from gpufleet.server.runtimes.process import ProcessAdapter
+from gpufleet.server.runtimes.simulated import SimulatedAdapter
+from gpufleet.server.runtimes.triton import TritonAdapter
 
 __all__ = [
     "ModelGone",

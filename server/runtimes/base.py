@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from server.schemas import LoadedModel
+from gpufleet.server.schemas import LoadedModel
 
 
 class RuntimeAdapterError(Exception):

@@ -19,13 +19,13 @@ from typing import Any
 
 import httpx
 
-from server.runtimes.base import (
+from gpufleet.server.runtimes.base import (
     RuntimeAdapter,
     RuntimeAdapterError,
     request_json,
     runtime_client,
 )
-from server.schemas import LoadedModel
+from gpufleet.server.schemas import LoadedModel
 
 BYTES_PER_MIB = 1024 * 1024
 DEFAULT_PINNED_AFTER_S = 24 * 3600.0

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import psutil
 from pydantic import PrivateAttr
 
-from server.gpu.base import GpuBackend, GpuSnapshot
-from server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
-from server.schemas import GpuProcess, LoadedModel
+from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot
+from gpufleet.server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
+from gpufleet.server.schemas import GpuProcess, LoadedModel
 
 log = logging.getLogger("gpufleet.purge")
 

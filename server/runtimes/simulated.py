@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from server.gpu.base import ModelHost
-from server.runtimes.base import RuntimeAdapter, RuntimeAdapterError
-from server.schemas import LoadedModel
+from gpufleet.server.gpu.base import ModelHost
+from gpufleet.server.runtimes.base import RuntimeAdapter, RuntimeAdapterError
+from gpufleet.server.schemas import LoadedModel
 
 
 class SimulatedAdapter(RuntimeAdapter):

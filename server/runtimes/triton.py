@@ -17,13 +17,13 @@ from urllib.parse import quote
 
 import httpx
 
-from server.runtimes.base import (
+from gpufleet.server.runtimes.base import (
     RuntimeAdapter,
     RuntimeAdapterError,
     request_json,
     runtime_client,
 )
-from server.schemas import LoadedModel
+from gpufleet.server.schemas import LoadedModel
 
 BYTES_PER_MIB = 1024 * 1024
 DEFAULT_BUSY_WINDOW_S = 60.0

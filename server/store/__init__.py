@@ -1,11 +1,11 @@
 """gpufleet's DuckDB store: keys, samples (single writer, group commit), hosts, chargeback."""
 
-from server.store.chargeback import ReportRangeError, UsageRow
-from server.store.keys import KeyError_ as UnknownKeyError
-from server.store.keys import KeyNameTakenError
-from server.store.schema import SCHEMA_VERSION, SchemaTooNewError
-from server.store.store import MetricsStore, StoreLockedError
-from server.store.writer import StoreClosedError, WriteResult
+from gpufleet.server.store.chargeback import ReportRangeError, UsageRow
+from gpufleet.server.store.keys import KeyError_ as UnknownKeyError
+from gpufleet.server.store.keys import KeyNameTakenError
+from gpufleet.server.store.schema import SCHEMA_VERSION, SchemaTooNewError
+from gpufleet.server.store.store import MetricsStore, StoreLockedError
+from gpufleet.server.store.writer import StoreClosedError, WriteResult
 
 __all__ = [
     "SCHEMA_VERSION",

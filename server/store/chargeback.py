@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from server.config import Pricing
-from server.pricing import gpu_arch, rate_for
-from server.schemas import (
+from gpufleet.server.config import Pricing
+from gpufleet.server.pricing import gpu_arch, rate_for
+from gpufleet.server.schemas import (
     CSV_COLUMNS,
     ChargebackReport,
     GpuArchUsage,
@@ -189,6 +189,6 @@ def _money_rate(rate: float) -> str:
 
 def period_bounds_us(from_date: date, to_date: date) -> tuple[int, int]:
     """[from 00:00Z, to+1d 00:00Z) in epoch microseconds."""
-    from server.store.timeutil import day_start_us
+    from gpufleet.server.store.timeutil import day_start_us
 
     return day_start_us(from_date), day_start_us(to_date + timedelta(days=1))

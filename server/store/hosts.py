@@ -14,8 +14,8 @@ from typing import Any
 
 import duckdb
 
-from server.schemas import Heartbeat, HostInfo, HostStatus, PurgeResult
-from server.store.timeutil import from_db, to_db
+from gpufleet.server.schemas import Heartbeat, HostInfo, HostStatus, PurgeResult
+from gpufleet.server.store.timeutil import from_db, to_db
 
 STALE_INTERVALS = 2
 OFFLINE_INTERVALS = 10

@@ -20,9 +20,9 @@ from typing import Any
 
 import duckdb
 
-from server.schemas import KeyCreated, KeyInfo
-from server.store.timeutil import from_db, to_db
-from server.store.writer import StoreWriter
+from gpufleet.server.schemas import KeyCreated, KeyInfo
+from gpufleet.server.store.timeutil import from_db, to_db
+from gpufleet.server.store.writer import StoreWriter
 
 SECRET_PREFIX = "gf_"
 SCOPES: frozenset[str] = frozenset({"operator", "ingest", "read"})

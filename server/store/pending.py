@@ -24,8 +24,8 @@ from collections.abc import Mapping
 
 import duckdb
 
-from server.store import usage_sql
-from server.store.staging import Key, Range
+from gpufleet.server.store import usage_sql
+from gpufleet.server.store.staging import Key, Range
 
 PENDING_COLUMNS = ("account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w, "
                    "energy_delta_j, utilization_gpu_pct, received_at, hostname")

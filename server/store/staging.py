@@ -28,7 +28,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from server.store.timeutil import epoch_us, to_db
+from gpufleet.server.store.timeutil import epoch_us, to_db
 
 log = logging.getLogger("gpufleet.store.staging")
 

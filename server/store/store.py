@@ -20,15 +20,22 @@ from typing import Any
 
 import duckdb
 
-from server.config import Pricing
-from server.files import make_private_dir
-from server.schemas import ChargebackReport, Heartbeat, HostInfo, KeyCreated, KeyInfo, PurgeResult
-from server.store import chargeback as cb
-from server.store import hosts, usage_sql
-from server.store.keys import KeyStore
-from server.store.pending import fold_on_open
-from server.store.schema import migrate
-from server.store.writer import RollupParams, StoreWriter
+from gpufleet.server.config import Pricing
+from gpufleet.server.files import make_private_dir
+from gpufleet.server.schemas import (
+    ChargebackReport,
+    Heartbeat,
+    HostInfo,
+    KeyCreated,
+    KeyInfo,
+    PurgeResult,
+)
+from gpufleet.server.store import chargeback as cb
+from gpufleet.server.store import hosts, usage_sql
+from gpufleet.server.store.keys import KeyStore
+from gpufleet.server.store.pending import fold_on_open
+from gpufleet.server.store.schema import migrate
+from gpufleet.server.store.writer import RollupParams, StoreWriter
 
 log = logging.getLogger("gpufleet.store")
 

@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from server.store import pending, usage_sql
-from server.store.staging import (
+from gpufleet.server.store import pending, usage_sql
+from gpufleet.server.store.staging import (
     SAMPLE_FIELDS,
     STAGING_DDL,
     JsonStager,
