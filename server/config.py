@@ -198,6 +198,37 @@ class NodeSettings(Section):
     token_file: Path | None = None
 
 
+DEFAULT_THROTTLE_REASONS = ["hw_slowdown", "hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown"]
+
+
+class ConsoleThresholds(Section):
+    """When a reading turns the console's warning or critical colour (each warning at or below its critical)."""
+
+    temp_warn_c: float = Field(default=75.0, ge=0, le=150)
+    temp_crit_c: float = Field(default=85.0, ge=0, le=150)
+    memory_warn_pct: float = Field(default=70.0, ge=0, le=100)
+    memory_crit_pct: float = Field(default=90.0, ge=0, le=100)
+    power_warn_pct: float = Field(default=80.0, ge=0, le=200)  # of the GPU's power limit
+    power_crit_pct: float = Field(default=95.0, ge=0, le=200)
+    util_warn_pct: float = Field(default=75.0, ge=0, le=100)  # colour only: a busy GPU is not trouble
+    util_crit_pct: float = Field(default=95.0, ge=0, le=100)
+    idle_util_pct: float = Field(default=5.0, ge=0, le=100)  # below it a GPU counts as idle
+    ecc_corrected_warn: int = Field(default=1000, ge=1)  # volatile corrected ECC errors
+    ecc_uncorrected_crit: int = Field(default=1, ge=1)  # volatile uncorrected ECC errors
+    # NVML throttle reasons that mark a GPU; a power cap under load is normal, so not by default.
+    throttle_reasons: list[str] = Field(default_factory=lambda: list(DEFAULT_THROTTLE_REASONS))
+    stale_after_s: float = Field(default=15.0, gt=0)  # a node whose newest reading is older is stale
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ConsoleThresholds:
+        for name in ("temp", "memory", "power", "util"):
+            unit = "c" if name == "temp" else "pct"
+            warn, crit = getattr(self, f"{name}_warn_{unit}"), getattr(self, f"{name}_crit_{unit}")
+            if warn > crit:
+                raise ValueError(f"{name}_warn_{unit} ({warn:g}) is above {name}_crit_{unit} ({crit:g})")
+        return self
+
+
 class ConsoleSettings(Section):
     refresh_s: float = Field(default=2.0, ge=0.5)
     request_timeout_s: float = 3.0
@@ -206,6 +237,10 @@ class ConsoleSettings(Section):
     theme: str = "textual-dark"
     readonly: bool = False
     keybindings: dict[str, str] = Field(default_factory=dict)  # binding id -> keys
+    thresholds: ConsoleThresholds = ConsoleThresholds()
+    trouble_first: bool = True  # down, auth-failed and stale nodes above the rest
+    follow_selection: bool = False  # the cursor follows its GPU when live values re-sort the list
+    view: Literal["grouped", "flat", "processes"] = "grouped"  # the fleet screen's first view
 
 
 class Settings(Section):
