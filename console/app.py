@@ -22,12 +22,14 @@ from textual.widgets import Static
 
 from gpufleet.console.config import NodeTarget
 from gpufleet.console.datasource import DataSource
+from gpufleet.console.events import TITLES, Event, EventLog
 from gpufleet.console.messages import NodeFailed, NodePolled
 from gpufleet.console.poller import ClientFactory, SharedTransportFactory, poll_node
 from gpufleet.console.screens.detail import GpuDetailScreen
 from gpufleet.console.screens.fleet import FleetScreen
 from gpufleet.console.screens.purge import PurgeModal
 from gpufleet.console.state import FleetState
+from gpufleet.console.thresholds import Levels
 from gpufleet.console.widgets.footer import ConsoleFooter
 from gpufleet.server.client import AsyncGpuFleetClient
 from gpufleet.server.config import ConsoleSettings
@@ -41,6 +43,8 @@ REDRAW_DELAY_S = 0.05  # a burst of node updates within this window redraws once
 MIN_REDRAW_INTERVAL_S = 0.25
 PURGE_TIMEOUT_S = 120.0  # a purge waits for runtimes to unload and memory to settle
 LIGHT_THEME = "textual-light"
+NOTIFY_EACH_UP_TO = 3  # more changes than this in one redraw are notified as one summary
+PURGE_BINDING_IDS = ("fleet.purge", "detail.purge")
 
 
 class NoServerScreen(Screen[None]):
@@ -75,6 +79,11 @@ class GpuFleetApp(App[None]):
         Binding("t", "toggle_dark", "Theme", show=False, id="app.toggle_theme", tooltip="Switch light / dark"),
         Binding("ctrl+r", "poll_now", "Poll now", show=False, id="app.poll_now",
                 tooltip="Poll every node now instead of waiting for the next tick"),
+        Binding("l", "switch_mode('events')", "Log", id="app.events",
+                tooltip="Node outages, recoveries and GPU trouble, with their times"),
+        # Read-only: the purge key says why nothing happens (the screens' purge is disabled).
+        Binding("p", "purge_disabled", "Purge is disabled (read-only)", show=False,
+                id="app.purge_disabled", tooltip="Say that this console is read-only"),
     ]
 
     def __init__(
@@ -99,24 +108,36 @@ class GpuFleetApp(App[None]):
         self.refresh_s = max(0.5, refresh_s if refresh_s is not None else settings.refresh_s)
         self.client_factory: ClientFactory = client_factory or SharedTransportFactory()
         self.mask_rtt = mask_rtt
-        self.fleet = FleetState(self.targets, refresh_s=self.refresh_s)
+        self.fleet = FleetState(self.targets, refresh_s=self.refresh_s, levels=Levels(settings.thresholds))
+        self.events = EventLog()
         self._clients: dict[str, AsyncGpuFleetClient] = {}
         self._redraw_pending = False
         self._last_redraw = 0.0
         self.redraws = 0  # how many coalesced redraws ran (tests and the bench read it)
         self.theme = settings.theme
         self._dark_theme = settings.theme if settings.theme != LIGHT_THEME else "textual-dark"
-        if settings.keybindings:
-            self.set_keymap(dict(settings.keybindings))
+        keymap = dict(settings.keybindings)
+        if "fleet.purge" in keymap and "app.purge_disabled" not in keymap:
+            keymap["app.purge_disabled"] = keymap["fleet.purge"]  # the read-only notice follows purge's key
+        if keymap:
+            self.set_keymap(keymap)
         self.add_mode("fleet", self._fleet_screen)
         self.add_mode("chargeback", self._chargeback_screen)
         self.add_mode("hosts", self._hosts_screen)
+        self.add_mode("events", self._events_screen)
         self._export_dir = export_dir
 
     # -- screens -------------------------------------------------------------------
 
     def _fleet_screen(self) -> Screen[None]:
-        return FleetScreen(self.fleet, clock=self.clock, readonly=self.readonly, mask_rtt=self.mask_rtt)
+        return FleetScreen(self.fleet, clock=self.clock, readonly=self.readonly, mask_rtt=self.mask_rtt,
+                           trouble_first=self.settings.trouble_first, follow=self.settings.follow_selection,
+                           view=self.settings.view)
+
+    def _events_screen(self) -> Screen[None]:
+        from gpufleet.console.screens.events import EventLogScreen
+
+        return EventLogScreen(self.events, clock=self.clock)
 
     def _chargeback_screen(self) -> Screen[None]:
         if self.data_source is None:
@@ -155,13 +176,30 @@ class GpuFleetApp(App[None]):
 
     def action_help(self) -> None:
         from gpufleet.console.screens.chargeback import ChargebackScreen
+        from gpufleet.console.screens.events import EventLogScreen
         from gpufleet.console.screens.help import HelpScreen
         from gpufleet.console.screens.hosts import HostsScreen
 
-        self.push_screen(HelpScreen([FleetScreen, GpuDetailScreen, PurgeModal, ChargebackScreen,
-                                     HostsScreen]))
+        screens: list[type] = [FleetScreen, GpuDetailScreen, ChargebackScreen, HostsScreen, EventLogScreen]
+        if self.readonly:
+            hidden = set(PURGE_BINDING_IDS)
+        else:
+            hidden = {"app.purge_disabled"}
+            screens.insert(2, PurgeModal)
+        self.push_screen(HelpScreen(screens, hidden_ids=hidden,
+                                    note="Read-only console: purge is disabled." if self.readonly else ""))
+
+    def _purge_disabled_applies(self) -> bool:
+        screen = self.screen
+        return self.readonly and hasattr(screen, "action_purge")
+
+    def action_purge_disabled(self) -> None:
+        self.notify("Purge is disabled: this console is read-only (--readonly or [console] readonly).",
+                    title="Read-only", severity="warning", timeout=5)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "purge_disabled":
+            return self._purge_disabled_applies()
         # The key of the view already shown does nothing, so it leaves the footer to keys that do.
         return not (action == "switch_mode" and bool(parameters) and parameters[0] == self.current_mode)
 
@@ -173,6 +211,8 @@ class GpuFleetApp(App[None]):
         yield SystemCommand("Fleet", "The live fleet", partial(self.switch_mode, "fleet"))
         yield SystemCommand("Chargeback", "Cost by team", partial(self.switch_mode, "chargeback"))
         yield SystemCommand("Hosts", "Agents reporting to the server", partial(self.switch_mode, "hosts"))
+        yield SystemCommand("Event log", "Node outages, recoveries and GPU trouble, with their times",
+                            partial(self.switch_mode, "events"))
         yield SystemCommand("Help", "Every key binding", self.action_help)
         yield SystemCommand("Toggle light/dark", "Switch the theme", self.action_toggle_dark)
         yield SystemCommand("Poll now", "Poll every node now", self.action_poll_now)
@@ -180,6 +220,15 @@ class GpuFleetApp(App[None]):
             yield SystemCommand("Filter", "Filter the fleet", screen.action_filter)
             yield SystemCommand("Sort by next column", "Cycle the sort column", screen.action_sort_next)
             yield SystemCommand("Reverse sort", "Reverse the sort order", screen.action_sort_reverse)
+            yield SystemCommand("Grouped / flat view", "Every GPU in one list, or grouped by node",
+                                screen.action_toggle_flat)
+            yield SystemCommand("Processes view", "Every GPU process of the fleet (again: back to the GPUs)",
+                                screen.action_toggle_processes)
+            yield SystemCommand("Fold / unfold node", "Fold the node under the cursor", screen.action_toggle_node)
+            yield SystemCommand("Fold / unfold all nodes", "Fold every node, or unfold them all",
+                                screen.action_toggle_all_nodes)
+            yield SystemCommand("Follow selection", "Follow the selected GPU as live values re-sort the list",
+                                screen.action_toggle_follow)
             if not self.readonly:
                 yield SystemCommand("Purge", "Purge the GPU or node under the cursor", screen.action_purge)
         if isinstance(screen, GpuDetailScreen) and not self.readonly:
@@ -192,6 +241,8 @@ class GpuFleetApp(App[None]):
         for target in self.targets.values():
             self._clients[target.name] = self.client_factory(target, self.settings.request_timeout_s)
         self.action_poll_now()
+        # Staleness is a matter of time passing, so it is checked even when no answer arrives.
+        self.set_interval(max(1.0, min(self.refresh_s, 5.0)), self._schedule_redraw)
 
     def action_poll_now(self) -> None:
         """(Re)start every node's poller: each polls at once, then on its own schedule.
@@ -227,7 +278,8 @@ class GpuFleetApp(App[None]):
         self._schedule_redraw()
 
     def on_node_failed(self, message: NodeFailed) -> None:
-        self.fleet.apply_failure(message.node, message.error, message.at)
+        self.fleet.apply_failure(message.node, message.error, message.at, auth=message.auth,
+                                 status=message.status)
         self._schedule_redraw()
 
     def _schedule_redraw(self) -> None:
@@ -241,7 +293,25 @@ class GpuFleetApp(App[None]):
         self._last_redraw = time.monotonic()
         if not self.screen_stack:  # shutting down: the screens are already gone
             return
+        events = self.fleet.update_health(self.clock())
+        if events:
+            self.events.extend(events)
+            self._notify_events(events)
         self.redraws += 1
         refresh = getattr(self.screen, "refresh_fleet", None)
         if refresh is not None:
             refresh()
+
+    def _notify_events(self, events: list[Event]) -> None:
+        """A toast per change of node health; a burst (a network blip) is one toast naming the nodes."""
+        if len(events) <= NOTIFY_EACH_UP_TO:
+            for event in events:
+                self.notify(event.text, title=TITLES[event.kind], severity=event.severity,
+                            timeout=8 if event.severity == "error" else 5)
+            return
+        worst = "error" if any(e.severity == "error" for e in events) else (
+            "warning" if any(e.severity == "warning" for e in events) else "information")
+        names = sorted({e.node for e in events})
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        self.notify(f"{len(events)} changes on {len(names)} nodes: {shown}. The event log (l) lists each.",
+                    title="Fleet changes", severity=worst, timeout=8)

@@ -20,9 +20,12 @@ class NodePolled(Message):
 class NodeFailed(Message):
     """A node did not answer, or answered with an error; ``error`` is short and secret-free."""
 
-    def __init__(self, node: str, error: str, at: datetime) -> None:
+    def __init__(self, node: str, error: str, at: datetime, *, auth: bool = False,
+                 status: int | None = None) -> None:
         super().__init__()
         self.node, self.error, self.at = node, error, at
+        self.auth = auth  # the node answered and refused the token (401/403): not "unreachable"
+        self.status = status
 
 
 class FleetChanged(Message):

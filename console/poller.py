@@ -26,8 +26,10 @@ from gpufleet.console.messages import NodeFailed, NodePolled
 from gpufleet.server.client import (
     AsyncGpuFleetClient,
     ConnectionFailed,
+    Forbidden,
     GpuFleetError,
     RequestTimeout,
+    Unauthorized,
 )
 
 log = logging.getLogger("gpufleet.console.poller")
@@ -109,7 +111,9 @@ async def poll_node(
         except (GpuFleetError, ValidationError, TimeoutError) as exc:
             message = describe_error(exc, timeout_s=timeout_s)
             log.debug("node %s: %s", target.name, message)
-            post(NodeFailed(target.name, message, clock()))
+            status = exc.status if isinstance(exc, GpuFleetError) else None
+            post(NodeFailed(target.name, message, clock(),
+                            auth=isinstance(exc, Unauthorized | Forbidden), status=status))
         else:
             rtt_ms = (time.perf_counter() - started) * 1000.0
             post(NodePolled(target.name, status, rtt_ms, clock()))

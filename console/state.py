@@ -2,6 +2,8 @@
 
 The App's message handlers are the only writers: a poll result or failure is
 applied here, and screens read rows and histories out of it when they redraw.
+A change of a node's health (up, down, auth failed, stale) is returned as an
+``Event`` so the App can notify and log it.
 """
 
 from __future__ import annotations
@@ -9,15 +11,31 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
+from gpufleet.console.events import Event
+from gpufleet.console.filter import FleetFilter
+from gpufleet.console.thresholds import Levels
 from gpufleet.server.schemas import GpuInfo, GpuProcess, GpuStatusResponse, LoadedModel
 
 HISTORY_WINDOW_S = 15 * 60  # the detail screen's sparklines cover the last ~15 minutes
+STALE_POLLS = 3  # a node is stale only after missing at least this many refreshes
 
-SortKey = Literal["node", "memory", "util", "temp", "power", "procs", "holder"]
+SortKey = Literal["node", "memory", "util", "temp", "power", "procs", "holder",
+                  "fan", "sm_clock", "pstate", "energy"]
 SORT_KEYS: tuple[SortKey, ...] = ("node", "memory", "util", "temp", "power", "procs", "holder")
+WIDE_SORT_KEYS: tuple[SortKey, ...] = ("fan", "sm_clock", "pstate", "energy")
+ProcSortKey = Literal["node", "gpu", "pid", "user", "gpu_memory", "command"]
+PROC_SORT_KEYS: tuple[ProcSortKey, ...] = ("gpu_memory", "node", "pid", "user", "command")
+# Text columns read best A-Z; numbers biggest first.
+ASCENDING_FIRST = frozenset({"node", "holder", "pstate", "gpu", "pid", "user", "command"})
+
+NodeHealth = Literal["waiting", "up", "down", "auth", "stale"]
+TROUBLE: frozenset[NodeHealth] = frozenset({"down", "auth", "stale"})
+HEALTH_WORDS: dict[NodeHealth, str] = {
+    "waiting": "waiting", "up": "up", "down": "down", "auth": "auth failed", "stale": "stale",
+}
 
 
 class GpuHistory:
@@ -50,6 +68,10 @@ class NodeState:
     rtt_ms: float | None = None
     last_ok_at: datetime | None = None
     last_error: str | None = None
+    auth_failed: bool = False  # the last failure was the node refusing our token (401/403)
+    last_status: int | None = None  # the HTTP status of the last failure, when there was one
+    fresh_at: datetime | None = None  # console time when the node's own timestamp last moved on
+    health: NodeHealth = "waiting"  # as of the last update_health()
     histories: dict[int, GpuHistory] = field(default_factory=dict)
 
     @property
@@ -76,6 +98,27 @@ class NodeState:
         tags = {g.model_tag for g in (self.status.gpus if self.status else []) if g.index in wanted}
         return [m for m in models if m.gpu_index is None or m.gpu_index in wanted or m.name in tags]
 
+    def current_health(self, now: datetime, stale_after: timedelta) -> NodeHealth:
+        if self.reachable is None:
+            return "waiting"
+        if not self.reachable:
+            return "auth" if self.auth_failed else "down"
+        if self.fresh_at is not None and now - self.fresh_at > stale_after:
+            return "stale"
+        return "up"
+
+    @property
+    def trouble(self) -> bool:
+        return self.health in TROUBLE
+
+    def failure_text(self) -> str:
+        """``auth failed: 401`` or ``unreachable``: what the node row and the event log call it."""
+        if self.reachable is False and self.auth_failed:
+            return f"auth failed: {self.last_status}" if self.last_status else "auth failed"
+        if self.reachable is False:
+            return "unreachable"
+        return "stale" if self.health == "stale" else "up"
+
 
 @dataclass(frozen=True, slots=True)
 class FleetRow:
@@ -86,10 +129,36 @@ class FleetRow:
     gpu: GpuInfo | None = None
     procs: int = 0
     holder: str = ""
+    collapsed: bool = False  # a node row whose GPU rows are folded away
 
     @property
     def key(self) -> tuple[str, int | None]:
         return (self.node.name, self.gpu.index if self.gpu else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRow:
+    """One line of the process view: a GPU process, its node and its GPU."""
+
+    node: NodeState
+    proc: GpuProcess
+    gpu: GpuInfo | None
+
+    @property
+    def key(self) -> tuple[str, int | None, int]:
+        return (self.node.name, self.proc.gpu_index, self.proc.pid)
+
+
+@dataclass(frozen=True, slots=True)
+class RowQuery:
+    """How the fleet screen wants its rows: sort, filter, grouping and folded nodes."""
+
+    sort: SortKey = "node"
+    reverse: bool = False
+    query: str = ""
+    flat: bool = False
+    collapsed: frozenset[str] = frozenset()
+    trouble_first: bool = True
 
 
 def holder_of(gpu: GpuInfo, models: list[LoadedModel]) -> str:
@@ -100,10 +169,18 @@ def holder_of(gpu: GpuInfo, models: list[LoadedModel]) -> str:
     return " / ".join(parts)
 
 
+def _pstate_number(pstate: str | None) -> float | None:
+    # "P0" is the fastest state: sort by its number, so P0 comes first when ascending.
+    if pstate and pstate[1:].isdigit():
+        return float(pstate[1:])
+    return None
+
+
 def _gpu_sort_value(row: FleetRow, key: SortKey) -> tuple[int, float | str]:
     gpu = row.gpu
     assert gpu is not None
     # Unknown readings sort last whatever the direction's numbers say.
+    value: float | None
     match key:
         case "node":
             return (0, gpu.index)
@@ -119,21 +196,41 @@ def _gpu_sort_value(row: FleetRow, key: SortKey) -> tuple[int, float | str]:
             return (0, row.procs)
         case "holder":
             return (0 if row.holder else 1, row.holder)
+        case "fan":
+            value = gpu.fan_speed_pct
+        case "sm_clock":
+            value = gpu.sm_clock_mhz
+        case "pstate":
+            value = _pstate_number(gpu.pstate)
+        case "energy":
+            value = gpu.energy_j
     return (1, 0.0) if value is None else (0, float(value))
+
+
+def _sorted_known_first(rows: list[FleetRow], key: SortKey, reverse: bool) -> list[FleetRow]:
+    rows = sorted(rows, key=lambda r: _gpu_sort_value(r, key), reverse=reverse)
+    # Keep unknown readings at the bottom in both directions (a stable second sort).
+    return sorted(rows, key=lambda r: _gpu_sort_value(r, key)[0])
 
 
 class FleetState:
     """Every node the console polls, in the configured order."""
 
-    def __init__(self, node_names: Iterable[str], *, refresh_s: float) -> None:
+    def __init__(self, node_names: Iterable[str], *, refresh_s: float, levels: Levels | None = None) -> None:
         self.nodes: dict[str, NodeState] = {name: NodeState(name) for name in node_names}
         self.history_len = max(2, int(HISTORY_WINDOW_S / refresh_s) + 1)
+        self.levels = levels or Levels()
+        # Stale: the node's readings stopped moving for the configured time, and at least a few polls.
+        self.stale_after = timedelta(seconds=max(self.levels.t.stale_after_s, STALE_POLLS * refresh_s))
         self.version = 0  # bumped on every change, so a screen can skip redundant redraws
 
     def apply_status(self, name: str, status: GpuStatusResponse, rtt_ms: float, at: datetime) -> None:
         node = self.nodes[name]
+        previous = node.status
+        if previous is None or status.timestamp != previous.timestamp or node.fresh_at is None:
+            node.fresh_at = at
         node.status, node.reachable, node.rtt_ms = status, True, rtt_ms
-        node.last_ok_at, node.last_error = at, None
+        node.last_ok_at, node.last_error, node.auth_failed = at, None, False
         for gpu in status.gpus:
             history = node.histories.get(gpu.index)
             if history is None:
@@ -141,10 +238,26 @@ class FleetState:
             history.add(gpu)
         self.version += 1
 
-    def apply_failure(self, name: str, error: str, at: datetime) -> None:
+    def apply_failure(self, name: str, error: str, at: datetime, *, auth: bool = False,
+                      status: int | None = None) -> None:
         node = self.nodes[name]
         node.reachable, node.last_error, node.rtt_ms = False, error, None
+        node.auth_failed, node.last_status = auth, status
         self.version += 1
+
+    def update_health(self, now: datetime) -> list[Event]:
+        """Re-evaluate every node's health; one event per node whose health changed."""
+        events: list[Event] = []
+        for node in self.nodes.values():
+            health = node.current_health(now, self.stale_after)
+            if health == node.health:
+                continue
+            before, node.health = node.health, health
+            self.version += 1
+            event = _health_event(node, before, now)
+            if event is not None:
+                events.append(event)
+        return events
 
     @property
     def simulated(self) -> bool:
@@ -156,37 +269,69 @@ class FleetState:
         gpus = sum(len(n.status.gpus) for n in self.nodes.values() if n.status)
         return up, len(self.nodes), gpus
 
-    def rows(self, *, sort: SortKey = "node", reverse: bool = False, query: str = "") -> list[FleetRow]:
-        """Node rows each followed by their GPU rows, filtered by ``query`` and sorted by ``sort``."""
-        needle = query.strip().lower()
+    def rows(self, query: RowQuery | None = None, /, **kwargs: object) -> list[FleetRow]:
+        """Node rows each followed by their GPU rows (or, flat, every GPU in one list), filtered and sorted.
+
+        Down, auth-failed and stale nodes come first when ``trouble_first``; in the flat
+        view they stand as node rows above the GPU list, since their readings are old.
+        """
+        q = query or RowQuery(**kwargs)  # type: ignore[arg-type]
+        matcher = FleetFilter(q.query, self.levels)
         groups: list[tuple[NodeState, list[FleetRow]]] = []
         for node in self.nodes.values():
             gpu_rows = self._gpu_rows(node)
-            if needle and not _node_matches(node, needle):
-                gpu_rows = [r for r in gpu_rows if _gpu_matches(r, needle)]
+            if matcher.active and not matcher.node_matches(node):
+                gpu_rows = [r for r in gpu_rows if matcher.gpu_matches(r)]
                 if not gpu_rows:
                     continue
-            if sort != "node":
-                gpu_rows.sort(key=lambda r: _gpu_sort_value(r, sort), reverse=reverse)
-                # Keep unknown readings at the bottom in both directions.
-                gpu_rows.sort(key=lambda r: _gpu_sort_value(r, sort)[0])
             groups.append((node, gpu_rows))
-        if sort == "node":
-            groups.sort(key=lambda g: g[0].name, reverse=reverse)
+        if q.flat:
+            return self._flat(groups, q)
+        for _, gpu_rows in groups:
+            if q.sort != "node":
+                gpu_rows[:] = _sorted_known_first(gpu_rows, q.sort, q.reverse)
+        if q.sort == "node":
+            groups.sort(key=lambda g: g[0].name, reverse=q.reverse)
         else:
             # A node ranks by its leading GPU, so the busiest node comes first.
             def lead(group: tuple[NodeState, list[FleetRow]]) -> tuple[int, float | str]:
-                return _gpu_sort_value(group[1][0], sort) if group[1] else (2, 0.0)
+                return _gpu_sort_value(group[1][0], q.sort) if group[1] else (2, 0.0)
 
-            known = [g for g in groups if lead(g)[0] == 0]
-            unknown = [g for g in groups if lead(g)[0] != 0]
-            known.sort(key=lead, reverse=reverse)
-            groups = known + unknown
+            known = sorted((g for g in groups if lead(g)[0] == 0), key=lead, reverse=q.reverse)
+            groups = known + [g for g in groups if lead(g)[0] != 0]
+        if q.trouble_first:
+            groups = [g for g in groups if g[0].trouble] + [g for g in groups if not g[0].trouble]
         rows: list[FleetRow] = []
         for node, gpu_rows in groups:
-            rows.append(FleetRow("node", node))
-            rows.extend(gpu_rows)
+            folded = node.name in q.collapsed
+            rows.append(FleetRow("node", node, collapsed=folded))
+            if not folded:
+                rows.extend(gpu_rows)
         return rows
+
+    def _flat(self, groups: list[tuple[NodeState, list[FleetRow]]], q: RowQuery) -> list[FleetRow]:
+        troubled = [node for node, _ in groups if q.trouble_first and node.trouble]
+        gpu_rows = [r for node, rows in groups if node not in troubled for r in rows]
+        if q.sort == "node":
+            gpu_rows.sort(key=lambda r: (r.node.name, r.gpu.index if r.gpu else -1), reverse=q.reverse)
+        else:
+            gpu_rows = _sorted_known_first(gpu_rows, q.sort, q.reverse)
+        return [*(FleetRow("node", node) for node in sorted(troubled, key=lambda n: n.name)), *gpu_rows]
+
+    def process_rows(self, *, sort: ProcSortKey = "gpu_memory", reverse: bool = True,
+                     query: str = "") -> list[ProcessRow]:
+        """Every GPU process of every node with an answer, filtered and sorted."""
+        matcher = FleetFilter(query, self.levels)
+        rows: list[ProcessRow] = []
+        for node in self.nodes.values():
+            if node.status is None:
+                continue
+            gpus = {g.index: g for g in node.status.gpus}
+            for proc in node.status.processes:
+                row = ProcessRow(node, proc, gpus.get(proc.gpu_index) if proc.gpu_index is not None else None)
+                if not matcher.active or matcher.process_matches(row):
+                    rows.append(row)
+        return _sorted_processes(rows, sort, reverse)
 
     @staticmethod
     def _gpu_rows(node: NodeState) -> list[FleetRow]:
@@ -202,16 +347,45 @@ class FleetState:
         ]
 
 
-def _node_matches(node: NodeState, needle: str) -> bool:
-    hostname = node.status.node.hostname if node.status and node.status.node else ""
-    return needle in node.name.lower() or needle in hostname.lower()
+def _sorted_processes(rows: list[ProcessRow], sort: ProcSortKey, reverse: bool) -> list[ProcessRow]:
+    def value(row: ProcessRow) -> tuple[int, float | str]:
+        proc = row.proc
+        match sort:
+            case "gpu_memory":
+                return (1, 0.0) if proc.memory_mb is None else (0, float(proc.memory_mb))
+            case "node":
+                return (0, f"{row.node.name}\0{proc.gpu_index if proc.gpu_index is not None else -1:08d}")
+            case "gpu":
+                return (0, float(proc.gpu_index if proc.gpu_index is not None else -1))
+            case "pid":
+                return (0, float(proc.pid))
+            case "user":
+                return (0, proc.user) if proc.user else (1, "")
+            case "command":
+                return (0, proc.command or proc.name)
+        return (1, 0.0)
+
+    # Ties keep a stable order: node, GPU, PID.
+    rows = sorted(rows, key=lambda r: (r.node.name, r.proc.gpu_index or 0, r.proc.pid))
+    rows.sort(key=value, reverse=reverse)
+    return sorted(rows, key=lambda r: value(r)[0])
 
 
-def _gpu_matches(row: FleetRow, needle: str) -> bool:
-    gpu = row.gpu
-    assert gpu is not None
-    haystack = [gpu.name, gpu.team_id or "", gpu.model_tag or "", row.holder]
-    haystack += [p.name for p in row.node.processes_on(gpu.index)]
-    haystack += [p.command or "" for p in row.node.processes_on(gpu.index)]
-    haystack += [m.name for m in row.node.models_on([gpu.index])]
-    return any(needle in text.lower() for text in haystack)
+def _health_event(node: NodeState, before: NodeHealth, now: datetime) -> Event | None:
+    """The event a change of health raises; the first answer of a node raises none."""
+    health = node.health
+    if health == "up":
+        if before == "waiting":
+            return None
+        return Event(now, "information", node.name, None, f"{node.name} is back up (was {HEALTH_WORDS[before]})",
+                     "up")
+    if health == "down":
+        reason = f": {node.last_error}" if node.last_error else ""
+        return Event(now, "error", node.name, None, f"{node.name} is unreachable{reason}", "down")
+    if health == "auth":
+        return Event(now, "error", node.name, None,
+                     f"{node.name}: {node.failure_text()} (the node refuses the console's token)", "auth")
+    if health == "stale":
+        since = f": no new readings since {node.fresh_at:%H:%M:%S}Z" if node.fresh_at else ""
+        return Event(now, "warning", node.name, None, f"{node.name} is stale{since}", "stale")
+    return None

@@ -36,20 +36,27 @@ async def test_footer_keeps_help_and_quit_on_screen(fleet: EmbeddedFleet, size: 
         await pilot.pause()
         keys = footer_keys(app)
         assert "f" not in keys  # the fleet's own key does nothing on the fleet: not shown
-        for key in ("question_mark", "q", "p", "c", "h"):
+        # Hosts, the event log and reverse leave the footer below 100 columns (help lists them).
+        for key in ("question_mark", "q", "p", "c", "slash", "s", "v", "o") + (("h", "l") if size[0] >= 100 else ()):
             assert keys[key].region.right <= size[0], key  # whole, not pushed off the edge
 
 
-async def test_enter_on_a_node_row_says_where_the_details_are(fleet: EmbeddedFleet) -> None:
+async def test_enter_on_a_node_row_folds_and_unfolds_it(fleet: EmbeddedFleet) -> None:
     app = console_app(fleet.targets, refresh_s=3600.0)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
-        assert app.screen.query_one(FleetTable).move_to((A100, None))
-        await pilot.press("enter")
+        table = app.screen.query_one(FleetTable)
+        assert table.move_to((A100, None))
+        await pilot.press("enter")  # the ▾ keeps its promise: the node folds
         await pilot.pause()
         assert isinstance(app.screen, FleetScreen)
-        messages = [n.message for n in app._notifications]
-        assert len(messages) == 1 and A100 in messages[0] and "Enter for details" in messages[0]
+        assert not [r for r in table.rows if r.node.name == A100 and r.kind == "gpu"]
+        assert table.current is not None and table.current.key == (A100, None) and table.current.collapsed
+        assert "▸ dgx-a100-01" in table.render_line(1 + table.cursor).text
+        await pilot.press("enter")
+        await pilot.pause()
+        assert len([r for r in table.rows if r.node.name == A100 and r.kind == "gpu"]) == 8
+        assert "▾ dgx-a100-01" in table.render_line(1 + table.cursor).text
 
 
 async def test_the_filter_box_footer_says_esc_clears(fleet: EmbeddedFleet) -> None:

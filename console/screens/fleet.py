@@ -1,9 +1,16 @@
-"""The fleet screen: every GPU of every node, sortable and filterable."""
+"""The fleet screen: every GPU of every node, grouped or flat, or every GPU process; sortable and filterable.
+
+A status line (view, sort, filter and its count) and a summary line (nodes up
+and in trouble, GPUs busy and idle, memory, power, utilization, GPUs over a
+threshold) sit above the table. Live updates keep the view still (the cursor
+keeps its place on screen); a key the user presses keeps the cursor on its row.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Literal
 
 from textual import on
 from textual.app import ComposeResult
@@ -12,10 +19,33 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
-from gpufleet.console.state import SORT_KEYS, FleetRow, FleetState, SortKey
+from gpufleet.console.state import (
+    ASCENDING_FIRST,
+    PROC_SORT_KEYS,
+    SORT_KEYS,
+    WIDE_SORT_KEYS,
+    FleetRow,
+    FleetState,
+    ProcessRow,
+    ProcSortKey,
+    RowQuery,
+    SortKey,
+)
 from gpufleet.console.widgets.badges import SimulatedBadge, set_text
-from gpufleet.console.widgets.fleet_table import FleetTable
+from gpufleet.console.widgets.fleet_table import WIDE_FROM, FleetTable
 from gpufleet.console.widgets.footer import ConsoleFooter
+from gpufleet.console.widgets.line_table import LineTable
+from gpufleet.console.widgets.process_table import ProcessTable
+from gpufleet.console.widgets.summary import (
+    fitted,
+    markup,
+    status_variants,
+    summary_variants,
+    totals,
+)
+
+View = Literal["grouped", "flat", "processes"]
+FILTER_PLACEHOLDER = "filter: node, GPU, team, model, process, user, PID, or down/hot/idle/busy (esc clears)"
 
 
 class FilterInput(Input):
@@ -28,103 +58,268 @@ class FilterInput(Input):
 class FleetScreen(Screen[None]):
     """The console's home: a live table of the fleet."""
 
-    HELP_WIDGETS = (FleetTable,)
+    HELP_WIDGETS = (FleetTable, ProcessTable)
+    # Keys the footer leaves out below 100 columns (help and the command palette list them).
+    FOOTER_COMPACT_HIDDEN = frozenset({"sort_reverse", "switch_mode('hosts')", "switch_mode('events')"})
 
     BINDINGS = [
-        Binding("slash", "filter", "Filter", id="fleet.filter", tooltip="Filter by node, GPU, team, model or process"),
+        Binding("slash", "filter", "Filter", id="fleet.filter",
+                tooltip="Filter by node, GPU, team, model, process, user, PID or state (down, hot, idle, busy)"),
         Binding("s", "sort_next", "Sort", id="fleet.sort", tooltip="Sort by the next column"),
         Binding("r", "sort_reverse", "Reverse", id="fleet.reverse", tooltip="Reverse the sort order"),
+        Binding("v", "toggle_flat", "View", id="fleet.view",
+                tooltip="Grouped by node / every GPU in one flat list"),
+        Binding("o", "toggle_processes", "Procs", id="fleet.processes",
+                tooltip="Every GPU process of the fleet / back to the GPUs"),
         Binding("p", "purge", "Purge", id="fleet.purge", tooltip="Purge the GPU (or node) under the cursor"),
+        Binding("space", "toggle_node", "Fold node", show=False, id="fleet.fold",
+                tooltip="Fold or unfold the node under the cursor (Enter on a node row too)"),
+        Binding("left", "fold(True)", "Fold", show=False, id="fleet.fold_left",
+                tooltip="Fold the node of the row under the cursor"),
+        Binding("right", "fold(False)", "Unfold", show=False, id="fleet.unfold_right",
+                tooltip="Unfold the node under the cursor"),
+        Binding("z", "toggle_all_nodes", "Fold all", show=False, id="fleet.fold_all",
+                tooltip="Fold every node, or unfold them all"),
+        Binding("F", "toggle_follow", "Follow", show=False, id="fleet.follow",
+                tooltip="Follow the selected GPU when live values re-sort the list (htop's F)"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="fleet.clear_filter",
                 tooltip="Clear the filter and show every GPU"),
     ]
 
     def __init__(self, state: FleetState, *, clock: Callable[[], datetime], readonly: bool,
-                 mask_rtt: bool = False) -> None:
+                 mask_rtt: bool = False, trouble_first: bool = True, follow: bool = False,
+                 view: View = "grouped") -> None:
         super().__init__(id="fleet")
         self.state = state
         self.clock = clock
         self.readonly = readonly
         self.mask_rtt = mask_rtt
+        self.trouble_first = trouble_first
+        self.follow = follow
+        self.view: View = view
+        self._gpu_view: View = view if view != "processes" else "grouped"  # where `o` goes back to
         self.sort: SortKey = "node"
         self.reverse = False
+        self.proc_sort: ProcSortKey = "gpu_memory"
+        self.proc_reverse = True
         self.query_text = ""
+        self.collapsed: set[str] = set()
         self._drawn_version = -1
+        self._status_args: tuple[object, ...] = ()
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="fleet-bar"):
             yield Static("gpufleet", id="fleet-title")
-            yield Static("", id="fleet-summary")
+            yield Static("", id="fleet-status")
             yield SimulatedBadge(id="fleet-simulated")
-        yield FleetTable(id="fleet-table", mask_rtt=self.mask_rtt)
+        yield Static("", id="fleet-summary")
+        yield FleetTable(id="fleet-table", mask_rtt=self.mask_rtt, levels=self.state.levels)
+        yield ProcessTable(id="process-table")
         yield Static("", id="fleet-nomatch", markup=False)
-        yield FilterInput(placeholder="filter: node, GPU, team, model or process (enter keeps, esc clears)",
-                          id="fleet-filter")
+        yield FilterInput(placeholder=FILTER_PLACEHOLDER, id="fleet-filter")
         yield ConsoleFooter()
 
     def on_mount(self) -> None:
         self.query_one("#fleet-filter", Input).display = False
         self.query_one("#fleet-nomatch", Static).display = False
+        self._show_view()
         self.refresh_fleet(force=True)
-        self.query_one(FleetTable).focus()
 
     def on_screen_resume(self) -> None:
         self.refresh_fleet(force=True)
 
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # A read-only console has no purge: hidden, not merely disabled.
-        return not (action == "purge" and self.readonly)
-
+    def on_resize(self) -> None:
+        self.refresh_fleet(force=True)
 
     @property
     def table(self) -> FleetTable:
         return self.query_one(FleetTable)
 
-    def refresh_fleet(self, *, force: bool = False) -> None:
-        """Redraw from the state (called once per coalesced burst of updates)."""
+    @property
+    def process_table(self) -> ProcessTable:
+        return self.query_one(ProcessTable)
+
+    @property
+    def active_table(self) -> LineTable:  # type: ignore[type-arg]
+        return self.process_table if self.view == "processes" else self.table
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "purge":
+            # A read-only console has no purge (the app says so when its key is pressed).
+            return not self.readonly and self.view != "processes"
+        if action in ("toggle_node", "fold", "toggle_all_nodes"):
+            return self.view == "grouped"
+        if action == "toggle_flat":
+            return self.view != "processes"
+        return True
+
+    # -- drawing -------------------------------------------------------------------
+
+    def refresh_fleet(self, *, force: bool = False, follow: bool | None = None) -> None:
+        """Redraw from the state (called once per coalesced burst of updates, and on every key).
+
+        ``follow`` (default: the follow setting for live updates) keeps the cursor on its row;
+        otherwise the view and the cursor's place on screen stay still while values move.
+        """
         if not force and self._drawn_version == self.state.version:
             return
         self._drawn_version = self.state.version
-        rows = self.state.rows(sort=self.sort, reverse=self.reverse, query=self.query_text)
-        self.table.show(rows, sort=self.sort, reverse=self.reverse, now=self.clock())
-        up, total, gpus = self.state.counts()
-        summary = f"{up}/{total} nodes up · {gpus} GPUs · sort {self.sort}{' ▼' if self.reverse else ' ▲'}"
-        matched = sum(1 for r in rows if r.kind == "gpu")
-        if self.query_text:
-            summary += f" · filter “{self.query_text}” ({matched} GPUs)"
-        self._show_no_match(bool(self.query_text) and not matched)
-        if self.readonly:
-            summary += " · read-only"
+        keep_row = self.follow if follow is None else follow
+        width = self.size.width or self.app.size.width
+        if self.view == "processes":
+            procs = self.state.process_rows(sort=self.proc_sort, reverse=self.proc_reverse, query=self.query_text)
+            self.process_table.show(procs, sort=self.proc_sort, reverse=self.proc_reverse, follow=keep_row)
+            matched, of, noun = len(procs), self._process_count(), "processes"
+            sort, reverse = str(self.proc_sort).replace("_", " "), self.proc_reverse
+            empty = not procs
+        else:
+            rows = self.state.rows(RowQuery(sort=self.sort, reverse=self.reverse, query=self.query_text,
+                                            flat=self.view == "flat", collapsed=frozenset(self.collapsed),
+                                            trouble_first=self.trouble_first))
+            self.table.show_fleet(rows, sort=self.sort, reverse=self.reverse, now=self.clock(),
+                                  flat=self.view == "flat", follow=keep_row)
+            matched = self._matched_gpus(rows)
+            of, noun = self.state.counts()[2], "GPUs"
+            sort, reverse = str(self.sort).replace("_", " "), self.reverse
+            empty = not rows
+        self._show_no_match(bool(self.query_text) and empty, noun)
+        room = max(10, width - 10 - (11 if self.state.simulated else 0))
+        status = fitted(status_variants(self.view, sort, reverse, self.query_text, matched, of, noun,
+                                        self.readonly), room)
         # One line of fixed size: a change needs no layout, and most polls change nothing here.
-        set_text(self.query_one("#fleet-summary", Static), summary, layout=False)
+        set_text(self.query_one("#fleet-status", Static), markup(status), layout=False)
+        summary = fitted(summary_variants(totals(self.state)), max(10, width - 2))
+        set_text(self.query_one("#fleet-summary", Static), markup(summary), layout=False)
         self.query_one(SimulatedBadge).set_on(self.state.simulated)
 
-    def _show_no_match(self, no_match: bool) -> None:
+    def _matched_gpus(self, rows: list[FleetRow]) -> int:
+        """GPUs the filter lets through, folded nodes' GPUs included."""
+        if not self.collapsed and self.view == "grouped":
+            return sum(1 for r in rows if r.kind == "gpu")
+        query = RowQuery(query=self.query_text, flat=True, trouble_first=False)
+        return sum(1 for r in self.state.rows(query) if r.kind == "gpu")
+
+    def _process_count(self) -> int:
+        return sum(len(n.status.processes) for n in self.state.nodes.values() if n.status)
+
+    def _show_no_match(self, no_match: bool, noun: str) -> None:
         """A filter that matches nothing says so, rather than leaving an empty table."""
         message = self.query_one("#fleet-nomatch", Static)
         if no_match:
-            set_text(message, f"No GPUs match “{self.query_text}” (Esc clears the filter)")
+            set_text(message, f"No {noun} match “{self.query_text}” (Esc clears the filter)")
         if message.display != no_match:
             message.display = no_match
-            self.table.display = not no_match
+            self.active_table.display = not no_match
+
+    def _show_view(self) -> None:
+        processes = self.view == "processes"
+        self.table.display = not processes
+        self.process_table.display = processes
+        if not isinstance(self.app.focused, Input):
+            self.active_table.focus()
+        self.refresh_bindings()
+
+    # -- views ---------------------------------------------------------------------
+
+    def set_view(self, view: View) -> None:
+        if view == self.view:
+            return
+        row = self.active_table.current
+        self.view = view
+        if view != "processes":
+            self._gpu_view = view
+        self._show_view()
+        # The new view starts on what was selected: the GPU of a process, or the process's GPU.
+        if isinstance(row, ProcessRow) and row.proc.gpu_index is not None:
+            self.table.follow_key((row.node.name, row.proc.gpu_index))
+        elif isinstance(row, FleetRow) and view == "processes" and row.gpu is not None:
+            gpu_key = row.key
+            self.refresh_fleet(force=True, follow=True)
+            match = next((r.key for r in self.process_table.rows
+                          if (r.node.name, r.proc.gpu_index) == gpu_key), None)
+            if match is not None:
+                self.process_table.move_to(match)
+            return
+        self.refresh_fleet(force=True, follow=True)
+
+    def action_toggle_flat(self) -> None:
+        self.set_view("flat" if self.view == "grouped" else "grouped")
+
+    def action_toggle_processes(self) -> None:
+        self.set_view(self._gpu_view if self.view == "processes" else "processes")
+
+    def action_toggle_follow(self) -> None:
+        self.follow = not self.follow
+        self.notify("The cursor follows its GPU as values move." if self.follow
+                    else "The view stays still; the cursor keeps its place on screen.",
+                    title=f"Follow {'on' if self.follow else 'off'}", timeout=4)
+
+    # -- folding -------------------------------------------------------------------
+
+    def _node_under_cursor(self) -> str | None:
+        row = self.table.current
+        return row.node.name if isinstance(row, FleetRow) else None
+
+    def _set_folded(self, name: str, folded: bool) -> None:
+        if folded == (name in self.collapsed):
+            return
+        if folded:
+            self.collapsed.add(name)
+        else:
+            self.collapsed.discard(name)
+        self.table.follow_key((name, None))  # the cursor lands on the node row
+        self.refresh_fleet(force=True, follow=True)
+
+    def action_toggle_node(self) -> None:
+        name = self._node_under_cursor()
+        if name is not None:
+            self._set_folded(name, name not in self.collapsed)
+
+    def action_fold(self, fold: bool) -> None:
+        name = self._node_under_cursor()
+        if name is not None:
+            self._set_folded(name, fold)
+
+    def action_toggle_all_nodes(self) -> None:
+        name = self._node_under_cursor()
+        everything = set(self.state.nodes)
+        self.collapsed = set() if self.collapsed >= everything else everything
+        if name is not None:
+            self.table.follow_key((name, None))
+        self.refresh_fleet(force=True, follow=True)
 
     # -- sorting and filtering ---------------------------------------------------------
 
-    def set_sort(self, sort: SortKey, *, reverse: bool | None = None) -> None:
+    def _sort_keys(self) -> tuple[str, ...]:
+        if self.view == "processes":
+            return PROC_SORT_KEYS
+        wide = (self.size.width or self.app.size.width) >= WIDE_FROM
+        return SORT_KEYS + WIDE_SORT_KEYS if wide else SORT_KEYS
+
+    def set_sort(self, sort: str, *, reverse: bool | None = None) -> None:
+        current, current_reverse = (self.proc_sort, self.proc_reverse) if self.view == "processes" \
+            else (self.sort, self.reverse)
         if reverse is None:
-            reverse = not self.reverse if sort == self.sort else sort not in ("node", "holder")
-        self.sort, self.reverse = sort, reverse
-        self.refresh_fleet(force=True)
+            reverse = not current_reverse if sort == current else sort not in ASCENDING_FIRST
+        if self.view == "processes":
+            self.proc_sort, self.proc_reverse = sort, reverse  # type: ignore[assignment]
+        else:
+            self.sort, self.reverse = sort, reverse  # type: ignore[assignment]
+        self.refresh_fleet(force=True, follow=True)
 
     def action_sort_next(self) -> None:
-        following = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
-        self.set_sort(following, reverse=following not in ("node", "holder"))
+        keys = self._sort_keys()
+        current = self.proc_sort if self.view == "processes" else self.sort
+        following = keys[(keys.index(current) + 1) % len(keys)] if current in keys else keys[0]
+        self.set_sort(following, reverse=following not in ASCENDING_FIRST)
 
     def action_sort_reverse(self) -> None:
-        self.set_sort(self.sort, reverse=not self.reverse)
+        current = self.proc_sort if self.view == "processes" else self.sort
+        reverse = self.proc_reverse if self.view == "processes" else self.reverse
+        self.set_sort(current, reverse=not reverse)
 
-    @on(FleetTable.HeaderClicked)
-    def _header_clicked(self, event: FleetTable.HeaderClicked) -> None:
+    @on(LineTable.HeaderClicked)
+    def _header_clicked(self, event: LineTable.HeaderClicked) -> None:
         self.set_sort(event.sort)
 
     def action_filter(self) -> None:
@@ -136,12 +331,12 @@ class FleetScreen(Screen[None]):
         box = self.query_one("#fleet-filter", Input)
         box.value = ""
         box.display = False
-        self.table.focus()
+        self.active_table.focus()
 
     @on(Input.Changed, "#fleet-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self.query_text = event.value
-        self.refresh_fleet(force=True)
+        self.refresh_fleet(force=True, follow=True)
 
     @on(Input.Submitted, "#fleet-filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
@@ -149,25 +344,31 @@ class FleetScreen(Screen[None]):
             return  # nothing to move to: the box keeps the keys so the text can be fixed
         if not event.value:
             event.input.display = False
-        self.table.focus()
+        self.active_table.focus()
 
     # -- navigation ----------------------------------------------------------------
 
-    @on(FleetTable.Selected)
-    def _row_selected(self, event: FleetTable.Selected) -> None:
+    @on(LineTable.Selected)
+    def _row_selected(self, event: LineTable.Selected) -> None:
         row = event.row
+        if isinstance(row, ProcessRow):
+            if row.proc.gpu_index is None:
+                self.notify(f"PID {row.proc.pid} on {row.node.name} names no GPU.", title="No GPU", timeout=5)
+                return
+            self.app.open_detail(row.node.name, row.proc.gpu_index)  # type: ignore[attr-defined]
+            return
         if row.kind == "gpu" and row.gpu is not None:
             self.app.open_detail(row.node.name, row.gpu.index)  # type: ignore[attr-defined]
             return
-        # A node row has no detail screen of its own: say where the details are instead of ignoring Enter.
-        hint = f"{row.node.name} is a node: move to one of its GPUs (↓) and press Enter for details"
-        if not self.readonly:
-            hint += "; p on the node row purges the whole node"
-        self.notify(hint + ".", title="Node row", timeout=6)
+        if self.view == "grouped":
+            self._set_folded(row.node.name, row.node.name not in self.collapsed)
+            return
+        self.notify(f"{row.node.name} is {row.node.failure_text()}: its GPUs show in the grouped view (v).",
+                    title="Node row", timeout=6)
 
     def action_purge(self) -> None:
-        row: FleetRow | None = self.table.current
-        if row is None or self.readonly:
+        row = self.table.current
+        if not isinstance(row, FleetRow) or self.readonly:
             return
         indices = [row.gpu.index] if row.kind == "gpu" and row.gpu is not None else None
         self.app.open_purge(row.node.name, indices)  # type: ignore[attr-defined]

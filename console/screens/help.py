@@ -8,7 +8,7 @@ description.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from textual.app import App, ComposeResult
@@ -48,8 +48,12 @@ def _own_bindings(cls: type[DOMNode]) -> BindingsMap:
     return BindingsMap(declared)
 
 
-def collect_bindings(app: App[object], screens: Iterable[type[DOMNode]] = ()) -> list[HelpEntry]:
-    """The bindings of ``app`` and of each screen class, one entry per action, in declared order."""
+def collect_bindings(app: App[object], screens: Iterable[type[DOMNode]] = (),
+                     hidden_ids: Collection[str] = ()) -> list[HelpEntry]:
+    """The bindings of ``app`` and of each screen class, one entry per action, in declared order.
+
+    ``hidden_ids`` are left out: bindings that do nothing in this console (purge when read-only).
+    """
     keymap: dict[str, str] = dict(getattr(app, "_keymap", {}) or {})
     sections: list[tuple[str, type[DOMNode]]] = [("Everywhere", type(app))]
     sections += [(_section_name(cls), cls) for cls in screens]
@@ -65,6 +69,8 @@ def collect_bindings(app: App[object], screens: Iterable[type[DOMNode]] = ()) ->
             keys_by_action.setdefault((binding.action, binding.id or ""), []).append(
                 binding.key_display or _display_key(key))
         for (action, binding_id), keys in keys_by_action.items():
+            if binding_id in hidden_ids:
+                continue
             binding = declared.get((action, binding_id))
             description = (binding.description or binding.tooltip) if binding else ""
             entries.append(HelpEntry(section, ", ".join(dict.fromkeys(keys)),
@@ -101,23 +107,25 @@ class HelpScreen(ModalScreen[None]):
     HelpScreen DataTable { height: 1fr; }
     """
 
-    def __init__(self, screens: Sequence[type[DOMNode]] = (), *, name: str | None = None,
-                 id: str | None = None) -> None:
+    def __init__(self, screens: Sequence[type[DOMNode]] = (), *, hidden_ids: Collection[str] = (),
+                 note: str = "", name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
         self._screens = tuple(screens)
+        self._hidden_ids = frozenset(hidden_ids)
+        self._note = note
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Keys", id="help-title")
-            yield Static(PALETTE_HINT.format(palette=self.app.COMMAND_PALETTE_BINDING),
-                         id="help-hint")
+            hint = PALETTE_HINT.format(palette=self.app.COMMAND_PALETTE_BINDING)
+            yield Static(f"{self._note} {hint}" if self._note else hint, id="help-hint", markup=False)
             yield DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
         table = self.query_one("#help-table", DataTable)
         table.add_columns("Where", "Key", "Action", "Binding id")
         previous = None
-        for entry in collect_bindings(self.app, self._screens):
+        for entry in collect_bindings(self.app, self._screens, self._hidden_ids):
             where = entry.section if entry.section != previous else ""
             previous = entry.section
             table.add_row(where, entry.keys, entry.description, entry.binding_id)

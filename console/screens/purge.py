@@ -124,7 +124,7 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
         with Vertical(id="purge-dialog"):
             yield Label("Purge GPU memory", id="purge-title")
             # Only the plan scrolls: the force switch, its confirmation and the buttons stay whole.
-            with VerticalScroll(id="purge-body"):
+            with VerticalScroll(id="purge-body", can_focus=False):
                 yield Static("\n".join(describe_plan(self.node, self.gpu_indices)), id="purge-plan")
                 yield Static("", id="purge-result")
             with Horizontal(id="purge-force-row") as row:
@@ -154,6 +154,12 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
             fixed += CONFIRM_ROWS
         room = self.size.height - fixed
         self.query_one("#purge-body").styles.max_height = max(MIN_BODY_ROWS, min(MAX_BODY_ROWS, room))
+        self.call_after_refresh(self._body_focusable)
+
+    def _body_focusable(self) -> None:
+        """Tab stops at the plan only when it scrolls (and then shows it has focus), never invisibly."""
+        body = self.query_one("#purge-body", VerticalScroll)
+        body.can_focus = body.max_scroll_y > 0
 
     @property
     def force(self) -> bool:

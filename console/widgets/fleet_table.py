@@ -1,268 +1,181 @@
-"""The fleet table: node rows with their GPU rows beneath, drawn line by line.
+"""The fleet table: node rows with their GPU rows beneath (grouped), or every GPU in one list (flat).
 
-A Line API widget rather than a DataTable: it only renders the rows on screen,
-so a 256-node fleet costs the same per redraw as an 8-node one. It is given
-rows (``show``) and never fetches anything; the cursor follows a (node, GPU)
-key so it stays on the same GPU when rows re-sort.
+Columns fit the width: narrow terminals squeeze the name and the bars, and from
+160 columns on fan, SM clock, P-state and energy appear. A GPU that throttles
+or reports errors is marked beside its index; its readings are coloured by the
+configured thresholds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Hashable
 from datetime import datetime
+from functools import lru_cache
 
-from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
-from rich.style import Style
-from textual import events
-from textual.binding import Binding
-from textual.geometry import Size
-from textual.message import Message
-from textual.reactive import reactive
-from textual.scroll_view import ScrollView
-from textual.strip import Strip
 
-from gpufleet.console.state import FleetRow, SortKey
-from gpufleet.console.widgets.format import (
-    MEMORY_PCT,
-    POWER_PCT_OF_LIMIT,
-    TEMP_C,
-    fitted_gpu_name,
-    gb,
-    level,
-    pct,
-    temp,
-    watts,
-)
+from gpufleet.console.state import FleetRow
+from gpufleet.console.thresholds import Levels
+from gpufleet.console.widgets.format import fitted_gpu_name, gb, pct, temp, watts
+from gpufleet.console.widgets.line_table import Column, LineTable, fit
+from gpufleet.console.widgets.line_table import header_cell as header_cell
 from gpufleet.console.widgets.memory_bar import bar_segments
 from gpufleet.console.widgets.node_header import node_header_parts
 
 RowKey = tuple[str, int | None]
 MEMORY_LABEL_WIDTH = 13  # " 123.4/141.0G "
+WIDE_FROM = 160  # columns: fan, SM clock, P-state and energy appear
+COMPACT_BELOW = 100
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    sort: SortKey | None
-    title: str
-    width: int
-    align: str = "<"
+@lru_cache(maxsize=64)
+def _layout(width: int, flat: bool) -> tuple[Column, ...]:
+    return tuple(layout(width, flat=flat))
 
 
-def layout(width: int) -> list[Column]:
-    """Columns for a table ``width`` cells wide; narrow tables squeeze the name and the bar."""
-    compact = width < 100
+def layout(width: int, *, flat: bool = False) -> list[Column]:
+    """Columns for a table ``width`` cells wide; narrow tables squeeze the name and the bars."""
+    compact = width < COMPACT_BELOW
+    lead = (
+        [Column("node", "NODE", 12 if compact else 16, name="node"), Column(None, "#", 4, name="index")]
+        if flat else [Column("node", "NODE", 6, name="index")]
+    )
+    gpu_width = (7 if flat else 10) if compact else 18
     fixed = [
-        Column("node", "NODE", 6),
-        Column(None, "GPU", 18 if not compact else 10),
-        Column("memory", "MEMORY", 28 if not compact else 20),
-        Column("util", "UTIL", 6 if not compact else 5, ">"),
-        Column("temp", "TEMP", 6 if not compact else 5, ">"),
-        Column("power", "POWER", 11 if not compact else 6, ">"),
-        Column("procs", "PROCS", 7 if not compact else 6, ">"),
+        *lead,
+        Column(None, "GPU", gpu_width, name="gpu"),
+        Column("memory", "MEMORY", (16 if flat else 19) if compact else 28, name="memory"),
+        Column("util", "UTIL", 9 if compact else 14, ">", name="util"),
+        Column("temp", "TEMP", 5 if compact else 6, ">", name="temp"),
+        Column("power", "POWER", 6 if compact else 11, ">", name="power"),
+        Column("procs", "PROCS", 6 if compact else 7, ">", name="procs"),
     ]
+    if width >= WIDE_FROM:
+        fixed += [
+            Column("fan", "FAN", 5, ">", name="fan"),
+            Column("sm_clock", "SM MHz", 8, ">", name="sm_clock"),
+            Column("pstate", "PST", 5, ">", name="pstate"),
+            Column("energy", "ENERGY", 10, ">", name="energy"),
+        ]
     used = sum(c.width for c in fixed)
-    return [*fixed, Column("holder", " TEAM / MODEL", max(8, width - used))]
+    return [*fixed, Column("holder", " TEAM / MODEL", max(8, width - used), name="holder")]
 
 
-def _fit(text: str, width: int, align: str = "<") -> str:
-    if cell_len(text) > width:
-        return set_cell_size(text[: max(0, width - 1)] + "…", width)
-    pad = " " * (width - cell_len(text))
-    return pad + text if align == ">" else text + pad
+def energy(joules: float | None) -> str:
+    """The energy counter in kWh (MWh from 1000 kWh on), the unit a power bill uses."""
+    if joules is None:
+        return "—"
+    kwh = joules / 3.6e6
+    return f"{kwh / 1000:.2f}MWh" if kwh >= 1000 else f"{kwh:.1f}kWh"
 
 
-def header_cell(column: Column, sort: SortKey, reverse: bool) -> str:
-    """A column title with a one-cell slot for the sort arrow, so sorting never shifts the text.
+class FleetTable(LineTable[FleetRow]):
+    """Every GPU of every node, grouped by node or in one flat list."""
 
-    The slot sits on the side away from the values, in the padding or the gap between
-    columns: just before a right-aligned title, just after a left-aligned one.
-    """
-    arrow = ("▼" if reverse else "▲") if column.sort is not None and column.sort == sort else " "
-    if column.align == ">":
-        return _fit(arrow + column.title, column.width, ">")
-    if cell_len(column.title) < column.width - 1:
-        return _fit(column.title + arrow, column.width - 1) + " "
-    return _fit(column.title, column.width - 1) + arrow
-
-
-class FleetTable(ScrollView, can_focus=True):
-    """Every GPU of every node, grouped by node."""
-
-    COMPONENT_CLASSES = {
-        "fleet-table--header", "fleet-table--node", "fleet-table--cursor",
-        "fleet-table--ok", "fleet-table--warn", "fleet-table--crit",
-        "fleet-table--dim", "fleet-table--bar-free", "fleet-table--badge",
-    }
-    BINDINGS = [
-        Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up"),
-        Binding("down,j", "cursor(1)", "Down", show=False, id="table.down"),
-        Binding("pageup", "page(-1)", "Page up", show=False, id="table.page_up"),
-        Binding("pagedown", "page(1)", "Page down", show=False, id="table.page_down"),
-        Binding("home", "edge(-1)", "First", show=False, id="table.first"),
-        Binding("end", "edge(1)", "Last", show=False, id="table.last"),
-        Binding("enter", "select", "Details", id="table.select", tooltip="Open the GPU under the cursor"),
-    ]
-
-    cursor = reactive(0, always_update=True)
-
-    class Selected(Message):
-        """Enter or a double click on a row."""
-
-        def __init__(self, row: FleetRow) -> None:
-            super().__init__()
-            self.row = row
-
-    class HeaderClicked(Message):
-        def __init__(self, sort: SortKey) -> None:
-            super().__init__()
-            self.sort = sort
-
-    def __init__(self, *, id: str | None = None, mask_rtt: bool = False) -> None:
+    def __init__(self, *, id: str | None = None, mask_rtt: bool = False, levels: Levels | None = None) -> None:
         super().__init__(id=id)
-        self.rows: list[FleetRow] = []
-        self.sort: SortKey = "node"
-        self.reverse = False
         self.now: datetime | None = None
         self.mask_rtt = mask_rtt
-        self._cursor_key: RowKey | None = None
+        self.levels = levels or Levels()
+        self.flat = False
 
-    # -- data in -------------------------------------------------------------------
+    def show_fleet(self, rows: list[FleetRow], *, sort: str, reverse: bool, now: datetime,
+                   flat: bool, follow: bool) -> None:
+        self.now, self.flat = now, flat
+        self.show(rows, sort=sort, reverse=reverse, follow=follow)
 
-    def show(self, rows: list[FleetRow], *, sort: SortKey, reverse: bool, now: datetime) -> None:
-        """Replace the rows; the cursor stays on the same node/GPU when it is still shown."""
-        self.rows, self.sort, self.reverse, self.now = rows, sort, reverse, now
-        self.virtual_size = Size(self.size.width, len(rows) + 1)
-        index = next((i for i, r in enumerate(rows) if r.key == self._cursor_key), None)
-        if index is None:
-            index = min(self.cursor, max(0, len(rows) - 1))
-        self.cursor = index
-        self.refresh()
+    @staticmethod
+    def row_key(row: FleetRow) -> Hashable:
+        return row.key
 
-    @property
-    def current(self) -> FleetRow | None:
-        return self.rows[self.cursor] if 0 <= self.cursor < len(self.rows) else None
+    def columns(self, width: int) -> list[Column]:
+        return list(_layout(width, self.flat))
 
-    def move_to(self, key: RowKey) -> bool:
-        index = next((i for i, r in enumerate(self.rows) if r.key == key), None)
-        if index is None:
-            return False
-        self.cursor = index
-        return True
-
-    # -- cursor --------------------------------------------------------------------
-
-    def validate_cursor(self, value: int) -> int:
-        return min(max(value, 0), max(0, len(self.rows) - 1))
-
-    def watch_cursor(self, value: int) -> None:
-        row = self.current
-        self._cursor_key = row.key if row else None
-        # Line 0 is the header, so row i is on virtual line i + 1.
-        top = self.scroll_offset.y
-        visible = max(1, self.size.height - 1)
-        if value < top:
-            self.scroll_to(y=value, animate=False)
-        elif value >= top + visible:
-            self.scroll_to(y=value - visible + 1, animate=False)
-        self.refresh()
-
-    def action_cursor(self, delta: int) -> None:
-        self.cursor += delta
-
-    def action_page(self, direction: int) -> None:
-        self.cursor += direction * max(1, self.size.height - 2)
-
-    def action_edge(self, direction: int) -> None:
-        self.cursor = 0 if direction < 0 else len(self.rows) - 1
-
-    def action_select(self) -> None:
-        if self.current is not None:
-            self.post_message(self.Selected(self.current))
-
-    def on_resize(self, event: events.Resize) -> None:
-        self.virtual_size = Size(event.size.width, len(self.rows) + 1)
-
-    def on_click(self, event: events.Click) -> None:
-        if event.y == 0:
-            x = event.x
-            for column in layout(self.scrollable_content_region.width):
-                if x < column.width:
-                    if column.sort:
-                        self.post_message(self.HeaderClicked(column.sort))
-                    return
-                x -= column.width
-            return
-        index = self.scroll_offset.y + event.y - 1
-        if 0 <= index < len(self.rows):
-            self.cursor = index
-            if event.chain >= 2:
-                self.action_select()
-
-    # -- drawing -------------------------------------------------------------------
-
-    def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
-        if y == 0:
-            return self._header(width)
-        index = self.scroll_offset.y + y - 1
-        if index >= len(self.rows):
-            return Strip.blank(width, self.rich_style)
-        row = self.rows[index]
-        segments = self._node_line(row, width) if row.kind == "node" else self._gpu_line(row, width)
-        strip = Strip(segments).adjust_cell_length(width, self.rich_style)
-        if index == self.cursor and self.has_focus:
-            strip = strip.apply_style(self.get_component_rich_style("fleet-table--cursor"))
-        elif index == self.cursor:
-            strip = strip.apply_style(Style(reverse=False, underline=True))
-        return strip
-
-    def _style(self, name: str) -> Style:
-        return self.get_component_rich_style(f"fleet-table--{name}")
-
-    def _header(self, width: int) -> Strip:
-        style = self._style("header")
-        segments = [Segment(header_cell(column, self.sort, self.reverse), style) for column in layout(width)]
-        return Strip(segments).adjust_cell_length(width, style)
+    def row_segments(self, row: FleetRow, width: int) -> list[Segment]:
+        if row.kind == "node":
+            return self._node_line(row, width)
+        return self._gpu_line(row, width)
 
     def _node_line(self, row: FleetRow, width: int) -> list[Segment]:
-        parts = node_header_parts(row.node, width, now=self.now, mask_rtt=self.mask_rtt)
-        return [Segment(text, self._style(role) if role else None) for text, role in parts]
+        glyph = "✖" if self.flat else ("▸" if row.collapsed else "▾")
+        parts = node_header_parts(row.node, width, now=self.now, mask_rtt=self.mask_rtt, glyph=glyph)
+        return [Segment(text, self._style(role)) for text, role in parts]
 
     def _gpu_line(self, row: FleetRow, width: int) -> list[Segment]:
         gpu = row.gpu
         assert gpu is not None
+        levels = self.levels
         stale = not row.node.reachable
         dim = self._style("dim")
-        cols = layout(width)
-        segments: list[Segment] = [
-            Segment(_fit(f"  {gpu.index}", cols[0].width), dim),
-            Segment(_fit(fitted_gpu_name(gpu.name, cols[1].width - 1), cols[1].width - 1) + " ", None),
-        ]
-        if gpu.lost:
-            segments.append(Segment(_fit("GPU lost", cols[2].width), self._style("crit")))
-        else:
-            label = f"{gb(gpu.memory.used_mb)}/{gb(gpu.memory.total_mb)}G"
-            bar_width = max(3, cols[2].width - MEMORY_LABEL_WIDTH)
-            lvl = "dim" if stale else level(gpu.memory.percent_used, MEMORY_PCT)
-            fraction = gpu.memory.used_mb / gpu.memory.total_mb if gpu.memory.total_mb else 0.0
-            segments += bar_segments(fraction, bar_width, self._style(lvl), self._style("bar-free"))
-            segments.append(Segment(_fit(label, cols[2].width - bar_width - 1, ">") + " ", None))
-        power_pct = (
-            100 * gpu.power_draw_w / gpu.power_limit_w
-            if gpu.power_draw_w is not None and gpu.power_limit_w else None
-        )
-        power_text = watts(gpu.power_draw_w)
-        if cols[5].width >= 10 and gpu.power_limit_w:
-            power_text = f"{power_text[:-1]}/{gpu.power_limit_w:.0f}W"
-        cells = [
-            (pct(gpu.utilization.gpu_percent), None),
-            (temp(gpu.temperature_c), level(gpu.temperature_c, TEMP_C)),
-            (power_text, level(power_pct, POWER_PCT_OF_LIMIT)),
-            (str(row.procs), None),
-        ]
-        for column, (text, lvl) in zip(cols[3:7], cells, strict=True):
-            style = dim if stale else (self._style(lvl) if lvl and lvl != "ok" else None)
-            segments.append(Segment(_fit(text, column.width, ">"), style))
-        segments.append(Segment(" " + _fit(row.holder or "—", cols[7].width - 1), None if row.holder else dim))
+        plain = self._style(None)
+
+        def tone(level: str) -> str | None:
+            return "dim" if stale else (level if level != "ok" else None)
+
+        alarm = levels.alarm(gpu)
+        mark = ""
+        if "lost" in alarm.reasons or "ecc" in alarm.reasons:
+            mark, mark_role = "✖", "crit"
+        elif "throttled" in alarm.reasons:
+            mark, mark_role = "↓", "warn"
+        segments: list[Segment] = []
+        for column in _layout(width, self.flat):
+            w = column.width
+            match column.name:
+                case "node":
+                    segments.append(Segment(fit(row.node.name, w - 1) + " ", plain))
+                case "index":
+                    number = fit(f"{gpu.index}" if self.flat else f"  {gpu.index}", w - 2)
+                    segments.append(Segment(number, dim))
+                    segments.append(Segment(fit(mark, 2), self._style(tone(mark_role) if mark else None)))
+                case "gpu":
+                    segments.append(Segment(fit(fitted_gpu_name(gpu.name, w - 1), w - 1) + " ", plain))
+                case "memory":
+                    segments += self._memory(row, w, tone)
+                case "util":
+                    segments += self._util(gpu.utilization.gpu_percent, w, tone)
+                case "temp":
+                    segments.append(Segment(fit(temp(gpu.temperature_c), w, ">"),
+                                            self._style(tone(levels.temp(gpu.temperature_c)))))
+                case "power":
+                    text = watts(gpu.power_draw_w)
+                    if w >= 10 and gpu.power_limit_w:
+                        text = f"{text[:-1]}/{gpu.power_limit_w:.0f}W"
+                    segments.append(Segment(fit(text, w, ">"), self._style(tone(levels.power(gpu)))))
+                case "procs":
+                    segments.append(Segment(fit(str(row.procs), w, ">"), self._style(tone("ok"))))
+                case "fan":
+                    segments.append(Segment(fit(pct(gpu.fan_speed_pct), w, ">"), self._style(tone("ok"))))
+                case "sm_clock":
+                    text = "—" if gpu.sm_clock_mhz is None else str(gpu.sm_clock_mhz)
+                    segments.append(Segment(fit(text, w, ">"), self._style(tone("ok"))))
+                case "pstate":
+                    segments.append(Segment(fit(gpu.pstate or "—", w, ">"), self._style(tone("ok"))))
+                case "energy":
+                    segments.append(Segment(fit(energy(gpu.energy_j), w, ">"), self._style(tone("ok"))))
+                case "holder":
+                    segments.append(Segment(" " + fit(row.holder or "—", w - 1),
+                                            self._style(tone("ok") if row.holder else "dim")))
         return segments
+
+    def _memory(self, row: FleetRow, width: int, tone) -> list[Segment]:  # type: ignore[no-untyped-def]
+        gpu = row.gpu
+        assert gpu is not None
+        if gpu.lost:
+            return [Segment(fit("GPU lost", width), self._style("crit"))]
+        label = f"{gb(gpu.memory.used_mb)}/{gb(gpu.memory.total_mb)}G"
+        bar_width = max(3, width - MEMORY_LABEL_WIDTH)
+        role = tone(self.levels.memory(gpu.memory.percent_used)) or "ok"
+        fraction = gpu.memory.used_mb / gpu.memory.total_mb if gpu.memory.total_mb else 0.0
+        return [*bar_segments(fraction, bar_width, self._style(role), self._style("bar-free")),
+                Segment(fit(label, width - bar_width - 1, ">") + " ", self._style(tone("ok")))]
+
+    def _util(self, value: int | None, width: int, tone) -> list[Segment]:  # type: ignore[no-untyped-def]
+        """A bar and the figure, both in the utilization's threshold colour."""
+        text = pct(value)
+        bar_width = width - 6  # " 100%" and a leading space
+        role = tone(self.levels.util(value)) or "ok"
+        fraction = (value or 0) / 100
+        return [Segment(" ", self._style(None)),
+                *bar_segments(fraction, bar_width, self._style(role), self._style("bar-free")),
+                Segment(fit(text, 5, ">"), self._style(tone(self.levels.util(value))))]

@@ -75,21 +75,17 @@ def _with_gaps(groups: list[list[Part]]) -> list[Part]:
 
 
 def node_header_parts(node: NodeState, width: int, *, now: datetime | None,
-                      mask_rtt: bool = False) -> list[Part]:
-    """(text, role) parts of ``node``'s header row, at most ``width`` cells when it can be."""
-    head: list[Part] = [(f"▾ {node.name}", "node")]
+                      mask_rtt: bool = False, glyph: str = "▾") -> list[Part]:
+    """(text, role) parts of ``node``'s header row, at most ``width`` cells when it can be.
+
+    ``glyph`` leads the name: ``▾`` for a node shown with its GPUs, ``▸`` for one folded away.
+    """
+    head: list[Part] = [(f"{glyph} {node.name}", "node")]
     sim: list[Part] = [(" SIM ", "badge")] if node.simulated else []
     if node.reachable is None:
         return _with_gaps([head, [("… waiting for the first answer", "dim")]])
-    if not node.reachable:
-        seen = f"last seen {ago(node.last_ok_at, now)}" if now else ""
-        candidates = [
-            [head, [("✖ unreachable", "crit")], [(seen, "warn")], [(node.last_error or "", "dim")], sim],
-            [head, [("✖ unreachable", "crit")], [(seen, "warn")], sim],
-            [head, [("✖ unreachable", "crit")], sim],
-        ]
-        options = [_with_gaps([g for g in groups if g and g[0][0]]) for groups in candidates]
-        return next((p for p in options if _width(p) <= width), options[-1])
+    if node.health in ("down", "auth", "stale") or not node.reachable:
+        return _trouble_parts(node, width, now, head, sim)
     options = []
     for summary in _summary_variants(node, mask_rtt=mask_rtt) if node.status else []:
         up: list[Part] = [("● up", "ok")]
@@ -99,4 +95,24 @@ def node_header_parts(node: NodeState, width: int, *, now: datetime | None,
         options.append(_with_gaps([head, up, sim, *rest]))
     if not options:
         options = [_with_gaps([head, [("● up", "ok")], sim])]
+    return next((p for p in options if _width(p) <= width), options[-1])
+
+
+def _trouble_parts(node: NodeState, width: int, now: datetime | None, head: list[Part],
+                   sim: list[Part]) -> list[Part]:
+    """A node that is down, refuses the token or has gone stale: what, since when, why."""
+    if node.health == "stale":
+        state: list[Part] = [("◌ stale", "warn")]
+        seen = f"no new reading since {ago(node.fresh_at, now)}" if now else ""
+        detail = ""
+    else:
+        state = [(f"✖ {node.failure_text()}", "crit")]
+        seen = f"last seen {ago(node.last_ok_at, now)}" if now else ""
+        detail = "" if node.health == "auth" else node.last_error or ""
+    candidates = [
+        [head, state, [(seen, "warn")], [(detail, "dim")], sim],
+        [head, state, [(seen, "warn")], sim],
+        [head, state, sim],
+    ]
+    options = [_with_gaps([g for g in groups if g and g[0][0]]) for groups in candidates]
     return next((p for p in options if _width(p) <= width), options[-1])

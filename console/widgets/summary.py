@@ -1,0 +1,156 @@
+"""The fleet's one-line summary and the fleet screen's status line, fitted to a width (pure, no Textual).
+
+Summary: nodes up and in trouble, GPUs busy and idle, memory used of total,
+power, mean utilization and GPUs over a threshold. Each piece has shorter
+forms; the widest set of forms that fits is used, so nothing is cut mid-word.
+Parts carry a role (a theme variable name) and become markup in ``markup``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.cells import cell_len
+
+from gpufleet.console.state import FleetState
+
+Part = tuple[str, str | None]  # (text, theme variable or None)
+SEP: Part = (" · ", "text-muted")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetTotals:
+    """The figures of the summary line, over every node that answers."""
+
+    nodes: int
+    up: int
+    down: int
+    auth: int
+    stale: int
+    gpus: int
+    busy: int
+    idle: int
+    used_mb: int
+    total_mb: int
+    power_w: float
+    mean_util: float | None
+    over: int
+
+
+def totals(state: FleetState) -> FleetTotals:
+    levels = state.levels
+    down = auth = stale = up = gpus = busy = idle = used = total = over = 0
+    power = 0.0
+    utils: list[int] = []
+    for node in state.nodes.values():
+        down += node.health == "down"
+        auth += node.health == "auth"
+        stale += node.health == "stale"
+        up += node.health == "up"
+        if node.status is None or not node.reachable:
+            continue  # a node that does not answer has no current readings to add up
+        for gpu in node.status.gpus:
+            gpus += 1
+            busy += levels.busy(gpu)
+            idle += levels.idle(gpu)
+            used += gpu.memory.used_mb
+            total += gpu.memory.total_mb
+            power += gpu.power_draw_w or 0.0
+            if gpu.utilization.gpu_percent is not None:
+                utils.append(gpu.utilization.gpu_percent)
+            over += levels.over(gpu)
+    mean = sum(utils) / len(utils) if utils else None
+    return FleetTotals(len(state.nodes), up, down, auth, stale, gpus, busy, idle, used, total, power, mean, over)
+
+
+def _power(watts: float) -> str:
+    return f"{watts / 1000:.1f} kW" if watts >= 10_000 else f"{watts:.0f} W"
+
+
+def summary_variants(t: FleetTotals) -> list[list[list[Part]]]:
+    """Groups of parts, richest first; each later variant shortens or drops something."""
+    trouble: list[Part] = []
+    for count, word, role in ((t.down, "down", "error"), (t.auth, "auth failed", "error"),
+                              (t.stale, "stale", "warning")):
+        if count:
+            trouble += [(", " if trouble else " ", None), (f"{count} {word}", role)]
+    nodes_long: list[Part] = [(f"{t.up}/{t.nodes} nodes up", None), *trouble]
+    nodes_short: list[Part] = [(f"{t.up}/{t.nodes} up", None), *trouble]
+    gpus_long: list[Part] = [(f"{t.gpus} GPUs: {t.busy} busy, {t.idle} idle", None)]
+    gpus_short: list[Part] = [(f"{t.busy}/{t.gpus} busy", None)]
+    memory_long: list[Part] = [(f"mem {t.used_mb / 1024:.0f}/{t.total_mb / 1024:.0f} GB", None)]
+    memory_short: list[Part] = [(f"{t.used_mb / 1024:.0f}/{t.total_mb / 1024:.0f} GB", None)]
+    power: list[Part] = [(_power(t.power_w), None)]
+    util_long: list[Part] = [(f"util {t.mean_util:.0f}% avg" if t.mean_util is not None else "util —", None)]
+    util_short: list[Part] = [(f"util {t.mean_util:.0f}%" if t.mean_util is not None else "util —", None)]
+    over_role = "error" if t.over else "text-muted"
+    over_long: list[Part] = [(f"{t.over} over threshold", over_role)]
+    over_short: list[Part] = [(f"{t.over} over", over_role)]
+    # Each step gives up one thing, least missed first; every prefix of the steps is a variant.
+    parts = {"nodes": nodes_long, "gpus": gpus_long, "memory": memory_long, "power": power,
+             "util": util_long, "over": over_long}
+    steps: list[tuple[str, list[Part] | None]] = [
+        ("util", util_short), ("gpus", gpus_short), ("nodes", nodes_short), ("memory", memory_short),
+        ("over", over_short), ("power", None), ("util", None), ("memory", None), ("gpus", None),
+    ]
+    order = ("nodes", "gpus", "memory", "power", "util", "over")
+    variants = [[parts[name] for name in order]]
+    for name, replacement in steps:
+        if replacement is None:
+            del parts[name]
+        else:
+            parts[name] = replacement
+        variants.append([parts[n] for n in order if n in parts])
+    return variants
+
+
+def join(groups: list[list[Part]]) -> list[Part]:
+    parts: list[Part] = []
+    for group in groups:
+        if parts:
+            parts.append(SEP)
+        parts.extend(group)
+    return parts
+
+
+def width_of(parts: list[Part]) -> int:
+    return sum(cell_len(text) for text, _ in parts)
+
+
+def fitted(variants: list[list[list[Part]]], width: int) -> list[Part]:
+    """The first variant that fits ``width`` cells, else the shortest."""
+    options = [join(v) for v in variants]
+    return next((p for p in options if width_of(p) <= width), options[-1])
+
+
+def markup(parts: list[Part]) -> str:
+    """Content markup: each role a theme variable; text escaped."""
+    out = []
+    for text, role in parts:
+        safe = text.replace("[", r"\[")
+        out.append(f"[${role}]{safe}[/]" if role else safe)
+    return "".join(out)
+
+
+def status_variants(view: str, sort: str, reverse: bool, query: str, matched: int, of: int,
+                    noun: str, readonly: bool) -> list[list[list[Part]]]:
+    """The fleet screen's status: view, sort and the filter with its count (the count always whole)."""
+    arrow = "▼" if reverse else "▲"
+    readonly_part: list[list[Part]] = [[("read-only", "warning")]] if readonly else []
+    count_long = f"{matched} of {of} {noun}"
+    count_short = f"{matched}/{of}"
+    variants: list[list[list[Part]]] = []
+    for shown_view, sort_text, count in (
+            (view, f"sort {sort} {arrow}", count_long),
+            (view, f"{sort} {arrow}", count_long),
+            (None, f"{sort} {arrow}", count_long),
+            (None, f"{sort} {arrow}", count_short)):
+        groups: list[list[Part]] = [[(shown_view, "accent")]] if shown_view else []
+        groups.append([(sort_text, None)])
+        if query:
+            for cut in (None, 16, 8):
+                shown = query if cut is None or len(query) <= cut else query[: cut - 1] + "…"
+                variants.append([*groups, [(f"filter “{shown}” ", None), (count, "warning")], *readonly_part])
+        else:
+            variants.append([*groups, *readonly_part])
+    return variants
