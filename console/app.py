@@ -303,7 +303,14 @@ class GpuFleetApp(App[None]):
             refresh()
 
     def _notify_events(self, events: list[Event]) -> None:
-        """A toast per change of node health; a burst (a network blip) is one toast naming the nodes."""
+        """A toast per change of node health and per GPU fault; a burst (a network blip) is one toast.
+
+        A GPU that starts or stops throttling or running hot is only logged: on a busy fleet
+        that comes and goes all day.
+        """
+        events = [e for e in events if e.kind != "gpu" or e.severity == "error"]
+        if not events:
+            return
         if len(events) <= NOTIFY_EACH_UP_TO:
             for event in events:
                 self.notify(event.text, title=TITLES[event.kind], severity=event.severity,
@@ -313,5 +320,6 @@ class GpuFleetApp(App[None]):
             "warning" if any(e.severity == "warning" for e in events) else "information")
         names = sorted({e.node for e in events})
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-        self.notify(f"{len(events)} changes on {len(names)} nodes: {shown}. The event log (l) lists each.",
+        nodes = "1 node" if len(names) == 1 else f"{len(names)} nodes"
+        self.notify(f"{len(events)} changes on {nodes}: {shown}. The event log (l) lists each.",
                     title="Fleet changes", severity=worst, timeout=8)

@@ -4,7 +4,8 @@ Each space-separated word must match, case-insensitively, either its node or
 its GPU (or, in the process view, the process). A word matches when it is:
 
 - a state word: ``down`` (unreachable or refusing the token), ``auth``, ``stale``,
-  ``up`` for nodes; ``hot``, ``idle``, ``busy``, ``throttled``, ``ecc``, ``lost``,
+  ``up`` for nodes; ``hot``, ``idle``, ``busy``, ``throttled``, ``ecc``, ``errors``
+  (ECC, pending or failed page retirement / row remap, XID errors), ``lost``,
   ``over`` (over a threshold) for GPUs;
 - all digits and equal to the PID of a process on the GPU;
 - part of the node's name or hostname, the GPU's name, team, model or holder,
@@ -37,12 +38,13 @@ def _gpu_words(levels: Levels) -> dict[str, Callable[[GpuInfo], bool]]:
         "busy": levels.busy,
         "throttled": lambda g: bool(levels.throttle_reasons(g)),
         "ecc": lambda g: levels.ecc_level(g) != "ok",
+        "errors": lambda g: levels.ecc_level(g) != "ok" or levels.memory_faults(g) or g.lost,
         "lost": lambda g: g.lost,
         "over": levels.over,
     }
 
 
-STATE_WORDS = (*NODE_WORDS, "hot", "idle", "busy", "throttled", "ecc", "lost", "over")
+STATE_WORDS = (*NODE_WORDS, "hot", "idle", "busy", "throttled", "ecc", "errors", "lost", "over")
 
 
 class FleetFilter:

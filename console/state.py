@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from gpufleet.console.events import Event
+from gpufleet.console.events import Event, Severity
 from gpufleet.console.filter import FleetFilter
 from gpufleet.console.thresholds import Levels
 from gpufleet.server.schemas import GpuInfo, GpuProcess, GpuStatusResponse, LoadedModel
@@ -26,8 +26,9 @@ SortKey = Literal["node", "memory", "util", "temp", "power", "procs", "holder",
                   "fan", "sm_clock", "pstate", "energy"]
 SORT_KEYS: tuple[SortKey, ...] = ("node", "memory", "util", "temp", "power", "procs", "holder")
 WIDE_SORT_KEYS: tuple[SortKey, ...] = ("fan", "sm_clock", "pstate", "energy")
-ProcSortKey = Literal["node", "gpu", "pid", "user", "gpu_memory", "command"]
+ProcSortKey = Literal["node", "gpu", "pid", "user", "gpu_memory", "command", "cpu", "host_rss", "elapsed"]
 PROC_SORT_KEYS: tuple[ProcSortKey, ...] = ("gpu_memory", "node", "pid", "user", "command")
+WIDE_PROC_SORT_KEYS: tuple[ProcSortKey, ...] = ("cpu", "host_rss", "elapsed")
 # Text columns read best A-Z; numbers biggest first.
 ASCENDING_FIRST = frozenset({"node", "holder", "pstate", "gpu", "pid", "user", "command"})
 
@@ -72,6 +73,7 @@ class NodeState:
     last_status: int | None = None  # the HTTP status of the last failure, when there was one
     fresh_at: datetime | None = None  # console time when the node's own timestamp last moved on
     health: NodeHealth = "waiting"  # as of the last update_health()
+    gpu_trouble: dict[int, dict[str, str]] = field(default_factory=dict)  # as of the last update_health()
     histories: dict[int, GpuHistory] = field(default_factory=dict)
 
     @property
@@ -250,13 +252,34 @@ class FleetState:
         events: list[Event] = []
         for node in self.nodes.values():
             health = node.current_health(now, self.stale_after)
-            if health == node.health:
+            if health != node.health:
+                before, node.health = node.health, health
+                self.version += 1
+                event = _health_event(node, before, now)
+                if event is not None:
+                    events.append(event)
+            if node.reachable and node.status is not None:
+                events += self._gpu_events(node, now)
+        return events
+
+    def _gpu_events(self, node: NodeState, now: datetime) -> list[Event]:
+        """GPUs that started or stopped throttling, erroring, overheating, or were lost."""
+        events: list[Event] = []
+        assert node.status is not None
+        for gpu in node.status.gpus:
+            trouble = gpu_trouble(gpu, self.levels)
+            before = node.gpu_trouble.get(gpu.index, {})
+            if trouble == before:
                 continue
-            before, node.health = node.health, health
-            self.version += 1
-            event = _health_event(node, before, now)
-            if event is not None:
-                events.append(event)
+            node.gpu_trouble[gpu.index] = trouble
+            where = f"{node.name} GPU {gpu.index}"
+            for reason, text in trouble.items():
+                if before.get(reason) != text and reason not in before:
+                    severity: Severity = "warning" if reason in ("throttled", "hot") else "error"
+                    events.append(Event(now, severity, node.name, gpu.index, f"{where}: {text}"))
+            for reason in before.keys() - trouble.keys():
+                events.append(Event(now, "information", node.name, gpu.index,
+                                    f"{where}: {TROUBLE_CLEARED[reason]}"))
         return events
 
     @property
@@ -363,12 +386,46 @@ def _sorted_processes(rows: list[ProcessRow], sort: ProcSortKey, reverse: bool) 
                 return (0, proc.user) if proc.user else (1, "")
             case "command":
                 return (0, proc.command or proc.name)
+            case "cpu":
+                return (1, 0.0) if proc.cpu_percent is None else (0, proc.cpu_percent)
+            case "host_rss":
+                return (1, 0.0) if proc.host_rss_mb is None else (0, float(proc.host_rss_mb))
+            case "elapsed":
+                return (1, 0.0) if proc.elapsed_s is None else (0, proc.elapsed_s)
         return (1, 0.0)
 
     # Ties keep a stable order: node, GPU, PID.
     rows = sorted(rows, key=lambda r: (r.node.name, r.proc.gpu_index or 0, r.proc.pid))
     rows.sort(key=value, reverse=reverse)
     return sorted(rows, key=lambda r: value(r)[0])
+
+
+TROUBLE_CLEARED = {
+    "lost": "back (no longer lost)", "throttled": "no longer throttling", "ecc": "ECC errors cleared",
+    "faults": "memory faults and XID errors cleared", "hot": "cooled below the critical temperature",
+}
+
+
+def gpu_trouble(gpu: GpuInfo, levels: Levels) -> dict[str, str]:
+    """What the event log tracks on a GPU, reason -> words (memory and power fill up too often to log)."""
+    trouble: dict[str, str] = {}
+    if gpu.lost:
+        return {"lost": "GPU is lost"}
+    throttling = levels.throttle_reasons(gpu)
+    if throttling:
+        trouble["throttled"] = "throttling: " + ", ".join(r.replace("_", " ") for r in throttling)
+    ecc = gpu.ecc_errors
+    if ecc is not None and levels.ecc_level(gpu) != "ok":
+        uncorrected = ecc.volatile_uncorrected or 0
+        trouble["ecc"] = (f"{uncorrected} uncorrected ECC error(s)" if uncorrected >= levels.t.ecc_uncorrected_crit
+                          else f"{ecc.volatile_corrected} corrected ECC errors")
+    if levels.memory_faults(gpu):
+        faults = [p for p in gpu.health_problems() if not p.startswith(("throttling", "GPU is lost"))
+                  and "ECC" not in p]
+        trouble["faults"] = "; ".join(faults) or "memory faults"
+    if levels.temp(gpu.temperature_c) == "crit":
+        trouble["hot"] = f"{gpu.temperature_c}°C, at or over {levels.t.temp_crit_c:g}°C"
+    return trouble
 
 
 def _health_event(node: NodeState, before: NodeHealth, now: datetime) -> Event | None:

@@ -64,21 +64,26 @@ class Levels:
 
     def throttle_reasons(self, gpu: GpuInfo) -> list[str]:
         """The GPU's active throttle reasons that the thresholds call trouble (none where unsupported)."""
-        active = getattr(gpu, "throttle_reasons", None) or []
-        return [r for r in active if r in self._throttle]
+        return [r for r in gpu.throttle_reasons or () if r in self._throttle]
 
     def ecc_level(self, gpu: GpuInfo) -> Level:
         """From the volatile ECC counts, where the backend reports them."""
-        ecc = getattr(gpu, "ecc", None)
+        ecc = gpu.ecc_errors
         if ecc is None:
             return "ok"
-        uncorrected = getattr(ecc, "volatile_uncorrected", None)
-        corrected = getattr(ecc, "volatile_corrected", None)
-        if uncorrected is not None and uncorrected >= self.t.ecc_uncorrected_crit:
+        if ecc.volatile_uncorrected is not None and ecc.volatile_uncorrected >= self.t.ecc_uncorrected_crit:
             return "crit"
-        if corrected is not None and corrected >= self.t.ecc_corrected_warn:
+        if ecc.volatile_corrected is not None and ecc.volatile_corrected >= self.t.ecc_corrected_warn:
             return "warn"
         return "ok"
+
+    @staticmethod
+    def memory_faults(gpu: GpuInfo) -> bool:
+        """Retired pages or remapped rows waiting for a reset, a failed remap, or XID errors."""
+        rows, pages = gpu.remapped_rows, gpu.retired_pages
+        return bool((rows is not None and (rows.pending or rows.failed))
+                    or (pages is not None and pages.pending)
+                    or gpu.xid_error_count)
 
     def alarm(self, gpu: GpuInfo) -> GpuAlarm:
         """Every reading at or over its warning threshold; utilization is colour only, never trouble."""
@@ -90,6 +95,8 @@ class Levels:
             ("power", self.power(gpu)),
             ("ecc", self.ecc_level(gpu)),
         ]
+        if self.memory_faults(gpu):
+            checks.append(("faults", "crit"))
         if self.throttle_reasons(gpu):
             checks.append(("throttled", "warn"))
         found = [(name, lvl) for name, lvl in checks if lvl != "ok"]

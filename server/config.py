@@ -198,6 +198,7 @@ class NodeSettings(Section):
     token_file: Path | None = None
 
 
+# schemas.THROTTLING_REASONS: heat and hardware protection, not a power cap or idle clocks.
 DEFAULT_THROTTLE_REASONS = ["hw_slowdown", "hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown"]
 
 
@@ -218,6 +219,17 @@ class ConsoleThresholds(Section):
     # NVML throttle reasons that mark a GPU; a power cap under load is normal, so not by default.
     throttle_reasons: list[str] = Field(default_factory=lambda: list(DEFAULT_THROTTLE_REASONS))
     stale_after_s: float = Field(default=15.0, gt=0)  # a node whose newest reading is older is stale
+
+    @field_validator("throttle_reasons")
+    @classmethod
+    def _known_reasons(cls, value: list[str]) -> list[str]:
+        from gpufleet.server.schemas import THROTTLE_REASON_NAMES
+
+        unknown = [r for r in value if r not in THROTTLE_REASON_NAMES]
+        if unknown:
+            raise ValueError(f"unknown throttle reason(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(THROTTLE_REASON_NAMES)}")
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> ConsoleThresholds:

@@ -23,6 +23,7 @@ from gpufleet.console.state import (
     ASCENDING_FIRST,
     PROC_SORT_KEYS,
     SORT_KEYS,
+    WIDE_PROC_SORT_KEYS,
     WIDE_SORT_KEYS,
     FleetRow,
     FleetState,
@@ -35,6 +36,7 @@ from gpufleet.console.widgets.badges import SimulatedBadge, set_text
 from gpufleet.console.widgets.fleet_table import WIDE_FROM, FleetTable
 from gpufleet.console.widgets.footer import ConsoleFooter
 from gpufleet.console.widgets.line_table import LineTable
+from gpufleet.console.widgets.process_table import COMPACT_BELOW as PROCESS_COLUMNS_FROM
 from gpufleet.console.widgets.process_table import ProcessTable
 from gpufleet.console.widgets.summary import (
     fitted,
@@ -59,8 +61,8 @@ class FleetScreen(Screen[None]):
     """The console's home: a live table of the fleet."""
 
     HELP_WIDGETS = (FleetTable, ProcessTable)
-    # Keys the footer leaves out below 100 columns (help and the command palette list them).
-    FOOTER_COMPACT_HIDDEN = frozenset({"sort_reverse", "switch_mode('hosts')", "switch_mode('events')"})
+    # Keys the footer leaves out below a width (help and the command palette list them).
+    FOOTER_HIDE_BELOW = {"sort_reverse": 140, "switch_mode('events')": 140, "switch_mode('hosts')": 100}
 
     BINDINGS = [
         Binding("slash", "filter", "Filter", id="fleet.filter",
@@ -291,10 +293,10 @@ class FleetScreen(Screen[None]):
     # -- sorting and filtering ---------------------------------------------------------
 
     def _sort_keys(self) -> tuple[str, ...]:
+        width = self.size.width or self.app.size.width
         if self.view == "processes":
-            return PROC_SORT_KEYS
-        wide = (self.size.width or self.app.size.width) >= WIDE_FROM
-        return SORT_KEYS + WIDE_SORT_KEYS if wide else SORT_KEYS
+            return PROC_SORT_KEYS + WIDE_PROC_SORT_KEYS if width >= PROCESS_COLUMNS_FROM else PROC_SORT_KEYS
+        return SORT_KEYS + WIDE_SORT_KEYS if width >= WIDE_FROM else SORT_KEYS
 
     def set_sort(self, sort: str, *, reverse: bool | None = None) -> None:
         current, current_reverse = (self.proc_sort, self.proc_reverse) if self.view == "processes" \

@@ -114,7 +114,7 @@ class FleetTable(LineTable[FleetRow]):
 
         alarm = levels.alarm(gpu)
         mark = ""
-        if "lost" in alarm.reasons or "ecc" in alarm.reasons:
+        if {"lost", "ecc", "faults"} & set(alarm.reasons):
             mark, mark_role = "✖", "crit"
         elif "throttled" in alarm.reasons:
             mark, mark_role = "↓", "warn"

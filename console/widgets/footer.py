@@ -14,8 +14,8 @@ COMPACT_BELOW = 100
 class ConsoleFooter(Footer):
     """Textual's footer, compact (and without the palette hint) when the screen is narrow.
 
-    When compact, it also leaves out the actions a screen lists in ``FOOTER_COMPACT_HIDDEN``
-    (help and the command palette still have them), so the rest fit 80 columns.
+    A screen may name, in ``FOOTER_HIDE_BELOW``, actions whose keys leave the footer below a
+    width (help and the command palette still list them), so the keys that matter stay whole.
     """
 
     # A group's label ("Period") keeps a space before the next key even when compact.
@@ -23,17 +23,24 @@ class ConsoleFooter(Footer):
     ConsoleFooter.-compact FooterLabel { margin: 0 1 0 0; }
     """
 
+    _hidden: frozenset[str] = frozenset()
+
+    def _hidden_at(self, width: int) -> frozenset[str]:
+        below: dict[str, int] = getattr(self.screen, "FOOTER_HIDE_BELOW", {})
+        return frozenset(action for action, limit in below.items() if width < limit)
+
     def on_resize(self, event: events.Resize) -> None:
         narrow = event.size.width < COMPACT_BELOW
         self.compact = narrow
-        if self.show_command_palette == narrow:
+        hidden = self._hidden_at(event.size.width)
+        if self.show_command_palette == narrow or hidden != self._hidden:
             # The palette key (ctrl+p) is in the help screen; here it costs 12 cells.
             self.show_command_palette = not narrow
+            self._hidden = hidden
             self.call_after_refresh(self.recompose)
 
     def compose(self) -> ComposeResult:
-        hidden: frozenset[str] = getattr(self.screen, "FOOTER_COMPACT_HIDDEN", frozenset()) if self.compact \
-            else frozenset()
+        hidden = self._hidden
         shown = 0
         for widget in super().compose():
             if isinstance(widget, FooterKey) and widget.action in hidden:

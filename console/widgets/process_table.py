@@ -13,6 +13,20 @@ from gpufleet.console.widgets.format import MEMORY_UNIT, gb
 from gpufleet.console.widgets.line_table import Column, LineTable, fit
 
 COMPACT_BELOW = 100
+WIDE_FROM = 160
+
+
+def running_time(seconds: float | None) -> str:
+    """ps-style elapsed time: ``4:05``, ``2:04:05``, ``3-02:04:05``."""
+    if seconds is None:
+        return "—"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 @lru_cache(maxsize=64)
@@ -27,7 +41,13 @@ def process_layout(width: int) -> tuple[Column, ...]:
         Column("gpu_memory", "GPU MEM", 10 if compact else 11, ">", name="gpu_memory"),
     ]
     if not compact:
-        fixed.append(Column(None, " TYPE", 9, name="type"))
+        fixed += [
+            Column("cpu", "CPU%", 7, ">", name="cpu"),
+            Column("host_rss", "HOST MEM", 10, ">", name="host_rss"),
+            Column("elapsed", "TIME", 12, ">", name="elapsed"),
+        ]
+    if width >= WIDE_FROM:
+        fixed.append(Column(None, " CONTAINER", 14, name="container"))
     used = sum(c.width for c in fixed)
     return (*fixed, Column("command", " COMMAND", max(8, width - used), name="command"))
 
@@ -67,8 +87,17 @@ class ProcessTable(LineTable[ProcessRow]):
                 case "gpu_memory":
                     memory = "—" if proc.memory_mb is None else f"{gb(proc.memory_mb)} {MEMORY_UNIT}"
                     segments.append(Segment(fit(memory, w, ">"), plain))
-                case "type":
-                    segments.append(Segment(" " + fit(proc.type or "—", w - 1), dim))
+                case "cpu":
+                    cpu = "—" if proc.cpu_percent is None else f"{proc.cpu_percent:.0f}"
+                    segments.append(Segment(fit(cpu, w, ">"), plain))
+                case "host_rss":
+                    rss = "—" if proc.host_rss_mb is None else f"{gb(proc.host_rss_mb)} {MEMORY_UNIT}"
+                    segments.append(Segment(fit(rss, w, ">"), plain))
+                case "elapsed":
+                    segments.append(Segment(fit(running_time(proc.elapsed_s), w, ">"), plain))
+                case "container":
+                    container = (proc.container_id or "")[:12] or "—"
+                    segments.append(Segment(" " + fit(container, w - 1), dim))
                 case "command":
                     command = proc.command or proc.name
                     if not proc.visible:
