@@ -110,6 +110,7 @@ class GpuFleetApp(App[None]):
         self.mask_rtt = mask_rtt
         self.fleet = FleetState(self.targets, refresh_s=self.refresh_s, levels=Levels(settings.thresholds))
         self.events = EventLog()
+        self._pending_events: list[Event] = []
         self._clients: dict[str, AsyncGpuFleetClient] = {}
         self._redraw_pending = False
         self._last_redraw = 0.0
@@ -275,11 +276,13 @@ class GpuFleetApp(App[None]):
 
     def on_node_polled(self, message: NodePolled) -> None:
         self.fleet.apply_status(message.node, message.status, message.rtt_ms, message.at)
+        self._pending_events += self.fleet.update_health(self.clock())
         self._schedule_redraw()
 
     def on_node_failed(self, message: NodeFailed) -> None:
         self.fleet.apply_failure(message.node, message.error, message.at, auth=message.auth,
                                  status=message.status)
+        self._pending_events += self.fleet.update_health(self.clock())
         self._schedule_redraw()
 
     def _schedule_redraw(self) -> None:
@@ -293,7 +296,9 @@ class GpuFleetApp(App[None]):
         self._last_redraw = time.monotonic()
         if not self.screen_stack:  # shutting down: the screens are already gone
             return
-        events = self.fleet.update_health(self.clock())
+        # Health changes with each answer (applied at once) and with time passing (checked here);
+        # their notifications go out once per redraw, so a burst is one toast.
+        events, self._pending_events = self._pending_events + self.fleet.update_health(self.clock()), []
         if events:
             self.events.extend(events)
             self._notify_events(events)

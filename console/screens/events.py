@@ -84,7 +84,7 @@ class EventLogScreen(Screen[None]):
 
     def __init__(self, log: EventLog, *, clock: Callable[[], datetime]) -> None:
         super().__init__(id="events")
-        self.log = log
+        self.event_log = log
         self.clock = clock
         self._drawn = -1
 
@@ -105,10 +105,10 @@ class EventLogScreen(Screen[None]):
 
     def refresh_fleet(self, *, force: bool = False) -> None:
         """Redraw when the log grew (the app calls this on every fleet update)."""
-        if not force and self._drawn == self.log.version:
+        if not force and self._drawn == self.event_log.version:
             return
-        self._drawn = self.log.version
-        events = self.log.newest_first()
+        self._drawn = self.event_log.version
+        events = self.event_log.newest_first()
         table = self.query_one(EventTable)
         table.show(events, sort="", reverse=False, follow=True)
         empty = not events

@@ -1,0 +1,160 @@
+"""Issue 13 §3: the fleet in other shapes (flat, processes, wide columns) and its keys, palette, help and footer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from textual.binding import Binding
+from textual.widgets import DataTable
+from textual.widgets._footer import FooterKey
+
+from gpufleet.console.app import GpuFleetApp
+from gpufleet.console.screens.detail import GpuDetailScreen
+from gpufleet.console.screens.events import EventLogScreen, EventTable
+from gpufleet.console.screens.fleet import FleetScreen
+from gpufleet.console.screens.help import HelpScreen
+from gpufleet.console.widgets.fleet_table import FleetTable
+from gpufleet.console.widgets.line_table import LineTable
+from gpufleet.console.widgets.process_table import ProcessTable
+from gpufleet.server.config import ConsoleSettings
+from tests.test_console_live_fixtures import Clock, EmbeddedFleet, all_polled, console_app, wait_for
+
+HOUR = 3600.0
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[EmbeddedFleet]:
+    started = EmbeddedFleet(4)
+    yield started
+    started.close()
+
+
+def screen_of(app: GpuFleetApp) -> FleetScreen:
+    assert isinstance(app.screen, FleetScreen)
+    return app.screen
+
+
+async def test_flat_view_lists_every_gpu_sorted_across_the_fleet(fleet: EmbeddedFleet) -> None:
+    app = console_app(fleet.targets, refresh_s=HOUR)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        await pilot.press("v")
+        await pilot.pause()
+        screen = screen_of(app)
+        table = screen.query_one(FleetTable)
+        assert screen.view == "flat" and all(r.kind == "gpu" for r in table.rows) and len(table.rows) == 22
+        assert "flat" in str(screen.query_one("#fleet-status").render())
+        await pilot.press("s", "s", "s")  # memory, util, temperature: hottest first
+        await pilot.pause()
+        temps = [r.gpu.temperature_c for r in table.rows]  # type: ignore[union-attr]
+        assert screen.sort == "temp" and temps == sorted(temps, reverse=True)  # type: ignore[type-var]
+        assert {r.node.name for r in table.rows[:5]} != {table.rows[0].node.name}  # nodes mixed together
+        assert table.render_line(0).text.startswith("NODE")
+        assert table.rows[0].node.name in table.render_line(1).text
+        await pilot.press("home")
+        hottest = table.current.key  # type: ignore[union-attr]
+        await pilot.press("v")  # back to grouped, on the same GPU
+        await pilot.pause()
+        assert screen.view == "grouped" and table.current is not None and table.current.key == hottest
+
+
+async def test_process_view_lists_every_process_and_enter_opens_its_gpu(fleet: EmbeddedFleet) -> None:
+    app = console_app(fleet.targets, refresh_s=HOUR)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        await pilot.press("o")
+        await pilot.pause()
+        screen = screen_of(app)
+        procs = screen.query_one(ProcessTable)
+        assert screen.view == "processes" and procs.display and not screen.query_one(FleetTable).display
+        everything = [(n.name, p.pid, p.gpu_index) for n in app.fleet.nodes.values()
+                      for p in n.status.processes]  # type: ignore[union-attr]
+        assert sorted((r.node.name, r.proc.pid, r.proc.gpu_index) for r in procs.rows) == sorted(everything)
+        memory = [r.proc.memory_mb or 0 for r in procs.rows]
+        assert memory == sorted(memory, reverse=True)  # biggest GPU memory first
+        header = procs.render_line(0).text
+        for title in ("NODE", "GPU", "PID", "USER", "GPU MEM", "CPU%", "HOST MEM", "TIME", "COMMAND"):
+            assert title in header
+        row = procs.rows[2]
+        await pilot.press("down", "down", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, GpuDetailScreen), "the GPU detail")
+        detail = app.screen
+        assert (detail.node_name, detail.gpu_index) == (row.node.name, row.proc.gpu_index)  # type: ignore[attr-defined]
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen), "back")
+        assert screen.view == "processes" and procs.current is not None and procs.current.key == row.key
+        await pilot.press("slash", *str(row.proc.pid), "enter")
+        await pilot.pause()
+        assert {r.proc.pid for r in procs.rows} == {row.proc.pid}
+        await pilot.press("escape", "o")
+        await pilot.pause()
+        assert screen.view == "grouped"
+
+
+@pytest.mark.parametrize(("width", "wide"), [(160, True), (159, False)])
+async def test_wide_terminals_get_fan_clock_pstate_and_energy(fleet: EmbeddedFleet, width: int, wide: bool) -> None:
+    app = console_app(fleet.targets, refresh_s=HOUR)
+    async with app.run_test(size=(width, 30)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        table = screen_of(app).query_one(FleetTable)
+        header = table.render_line(0).text
+        assert all((title in header) == wide for title in ("FAN", "SM MHz", "PST", "ENERGY"))
+        row = next(i for i, r in enumerate(table.rows) if r.key == ("dgx-h100-01", 6))
+        line = table.render_line(1 + row).text
+        gpu = table.rows[row].gpu
+        assert gpu is not None and (f" {gpu.sm_clock_mhz} " in line) == wide and ("P0" in line) == wide
+        await pilot.press(*["s"] * 7)  # past the holder column: the wide columns when shown
+        await pilot.pause()
+        assert (screen_of(app).sort == "fan") == wide
+
+
+async def test_views_and_folds_are_remappable_and_in_the_palette(fleet: EmbeddedFleet) -> None:
+    settings = ConsoleSettings(refresh_s=HOUR, request_timeout_s=2.0,
+                               keybindings={"fleet.view": "g", "fleet.processes": "x", "app.events": "E"})
+    app = GpuFleetApp(settings, fleet.targets, clock=Clock(), refresh_s=HOUR, mask_rtt=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        screen = screen_of(app)
+        await pilot.press("v")
+        await pilot.pause()
+        assert screen.view == "grouped"  # the old key no longer does it
+        await pilot.press("g")
+        await pilot.pause()
+        assert screen.view == "flat"
+        await pilot.press("x")
+        await pilot.pause()
+        assert screen.view == "processes"
+        titles = {c.title for c in app.get_system_commands(screen)}
+        assert {"Grouped / flat view", "Processes view", "Event log", "Fold / unfold node",
+                "Fold / unfold all nodes", "Follow selection", "Filter", "Sort by next column"} <= titles
+        await pilot.press("E")
+        await wait_for(pilot, lambda: isinstance(app.screen, EventLogScreen), "the event log")
+
+
+async def test_help_lists_every_binding_of_the_fleet_screens(fleet: EmbeddedFleet) -> None:
+    app = console_app(fleet.targets, refresh_s=HOUR)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), "help")
+        table = app.screen.query_one("#help-table", DataTable)
+        listed = {str(table.get_row_at(r)[3]) for r in range(table.row_count)}
+        declared = {b.id for cls in (GpuFleetApp, FleetScreen, LineTable, FleetTable, ProcessTable,
+                                     EventLogScreen, EventTable)
+                    for b in cls.__dict__.get("BINDINGS", []) if isinstance(b, Binding) and b.id}
+        declared.discard("app.purge_disabled")  # only in a read-only console
+        assert declared - listed == set()
+
+
+@pytest.mark.parametrize("keys", [(), ("v",), ("o",), ("l",)], ids=["grouped", "flat", "processes", "log"])
+async def test_the_footer_fits_80_columns_in_every_view(fleet: EmbeddedFleet, keys: tuple[str, ...]) -> None:
+    app = console_app(fleet.targets, refresh_s=HOUR)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        await pilot.press(*keys)
+        await pilot.pause()
+        shown = {key.key: key for key in app.screen.query(FooterKey) if key.display}
+        assert "question_mark" in shown and "q" in shown
+        for key in shown.values():
+            assert key.region.right <= 80, key.key
