@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import threading
+
     from gpufleet.console.config import NodeTarget
     from gpufleet.server.config import Settings
 
@@ -84,16 +86,19 @@ def run(args: argparse.Namespace) -> int:
         if settings.console.include_local and not connections.simulated:
             key = Secret(connections.local_key) if connections.local_key else None
             targets.insert(0, NodeTarget("local", connections.local_url, key))
-        return _run_app(settings, targets, connections.local_url, connections.local_key)
+        return _run_app(settings, targets, connections.local_url, connections.local_key,
+                        ready=connections.sample_ready)
     finally:
         connections.stop()
 
 
-def _run_app(settings: Settings, targets: list[NodeTarget], local_url: str, local_key: str | None) -> int:
+def _run_app(settings: Settings, targets: list[NodeTarget], local_url: str, local_key: str | None, *,
+             ready: threading.Event | None = None) -> int:
     from gpufleet.console.app import GpuFleetApp
     from gpufleet.console.datasource import ClientDataSource
 
-    source = ClientDataSource.connect(local_url, local_key, timeout=max(10.0, settings.console.request_timeout_s))
+    source = ClientDataSource.connect(local_url, local_key, timeout=max(10.0, settings.console.request_timeout_s),
+                                      ready=ready)
     app = GpuFleetApp(settings.console, targets, data_source=source)
     app.run()
     return int(app.return_code or 0)

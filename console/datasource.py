@@ -8,7 +8,9 @@ key, never a traceback).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from datetime import date
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -55,33 +57,45 @@ def describe_error(exc: BaseException) -> str:
 class ClientDataSource:
     """A :class:`DataSource` over one ``AsyncGpuFleetClient`` (which it may own)."""
 
-    def __init__(self, client: AsyncGpuFleetClient, *, owns_client: bool = False) -> None:
+    def __init__(self, client: AsyncGpuFleetClient, *, owns_client: bool = False,
+                 ready: threading.Event | None = None) -> None:
         self._client = client
         self._owns_client = owns_client
+        self._ready = ready  # set once the server's data is whole (the sample month loading behind)
 
     @classmethod
-    def connect(cls, base_url: str, api_key: str | None, *, timeout: float = 5.0) -> ClientDataSource:
+    def connect(cls, base_url: str, api_key: str | None, *, timeout: float = 5.0,
+                ready: threading.Event | None = None) -> ClientDataSource:
         from gpufleet.server.client import AsyncGpuFleetClient
 
-        return cls(AsyncGpuFleetClient(base_url, api_key=api_key, timeout=timeout), owns_client=True)
+        return cls(AsyncGpuFleetClient(base_url, api_key=api_key, timeout=timeout), owns_client=True,
+                   ready=ready)
+
+    async def _wait_ready(self) -> None:
+        """Screens show their loading state meanwhile, rather than a month half loaded."""
+        if self._ready is not None and not self._ready.is_set():
+            await asyncio.to_thread(self._ready.wait)
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
 
     async def chargeback_report(self, from_: date, to: date) -> ChargebackReport:
+        await self._wait_ready()
         try:
             return await self._client.chargeback_report(from_, to)
         except Exception as exc:
             raise self._wrap(exc, "chargeback report") from exc
 
     async def chargeback_csv(self, from_: date, to: date) -> str:
+        await self._wait_ready()
         try:
             return await self._client.chargeback_csv(from_, to)
         except Exception as exc:
             raise self._wrap(exc, "chargeback CSV") from exc
 
     async def hosts(self) -> HostsResponse:
+        await self._wait_ready()
         try:
             return await self._client.hosts()
         except Exception as exc:

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,12 @@ class EmbeddedServerError(Exception):
     """No local server could be found or started; the message says why."""
 
 
+def _ready_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class Connections:
     """What the console talks to, and how to let it go.
@@ -81,6 +88,24 @@ class Connections:
     simulated: bool
     origin: Origin
     _stoppers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    sample_ready: threading.Event = field(default_factory=_ready_event, repr=False)  # the sample month is in
+    _on_ready: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _ready_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def when_sample_ready(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the sample month is in: now, or on the loading thread when it is done."""
+        with self._ready_lock:
+            if not self.sample_ready.is_set():
+                self._on_ready.append(fn)
+                return
+        fn()
+
+    def _sample_loaded(self) -> None:
+        with self._ready_lock:
+            self.sample_ready.set()
+            waiting, self._on_ready = self._on_ready, []
+        for fn in waiting:
+            fn()
 
     def stop(self) -> None:
         """Stop what this console started (servers, discovery file); idempotent."""
@@ -229,6 +254,28 @@ def _load_sample_if_empty(store: Any, settings: Settings, live_hosts: list[str])
         log.info("loaded the sample month into the console's store: %d samples", inserted)
 
 
+def _load_sample_behind(store: Any, settings: Settings, live_hosts: list[str],
+                        connections: Connections) -> None:
+    """Load the sample month on a thread, so the console's first frame does not wait for it.
+
+    ``connections.sample_ready`` is set once it is in (or failed); the console's data
+    source waits for it before reading chargeback and hosts, so no screen shows a half month.
+    """
+    connections.sample_ready = threading.Event()
+
+    def load() -> None:
+        try:
+            _load_sample_if_empty(store, settings, live_hosts)
+        except Exception:
+            log.exception("loading the sample month failed")
+        finally:
+            connections._sample_loaded()
+
+    thread = threading.Thread(target=load, name="gpufleet-sample-month", daemon=True)
+    thread.start()
+    connections._stoppers.append(thread.join)  # stoppers run newest first: before the store closes
+
+
 def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
                         ) -> tuple[Any, None] | tuple[None, tuple[str, str | None]]:
     """Open the store, or, when another process holds it, wait for that console's discovery file."""
@@ -264,7 +311,7 @@ def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
     connections._stoppers.append(store.close)
     key = _local_key(store, directory, settings.server.account)
     if simulated:
-        _load_sample_if_empty(store, settings, live_hosts)
+        _load_sample_behind(store, settings, live_hosts, connections)
     # No backend passed: the server opens NVML, or the simulated node when simulated, and closes it.
     local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0,
                                      "server.simulate": simulated})
@@ -310,7 +357,8 @@ def _start_demo_fleet(settings: Settings, backends: list[SimulatedBackend],
                          settings.pricing.expected_interval_s)
         heartbeats = DemoHeartbeats(connections.local_url, connections.local_key, hosts,
                                     interval_s=interval_s)
-        heartbeats.start()
+        # After the sample month: its older rows must not overwrite the demo's fresh ones.
+        connections.when_sample_ready(heartbeats.start)
         connections._stoppers.append(heartbeats.stop)
     return nodes
 

@@ -56,6 +56,7 @@ def test_first_console_starts_a_server_and_a_second_reuses_it(tmp_path: Path, re
     first = start_demo_or_connect(settings, directory=data, gpu_present=False, demo_nodes=2)
     try:
         assert first.origin == "embedded" and first.simulated
+        assert first.sample_ready.wait(60), "the sample month loads behind the console's first frame"
         assert first.local_url.startswith("http://127.0.0.1:") and first.local_url != refused_url
         discovery = json.loads((data / DISCOVERY_FILE).read_text())
         assert discovery["url"] == first.local_url and discovery["pid"] == os.getpid()
@@ -232,6 +233,7 @@ def test_demo_nodes_keep_heartbeating_and_sampling_into_the_embedded_server(
     connections = start_demo_or_connect(settings, directory=tmp_path / "data", gpu_present=False,
                                         demo_nodes=4)
     try:
+        assert connections.sample_ready.wait(60)
         names = {node.name for node in connections.nodes}
         assert "inf-l40s-01" in names  # the sample data's stale host before live_hosts
         with GpuFleetClient(connections.local_url, api_key=connections.local_key) as client:
@@ -243,7 +245,7 @@ def test_demo_nodes_keep_heartbeating_and_sampling_into_the_embedded_server(
             while len(first := demo_hosts()) < len(names) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert first.keys() == names  # announced at start, labelled simulated
-            assert all(h.status == "alive" for h in first.values())
+            assert all(h.status == "alive" for h in first.values()), first
             assert all(h.last_sample_at is not None for h in first.values())
 
             def advanced(later: dict[str, HostInfo]) -> bool:
@@ -262,3 +264,29 @@ def test_demo_nodes_keep_heartbeating_and_sampling_into_the_embedded_server(
             assert everyone["edge-l4-01"].status == "offline"  # the sample data's dead host stays dead
     finally:
         connections.stop()
+
+
+async def test_the_data_source_waits_for_the_sample_month(tmp_path: Path, refused_url: str) -> None:
+    import asyncio
+    import threading
+
+    from gpufleet.console.datasource import ClientDataSource
+
+    settings = console_settings(tmp_path, refused_url)
+    connections = await asyncio.to_thread(start_demo_or_connect, settings, directory=tmp_path / "data",
+                                          gpu_present=False, demo_nodes=0)
+    try:
+        await asyncio.to_thread(connections.sample_ready.wait, 60)
+        gate = threading.Event()  # stands for a sample month still loading
+        source = ClientDataSource.connect(connections.local_url, connections.local_key, ready=gate)
+        today = datetime.now(UTC).date()
+        pending = asyncio.ensure_future(source.chargeback_report(today - timedelta(days=30), today))
+        for _ in range(20):  # let the loop run: the report must not go out before the gate opens
+            await asyncio.sleep(0)
+        assert not pending.done()
+        gate.set()
+        report = await asyncio.wait_for(pending, 30)
+        assert report.teams  # the whole month, not a half-loaded one
+        await source.aclose()
+    finally:
+        await asyncio.to_thread(connections.stop)
