@@ -72,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpufleet console: {exc}", file=sys.stderr)
         return 2
 
-    from gpufleet.console.embedded import EmbeddedServerError, start_demo_or_connect
+    from gpufleet.console.embedded import EmbeddedServerError
+    from gpufleet.console.startup import connect_while_importing
 
     demo_nodes = 0 if args.no_demo or targets else (args.demo_nodes if args.demo_nodes is not None else 4)
     try:
-        connections = start_demo_or_connect(settings, demo_nodes=demo_nodes)
+        connections = connect_while_importing(settings, demo_nodes=demo_nodes)
     except EmbeddedServerError as exc:
         print(f"gpufleet console: {exc}", file=sys.stderr)
         return 1
