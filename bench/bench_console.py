@@ -9,12 +9,15 @@ thread drains the pty and timestamps what the console writes. Measured:
 
 - first screen: launch -> the first frame with the fleet summary, and launch
   -> "N/N nodes up" written;
-- CPU % of one core and RSS of the console process (psutil) over a window;
+- CPU % of one core and RSS of the console process (psutil) over a window, in
+  each view: grouped, flat (`v`) and processes (`o`);
 - key -> screen: the bytes of a key are written to the pty, and the clock
   stops when the console has written the change that key causes (`s` cycles
-  the sort column and the summary's "sort <column> <arrow>" changes; `/`
-  writes the filter box's placeholder). Presses are spaced by a random
-  0.3-0.8 s so they land at every phase of the poll cycle.
+  the sort column and the status line's "sort <column> <arrow>" changes; `/`
+  writes the filter box's placeholder; a letter typed in the filter box shows
+  as 'filter “<text>”'; `v` and `o` switch views and the status line names the
+  new one). Presses are spaced by a random 0.3-0.8 s so they land at every
+  phase of the poll cycle.
 """
 
 from __future__ import annotations
@@ -172,6 +175,69 @@ def press_filter(term: Terminal, presses: int, rng: random.Random) -> tuple[list
     return latencies, missed
 
 
+def press_filter_keys(term: Terminal, presses: int, rng: random.Random) -> tuple[list[float], int]:
+    """Letters typed into the open filter box: the status line shows the text so far."""
+    latencies, missed = [], 0
+    term.send(b"/")
+    time.sleep(0.5)
+    typed = ""
+    for _ in range(presses):
+        time.sleep(rng.uniform(0.3, 0.8))
+        letter = rng.choice("dgxh10")
+        if len(typed) >= 6:  # start again rather than filter everything away
+            term.send(b"\x7f" * len(typed))
+            typed = ""
+            time.sleep(0.5)
+        typed += letter
+        watch = term.watch(f"filter “{typed}”")
+        sent = term.send(letter.encode())
+        at = term.wait(watch, 10.0)
+        if at is None:
+            missed += 1
+        else:
+            latencies.append((at - sent) * 1000)
+    term.send(b"\x1b")
+    time.sleep(0.5)
+    return latencies, missed
+
+
+def press_views(term: Terminal, presses: int, rng: random.Random) -> tuple[list[float], int]:
+    """`v` (grouped <-> flat) and `o` (processes <-> back): the status line names the view."""
+    latencies, missed = [], 0
+    steps = [(b"v", "flat · sort"), (b"v", "grouped · sort"), (b"o", "processes · sort"), (b"o", "grouped · sort")]
+    for i in range(presses):
+        time.sleep(rng.uniform(0.3, 0.8))
+        key, text = steps[i % len(steps)]
+        watch = term.watch(text)
+        sent = term.send(key)
+        at = term.wait(watch, 10.0)
+        if at is None:
+            missed += 1
+        else:
+            latencies.append((at - sent) * 1000)
+    return latencies, missed
+
+
+def usage(console: psutil.Process, simulate: psutil.Process, term: Terminal, seconds: float) -> dict[str, str]:
+    """CPU of the console (and of the simulator, for context), RSS and terminal output over a window."""
+    cpu0, wall0, out0 = console.cpu_times(), time.perf_counter(), term.bytes_out
+    sim0 = simulate.cpu_times()
+    rss = []
+    while time.perf_counter() - wall0 < seconds:
+        time.sleep(0.5)
+        rss.append(console.memory_info().rss / 2**20)
+    cpu1, wall1, sim1 = console.cpu_times(), time.perf_counter(), simulate.cpu_times()
+    busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    sim_busy = (sim1.user - sim0.user) + (sim1.system - sim0.system)
+    return {
+        "CPU, % of one core": f"{100 * busy / (wall1 - wall0):.1f} %",
+        # The simulator shares the cores: it is context for the latencies, not the console's.
+        "simulator CPU (same cores)": f"{100 * sim_busy / (wall1 - wall0):.1f} %",
+        "RSS max": f"{max(rss):.0f} MB",
+        "terminal output": f"{(term.bytes_out - out0) / (wall1 - wall0) / 1024:.0f} KiB/s",
+    }
+
+
 def launch(args: argparse.Namespace, nodes_file: Path, env: dict[str, str]) -> tuple[Terminal, dict[str, str]]:
     """Start the console and wait for its first frame and for every node; return their times."""
     argv = [*GPUFLEET, "console", "--nodes-file", str(nodes_file), "--refresh", str(args.refresh), "--no-demo"]
@@ -211,27 +277,24 @@ def measure(args: argparse.Namespace, nodes_file: Path, env: dict[str, str],
     try:
         console = psutil.Process(term.proc.pid)
         time.sleep(2.0)  # settle: every poller is on its steady schedule
-        cpu0, wall0, out0 = console.cpu_times(), time.perf_counter(), term.bytes_out
-        sim0 = simulate.cpu_times()
-        rss = []
-        while time.perf_counter() - wall0 < args.seconds:
-            time.sleep(0.5)
-            rss.append(console.memory_info().rss / 2**20)
-        cpu1, wall1 = console.cpu_times(), time.perf_counter()
-        busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        figures["CPU, % of one core"] = f"{100 * busy / (wall1 - wall0):.1f} %"
-        sim1 = simulate.cpu_times()
-        sim_busy = (sim1.user - sim0.user) + (sim1.system - sim0.system)
-        # The simulator shares the cores: it is context for the latencies, not the console's.
-        figures["simulator CPU (same cores)"] = f"{100 * sim_busy / (wall1 - wall0):.1f} %"
-        figures["RSS max"] = f"{max(rss):.0f} MB"
-        figures["terminal output"] = f"{(term.bytes_out - out0) / (wall1 - wall0) / 1024:.0f} KiB/s"
+        for view, key in (("grouped", b""), ("flat", b"v"), ("processes", b"o")):
+            if key:
+                term.send(key)
+                time.sleep(2.0)  # settle in the new view
+            figures.update({f"{view}: {name}": value
+                            for name, value in usage(console, simulate, term, args.seconds).items()})
+        term.send(b"o")  # back to the flat view, then grouped, for the keys
+        time.sleep(0.5)
+        term.send(b"v")
+        time.sleep(1.0)
         rng = random.Random(7)
-        sort_ms, sort_missed = press_sort(term, args.presses, rng)
-        figures["key s -> sort label on screen"] = summary(sort_ms) + (f", {sort_missed} missed" if sort_missed else "")
-        filter_ms, filter_missed = press_filter(term, max(5, args.presses // 3), rng)
-        figures["key / -> filter box on screen"] = (summary(filter_ms)
-                                                   + (f", {filter_missed} missed" if filter_missed else ""))
+        for label, run in (("key s -> sort label on screen", press_sort),
+                           ("key / -> filter box on screen", press_filter),
+                           ("filter keystroke -> text on screen", press_filter_keys),
+                           ("key v / o -> view on screen", press_views)):
+            presses = args.presses if run is not press_filter else max(5, args.presses // 3)
+            ms, missed = run(term, presses, rng)
+            figures[label] = summary(ms) + (f", {missed} missed" if missed else "")
         figures["exit code after ctrl+c"] = str(quit_console(term))
     finally:
         if term.proc.poll() is None:

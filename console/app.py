@@ -276,13 +276,13 @@ class GpuFleetApp(App[None]):
 
     def on_node_polled(self, message: NodePolled) -> None:
         self.fleet.apply_status(message.node, message.status, message.rtt_ms, message.at)
-        self._pending_events += self.fleet.update_health(self.clock())
+        self._pending_events += self.fleet.update_health(self.clock(), only=message.node)
         self._schedule_redraw()
 
     def on_node_failed(self, message: NodeFailed) -> None:
         self.fleet.apply_failure(message.node, message.error, message.at, auth=message.auth,
                                  status=message.status)
-        self._pending_events += self.fleet.update_health(self.clock())
+        self._pending_events += self.fleet.update_health(self.clock(), only=message.node)
         self._schedule_redraw()
 
     def _schedule_redraw(self) -> None:

@@ -68,12 +68,13 @@ class FleetFilter:
         assert gpu is not None
         if word in self._gpu_words:
             return self._gpu_words[word](gpu)
+        if _in(word, [gpu.name, gpu.team_id or "", gpu.model_tag or "", row.holder]):
+            return True  # the cheap fields first: most words are a GPU or team name
         processes = row.node.processes_on(gpu.index)
         if word.isdigit() and any(p.pid == int(word) for p in processes):
             return True
-        haystack = [gpu.name, gpu.team_id or "", gpu.model_tag or "", row.holder]
-        haystack += [m.name for m in row.node.models_on([gpu.index])]
-        return _in(word, haystack) or any(_process_text(word, p) for p in processes)
+        return (any(_process_text(word, p) for p in processes)
+                or _in(word, [m.name for m in row.node.models_on([gpu.index])]))
 
     # -- whole filters -----------------------------------------------------------------
 
@@ -83,6 +84,16 @@ class FleetFilter:
 
     def gpu_matches(self, row: FleetRow) -> bool:
         return all(self._node_word(w, row.node) or self._gpu_word(w, row) for w in self.words)
+
+    def gpu_filter(self, node: NodeState) -> Callable[[FleetRow], bool] | None:
+        """The test for ``node``'s GPUs, with the words the node matches itself settled once.
+
+        ``None`` when the node matches every word: all of its GPUs are shown.
+        """
+        left = [w for w in self.words if not self._node_word(w, node)]
+        if not left:
+            return None
+        return lambda row: all(self._gpu_word(w, row) for w in left)
 
     def process_matches(self, row: ProcessRow) -> bool:
         proc = row.proc

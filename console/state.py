@@ -74,6 +74,11 @@ class NodeState:
     fresh_at: datetime | None = None  # console time when the node's own timestamp last moved on
     health: NodeHealth = "waiting"  # as of the last update_health()
     gpu_trouble: dict[int, dict[str, str]] = field(default_factory=dict)  # as of the last update_health()
+    _trouble_of: GpuStatusResponse | None = field(default=None, repr=False)  # the status gpu_trouble is from
+    _procs_of: GpuStatusResponse | None = field(default=None, repr=False)
+    _rows_of: GpuStatusResponse | None = field(default=None, repr=False)
+    _rows: list[FleetRow] = field(default_factory=list, repr=False)
+    _procs_by_gpu: dict[int | None, list[GpuProcess]] = field(default_factory=dict, repr=False)
     histories: dict[int, GpuHistory] = field(default_factory=dict)
 
     @property
@@ -88,7 +93,12 @@ class NodeState:
     def processes_on(self, index: int) -> list[GpuProcess]:
         if self.status is None:
             return []
-        return [p for p in self.status.processes if p.gpu_index == index]
+        if self._procs_of is not self.status:  # indexed once per answer: filters ask per GPU
+            self._procs_by_gpu = {}
+            for proc in self.status.processes:
+                self._procs_by_gpu.setdefault(proc.gpu_index, []).append(proc)
+            self._procs_of = self.status
+        return self._procs_by_gpu.get(index, [])
 
     def models_on(self, indices: Iterable[int] | None) -> list[LoadedModel]:
         """Loaded models a purge of ``indices`` (None: every GPU) would touch."""
@@ -210,9 +220,11 @@ def _gpu_sort_value(row: FleetRow, key: SortKey) -> tuple[int, float | str]:
 
 
 def _sorted_known_first(rows: list[FleetRow], key: SortKey, reverse: bool) -> list[FleetRow]:
-    rows = sorted(rows, key=lambda r: _gpu_sort_value(r, key), reverse=reverse)
+    values = [(_gpu_sort_value(r, key), r) for r in rows]
+    values.sort(key=lambda v: v[0], reverse=reverse)
     # Keep unknown readings at the bottom in both directions (a stable second sort).
-    return sorted(rows, key=lambda r: _gpu_sort_value(r, key)[0])
+    values.sort(key=lambda v: v[0][0])
+    return [r for _, r in values]
 
 
 class FleetState:
@@ -225,6 +237,7 @@ class FleetState:
         # Stale: the node's readings stopped moving for the configured time, and at least a few polls.
         self.stale_after = timedelta(seconds=max(self.levels.t.stale_after_s, STALE_POLLS * refresh_s))
         self.version = 0  # bumped on every change, so a screen can skip redundant redraws
+        self.matched_gpus = 0  # GPUs the last rows() call's filter let through, folded ones included
 
     def apply_status(self, name: str, status: GpuStatusResponse, rtt_ms: float, at: datetime) -> None:
         node = self.nodes[name]
@@ -247,10 +260,13 @@ class FleetState:
         node.auth_failed, node.last_status = auth, status
         self.version += 1
 
-    def update_health(self, now: datetime) -> list[Event]:
-        """Re-evaluate every node's health; one event per node whose health changed."""
+    def update_health(self, now: datetime, only: str | None = None) -> list[Event]:
+        """Re-evaluate every node's health (or ``only`` that one's); an event per change.
+
+        GPU trouble is looked at once per answer, so calling this often costs little.
+        """
         events: list[Event] = []
-        for node in self.nodes.values():
+        for node in self.nodes.values() if only is None else (self.nodes[only],):
             health = node.current_health(now, self.stale_after)
             if health != node.health:
                 before, node.health = node.health, health
@@ -258,7 +274,8 @@ class FleetState:
                 event = _health_event(node, before, now)
                 if event is not None:
                     events.append(event)
-            if node.reachable and node.status is not None:
+            if node.reachable and node.status is not None and node._trouble_of is not node.status:
+                node._trouble_of = node.status
                 events += self._gpu_events(node, now)
         return events
 
@@ -303,11 +320,13 @@ class FleetState:
         groups: list[tuple[NodeState, list[FleetRow]]] = []
         for node in self.nodes.values():
             gpu_rows = self._gpu_rows(node)
-            if matcher.active and not matcher.node_matches(node):
-                gpu_rows = [r for r in gpu_rows if matcher.gpu_matches(r)]
+            keep = matcher.gpu_filter(node) if matcher.active else None
+            if keep is not None:
+                gpu_rows = [r for r in gpu_rows if keep(r)]
                 if not gpu_rows:
                     continue
             groups.append((node, gpu_rows))
+        self.matched_gpus = sum(len(rows) for _, rows in groups)
         if q.flat:
             return self._flat(groups, q)
         for _, gpu_rows in groups:
@@ -358,16 +377,18 @@ class FleetState:
 
     @staticmethod
     def _gpu_rows(node: NodeState) -> list[FleetRow]:
+        """A new list of the node's GPU rows (the rows themselves are built once per answer)."""
         if node.status is None:
             return []
-        models = node.status.models or []
-        counts: dict[int | None, int] = {}
-        for proc in node.status.processes:
-            counts[proc.gpu_index] = counts.get(proc.gpu_index, 0) + 1
-        return [
-            FleetRow("gpu", node, gpu, counts.get(gpu.index, 0), holder_of(gpu, models))
-            for gpu in node.status.gpus
-        ]
+        if node._rows_of is not node.status:
+            models = node.status.models or []
+            counts: dict[int | None, int] = {}
+            for proc in node.status.processes:
+                counts[proc.gpu_index] = counts.get(proc.gpu_index, 0) + 1
+            node._rows = [FleetRow("gpu", node, gpu, counts.get(gpu.index, 0), holder_of(gpu, models))
+                          for gpu in node.status.gpus]
+            node._rows_of = node.status
+        return list(node._rows)
 
 
 def _sorted_processes(rows: list[ProcessRow], sort: ProcSortKey, reverse: bool) -> list[ProcessRow]:

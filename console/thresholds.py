@@ -103,9 +103,19 @@ class Levels:
         return GpuAlarm(worst(*(lvl for _, lvl in found)), tuple(name for name, _ in found))
 
     def over(self, gpu: GpuInfo) -> bool:
-        """At a critical level on any reading, or throttling / erroring: what the summary counts."""
-        alarm = self.alarm(gpu)
-        return alarm.level == "crit" or "throttled" in alarm.reasons
+        """At a critical level on any reading, or throttling / erroring: what the summary counts.
+
+        The same as ``alarm(gpu)`` at ``crit`` or throttled, without building it (every GPU, every redraw).
+        """
+        t = self.t
+        if gpu.lost or gpu.memory.percent_used >= t.memory_crit_pct:
+            return True
+        if gpu.temperature_c is not None and gpu.temperature_c >= t.temp_crit_c:
+            return True
+        power = power_pct(gpu)
+        if power is not None and power >= t.power_crit_pct:
+            return True
+        return self.ecc_level(gpu) == "crit" or self.memory_faults(gpu) or bool(self.throttle_reasons(gpu))
 
 
 def power_pct(gpu: GpuInfo) -> float | None:

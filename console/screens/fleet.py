@@ -195,11 +195,8 @@ class FleetScreen(Screen[None]):
         self.query_one(SimulatedBadge).set_on(self.state.simulated)
 
     def _matched_gpus(self, rows: list[FleetRow]) -> int:
-        """GPUs the filter lets through, folded nodes' GPUs included."""
-        if not self.collapsed and self.view == "grouped":
-            return sum(1 for r in rows if r.kind == "gpu")
-        query = RowQuery(query=self.query_text, flat=True, trouble_first=False)
-        return sum(1 for r in self.state.rows(query) if r.kind == "gpu")
+        """GPUs the filter lets through, folded nodes' and (flat) troubled nodes' included."""
+        return self.state.matched_gpus
 
     def _process_count(self) -> int:
         return sum(len(n.status.processes) for n in self.state.nodes.values() if n.status)
