@@ -311,9 +311,10 @@ class GpuFleetApp(App[None]):
         """A toast per change of node health and per GPU fault; a burst (a network blip) is one toast.
 
         A GPU that starts or stops throttling or running hot is only logged: on a busy fleet
-        that comes and goes all day.
+        that comes and goes all day. So is a fault a GPU already had when the console started:
+        its row is marked and the summary counts it.
         """
-        events = [e for e in events if e.kind != "gpu" or e.severity == "error"]
+        events = [e for e in events if e.kind != "gpu" or (e.severity == "error" and not e.initial)]
         if not events:
             return
         if len(events) <= NOTIFY_EACH_UP_TO:

@@ -25,6 +25,7 @@ class Event:
     gpu: int | None
     text: str
     kind: Kind = "gpu"
+    initial: bool = False  # found on the first answer: already so when the console started watching
 
 
 class EventLog:

@@ -275,14 +275,15 @@ class FleetState:
                 if event is not None:
                     events.append(event)
             if node.reachable and node.status is not None and node._trouble_of is not node.status:
-                node._trouble_of = node.status
                 events += self._gpu_events(node, now)
+                node._trouble_of = node.status
         return events
 
     def _gpu_events(self, node: NodeState, now: datetime) -> list[Event]:
         """GPUs that started or stopped throttling, erroring, overheating, or were lost."""
         events: list[Event] = []
         assert node.status is not None
+        initial = not node.gpu_trouble and node._trouble_of is None
         for gpu in node.status.gpus:
             trouble = gpu_trouble(gpu, self.levels)
             before = node.gpu_trouble.get(gpu.index, {})
@@ -293,7 +294,8 @@ class FleetState:
             for reason, text in trouble.items():
                 if before.get(reason) != text and reason not in before:
                     severity: Severity = "warning" if reason in ("throttled", "hot") else "error"
-                    events.append(Event(now, severity, node.name, gpu.index, f"{where}: {text}"))
+                    events.append(Event(now, severity, node.name, gpu.index, f"{where}: {text}",
+                                        initial=initial))
             for reason in before.keys() - trouble.keys():
                 events.append(Event(now, "information", node.name, gpu.index,
                                     f"{where}: {TROUBLE_CLEARED[reason]}"))

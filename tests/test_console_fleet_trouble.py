@@ -158,27 +158,51 @@ async def test_an_outage_rises_to_the_top_is_notified_logged_and_recovers(live4:
         assert sum(1 for e in app.events if "is unreachable" in e.text) == 5
 
 
-async def test_gpu_faults_are_logged_and_notified_throttling_only_logged(fleet4: EmbeddedFleet) -> None:
-    app = console_app(fleet4.targets, refresh_s=HOUR)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
-        await pilot.pause()
-        logged: dict[tuple[str, int | None], list[str]] = {}
-        for e in app.events:
-            logged.setdefault((e.node, e.gpu), []).append(f"{e.severity}: {e.text}")
-        assert f"error: {A100} GPU 5: 1 uncorrected ECC error(s)" in logged[(A100, 5)]
-        assert (f"error: {A100} GPU 5: row remapping pending: reset the GPU; 2 XID error(s), last XID 63"
-                in logged[(A100, 5)])
-        assert f"warning: {L40S} GPU 2: throttling: sw thermal slowdown" in logged[(L40S, 2)]
-        toasts = [n.message for n in app._notifications]
-        assert any(f"{A100} GPU 5" in t for t in toasts) and not any("throttling" in t for t in toasts)
-        # The fleet rows carry the marks.
-        table = app.screen.query_one(FleetTable)
-        for key, mark in (((A100, 5), "✖"), ((L40S, 2), "↓"), ((A100, 4), " ")):
-            index = next(i for i, r in enumerate(table.rows) if r.key == key)
-            table.scroll_to(y=index, animate=False, immediate=True)
-            line = table.render_line(1 + index - table.scroll_offset.y).text
-            assert line[4:6] == f"{mark} ", (key, line)
+async def test_gpu_trouble_is_marked_and_logged_and_a_new_fault_is_notified() -> None:
+    clock = Clock(FROZEN.replace(hour=9))  # the L40S is warm but not yet throttling
+    moving = EmbeddedFleet(4, clock=clock)
+    try:
+        app = console_app(moving.targets, refresh_s=HOUR, clock=clock)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+            await pilot.pause()
+            logged = {(e.node, e.gpu): e for e in app.events if e.gpu is not None}
+            # The A100's ECC errors were there before the console looked: logged and marked, no toast.
+            fault = [e for e in app.events if (e.node, e.gpu) == (A100, 5)]
+            assert any("1 uncorrected ECC error(s)" in e.text and e.severity == "error" for e in fault)
+            assert any("row remapping pending: reset the GPU; 2 XID error(s), last XID 63" in e.text for e in fault)
+            assert (L40S, 2) not in logged
+            assert not any("GPU" in n.message for n in app._notifications)
+            clock.now = FROZEN  # the afternoon: the L40S throttles on heat
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: any((e.node, e.gpu) == (L40S, 2) for e in app.events), "the throttling")
+            await pilot.pause()
+            throttle = next(e for e in app.events if (e.node, e.gpu) == (L40S, 2))
+            assert throttle.severity == "warning" and throttle.text == f"{L40S} GPU 2: throttling: sw thermal slowdown"
+            assert not any("throttling" in n.message for n in app._notifications)  # comes and goes: logged only
+            table = app.screen.query_one(FleetTable)
+            for key, mark in (((A100, 5), "✖"), ((L40S, 2), "↓"), ((A100, 4), " ")):
+                index = next(i for i, r in enumerate(table.rows) if r.key == key)
+                table.scroll_to(y=index, animate=False, immediate=True)
+                line = table.render_line(1 + index - table.scroll_offset.y).text
+                assert line[4:6] == f"{mark} ", (key, line)
+    finally:
+        moving.close()
+
+
+def test_a_fault_that_appears_later_is_not_initial(state: FleetState) -> None:
+    from gpufleet.server.schemas import GpuEcc
+
+    node = state.nodes[H100]
+    assert node.status is not None
+    gpus = [g.model_copy(update={"ecc_errors": GpuEcc(volatile_corrected=0, volatile_uncorrected=3)})
+            if g.index == 1 else g for g in node.status.gpus]
+    later = FROZEN + timedelta(seconds=2)
+    state.apply_status(H100, node.status.model_copy(update={"gpus": gpus, "timestamp": later}), 3.0, later)
+    (event,) = state.update_health(later, only=H100)
+    assert (event.gpu, event.severity, event.initial) == (1, "error", False)
+    assert event.text == f"{H100} GPU 1: 3 uncorrected ECC error(s)"
+    assert state.update_health(later) == []  # nothing new: no events
 
 
 def test_trouble_first_and_its_setting(state: FleetState) -> None:
