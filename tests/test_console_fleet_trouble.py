@@ -181,7 +181,7 @@ async def test_gpu_trouble_is_marked_and_logged_and_a_new_fault_is_notified() ->
             assert throttle.severity == "warning" and throttle.text == f"{L40S} GPU 2: throttling: sw thermal slowdown"
             assert not any("throttling" in n.message for n in app._notifications)  # comes and goes: logged only
             table = app.screen.query_one(FleetTable)
-            for key, mark in (((A100, 5), "✖"), ((L40S, 2), "↓"), ((A100, 4), " ")):
+            for key, mark in (((A100, 5), "!"), ((L40S, 2), "↓"), ((A100, 4), " ")):
                 index = next(i for i, r in enumerate(table.rows) if r.key == key)
                 table.scroll_to(y=index, animate=False, immediate=True)
                 line = table.render_line(1 + index - table.scroll_offset.y).text

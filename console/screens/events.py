@@ -79,7 +79,7 @@ class EventLogScreen(Screen[None]):
     HELP_WIDGETS = (EventTable,)
     AUTO_FOCUS = "#events-table"
 
-    BINDINGS = [Binding("escape", "app.switch_mode('fleet')", "Fleet", id="events.back",
+    BINDINGS = [Binding("escape", "app.switch_mode('fleet')", "Fleet", id="events.back", show=False,
                         tooltip="Back to the fleet")]
 
     def __init__(self, log: EventLog, *, clock: Callable[[], datetime]) -> None:

@@ -8,10 +8,12 @@ configured thresholds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from datetime import datetime
 from functools import lru_cache
 
+from rich.cells import cell_len
 from rich.segment import Segment
 
 from gpufleet.console.state import FleetRow
@@ -115,7 +117,7 @@ class FleetTable(LineTable[FleetRow]):
         alarm = levels.alarm(gpu)
         mark = ""
         if {"lost", "ecc", "faults"} & set(alarm.reasons):
-            mark, mark_role = "✖", "crit"
+            mark, mark_role = "!", "crit"  # one cell in every terminal (✖ is drawn wide by some)
         elif "throttled" in alarm.reasons:
             mark, mark_role = "↓", "warn"
         segments: list[Segment] = []
@@ -129,7 +131,10 @@ class FleetTable(LineTable[FleetRow]):
                     segments.append(Segment(number, dim))
                     segments.append(Segment(fit(mark, 2), self._style(tone(mark_role) if mark else None)))
                 case "gpu":
-                    segments.append(Segment(fit(fitted_gpu_name(gpu.name, w - 1), w - 1) + " ", plain))
+                    name = fitted_gpu_name(gpu.name, w - 1)
+                    if cell_len(name) > w - 1:  # the model alone says more than a cut "A100 …"
+                        name = re.split(r"[\s-]+", name)[0]
+                    segments.append(Segment(fit(name, w - 1) + " ", plain))
                 case "memory":
                     segments += self._memory(row, w, tone)
                 case "util":
@@ -167,7 +172,7 @@ class FleetTable(LineTable[FleetRow]):
         bar_width = max(3, width - MEMORY_LABEL_WIDTH)
         role = tone(self.levels.memory(gpu.memory.percent_used)) or "ok"
         fraction = gpu.memory.used_mb / gpu.memory.total_mb if gpu.memory.total_mb else 0.0
-        return [*bar_segments(fraction, bar_width, self._style(role), self._style("bar-free")),
+        return [*bar_segments(fraction, bar_width, self._style(_bar(role)), self._style("bar-free")),
                 Segment(fit(label, width - bar_width - 1, ">") + " ", self._style(tone("ok")))]
 
     def _util(self, value: int | None, width: int, tone) -> list[Segment]:  # type: ignore[no-untyped-def]
@@ -177,5 +182,10 @@ class FleetTable(LineTable[FleetRow]):
         role = tone(self.levels.util(value)) or "ok"
         fraction = (value or 0) / 100
         return [Segment(" ", self._style(None)),
-                *bar_segments(fraction, bar_width, self._style(role), self._style("bar-free")),
+                *bar_segments(fraction, bar_width, self._style(_bar(role)), self._style("bar-free")),
                 Segment(fit(text, 5, ">"), self._style(tone(self.levels.util(value))))]
+
+
+def _bar(role: str) -> str:
+    """A bar's role for a level: the full colour (``dim`` stays dim)."""
+    return role if role == "dim" else f"bar-{role}"

@@ -30,8 +30,8 @@ from textual.strip import Strip
 RowT = TypeVar("RowT")
 
 # Roles a subclass may style its cells with; each is a component class ``line-table--<role>``.
-ROLES = ("cell", "header", "node", "ok", "warn", "crit", "dim", "bar-free", "badge",
-         "cursor", "cursor-blurred")
+ROLES = ("cell", "header", "node", "ok", "warn", "crit", "dim", "bar-ok", "bar-warn", "bar-crit",
+         "bar-free", "badge", "cursor", "cursor-blurred")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +84,13 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
     LineTable > .line-table--node { text-style: bold; color: $foreground; background: $surface; }
     LineTable > .line-table--cursor { background: $accent 35%; }
     LineTable > .line-table--cursor-blurred { background: $accent 15%; }
-    LineTable > .line-table--ok { color: $success; background: $surface; }
-    LineTable > .line-table--warn { color: $warning; background: $surface; }
-    LineTable > .line-table--crit { color: $error; text-style: bold; background: $surface; }
+    /* Text in the theme's text-* shades (legible on light and dark); bars in the full colours. */
+    LineTable > .line-table--ok { color: $text-success; background: $surface; }
+    LineTable > .line-table--warn { color: $text-warning; background: $surface; }
+    LineTable > .line-table--crit { color: $text-error; text-style: bold; background: $surface; }
+    LineTable > .line-table--bar-ok { color: $success; background: $surface; }
+    LineTable > .line-table--bar-warn { color: $warning; background: $surface; }
+    LineTable > .line-table--bar-crit { color: $error; background: $surface; }
     LineTable > .line-table--dim { color: $text-muted; background: $surface; }
     LineTable > .line-table--bar-free { color: $foreground 25%; background: $surface; }
     LineTable > .line-table--badge { background: $warning; color: $background; text-style: bold; }

@@ -70,10 +70,10 @@ def _power(watts: float) -> str:
 def summary_variants(t: FleetTotals) -> list[list[list[Part]]]:
     """Groups of parts, richest first; each later variant shortens or drops something."""
     trouble: list[Part] = []
-    for count, word, role in ((t.down, "down", "error"), (t.auth, "auth failed", "error"),
-                              (t.stale, "stale", "warning")):
+    for count, word, role in ((t.down, "down", "text-error"), (t.auth, "auth failed", "text-error"),
+                              (t.stale, "stale", "text-warning")):
         if count:
-            trouble += [(", " if trouble else " ", None), (f"{count} {word}", role)]
+            trouble += [(", ", None), (f"{count} {word}", role)]
     nodes_long: list[Part] = [(f"{t.up}/{t.nodes} nodes up", None), *trouble]
     nodes_short: list[Part] = [(f"{t.up}/{t.nodes} up", None), *trouble]
     gpus_long: list[Part] = [(f"{t.gpus} GPUs: {t.busy} busy, {t.idle} idle", None)]
@@ -83,7 +83,7 @@ def summary_variants(t: FleetTotals) -> list[list[list[Part]]]:
     power: list[Part] = [(_power(t.power_w), None)]
     util_long: list[Part] = [(f"util {t.mean_util:.0f}% avg" if t.mean_util is not None else "util —", None)]
     util_short: list[Part] = [(f"util {t.mean_util:.0f}%" if t.mean_util is not None else "util —", None)]
-    over_role = "error" if t.over else "text-muted"
+    over_role = "text-error" if t.over else "text-muted"
     over_long: list[Part] = [(f"{t.over} over threshold", over_role)]
     over_short: list[Part] = [(f"{t.over} over", over_role)]
     # Each step gives up one thing, least missed first; every prefix of the steps is a variant.
@@ -136,7 +136,7 @@ def status_variants(view: str, sort: str, reverse: bool, query: str, matched: in
                     noun: str, readonly: bool) -> list[list[list[Part]]]:
     """The fleet screen's status: view, sort and the filter with its count (the count always whole)."""
     arrow = "▼" if reverse else "▲"
-    readonly_part: list[list[Part]] = [[("read-only", "warning")]] if readonly else []
+    readonly_part: list[list[Part]] = [[("read-only", "text-warning")]] if readonly else []
     count_long = f"{matched} of {of} {noun}"
     count_short = f"{matched}/{of}"
     variants: list[list[list[Part]]] = []
@@ -145,12 +145,12 @@ def status_variants(view: str, sort: str, reverse: bool, query: str, matched: in
             (view, f"{sort} {arrow}", count_long),
             (None, f"{sort} {arrow}", count_long),
             (None, f"{sort} {arrow}", count_short)):
-        groups: list[list[Part]] = [[(shown_view, "accent")]] if shown_view else []
+        groups: list[list[Part]] = [[(shown_view, "text-accent")]] if shown_view else []
         groups.append([(sort_text, None)])
         if query:
             for cut in (None, 16, 8):
                 shown = query if cut is None or len(query) <= cut else query[: cut - 1] + "…"
-                variants.append([*groups, [(f"filter “{shown}” ", None), (count, "warning")], *readonly_part])
+                variants.append([*groups, [(f"filter “{shown}” ", None), (count, "text-warning")], *readonly_part])
         else:
             variants.append([*groups, *readonly_part])
     return variants
