@@ -286,8 +286,8 @@ async def test_utilization_bar_takes_the_threshold_colours(fleet4: EmbeddedFleet
             line = list(table.render_line(1 + index))
             # The last solid bar on the line is utilization's (memory's comes first).
             bar = [s for s in line if s.text.strip() and set(s.text) <= set("█▉▊▋▌▍▎▏")][-1]
-            return (bar.style.color, table.get_component_rich_style("line-table--ok").color,  # type: ignore[union-attr]
-                    table.get_component_rich_style("line-table--warn").color)
+            return (bar.style.color, table.get_component_rich_style("line-table--bar-ok").color,  # type: ignore[union-attr]
+                    table.get_component_rich_style("line-table--bar-warn").color)
 
     bar, ok, warn = await util_styles(ConsoleThresholds())
     assert bar == ok
