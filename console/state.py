@@ -21,6 +21,7 @@ from gpufleet.server.schemas import GpuInfo, GpuProcess, GpuStatusResponse, Load
 
 HISTORY_WINDOW_S = 15 * 60  # the detail screen's sparklines cover the last ~15 minutes
 STALE_POLLS = 3  # a node is stale only after missing at least this many refreshes
+CLEAR_AFTER = 3  # answers in a row without a GPU's trouble before the log says it is gone
 
 SortKey = Literal["node", "memory", "util", "temp", "power", "procs", "holder",
                   "fan", "sm_clock", "pstate", "energy"]
@@ -75,6 +76,7 @@ class NodeState:
     health: NodeHealth = "waiting"  # as of the last update_health()
     gpu_trouble: dict[int, dict[str, str]] = field(default_factory=dict)  # as of the last update_health()
     _trouble_of: GpuStatusResponse | None = field(default=None, repr=False)  # the status gpu_trouble is from
+    gpu_absent: dict[tuple[int, str], int] = field(default_factory=dict, repr=False)  # answers without a reason
     _procs_of: GpuStatusResponse | None = field(default=None, repr=False)
     _rows_of: GpuStatusResponse | None = field(default=None, repr=False)
     _rows: list[FleetRow] = field(default_factory=list, repr=False)
@@ -280,25 +282,38 @@ class FleetState:
         return events
 
     def _gpu_events(self, node: NodeState, now: datetime) -> list[Event]:
-        """GPUs that started or stopped throttling, erroring, overheating, or were lost."""
+        """GPUs that started or stopped throttling, erroring, overheating, or were lost.
+
+        A reason is logged as soon as it appears; it is logged as gone only once it has been
+        absent from ``CLEAR_AFTER`` answers in a row, and a hot GPU is gone only below the
+        warning temperature, so a GPU hovering at a threshold is one line, not one a poll.
+        """
         events: list[Event] = []
         assert node.status is not None
         initial = not node.gpu_trouble and node._trouble_of is None
         for gpu in node.status.gpus:
             trouble = gpu_trouble(gpu, self.levels)
             before = node.gpu_trouble.get(gpu.index, {})
-            if trouble == before:
-                continue
-            node.gpu_trouble[gpu.index] = trouble
+            if "hot" in before and "hot" not in trouble and self.levels.hot(gpu):
+                trouble["hot"] = before["hot"]  # between warning and critical: still hot
             where = f"{node.name} GPU {gpu.index}"
             for reason, text in trouble.items():
-                if before.get(reason) != text and reason not in before:
+                node.gpu_absent.pop((gpu.index, reason), None)
+                if reason not in before:
                     severity: Severity = "warning" if reason in ("throttled", "hot") else "error"
                     events.append(Event(now, severity, node.name, gpu.index, f"{where}: {text}",
                                         initial=initial))
+            kept = dict(trouble)
             for reason in before.keys() - trouble.keys():
+                absent = node.gpu_absent.get((gpu.index, reason), 0) + 1
+                if absent < CLEAR_AFTER:
+                    node.gpu_absent[(gpu.index, reason)] = absent
+                    kept[reason] = before[reason]
+                    continue
+                node.gpu_absent.pop((gpu.index, reason), None)
                 events.append(Event(now, "information", node.name, gpu.index,
                                     f"{where}: {TROUBLE_CLEARED[reason]}"))
+            node.gpu_trouble[gpu.index] = kept
         return events
 
     @property

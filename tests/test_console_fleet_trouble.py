@@ -329,3 +329,25 @@ def test_event_times_are_the_console_clock() -> None:
     fleet.apply_failure("n", "connection failed", when)
     (event,) = fleet.update_health(when)
     assert event.at == when and event.text == "n is unreachable: connection failed"
+
+
+def test_a_gpu_hovering_at_a_threshold_is_one_line_in_the_log(state: FleetState) -> None:
+    node = state.nodes[H100]
+    assert node.status is not None
+    base = node.status
+
+    def answer(second: int, temp: int, throttle: list[str]) -> list[str]:
+        at = FROZEN + timedelta(seconds=second)
+        gpus = [g.model_copy(update={"temperature_c": temp, "throttle_reasons": throttle}) if g.index == 0 else g
+                for g in base.gpus]
+        state.apply_status(H100, base.model_copy(update={"gpus": gpus, "timestamp": at}), 3.0, at)
+        return [e.text.removeprefix(f"{H100} GPU 0: ") for e in state.update_health(at, only=H100)]
+
+    assert answer(1, 86, ["sw_thermal_slowdown"]) == ["throttling: sw thermal slowdown", "86°C, at or over 85°C"]
+    assert answer(2, 84, []) == []  # under critical but still hot; throttling gone for one answer
+    assert answer(3, 86, ["sw_thermal_slowdown"]) == []  # back: nothing new to say
+    assert answer(4, 80, []) == []  # warm (over 75 °C): still hot
+    assert answer(5, 70, []) == []
+    assert answer(6, 70, []) == ["no longer throttling"]  # three answers without it
+    assert answer(7, 70, []) == ["cooled below the critical temperature"]  # three under the warning
+    assert answer(8, 70, []) == []

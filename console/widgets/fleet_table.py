@@ -99,7 +99,7 @@ class FleetTable(LineTable[FleetRow]):
         return self._gpu_line(row, width)
 
     def _node_line(self, row: FleetRow, width: int) -> list[Segment]:
-        glyph = "✖" if self.flat else ("▸" if row.collapsed else "▾")
+        glyph = "▸" if self.flat or row.collapsed else "▾"
         parts = node_header_parts(row.node, width, now=self.now, mask_rtt=self.mask_rtt, glyph=glyph)
         return [Segment(text, self._style(role)) for text, role in parts]
 
