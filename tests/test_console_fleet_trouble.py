@@ -351,3 +351,17 @@ def test_a_gpu_hovering_at_a_threshold_is_one_line_in_the_log(state: FleetState)
     assert answer(6, 70, []) == ["no longer throttling"]  # three answers without it
     assert answer(7, 70, []) == ["cooled below the critical temperature"]  # three under the warning
     assert answer(8, 70, []) == []
+
+
+def test_the_summary_fits_every_width_and_big_fleets_read_in_tb_and_kw() -> None:
+    from gpufleet.console.widgets.summary import FleetTotals, fitted, summary_variants, width_of
+
+    big = FleetTotals(nodes=65, up=64, down=1, auth=0, stale=0, gpus=496, busy=205, idle=291,
+                      used_mb=11_516 * 1024, total_mb=34_961 * 1024, power_w=92_600.0, mean_util=31.4, over=45)
+    wide = "".join(text for text, _ in fitted(summary_variants(big), 200))
+    assert wide == ("64/65 nodes up, 1 down · 496 GPUs: 205 busy, 291 idle · mem 11.2/34.1 TB · 92.6 kW"
+                    " · util 31% avg · 45 over threshold")
+    for width in range(30, 200):
+        assert width_of(fitted(summary_variants(big), width)) <= width, width
+    narrowest = "".join(text for text, _ in fitted(summary_variants(big), 30))
+    assert narrowest.startswith("64/65 up, 1 down") and narrowest.endswith("45 over")

@@ -63,6 +63,13 @@ def totals(state: FleetState) -> FleetTotals:
     return FleetTotals(len(state.nodes), up, down, auth, stale, gpus, busy, idle, used, total, power, mean, over)
 
 
+def _memory(used_mb: int, total_mb: int) -> str:
+    """Used/total in the API's GB (MiB / 1024), or TB (GB / 1024) for a fleet of 10,000 GB and more."""
+    if total_mb / 1024 >= 10_000:
+        return f"{used_mb / 1024**2:.1f}/{total_mb / 1024**2:.1f} TB"
+    return f"{used_mb / 1024:.0f}/{total_mb / 1024:.0f} GB"
+
+
 def _power(watts: float) -> str:
     return f"{watts / 1000:.1f} kW" if watts >= 10_000 else f"{watts:.0f} W"
 
@@ -78,8 +85,8 @@ def summary_variants(t: FleetTotals) -> list[list[list[Part]]]:
     nodes_short: list[Part] = [(f"{t.up}/{t.nodes} up", None), *trouble]
     gpus_long: list[Part] = [(f"{t.gpus} GPUs: {t.busy} busy, {t.idle} idle", None)]
     gpus_short: list[Part] = [(f"{t.busy}/{t.gpus} busy", None)]
-    memory_long: list[Part] = [(f"mem {t.used_mb / 1024:.0f}/{t.total_mb / 1024:.0f} GB", None)]
-    memory_short: list[Part] = [(f"{t.used_mb / 1024:.0f}/{t.total_mb / 1024:.0f} GB", None)]
+    memory_long: list[Part] = [(f"mem {_memory(t.used_mb, t.total_mb)}", None)]
+    memory_short: list[Part] = [(_memory(t.used_mb, t.total_mb), None)]
     power: list[Part] = [(_power(t.power_w), None)]
     util_long: list[Part] = [(f"util {t.mean_util:.0f}% avg" if t.mean_util is not None else "util —", None)]
     util_short: list[Part] = [(f"util {t.mean_util:.0f}%" if t.mean_util is not None else "util —", None)]
