@@ -195,7 +195,7 @@ class GpuFleetApp(App[None]):
         return self.readonly and hasattr(screen, "action_purge")
 
     def action_purge_disabled(self) -> None:
-        self.notify("Purge is disabled: this console is read-only (--readonly or [console] readonly).",
+        self.notify("Purge is disabled: this console is read-only (--readonly, or readonly in \\[console]).",
                     title="Read-only", severity="warning", timeout=5)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
