@@ -47,4 +47,5 @@ class EventLog:
         return len(self._events)
 
     def newest_first(self) -> list[Event]:
-        return list(reversed(self._events))
+        """Newest first; events of the same moment by node and GPU (answers arrive in any order)."""
+        return sorted(self._events, key=lambda e: (-e.at.timestamp(), e.node, e.gpu if e.gpu is not None else -1))

@@ -80,6 +80,8 @@ class NodeState:
     _procs_of: GpuStatusResponse | None = field(default=None, repr=False)
     _rows_of: GpuStatusResponse | None = field(default=None, repr=False)
     _rows: list[FleetRow] = field(default_factory=list, repr=False)
+    _filter_cache: tuple[object, ...] | None = field(default=None, repr=False)
+    _totals: tuple[GpuStatusResponse, tuple[float, ...]] | None = field(default=None, repr=False)
     _procs_by_gpu: dict[int | None, list[GpuProcess]] = field(default_factory=dict, repr=False)
     histories: dict[int, GpuHistory] = field(default_factory=dict)
 
@@ -337,10 +339,9 @@ class FleetState:
         groups: list[tuple[NodeState, list[FleetRow]]] = []
         for node in self.nodes.values():
             gpu_rows = self._gpu_rows(node)
-            keep = matcher.gpu_filter(node) if matcher.active else None
-            if keep is not None:
-                gpu_rows = [r for r in gpu_rows if keep(r)]
-                if not gpu_rows:
+            if matcher.active:
+                gpu_rows = self._filtered(node, gpu_rows, matcher)
+                if not gpu_rows and not matcher.node_matches(node):
                     continue
             groups.append((node, gpu_rows))
         self.matched_gpus = sum(len(rows) for _, rows in groups)
@@ -391,6 +392,18 @@ class FleetState:
                 if not matcher.active or matcher.process_matches(row):
                     rows.append(row)
         return _sorted_processes(rows, sort, reverse)
+
+    @staticmethod
+    def _filtered(node: NodeState, rows: list[FleetRow], matcher: FleetFilter) -> list[FleetRow]:
+        """The node's GPU rows the filter lets through, worked out once per answer, health and filter."""
+        key = (node.status, node.health, tuple(matcher.words))
+        cached = node._filter_cache
+        if cached is None or cached[0] is not key[0] or cached[1:3] != key[1:]:
+            keep = matcher.gpu_filter(node)
+            kept = rows if keep is None else [r for r in rows if keep(r)]
+            node._filter_cache = (node.status, node.health, tuple(matcher.words), kept)
+            return list(kept)
+        return list(cached[3])
 
     @staticmethod
     def _gpu_rows(node: NodeState) -> list[FleetRow]:

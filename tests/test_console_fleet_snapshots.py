@@ -101,7 +101,8 @@ def test_event_log(snap_compare) -> None:
         doomed.stop_node("ws-gpu-01")
         app.clock.advance(minutes=2)  # type: ignore[attr-defined]
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: app.fleet.nodes["ws-gpu-01"].health == "down", "the outage")
+        await wait_for(pilot, lambda: app.fleet.nodes["ws-gpu-01"].health == "down"
+                       and bool(app._notifications), "the outage and its toast")
         app.clock.advance(minutes=1)  # type: ignore[attr-defined]
         app.clear_notifications()
         await pilot.press("l")

@@ -93,6 +93,14 @@ class FleetTable(LineTable[FleetRow]):
     def columns(self, width: int) -> list[Column]:
         return list(_layout(width, self.flat))
 
+    def cache_token(self, row: FleetRow) -> Hashable | None:
+        # A GPU row object lives as long as its node's answer; dimmed when the node stops answering.
+        # Node rows say how long ago and change with the clock: always drawn afresh.
+        return row.node.reachable if row.kind == "gpu" else None
+
+    def layout_token(self) -> Hashable:
+        return self.flat
+
     def row_segments(self, row: FleetRow, width: int) -> list[Segment]:
         if row.kind == "node":
             return self._node_line(row, width)

@@ -125,6 +125,8 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
         self.sort = ""
         self.reverse = False
         self._cursor_key: Hashable | None = None
+        self._lines: dict[Hashable, tuple[RowT, Hashable, list[Segment]]] = {}
+        self._lines_for: Hashable = None
 
     # -- what subclasses provide ---------------------------------------------------------
 
@@ -137,6 +139,18 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
     @staticmethod
     def row_key(row: RowT) -> Hashable:
         return getattr(row, "key")  # noqa: B009 - rows are dataclasses with a key property
+
+    def cache_token(self, row: RowT) -> Hashable | None:
+        """What, besides the row object itself, its drawn line depends on; ``None``: never reuse it.
+
+        A line drawn for the same row object and token (at the same width and styles) is reused:
+        a poll that changed one node redraws that node's lines, not the whole screen's.
+        """
+        return None
+
+    def layout_token(self) -> Hashable:
+        """What every line depends on besides the width and the theme (a subclass's view)."""
+        return None
 
     # -- data in -------------------------------------------------------------------
 
@@ -260,11 +274,25 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
         index = self.scroll_offset.y + y - 1
         if index >= len(self.rows):
             return Strip.blank(width, cell)
-        segments = self.row_segments(self.rows[index], width)
-        strip = Strip(segments).crop_extend(0, width, cell)
+        strip = Strip(self._row_line(self.rows[index], width, cell)).crop_extend(0, width, cell)
         if index == self.cursor:
             strip = self._with_cursor(strip, cell)
         return strip
+
+    def _row_line(self, row: RowT, width: int, cell: Style) -> list[Segment]:
+        token = self.cache_token(row)
+        if token is None:
+            return self.row_segments(row, width)
+        generation = (width, cell, self.layout_token())
+        if generation != self._lines_for or len(self._lines) > 4 * len(self.rows) + 64:
+            self._lines, self._lines_for = {}, generation
+        key = self.row_key(row)
+        cached = self._lines.get(key)
+        if cached is not None and cached[0] is row and cached[1] == token:
+            return cached[2]
+        segments = self.row_segments(row, width)
+        self._lines[key] = (row, token, segments)
+        return segments
 
     def _with_cursor(self, strip: Strip, cell: Style) -> Strip:
         """The cursor's background on every cell of the row (over the cells' own), badges kept."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from rich.cells import cell_len
 
-from gpufleet.console.state import FleetState
+from gpufleet.console.state import FleetState, NodeState
 
 Part = tuple[str, str | None]  # (text, theme variable or None)
 SEP: Part = (" · ", "text-muted")
@@ -38,10 +38,8 @@ class FleetTotals:
 
 
 def totals(state: FleetState) -> FleetTotals:
-    levels = state.levels
-    down = auth = stale = up = gpus = busy = idle = used = total = over = 0
-    power = 0.0
-    utils: list[int] = []
+    down = auth = stale = up = 0
+    sums = [0.0] * 9  # gpus, busy, idle, used MiB, total MiB, power W, util sum, util count, over
     for node in state.nodes.values():
         down += node.health == "down"
         auth += node.health == "auth"
@@ -49,18 +47,30 @@ def totals(state: FleetState) -> FleetTotals:
         up += node.health == "up"
         if node.status is None or not node.reachable:
             continue  # a node that does not answer has no current readings to add up
-        for gpu in node.status.gpus:
-            gpus += 1
-            busy += levels.busy(gpu)
-            idle += levels.idle(gpu)
-            used += gpu.memory.used_mb
-            total += gpu.memory.total_mb
-            power += gpu.power_draw_w or 0.0
-            if gpu.utilization.gpu_percent is not None:
-                utils.append(gpu.utilization.gpu_percent)
-            over += levels.over(gpu)
-    mean = sum(utils) / len(utils) if utils else None
-    return FleetTotals(len(state.nodes), up, down, auth, stale, gpus, busy, idle, used, total, power, mean, over)
+        for i, value in enumerate(_node_sums(node, state)):
+            sums[i] += value
+    gpus, busy, idle, used, total, power, util_sum, util_n, over = sums
+    mean = util_sum / util_n if util_n else None
+    return FleetTotals(len(state.nodes), up, down, auth, stale, int(gpus), int(busy), int(idle),
+                       int(used), int(total), power, mean, int(over))
+
+
+def _node_sums(node: NodeState, state: FleetState) -> tuple[float, ...]:
+    """One node's share of the totals, added up once per answer (a redraw sums 64 of these, not 512 GPUs)."""
+    status = node.status
+    assert status is not None
+    cached = node._totals
+    if cached is not None and cached[0] is status:
+        return cached[1]
+    levels = state.levels
+    gpus = status.gpus
+    utils = [g.utilization.gpu_percent for g in gpus if g.utilization.gpu_percent is not None]
+    sums = (float(len(gpus)), float(sum(levels.busy(g) for g in gpus)), float(sum(levels.idle(g) for g in gpus)),
+            float(sum(g.memory.used_mb for g in gpus)), float(sum(g.memory.total_mb for g in gpus)),
+            sum(g.power_draw_w or 0.0 for g in gpus), float(sum(utils)), float(len(utils)),
+            float(sum(levels.over(g) for g in gpus)))
+    node._totals = (status, sums)
+    return sums
 
 
 def _memory(used_mb: int, total_mb: int) -> str:
