@@ -14,6 +14,7 @@ from gpufleet.console.screens.detail import GpuDetailScreen
 from gpufleet.console.screens.events import EventLogScreen, EventTable
 from gpufleet.console.screens.fleet import FleetScreen
 from gpufleet.console.screens.help import HelpScreen
+from gpufleet.console.screens.purge import PurgeModal
 from gpufleet.console.widgets.fleet_table import FleetTable
 from gpufleet.console.widgets.line_table import LineTable
 from gpufleet.console.widgets.process_table import ProcessTable
@@ -84,6 +85,12 @@ async def test_process_view_lists_every_process_and_enter_opens_its_gpu(fleet: E
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen), "back")
         assert screen.view == "processes" and procs.current is not None and procs.current.key == row.key
+        await pilot.press("p")  # purge from a process row: its GPU
+        await wait_for(pilot, lambda: isinstance(app.screen, PurgeModal), "the purge modal")
+        modal = app.screen
+        assert modal.node.name == row.node.name and modal.gpu_indices == [row.proc.gpu_index]  # type: ignore[attr-defined]
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen), "back")
         await pilot.press("slash", *str(row.proc.pid), "enter")
         await pilot.pause()
         assert {r.proc.pid for r in procs.rows} == {row.proc.pid}

@@ -73,7 +73,8 @@ class FleetScreen(Screen[None]):
                 tooltip="Grouped by node / every GPU in one flat list"),
         Binding("o", "toggle_processes", "Procs", id="fleet.processes",
                 tooltip="Every GPU process of the fleet / back to the GPUs"),
-        Binding("p", "purge", "Purge", id="fleet.purge", tooltip="Purge the GPU (or node) under the cursor"),
+        Binding("p", "purge", "Purge", id="fleet.purge",
+                tooltip="Purge the GPU (or node) under the cursor; in the process view, the process's GPU"),
         Binding("space", "toggle_node", "Fold node", show=False, id="fleet.fold",
                 tooltip="Fold or unfold the node under the cursor (Enter on a node row too)"),
         Binding("left", "fold(True)", "Fold", show=False, id="fleet.fold_left",
@@ -148,7 +149,7 @@ class FleetScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "purge":
             # A read-only console has no purge (the app says so when its key is pressed).
-            return not self.readonly and self.view != "processes"
+            return not self.readonly
         if action in ("toggle_node", "fold", "toggle_all_nodes"):
             return self.view == "grouped"
         if action == "toggle_flat":
@@ -215,8 +216,7 @@ class FleetScreen(Screen[None]):
         self.table.display = not processes
         self.process_table.display = processes
         if not isinstance(self.app.focused, Input):
-            self.active_table.focus()
-        self.refresh_bindings()
+            self.active_table.focus()  # the focus change refreshes the bindings (and the footer)
 
     # -- views ---------------------------------------------------------------------
 
@@ -366,8 +366,15 @@ class FleetScreen(Screen[None]):
                     title="Node row", timeout=6)
 
     def action_purge(self) -> None:
-        row = self.table.current
-        if not isinstance(row, FleetRow) or self.readonly:
+        """Purge the GPU under the cursor, the whole node on a node row, or a process's GPU."""
+        row = self.active_table.current
+        if self.readonly:
+            return
+        if isinstance(row, ProcessRow):
+            if row.proc.gpu_index is not None:
+                self.app.open_purge(row.node.name, [row.proc.gpu_index])  # type: ignore[attr-defined]
+            return
+        if not isinstance(row, FleetRow):
             return
         indices = [row.gpu.index] if row.kind == "gpu" and row.gpu is not None else None
         self.app.open_purge(row.node.name, indices)  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual import events
 from textual.app import ComposeResult
+from textual.screen import Screen
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
@@ -24,6 +25,21 @@ class ConsoleFooter(Footer):
     """
 
     _hidden: frozenset[str] = frozenset()
+    _shown: tuple[tuple[str, str, bool], ...] | None = None  # the keys composed last
+
+    def _signature(self) -> tuple[tuple[str, str, bool], ...]:
+        """The keys the footer would show: (key, description, enabled) of each shown binding."""
+        return tuple((key, active.binding.description, active.enabled)
+                     for key, active in self.screen.active_bindings.items()
+                     if active.binding.show and active.binding.action not in self._hidden)
+
+    def bindings_changed(self, screen: Screen) -> None:  # type: ignore[type-arg]
+        # Focus moving between widgets refreshes the bindings; recomposing the footer costs a
+        # layout of the whole screen, so only when what it shows has changed.
+        if self._shown is not None and self.is_attached and screen is self.screen \
+                and self._signature() == self._shown:
+            return
+        super().bindings_changed(screen)
 
     def _hidden_at(self, width: int) -> frozenset[str]:
         below: dict[str, int] = getattr(self.screen, "FOOTER_HIDE_BELOW", {})
@@ -41,6 +57,8 @@ class ConsoleFooter(Footer):
 
     def compose(self) -> ComposeResult:
         hidden = self._hidden
+        if self._bindings_ready:
+            self._shown = self._signature()
         shown = 0
         for widget in super().compose():
             if isinstance(widget, FooterKey) and widget.action in hidden:

@@ -55,7 +55,7 @@ def process_layout(width: int) -> tuple[Column, ...]:
 class ProcessTable(LineTable[ProcessRow]):
     """Every GPU process of the fleet; Enter opens the detail of the process's GPU."""
 
-    BINDINGS = [Binding("enter", "select", "GPU detail", id="processes.select",
+    BINDINGS = [Binding("enter", "select", "Details", id="processes.select",
                         tooltip="Open the detail of the GPU the process runs on")]
 
     @staticmethod
