@@ -277,21 +277,26 @@ def measure(args: argparse.Namespace, nodes_file: Path, env: dict[str, str],
     try:
         console = psutil.Process(term.proc.pid)
         time.sleep(2.0)  # settle: every poller is on its steady schedule
-        for view, key in (("grouped", b""), ("flat", b"v"), ("processes", b"o")):
+        views = [v for v in (("grouped", b""), ("flat", b"v"), ("processes", b"o")) if v[0] in args.views]
+        for view, key in views:
             if key:
                 term.send(key)
                 time.sleep(2.0)  # settle in the new view
             figures.update({f"{view}: {name}": value
                             for name, value in usage(console, simulate, term, args.seconds).items()})
-        term.send(b"o")  # back to the flat view, then grouped, for the keys
-        time.sleep(0.5)
-        term.send(b"v")
-        time.sleep(1.0)
+        if "processes" in args.views:
+            term.send(b"o")  # back to the flat view
+            time.sleep(0.5)
+        if "flat" in args.views:
+            term.send(b"v")  # and to grouped, for the keys
+            time.sleep(1.0)
         rng = random.Random(7)
-        for label, run in (("key s -> sort label on screen", press_sort),
-                           ("key / -> filter box on screen", press_filter),
-                           ("filter keystroke -> text on screen", press_filter_keys),
-                           ("key v / o -> view on screen", press_views)):
+        for name, label, run in (("sort", "key s -> sort label on screen", press_sort),
+                                 ("filter", "key / -> filter box on screen", press_filter),
+                                 ("typing", "filter keystroke -> text on screen", press_filter_keys),
+                                 ("views", "key v / o -> view on screen", press_views)):
+            if name not in args.keys:
+                continue
             presses = args.presses if run is not press_filter else max(5, args.presses // 3)
             ms, missed = run(term, presses, rng)
             figures[label] = summary(ms) + (f", {missed} missed" if missed else "")
@@ -310,6 +315,10 @@ def main() -> int:
     parser.add_argument("--refresh", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=20.0, help="CPU / RSS window")
     parser.add_argument("--presses", type=int, default=30)
+    parser.add_argument("--views", type=lambda v: v.split(","), default=["grouped", "flat", "processes"],
+                        help="views to measure CPU and RSS in (an older console has only grouped)")
+    parser.add_argument("--keys", type=lambda v: v.split(","), default=["sort", "filter", "typing", "views"],
+                        help="key timings to take: sort, filter, typing, views")
     parser.add_argument("--gpufleet", type=Path, default=None, metavar="PATH",
                         help="the gpufleet executable to run (default: the one beside this Python)")
     parser.add_argument("--profile", type=Path, default=None, metavar="PATH",
