@@ -57,6 +57,10 @@ class Limits(Section):
     shutdown_grace_s: float = Field(default=10.0, ge=0)  # in-flight requests finish within this on SIGTERM
     close_linger_s: float = Field(default=1.0, ge=0)  # after an error response, drain unread input so the client sees it
     max_samples_per_batch: int = Field(default=10_000, ge=1)  # ingest bodies with more -> 400
+    max_json_depth: int = Field(default=32, ge=2)  # JSON bodies nested deeper (arrays + objects) -> 400
+    max_sample_age_days: int | None = Field(default=None, ge=1)  # retention: older samples -> 400 (never before 2000)
+    max_connections_per_address: int = Field(default=128, ge=1)  # per client address (not trusted proxies) -> 503
+    max_fold_lag_s: float = Field(default=120.0, gt=0)  # /readyz is 503 while the usage rollup is further behind
 
 
 class RateLimit(Section):

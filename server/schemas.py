@@ -46,6 +46,49 @@ def _as_utc(value: Any) -> Any:
     return value
 
 
+# Text every string field must be: no NUL (C strings and logs end there) and no lone
+# UTF-16 surrogate (``"\\udfff"`` parses in Python but is not Unicode text: the store
+# cannot hold it, and it used to stall the usage rollup).
+TEXT_RULE = "must not contain NUL or lone surrogate characters"
+
+
+def text_problem(value: str) -> bool:
+    """Whether ``value`` holds a NUL or a lone surrogate (one C-level pass, none for ASCII)."""
+    if "\x00" in value:
+        return True
+    if value.isascii():  # O(1) in CPython: a flag of the string
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _valid_text(value: Any) -> Any:
+    if isinstance(value, str) and text_problem(value):
+        raise ValueError(TEXT_RULE)
+    return value
+
+
+# A request's string: valid text (see TEXT_RULE); pair it with a max_length.
+ValidText = AfterValidator(_valid_text)
+
+# The longest string each sample field takes (maxLength in the OpenAPI document):
+# team_id and model_tag as documented; NVML's UUIDs and names are under 96 characters.
+SAMPLE_TEXT_MAX_CHARS: dict[str, int] = {
+    "gpu_uuid": 128, "gpu_name": 256, "job_id": 256, "team_id": 128, "model_tag": 128,
+}
+# No GPU telemetry predates this: an older sample timestamp is a clock or encoding error.
+OLDEST_SAMPLE_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _not_too_old(value: datetime) -> datetime:
+    if value < OLDEST_SAMPLE_TIME:
+        raise ValueError(f"timestamp must not be before {format_utc(OLDEST_SAMPLE_TIME)}")
+    return value
+
+
 def format_utc(value: datetime, *, millis: bool = False) -> str:
     """ISO-8601 in UTC with a trailing ``Z``, as the documents write timestamps."""
     value = _as_utc(value)
@@ -296,27 +339,34 @@ OPTIONAL_SAMPLE_FIELDS: tuple[str, ...] = (
 )
 
 
+def _sample_text(name: str, min_length: int | None = None) -> Any:
+    return Annotated[str, Field(min_length=min_length, max_length=SAMPLE_TEXT_MAX_CHARS[name]),
+                     ValidText]
+
+
 class MetricSample(Value):
     """One GPU reading as the agent posts it. Ranges are the documented ones."""
 
-    timestamp: UtcDateTime
+    timestamp: Annotated[UtcDateTime, AfterValidator(_not_too_old), Field(
+        description="UTC; not before 2000-01-01T00:00:00Z (nor the server's retention, "
+                    "limits.max_sample_age_days), at most 5 minutes in the future")]
     gpu_index: Annotated[int, Field(ge=0, le=2**31 - 1)]  # stored as INTEGER
-    gpu_uuid: Annotated[str, Field(min_length=1)]
+    gpu_uuid: _sample_text("gpu_uuid", 1)  # type: ignore[valid-type]
     power_draw_w: Annotated[float, Field(ge=0, le=1500)]
     utilization_gpu_pct: Annotated[float, Field(ge=0, le=100)]
     utilization_memory_pct: Annotated[float, Field(ge=0, le=100)]
     temperature_c: Annotated[float, Field(ge=0, le=120)]
     memory_used_mb: Annotated[float, Field(ge=0)]
-    gpu_name: str | None = None
+    gpu_name: _sample_text("gpu_name") | None = None  # type: ignore[valid-type]
     power_limit_w: Annotated[float, Field(ge=0)] | None = None
     energy_delta_j: Annotated[float, Field(ge=0)] | None = None
     fan_speed_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     memory_total_mb: Annotated[float, Field(ge=0)] | None = None
     sm_clock_mhz: Annotated[float, Field(ge=0)] | None = None
     memory_clock_mhz: Annotated[float, Field(ge=0)] | None = None
-    job_id: str | None = None
-    team_id: Annotated[str, Field(max_length=128)] | None = None
-    model_tag: Annotated[str, Field(max_length=128)] | None = None
+    job_id: _sample_text("job_id") | None = None  # type: ignore[valid-type]
+    team_id: _sample_text("team_id") | None = None  # type: ignore[valid-type]
+    model_tag: _sample_text("model_tag") | None = None  # type: ignore[valid-type]
     scheduler_source: SchedulerSource | None = None
 
 
@@ -335,9 +385,9 @@ class IngestHealth(Value):
 
 
 class Heartbeat(Value):
-    agent_version: Annotated[str, Field(min_length=1, max_length=64)]
+    agent_version: Annotated[str, Field(min_length=1, max_length=64), ValidText]
     gpu_count: Annotated[int, Field(ge=0, le=1024)]
-    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+    hostname: Annotated[str, Field(min_length=1, max_length=255), ValidText]
 
 
 class HeartbeatResult(Value):
@@ -472,12 +522,37 @@ class KeyCreated(Value):
     info: KeyInfo
 
 
+# --------------------------------------------------------------------------
+# Probes (gpufleet's own): /healthz, /readyz
+# --------------------------------------------------------------------------
+
+
+class HealthStatus(Value):
+    """``GET /healthz``: the process answers."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyChecks(Value):
+    store_writable: bool  # disk space left, and no write refused for want of it lately
+    writer_alive: bool
+    fold_lag_s: float  # how long acknowledged samples have waited for the usage rollup
+
+
+class ReadyStatus(Value):
+    """``GET /readyz``: 200 when ready; 503 with ``error`` saying which check failed."""
+
+    status: Literal["ready", "not ready"]
+    checks: ReadyChecks | None = None  # None on a node without a store
+    error: str | None = None
+
+
 # Request and response models the OpenAPI document lists, by route.
 MODELS_BY_NAME: dict[str, type[BaseModel]] = {
     cls.__name__: cls
     for cls in (
         ErrorBody, GpuStatusResponse, GpuMemoryResponse, PurgeRequest, PurgeResult,
         MetricSample, IngestResult, IngestHealth, Heartbeat, HeartbeatResult, HostsResponse,
-        ChargebackReport, ChargebackCsvRow, KeyCreated, KeyInfo,
+        ChargebackReport, ChargebackCsvRow, KeyCreated, KeyInfo, HealthStatus, ReadyStatus,
     )
 }

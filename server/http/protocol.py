@@ -213,6 +213,7 @@ class HttpProtocol:
             headers=headers,
             body=chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks),
             client=peer,
+            max_json_depth=limits.max_json_depth,
         )
 
     def _too_large(self) -> str:
