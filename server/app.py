@@ -22,6 +22,7 @@ from gpufleet.server.api.agents import AgentRoutes
 from gpufleet.server.api.chargeback import ChargebackRoutes
 from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.gpu import GpuRoutes
+from gpufleet.server.api.health import HealthRoutes
 from gpufleet.server.api.ingest import IngestRoutes
 from gpufleet.server.api.keys import KeyRoutes
 from gpufleet.server.api.validation import validate_batch
@@ -97,6 +98,7 @@ class ServerApp:
             KeyRoutes(self.context).register(router)
         router.get("/v1/openapi.json", self._openapi_json, name="getOpenApi",
                    summary="This API's OpenAPI 3.1 document")
+        HealthRoutes(self.context).register(router)
         return router
 
     @property
