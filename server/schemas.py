@@ -502,8 +502,15 @@ class ChargebackCsvRow(Value):
 Scope = Literal["operator", "ingest", "read"]
 
 
+class KeyRotation(Value):
+    """One rotation of a key: when, and the prefix of the secret it retired."""
+
+    rotated_at: UtcDateTime
+    old_prefix: str
+
+
 class KeyInfo(Value):
-    """A key as listed: never its secret."""
+    """A key as listed: never its secret. Its id and name stay the same across rotations."""
 
     id: str
     name: str
@@ -513,6 +520,8 @@ class KeyInfo(Value):
     created_at: UtcDateTime
     last_used_at: UtcDateTime | None = None
     revoked_at: UtcDateTime | None = None
+    # additive: every rotation of this key, oldest first
+    rotations: list[KeyRotation] = Field(default_factory=list)
 
 
 class KeyCreated(Value):
