@@ -293,6 +293,15 @@ class MemorySummary(Value):
     percent_used: float
 
 
+class PurgeGpuMemory(Value):
+    """One GPU's memory around a purge (additive): every GPU whose memory changed."""
+
+    index: int
+    used_before_gb: float
+    used_after_gb: float
+    freed_gb: float
+
+
 class PurgeResult(Value):
     status: Literal["success", "partial", "error"] = "success"
     timestamp: UtcDateTime
@@ -306,6 +315,10 @@ class PurgeResult(Value):
     # additive
     node: NodeInfo | None = None
     skipped: list[str] = Field(default_factory=list)
+    # the GPUs the memory figures cover: those asked for, and every GPU an unloaded model
+    # also occupied; and every GPU of the node whose memory changed
+    gpu_indices: list[int] = Field(default_factory=list)
+    gpus: list[PurgeGpuMemory] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------

@@ -70,7 +70,9 @@ async def test_forced_purge_unloads_everything_through_the_sdk() -> None:
         before = await c.get_gpu_status()
         result = await c.purge_gpu(force=True)
         assert set(result.models_unloaded) == {m.name for m in before.models or []}
-        assert result.errors == []
+        # the simulated node's unmanaged process keeps its memory: named, and not a success
+        assert result.status == "partial"
+        assert [e.split(":")[0] for e in result.errors] == ["GPU memory is still held after the purge"]
         after = await c.get_gpu_status()
         assert after.models == []
 
