@@ -150,6 +150,24 @@ class ServerSettings(Section):
     heartbeat_interval_s: float = 300.0
     purge_settle_s: float = 5.0  # after-memory is read once it settles, within this bound
     simulate: bool = False  # serve the simulated fleet even when NVML finds GPUs
+    # reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed, for rate
+    # limits, the failed-auth limiter and the access log; they are exempt from the
+    # per-address connection cap (every client behind them shares their address)
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        # GPUFLEET_SERVER__TRUSTED_PROXIES="10.0.0.5, 10.1.0.0/16"
+        return [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        from gpufleet.server.http.forwarded import parse_networks
+
+        parse_networks(value)
+        return [v.strip() for v in value]
 
     def resolved_db_path(self) -> Path:
         return self.db_path or data_dir() / "gpufleet.duckdb"

@@ -35,7 +35,9 @@ class Request:
     query: dict[str, str]  # last value wins
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     body: bytes = b""
-    client: tuple[str, int] | None = None
+    client: tuple[str, int] | None = None  # the TCP peer
+    # The client's address: the peer, or behind a trusted proxy what X-Forwarded-For says.
+    remote: str | None = None
     path_params: dict[str, str] = field(default_factory=dict)
     # Set by auth for the access log and for handlers: the key's name and account, never its secret.
     key_name: str | None = None
