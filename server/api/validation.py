@@ -73,6 +73,7 @@ _FROM_ISO = datetime.fromisoformat
 _TZINFO = attrgetter("tzinfo")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_FLOOR_TEXT = f"timestamp must not be before {format_utc(OLDEST_SAMPLE_TIME)}"
 TS_US = "_ts_us"  # validate_columns: every timestamp as integer µs since the epoch
 
 
@@ -124,12 +125,11 @@ def validate_rows_and_columns(payload: Any, *, max_samples: int, now: datetime |
 
 def _window(now: datetime | None, max_age: timedelta | None, max_depth: int | None) -> _Window:
     now = now or datetime.now(UTC)
-    floor_text = f"timestamp must not be before {format_utc(OLDEST_SAMPLE_TIME)}"
     if max_age is not None and now - max_age > OLDEST_SAMPLE_TIME:
         days = max_age / timedelta(days=1)
         return _Window(now - max_age, now + FUTURE_TOLERANCE,
                        f"timestamp is more than {days:g} days in the past", max_depth)
-    return _Window(OLDEST_SAMPLE_TIME, now + FUTURE_TOLERANCE, floor_text, max_depth)
+    return _Window(OLDEST_SAMPLE_TIME, now + FUTURE_TOLERANCE, _FLOOR_TEXT, max_depth)
 
 
 def _validate(payload: Any, max_samples: int, now: datetime | None, finite: bool,
