@@ -13,8 +13,8 @@ from gpufleet.console.app import GpuFleetApp
 from gpufleet.console.screens.detail import GpuDetailScreen
 from gpufleet.console.widgets.fleet_table import FleetTable
 from gpufleet.console.widgets.footer import ConsoleFooter
+from gpufleet.console.widgets.gpu_process_table import GpuProcessTable
 from gpufleet.console.widgets.history_graph import HistoryGraph
-from gpufleet.console.widgets.process_table import ProcessTable
 from gpufleet.server.schemas import GpuProcess
 from tests.test_console_live_fixtures import (
     Clock,
@@ -91,7 +91,7 @@ async def test_cursor_stays_on_its_process_across_polls(node: LiveNode) -> None:
     app = console_app([node.target], refresh_s=3600)
     async with app.run_test(size=(80, 24)) as pilot:
         detail = await open_detail(pilot, app, 1)
-        table = detail.query_one(ProcessTable)
+        table = detail.query_one(GpuProcessTable)
         assert table.current is not None and table.current.visible  # biggest first: the runner
         await pilot.press("down")
         chosen = table.current
@@ -108,7 +108,7 @@ async def test_cursor_stays_on_its_process_across_polls(node: LiveNode) -> None:
 
 class TableApp(App[None]):
     def compose(self) -> ComposeResult:
-        yield ProcessTable(id="t")
+        yield GpuProcessTable(id="t")
 
 
 async def test_a_command_line_is_shown_as_written_never_as_markup() -> None:
@@ -117,7 +117,7 @@ async def test_a_command_line_is_shown_as_written_never_as_markup() -> None:
                       command=command, type="compute")
     app = TableApp()
     async with app.run_test(size=(200, 10)) as pilot:
-        table = app.query_one(ProcessTable)
+        table = app.query_one(GpuProcessTable)
         table.show([proc])
         await pilot.pause()
         cells = table.get_row("42")

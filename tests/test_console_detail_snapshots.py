@@ -14,6 +14,7 @@ from textual.pilot import Pilot
 
 from gpufleet.console.app import GpuFleetApp
 from gpufleet.console.screens.detail import GpuDetailScreen
+from gpufleet.console.screens.signal import SignalModal
 from gpufleet.console.widgets.fleet_table import FleetTable
 from tests.test_console_live_fixtures import Clock, EmbeddedFleet, all_polled, console_app, wait_for
 
@@ -62,3 +63,19 @@ def test_detail(snap_compare, clocked: tuple[EmbeddedFleet, Clock], size: tuple[
     fleet, clock = clocked
     app = console_app(fleet.targets, refresh_s=HOUR, clock=clock)
     assert snap_compare(app, terminal_size=size, run_before=detail_with_history(clock, light=light))
+
+
+@pytest.mark.parametrize(("size", "light"), [((80, 24), False), ((120, 40), True)],
+                         ids=["80x24-dark", "120x40-light"])
+def test_signal_confirmation(snap_compare, clocked: tuple[EmbeddedFleet, Clock], size: tuple[int, int],
+                             light: bool) -> None:
+    fleet, clock = clocked
+    app = console_app(fleet.targets, refresh_s=HOUR, clock=clock)
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        await history_then_detail(pilot, clock, 1, ("t",) if light else ())
+        await pilot.press("k")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, SignalModal), "the signal confirmation")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

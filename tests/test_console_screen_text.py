@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from gpufleet.console.screens.detail import gpu_facts
 from gpufleet.console.screens.purge import describe_result
+from gpufleet.console.widgets.gpu_facts import clocks_line
 from gpufleet.server.gpu.simulated import simulated_backends
 from gpufleet.server.schemas import MemorySummary, PurgeResult
 
@@ -57,6 +57,6 @@ def test_errors_without_skips_are_all_shown() -> None:
 
 def test_detail_facts_give_clocks_with_units_in_one_line() -> None:
     gpu = simulated_backends(1, clock=lambda: T0)[0].snapshot().gpus[0]
-    facts = gpu_facts(gpu)
+    facts = clocks_line(gpu)
     assert "\n" not in facts
     assert re.search(r"SM \d+ MHz · mem \d+ MHz · P-state P\d+ · fan (\d+%|—) · MIG off · mem util \d+%", facts), facts

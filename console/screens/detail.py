@@ -27,22 +27,18 @@ from gpufleet.console.widgets.format import (
     POWER_PCT_OF_LIMIT,
     TEMP_C,
     ago,
-    pct,
     rtt,
     short_gpu_name,
 )
+from gpufleet.console.widgets.gpu_facts import clocks_line, health_line, link_line
+from gpufleet.console.widgets.gpu_process_table import GpuProcessTable
 from gpufleet.console.widgets.history_graph import HistoryGraph, Series
 from gpufleet.console.widgets.memory_bar import MemoryBar
-from gpufleet.console.widgets.process_table import ProcessTable
 from gpufleet.server.schemas import GpuInfo
 
 TALL_FROM = 32  # rows: from here the graphs get taller
 WIDE_FROM = 160  # columns: from here the four graphs stand in one row
 POLLS_HELD = 2.0  # a reading stands for this many poll intervals, then the graph shows a gap
-
-
-def _mhz(value: int | None) -> str:
-    return "—" if value is None else f"{value} MHz"
 
 
 def _esc(text: str) -> str:
@@ -56,19 +52,8 @@ def window_name(seconds: float) -> str:
 
 
 def gpu_facts(gpu: GpuInfo) -> str:
-    """Clocks, P-state, fan, MIG and memory-bus load in one line: what the graphs do not show."""
-    parts = [
-        f"SM {_mhz(gpu.sm_clock_mhz)}",
-        f"mem {_mhz(gpu.memory_clock_mhz)}",
-        f"P-state {gpu.pstate or '—'}",
-        f"fan {pct(gpu.fan_speed_pct)}",
-        "MIG " + ("on" if gpu.mig_mode else "off" if gpu.mig_mode is False else "—"),
-        f"mem util {pct(gpu.utilization.memory_percent)}",
-    ]
-    line = " · ".join(parts)
-    if gpu.lost:
-        line = "[$error]GPU is lost: the driver reports no readings[/]\n" + line
-    return line
+    """The fact lines under the graphs: clocks, health, host link and video engines."""
+    return "\n".join([clocks_line(gpu), health_line(gpu), link_line(gpu)])
 
 
 def _series(gpu: GpuInfo | None) -> dict[str, Series]:
@@ -94,6 +79,11 @@ class GpuDetailScreen(Screen[None]):
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back", id="detail.back", tooltip="Back to the fleet"),
         Binding("p", "purge", "Purge", id="detail.purge", tooltip="Purge this GPU's memory"),
+        Binding("k", "signal", "Signal", id="detail.signal",
+                tooltip="Send TERM, INT or KILL to the process under the cursor, after a confirmation"),
+        # Read-only: the same key says why nothing happens (the binding id follows a remapped k).
+        Binding("k", "signal_disabled", "Signal is disabled (read-only)", show=False,
+                id="detail.signal_disabled", tooltip="Say that this console is read-only"),
     ]
 
     def __init__(self, state: FleetState, node: str, gpu_index: int, *,
@@ -118,12 +108,12 @@ class GpuDetailScreen(Screen[None]):
             for key in ("util", "memory", "temp", "power"):
                 yield HistoryGraph(series[key], id=f"graph-{key}")
         yield Static("", id="detail-facts")
-        yield ProcessTable(id="detail-processes")
+        yield GpuProcessTable(id="detail-processes")
         yield ConsoleFooter()
 
     def on_mount(self) -> None:
         self.refresh_fleet(force=True)
-        self.query_one(ProcessTable).focus()
+        self.query_one(GpuProcessTable).focus()
 
     def on_screen_resume(self) -> None:
         self.refresh_fleet(force=True)
@@ -133,8 +123,12 @@ class GpuDetailScreen(Screen[None]):
         self.set_class(event.size.width >= WIDE_FROM, "-wide")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # A read-only console has no purge: hidden, not merely disabled.
-        return not (action == "purge" and self.readonly)
+        # A read-only console has no purge and no signal: hidden, not merely disabled.
+        if action in ("purge", "signal"):
+            return not self.readonly
+        if action == "signal_disabled":
+            return self.readonly
+        return True
 
     @property
     def node(self) -> NodeState:
@@ -162,7 +156,7 @@ class GpuDetailScreen(Screen[None]):
         heading = f"History · {window}" + (f" · [$warning]last reading {stale_age}[/]" if stale_age else "")
         set_text(self.query_one("#detail-history-title", Static), heading, layout=False)
         if gpu is None:
-            self.query_one(ProcessTable).show([])
+            self.query_one(GpuProcessTable).show([])
             return
         set_text(self.query_one("#detail-uuid", Static), f"[$text-muted]UUID[/] {gpu.uuid or '—'}",
                  layout=False)
@@ -173,7 +167,7 @@ class GpuDetailScreen(Screen[None]):
         if stale_age:
             facts = f"[$warning]as of {stale_age}[/] " + facts
         set_text(self.query_one("#detail-facts", Static), facts)
-        self.query_one(ProcessTable).show(node.processes_on(self.gpu_index))
+        self.query_one(GpuProcessTable).show(node.processes_on(self.gpu_index))
 
     def _title(self, gpu: GpuInfo | None) -> str:
         name = short_gpu_name(gpu.name) if gpu else "unknown GPU"
@@ -206,10 +200,27 @@ class GpuDetailScreen(Screen[None]):
         info = node.status.node if node.status else None
         parts = ["[$success]up[/]", rtt(node.rtt_ms, masked=self.mask_rtt)]
         if info is not None:
-            parts += [f"host {_esc(info.hostname)}", f"driver {info.driver_version or '—'}",
-                      f"CUDA {info.cuda_version or '—'}", f"backend {info.backend}"]
+            if info.hostname != node.name:
+                parts.append(f"host {_esc(info.hostname)}")
+            parts += [f"driver {info.driver_version or '—'}", f"CUDA {info.cuda_version or '—'}",
+                      "simulated" if info.simulated else "NVML"]
         return " · ".join(p for p in parts if p)
 
     def action_purge(self) -> None:
         if not self.readonly:
             self.app.open_purge(self.node_name, [self.gpu_index])  # type: ignore[attr-defined]
+
+    def action_signal(self) -> None:
+        """Confirm a signal to the GPU process under the cursor (a child's row: its GPU process)."""
+        if self.readonly:
+            return
+        row = self.query_one(GpuProcessTable).current_row
+        if row is None:
+            self.notify("No process on this GPU to signal.", title="Signal", severity="warning")
+            return
+        proc, child_pid = row
+        self.app.open_signal(self.node_name, self.gpu_index, proc, child_pid)  # type: ignore[attr-defined]
+
+    def action_signal_disabled(self) -> None:
+        self.notify("Signalling processes is disabled: this console is read-only "
+                    "(--readonly or [console] readonly).", title="Read-only", severity="warning", timeout=5)
