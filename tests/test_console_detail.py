@@ -58,7 +58,7 @@ async def test_at_80x24_gpu_mem_and_room_for_processes_are_on_screen(node: LiveN
         right = 0
         for column in table.ordered_columns:
             right += column.get_render_width(table)
-            if column.label.plain == "GPU MEM":
+            if column.label.plain.strip() == "GPU MEM":
                 break
         else:
             raise AssertionError("no GPU MEM column")
@@ -122,4 +122,4 @@ async def test_a_command_line_is_shown_as_written_never_as_markup() -> None:
         await pilot.pause()
         cells = table.get_row("42")
         assert all(isinstance(c, Text) for c in cells)
-        assert cells[-1].plain == command and not cells[-1].spans
+        assert cells[-1].plain.strip() == command and not cells[-1].spans

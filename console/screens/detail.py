@@ -15,6 +15,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Static
 
@@ -138,6 +139,14 @@ class GpuDetailScreen(Screen[None]):
         """Redraw from the state; a poll of another node (the usual case) costs one comparison."""
         if not force and self._drawn_version == self.state.version:
             return
+        try:
+            self._redraw(force)
+        except NoMatches:
+            # The app's redraw timer fired while this screen was being taken down (at exit):
+            # its widgets are already gone and there is nothing left to draw.
+            return
+
+    def _redraw(self, force: bool) -> None:
         self._drawn_version = self.state.version
         node = self.node
         # Whatever another node did, this screen only changes when its own node does (or,
