@@ -25,6 +25,7 @@ from gpufleet.server.schemas import GpuProcess, ProcessChild
 NO_PROCESSES = "no processes on this GPU"
 CHILDREN_SHOWN = 4  # a short tree: the nearest children, then "+N more"
 COMMAND_MIN = 12
+WIDE_USER_FROM = 110
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ COLUMNS = (
 def columns_for(width: int) -> list[Column]:
     """The columns of a table ``width`` cells wide; the command takes what the others leave."""
     fixed = [c for c in COLUMNS if width >= c.from_width]
+    if width >= WIDE_USER_FROM:  # room for "data-science" and most login names whole
+        fixed = [Column("user", "USER", 14) if c.key == "user" else c for c in fixed]
     used = sum(c.width + 1 for c in fixed) + 1
     return [*fixed, Column("command", "COMMAND", max(COMMAND_MIN, width - used))]
 
