@@ -9,6 +9,7 @@ from textual.widgets import Button, Static
 
 from gpufleet.console.app import GpuFleetApp
 from gpufleet.console.screens.detail import GpuDetailScreen
+from gpufleet.console.screens.help import collect_bindings
 from gpufleet.console.screens.signal import SignalModal
 from gpufleet.console.widgets.fleet_table import FleetTable
 from gpufleet.console.widgets.gpu_process_table import GpuProcessTable
@@ -141,3 +142,17 @@ async def test_signal_is_in_the_palette_and_remappable(nodes: dict[str, LiveNode
         assert isinstance(app.screen, GpuDetailScreen)
         await pilot.press("x")
         await wait_for(pilot, lambda: isinstance(app.screen, SignalModal), "the signal confirmation")
+
+
+async def test_help_lists_signal_with_its_key_and_a_remapped_key_says_readonly(
+        nodes: dict[str, LiveNode]) -> None:
+    app = console_app([nodes[WS].target], readonly=True)
+    app.set_keymap({"detail.signal": "x"})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_detail(pilot, app, WS, 1)
+        entries = {e.binding_id: e for e in collect_bindings(app, [GpuDetailScreen])}
+        assert entries["detail.signal"].keys == "x" and entries["detail.signal"].section == "GPU detail"
+        await pilot.press("x")
+        await pilot.pause()
+        assert isinstance(app.screen, GpuDetailScreen)
+        assert any("read-only" in n.message for n in app._notifications)

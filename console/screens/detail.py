@@ -82,9 +82,6 @@ class GpuDetailScreen(Screen[None]):
         Binding("p", "purge", "Purge", id="detail.purge", tooltip="Purge this GPU's memory"),
         Binding("k", "signal", "Signal", id="detail.signal",
                 tooltip="Send TERM, INT or KILL to the process under the cursor, after a confirmation"),
-        # Read-only: the same key says why nothing happens (the binding id follows a remapped k).
-        Binding("k", "signal_disabled", "Signal is disabled (read-only)", show=False,
-                id="detail.signal_disabled", tooltip="Say that this console is read-only"),
     ]
 
     def __init__(self, state: FleetState, node: str, gpu_index: int, *,
@@ -125,11 +122,19 @@ class GpuDetailScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # A read-only console has no purge and no signal: hidden, not merely disabled.
-        if action in ("purge", "signal"):
-            return not self.readonly
-        if action == "signal_disabled":
-            return self.readonly
-        return True
+        return not (action in ("purge", "signal") and self.readonly)
+
+    def on_key(self, event: events.Key) -> None:
+        # Read-only, the signal binding is hidden, so its key arrives here: say why nothing happens.
+        if self.readonly and event.key in self._signal_keys():
+            event.stop()
+            self.action_signal_disabled()
+
+    def _signal_keys(self) -> set[str]:
+        keymap: dict[str, str] = getattr(self.app, "_keymap", None) or {}
+        keys = keymap.get("detail.signal") or next(
+            b.key for b in self.BINDINGS if isinstance(b, Binding) and b.id == "detail.signal")
+        return {key.strip() for key in keys.split(",")}
 
     @property
     def node(self) -> NodeState:
