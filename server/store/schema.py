@@ -142,7 +142,26 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     (
         "CREATE TABLE pending_since (since TIMESTAMP NOT NULL)",
     ),
-    # 7: a rotation keeps the key (its id, name, scopes) and replaces its secret in place;
+    # 7: the audit of POST /v1/gpu/processes/{pid}/signal: who asked, what, when, outcome
+    (
+        """CREATE TABLE signal_audit (
+            id BIGINT PRIMARY KEY,
+            account VARCHAR NOT NULL,
+            key_name VARCHAR,
+            signalled_at TIMESTAMP NOT NULL,
+            pid BIGINT NOT NULL,
+            signal VARCHAR NOT NULL,
+            process_name VARCHAR,
+            process_user VARCHAR,
+            command VARCHAR,
+            gpu_indices INTEGER[],
+            memory_mb BIGINT,
+            outcome VARCHAR NOT NULL,
+            detail VARCHAR NOT NULL
+        )""",
+        "CREATE SEQUENCE signal_audit_seq",
+    ),
+    # 8: a rotation keeps the key (its id, name, scopes) and replaces its secret in place;
     # each rotation is remembered with the prefix of the secret it retired
     (
         """CREATE TABLE key_rotations (
