@@ -28,12 +28,13 @@ from gpufleet.console.poller import ClientFactory, SharedTransportFactory, poll_
 from gpufleet.console.screens.detail import GpuDetailScreen
 from gpufleet.console.screens.fleet import FleetScreen
 from gpufleet.console.screens.purge import PurgeModal
+from gpufleet.console.screens.signal import SignalModal
 from gpufleet.console.state import FleetState
 from gpufleet.console.thresholds import Levels
 from gpufleet.console.widgets.footer import ConsoleFooter
 from gpufleet.server.client import AsyncGpuFleetClient
 from gpufleet.server.config import ConsoleSettings
-from gpufleet.server.schemas import PurgeResult, utc_now
+from gpufleet.server.schemas import GpuProcess, PurgeResult, SignalName, SignalResult, utc_now
 
 log = logging.getLogger("gpufleet.console")
 
@@ -175,6 +176,21 @@ class GpuFleetApp(App[None]):
         log.info("purge on %s (force=%s, gpus=%s): %s", target.name, force, gpu_indices, result.status)
         return result
 
+    def open_signal(self, node: str, gpu_index: int, proc: GpuProcess, child_pid: int | None) -> None:
+        if self.readonly:
+            return
+        self.push_screen(SignalModal(node, gpu_index, proc, partial(self._signal, self.targets[node]),
+                                     child_pid=child_pid))
+
+    async def _signal(self, target: NodeTarget, pid: int, signal: SignalName) -> SignalResult:
+        client = self.client_factory(target, self.settings.request_timeout_s)
+        try:
+            result = await client.signal_process(pid, signal)
+        finally:
+            await client.aclose()
+        log.info("signal %s to pid %s on %s: %s", signal, pid, target.name, result.status)
+        return result
+
     def action_help(self) -> None:
         from gpufleet.console.screens.chargeback import ChargebackScreen
         from gpufleet.console.screens.events import EventLogScreen
@@ -183,12 +199,13 @@ class GpuFleetApp(App[None]):
 
         screens: list[type] = [FleetScreen, GpuDetailScreen, ChargebackScreen, HostsScreen, EventLogScreen]
         if self.readonly:
-            hidden = set(PURGE_BINDING_IDS)
+            hidden = set(PURGE_BINDING_IDS) | {"detail.signal"}
         else:
             hidden = {"app.purge_disabled"}
-            screens.insert(2, PurgeModal)
+            screens[2:2] = [PurgeModal, SignalModal]
         self.push_screen(HelpScreen(screens, hidden_ids=hidden,
-                                    note="Read-only console: purge is disabled." if self.readonly else ""))
+                                    note="Read-only console: purge and signals are disabled." if self.readonly
+                                    else ""))
 
     def _purge_disabled_applies(self) -> bool:
         screen = self.screen
@@ -234,6 +251,8 @@ class GpuFleetApp(App[None]):
                 yield SystemCommand("Purge", "Purge the GPU or node under the cursor", screen.action_purge)
         if isinstance(screen, GpuDetailScreen) and not self.readonly:
             yield SystemCommand("Purge this GPU", "Purge this GPU's memory", screen.action_purge)
+            yield SystemCommand("Signal process", "Send TERM, INT or KILL to the process under the cursor",
+                                screen.action_signal)
 
     # -- polling -------------------------------------------------------------------
 

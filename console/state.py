@@ -19,7 +19,8 @@ from gpufleet.console.filter import FleetFilter
 from gpufleet.console.thresholds import Levels
 from gpufleet.server.schemas import GpuInfo, GpuProcess, GpuStatusResponse, LoadedModel
 
-HISTORY_WINDOW_S = 15 * 60  # the detail screen's sparklines cover the last ~15 minutes
+HISTORY_WINDOW_S = 15 * 60  # the detail screen's graphs cover the last 15 minutes
+HISTORY_MIN = 64
 STALE_POLLS = 3  # a node is stale only after missing at least this many refreshes
 CLEAR_AFTER = 3  # answers in a row without a GPU's trouble before the log says it is gone
 
@@ -44,20 +45,26 @@ class GpuHistory:
     """Ring buffers of one GPU's readings, one entry per poll, sized to the history window."""
 
     def __init__(self, maxlen: int) -> None:
-        self.util: deque[float] = deque(maxlen=maxlen)
-        self.memory_pct: deque[float] = deque(maxlen=maxlen)
-        self.power_w: deque[float] = deque(maxlen=maxlen)
-        self.temp_c: deque[float] = deque(maxlen=maxlen)
+        self.at: deque[float] = deque(maxlen=maxlen)  # when each reading arrived, POSIX seconds
+        # None: the GPU did not report it (drawn as a gap, never as a zero)
+        self.util: deque[float | None] = deque(maxlen=maxlen)
+        self.memory_mb: deque[float | None] = deque(maxlen=maxlen)
+        self.power_w: deque[float | None] = deque(maxlen=maxlen)
+        self.temp_c: deque[float | None] = deque(maxlen=maxlen)
 
-    def add(self, gpu: GpuInfo) -> None:
-        # An unsupported reading becomes 0 so the timeline keeps its spacing.
-        self.util.append(float(gpu.utilization.gpu_percent or 0))
-        self.memory_pct.append(float(gpu.memory.percent_used))
-        self.power_w.append(float(gpu.power_draw_w or 0.0))
-        self.temp_c.append(float(gpu.temperature_c or 0))
+    def add(self, gpu: GpuInfo, at: datetime) -> None:
+        self.at.append(at.timestamp())
+        self.util.append(_reading(gpu.utilization.gpu_percent))
+        self.memory_mb.append(None if gpu.lost else float(gpu.memory.used_mb))
+        self.power_w.append(_reading(gpu.power_draw_w))
+        self.temp_c.append(_reading(gpu.temperature_c))
 
     def __len__(self) -> int:
-        return len(self.util)
+        return len(self.at)
+
+
+def _reading(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass
@@ -102,7 +109,7 @@ class NodeState:
             for proc in self.status.processes:
                 self._procs_by_gpu.setdefault(proc.gpu_index, []).append(proc)
             self._procs_of = self.status
-        return self._procs_by_gpu.get(index, [])
+        return list(self._procs_by_gpu.get(index, ()))  # a copy: callers may sort it
 
     def models_on(self, indices: Iterable[int] | None) -> list[LoadedModel]:
         """Loaded models a purge of ``indices`` (None: every GPU) would touch."""
@@ -236,7 +243,9 @@ class FleetState:
 
     def __init__(self, node_names: Iterable[str], *, refresh_s: float, levels: Levels | None = None) -> None:
         self.nodes: dict[str, NodeState] = {name: NodeState(name) for name in node_names}
-        self.history_len = max(2, int(HISTORY_WINDOW_S / refresh_s) + 1)
+        self.refresh_s = refresh_s
+        # At least HISTORY_MIN readings: a slow refresh plus polls asked for (ctrl+r) still fill the window.
+        self.history_len = max(HISTORY_MIN, int(HISTORY_WINDOW_S / refresh_s) + 1)
         self.levels = levels or Levels()
         # Stale: the node's readings stopped moving for the configured time, and at least a few polls.
         self.stale_after = timedelta(seconds=max(self.levels.t.stale_after_s, STALE_POLLS * refresh_s))
@@ -254,7 +263,7 @@ class FleetState:
             history = node.histories.get(gpu.index)
             if history is None:
                 history = node.histories[gpu.index] = GpuHistory(self.history_len)
-            history.add(gpu)
+            history.add(gpu, at)
         self.version += 1
 
     def apply_failure(self, name: str, error: str, at: datetime, *, auth: bool = False,

@@ -167,7 +167,7 @@ async def test_readonly_purge_key_says_purge_is_disabled_and_help_omits_it(fleet
         assert not ids & {"fleet.purge", "detail.purge", "purge.cancel"}
         # The only line about purge says it is disabled.
         assert [row[2] for row in rows if "purge" in row[2].lower()] == ["Purge is disabled (read-only)"]
-        assert "purge is disabled" in str(app.screen.query_one("#help-hint", Static).render()).lower()
+        assert "purge and signals are disabled" in str(app.screen.query_one("#help-hint", Static).render()).lower()
 
 
 async def test_readwrite_help_lists_purge_and_not_the_readonly_notice(fleet: EmbeddedFleet) -> None:

@@ -113,7 +113,8 @@ class EmbeddedFleet:
                  clock: Callable[[], datetime] | None = None) -> None:
         self.settings = node_settings(runtimes)
         self.servers: dict[str, EmbeddedServer] = {}
-        self.backends = {b.node_name: b for b in simulated_backends(count, clock=clock or (lambda: FROZEN))}
+        backends = simulated_backends(count, clock=clock or (lambda: FROZEN))
+        self.backends = {b.node_name: b for b in backends}
         self.targets: list[NodeTarget] = []
         for name, backend in self.backends.items():
             server = EmbeddedServer(self.settings, backend=backend,
