@@ -365,3 +365,31 @@ def test_the_summary_fits_every_width_and_big_fleets_read_in_tb_and_kw() -> None
         assert width_of(fitted(summary_variants(big), width)) <= width, width
     narrowest = "".join(text for text, _ in fitted(summary_variants(big), 30))
     assert narrowest.startswith("64/65 up, 1 down") and narrowest.endswith("45 over")
+
+
+async def test_a_node_going_down_in_place_is_dimmed_at_once() -> None:
+    """Without trouble first the down node keeps its place: its unchanged rows are still redrawn dim."""
+    doomed = EmbeddedFleet(2)
+    try:
+        settings = ConsoleSettings(refresh_s=HOUR, request_timeout_s=2.0, trouble_first=False)
+        app = GpuFleetApp(settings, doomed.targets, clock=Clock(), refresh_s=HOUR, mask_rtt=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+            table = app.screen.query_one(FleetTable)
+            dim = table.get_component_rich_style("line-table--dim").color
+            index = next(i for i, r in enumerate(table.rows) if r.key == (A100, 3))
+            await pilot.pause()
+            assert table._lines[(A100, 3)][1] is True  # drawn while the node answered
+            doomed.stop_node(A100)
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: app.fleet.nodes[A100].health == "down"
+                           and app.screen._drawn_version == app.fleet.version, "the outage")  # type: ignore[attr-defined]
+            await pilot.pause()
+            assert table.rows[index].key == (A100, 3)  # same place, same row object
+            # The line was drawn again after the outage (for an unreachable node), and dim.
+            drawn_row, drawn_for, segments = table._lines[(A100, 3)]
+            assert drawn_row is table.rows[index] and drawn_for is False
+            figures = [seg for seg in segments if seg.text.strip().endswith(("°C", "%", "W"))]
+            assert len(figures) == 3 and all(seg.style is not None and seg.style.color == dim for seg in figures)
+    finally:
+        doomed.close()

@@ -161,6 +161,7 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
         the cursor keeps its place on screen and the view does not move (htop style), so
         live values re-sorting the list never carry the view away.
         """
+        before = (self.rows, self.scroll_offset.y, self.cursor, self.sort, self.reverse)
         self.rows, self.sort, self.reverse = list(rows), sort, reverse
         top = self.scroll_offset.y
         self.virtual_size = Size(self.scrollable_content_region.width, len(self.rows) + 1)
@@ -174,10 +175,38 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
             self.set_reactive(LineTable.cursor, index)
             row = self.current
             self._cursor_key = self.row_key(row) if row is not None else None
+            self._refresh_changed(*before)
+            return
+        if index == self.cursor:
+            self.set_reactive(LineTable.cursor, index)  # no move: only what changed is drawn again
+            self._refresh_changed(*before)
+        else:
+            self.cursor = index
+
+    def _refresh_changed(self, rows: list[RowT], top: int, cursor: int, sort: str, reverse: bool) -> None:
+        """Redraw the lines on screen whose row changed; everything when the view moved.
+
+        A poll that changed a few nodes redraws their lines only, so the screen (and a key
+        pressed meanwhile) does not wait for every line to be drawn and composited again.
+        """
+        if top != self.scroll_offset.y or (sort, reverse) != (self.sort, self.reverse):
             self.refresh()
             return
-        self.cursor = index
-        self.refresh()
+        for i in range(top, top + self.visible_rows):
+            old = rows[i] if i < len(rows) else None
+            new = self.rows[i] if i < len(self.rows) else None
+            if old is not new or (i in (cursor, self.cursor) and cursor != self.cursor) or self._drawn_stale(new):
+                self.refresh_line(i + 1)  # row i is virtual line i + 1 (the header is line 0)
+
+    def _drawn_stale(self, row: RowT | None) -> bool:
+        """The same row object, last drawn for another token (its node stopped answering, say)."""
+        if row is None:
+            return False
+        token = self.cache_token(row)
+        if token is None:
+            return True  # not cached (node rows): always drawn afresh
+        drawn = self._lines.get(self.row_key(row))
+        return drawn is None or drawn[0] is not row or drawn[1] != token
 
     @property
     def current(self) -> RowT | None:
