@@ -15,10 +15,11 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from gpufleet.console.config import NodeTarget
 from gpufleet.console.datasource import DataSource
@@ -214,6 +215,19 @@ class GpuFleetApp(App[None]):
     def action_purge_disabled(self) -> None:
         self.notify("Purge is disabled: this console is read-only (--readonly, or readonly in \\[console]).",
                     title="Read-only", severity="warning", timeout=5)
+
+    def on_key(self, event: events.Key) -> None:
+        """A letter typed just before a text box took focus (after `/`, say) is the box's.
+
+        Keys already queued for the table when a binding moves focus to a box reach the app
+        with the box focused; a focused box stops the letters it gets itself, so a printable
+        key arriving here was meant for it: typed fast or pasted, `/down` filters for "down"
+        instead of `o` switching to the process view.
+        """
+        focused = self.focused
+        if isinstance(focused, Input) and event.is_printable and event.character:
+            event.stop()
+            focused.insert_text_at_cursor(event.character)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "purge_disabled":

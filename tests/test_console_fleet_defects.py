@@ -230,3 +230,23 @@ async def test_a_live_resort_keeps_the_view_and_the_cursor_place() -> None:
             assert table.current.key == followed  # type: ignore[union-attr]
     finally:
         moving.close()
+
+
+async def test_letters_typed_right_after_slash_go_to_the_filter(fleet: EmbeddedFleet) -> None:
+    from textual import events
+
+    app = console_app(fleet.targets, refresh_s=HOUR)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        # All at once, as a terminal delivers a fast typist's or a paste's bytes: `o` and `v`
+        # inside the word must not switch views.
+        for key, char in (("slash", "/"), ("d", "d"), ("o", "o"), ("w", "w"), ("n", "n")):
+            event = events.Key(key, char)
+            event.set_sender(app)
+            app._driver.send_message(event)  # type: ignore[union-attr]  # as the terminal driver does
+        await pilot.pause()
+        await pilot.pause()
+        screen = app.screen
+        assert screen.view == "grouped"  # type: ignore[attr-defined]
+        box = screen.query_one("#fleet-filter")
+        assert (box.value, app.focused) == ("down", box) and screen.query_text == "down"  # type: ignore[attr-defined]

@@ -324,7 +324,9 @@ class FleetScreen(Screen[None]):
     def action_filter(self) -> None:
         box = self.query_one("#fleet-filter", Input)
         box.display = True
-        box.focus()
+        # At once, not after the queued events (Widget.focus): letters typed right after `/`
+        # (fast typing, a paste, a terminal multiplexer) are the filter's, never keys like `o`.
+        self.set_focus(box)
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#fleet-filter", Input)
