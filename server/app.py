@@ -24,6 +24,7 @@ from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.gpu import GpuRoutes
 from gpufleet.server.api.ingest import IngestRoutes
 from gpufleet.server.api.keys import KeyRoutes
+from gpufleet.server.api.metrics import MetricsRoutes
 from gpufleet.server.api.validation import validate_batch
 from gpufleet.server.auth import KeyResolver, StoreKeyResolver
 from gpufleet.server.config import Settings
@@ -31,6 +32,8 @@ from gpufleet.server.gpu.base import GpuBackend
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.server import HttpServer
 from gpufleet.server.http.types import Request, Response
+from gpufleet.server.metrics.feed import GpuFeed, attribution_from_samples
+from gpufleet.server.metrics.server import HttpMetrics
 from gpufleet.server.openapi import openapi_document
 from gpufleet.server.ratelimit import RateLimiter
 from gpufleet.server.schemas import Heartbeat, utc_now
@@ -79,8 +82,16 @@ class ServerApp:
         self.context = ApiContext(settings=settings, backend=backend, resolver=resolver,
                                   limiter=RateLimiter(settings.rate_limits), store=store,
                                   purge=self.purge, now=clock)
+        # /metrics: request counts and latency observed by the HTTP server, GPU readings
+        # from the sampler or the feed's own refresh (never per scrape)
+        self.http_metrics = HttpMetrics() if settings.metrics.enabled else None
+        self.feed = GpuFeed(backend, self._attribute, refresh_s=settings.metrics.refresh_s,
+                            monotonic=monotonic)
+        self._attributor: Any = None
+        self._feed_task: asyncio.Task[None] | None = None
         self.router = self._build_router()
-        self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings))
+        self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings),
+                               observer=self.http_metrics.observe if self.http_metrics else None)
         self._openapi: bytes | None = None
         self._sampler_task: asyncio.Task[None] | None = None
         self.samples_written = 0  # by the in-process sampler (tests and status lines read it)
@@ -97,6 +108,8 @@ class ServerApp:
             KeyRoutes(self.context).register(router)
         router.get("/v1/openapi.json", self._openapi_json, name="getOpenApi",
                    summary="This API's OpenAPI 3.1 document")
+        if self.http_metrics is not None:
+            MetricsRoutes(self.context, self.feed, self.http_metrics).register(router)
         return router
 
     @property
@@ -109,6 +122,10 @@ class ServerApp:
                                         self.settings.server.port if port is None else port)
         if self.store is not None and self.settings.sampler.enabled:
             self._sampler_task = asyncio.create_task(self._run_sampler(), name="gpufleet-sampler")
+        if self.http_metrics is not None:
+            self._feed_task = asyncio.create_task(
+                self.feed.run(sampler_running=self._sampler_task is not None),
+                name="gpufleet-metrics-feed")
         return address
 
     async def stop(self) -> None:
@@ -116,7 +133,20 @@ class ServerApp:
         await self.stop_sampler()
         await self.http.shutdown()
 
+    def _attribute(self, snapshot: Any) -> Any:
+        """Who each GPU works for, as the sampler attributes it (called in the feed's thread)."""
+        if self._attributor is None:
+            from gpufleet.server.agent.attribution import ProcessAttributor
+
+            self._attributor = ProcessAttributor(self.settings.agent)
+        return self._attributor.attribute(snapshot)
+
     async def stop_sampler(self) -> None:
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feed_task
+            self._feed_task = None
         if self._sampler_task is not None:
             self._sampler_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,6 +195,8 @@ class ServerApp:
         samples = await asyncio.to_thread(sampler.sample)
         now = self.context.now()
         snapshot = sampler.last_snapshot
+        if snapshot is not None:
+            self.feed.publish(snapshot, attribution_from_samples(samples))
         hostname = (snapshot.node.hostname if snapshot else "") or socket.gethostname()
         inserted = 0
         if samples:

@@ -101,6 +101,8 @@ def _operation(route: Route) -> dict[str, Any]:
         responses[status] = {"description": _ERRORS[status],
                              "content": _json_content(_ref(ErrorBody))}
     op["responses"] = responses
+    if route.openapi:  # a route that is not JSON, or whose access depends on the client
+        op.update({k: (responses | v) if k == "responses" else v for k, v in route.openapi.items()})
     return op
 
 

@@ -11,7 +11,7 @@ EXPECTED = {
     ("get", "/v1/gpu/status"), ("get", "/v1/gpu/memory"), ("post", "/v1/gpu/purge"),
     ("get", "/v1/metrics/ingest"), ("post", "/v1/metrics/ingest"),
     ("get", "/v1/chargeback/report"), ("post", "/v1/agent/heartbeat"), ("get", "/v1/agent/hosts"),
-    ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"),
+    ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"), ("get", "/metrics"),
 }
 
 
@@ -76,4 +76,4 @@ async def test_storeless_node_documents_only_the_operator_api() -> None:
     async with running_app() as srv:
         doc = (await srv.http.get("/v1/openapi.json")).json()
     assert set(doc["paths"]) == {"/v1/gpu/status", "/v1/gpu/memory", "/v1/gpu/purge",
-                                 "/v1/openapi.json"}
+                                 "/v1/openapi.json", "/metrics"}

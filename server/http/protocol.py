@@ -49,6 +49,8 @@ class ServerState:
     """What every connection needs to know about its server."""
 
     closing: bool = False  # shutting down: answer in-flight requests with Connection: close
+    # told (status, seconds) of every request refused before routing (for /metrics)
+    on_reject: Callable[[int, float], None] | None = None
 
 
 class _Reject(Exception):
@@ -274,6 +276,8 @@ class HttpProtocol:
             pass  # the client is gone; nothing left to tell it
         _log_access(self._method, self._path, reject.status, len(response.body), self._started,
                     None)
+        if self._state.on_reject is not None:
+            self._state.on_reject(reject.status, _clock() - self._started)
         await self._stream.linger_close(self._limits.close_linger_s)
 
 

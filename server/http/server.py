@@ -22,6 +22,7 @@ import inspect
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from gpufleet.server.config import Limits
@@ -36,6 +37,9 @@ log = logging.getLogger("gpufleet.http")
 
 Middleware = Callable[[Request, Handler], Awaitable[Response]]
 ShutdownCallback = Callable[[], Awaitable[None] | None]
+# (route pattern, or "unmatched" / "http" before routing; method; status; seconds)
+Observer = Callable[[str, str, int, float], None]
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class HttpServer:
@@ -44,13 +48,16 @@ class HttpServer:
     def __init__(self, router: Router, limits: Limits, *,
                  ssl_context: ssl.SSLContext | None = None,
                  middleware: Sequence[Middleware] = (),
-                 on_shutdown: Sequence[ShutdownCallback] = ()) -> None:
+                 on_shutdown: Sequence[ShutdownCallback] = (),
+                 observer: Observer | None = None) -> None:
+        """``observer`` is told of every answer (for /metrics); it must not raise or block."""
         self.router = router
+        self.observer = observer
         self.limits = limits
         self.ssl_context = ssl_context
         self.middleware = tuple(middleware)
         self.on_shutdown: list[ShutdownCallback] = list(on_shutdown)
-        self._state = ServerState()
+        self._state = ServerState(on_reject=self._observe_reject if observer else None)
         self._server: asyncio.Server | None = None
         self._protocols: dict[HttpProtocol, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # every connection task, refused ones too
@@ -136,6 +143,21 @@ class HttpServer:
 
     async def dispatch(self, request: Request) -> Response:
         """Route ``request``, run middleware and handler under the deadline; never raises."""
+        if self.observer is None:
+            return await self._dispatch(request)
+        started = time.perf_counter()
+        response = await self._dispatch(request)
+        route = request.route.pattern if request.route is not None else "unmatched"
+        # the method is the client's text: an unknown one must not make a series of its own
+        method = request.method if request.method in _METHODS else "other"
+        self.observer(route, method, response.status, time.perf_counter() - started)
+        return response
+
+    def _observe_reject(self, status: int, seconds: float) -> None:
+        if self.observer is not None:
+            self.observer("http", "other", status, seconds)
+
+    async def _dispatch(self, request: Request) -> Response:
         try:
             route, request.path_params = self.router.match(request.method, request.path)
             request.route = route
@@ -183,6 +205,7 @@ class HttpServer:
     async def _refuse(self, stream: StreamConnection) -> None:
         response = json_error(503, "Server busy: too many connections")
         access_log.info("- - 503 %d 0.0ms -", len(response.body))
+        self._observe_reject(503, 0.0)
         try:
             await stream.write(encode_closing(response))
         except Exception:

@@ -114,6 +114,9 @@ class StoreWriter:
         self._pending_since = time.monotonic()
         self._marked_us: int | None = None
         self._tails = TailCache(lambda: self._pending)
+        # totals for /metrics, written by the writer thread only (reading an int is safe)
+        self.samples_inserted = 0
+        self.samples_duplicate = 0
         self._thread = threading.Thread(target=self._run, name="gpufleet-store-writer", daemon=True)
         self._thread.start()
 
@@ -123,6 +126,16 @@ class StoreWriter:
     def pending_rows(self) -> int:
         """Acknowledged samples not yet folded into the rollup and the tail (0 when current)."""
         return self._pending_rows
+
+    @property
+    def pending_age_s(self) -> float:
+        """How long the oldest unfolded sample has waited for the fold (0 when current)."""
+        return time.monotonic() - self._pending_since if self._pending_rows else 0.0
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs (sample groups, calls) waiting for the writer thread."""
+        return self._queue.qsize()
 
     @property
     def staging_folder(self) -> str:
@@ -340,6 +353,8 @@ class StoreWriter:
             self._tails.invalidate()
         for job in group:
             inserted = counts.get(job.batch.job, 0)
+            self.samples_inserted += inserted
+            self.samples_duplicate += job.batch.count - inserted
             _answer(job.done, WriteResult(inserted, job.batch.count - inserted), None)
 
 
