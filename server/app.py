@@ -21,6 +21,7 @@ from gpufleet.server import __version__
 from gpufleet.server.api.agents import AgentRoutes
 from gpufleet.server.api.chargeback import ChargebackRoutes
 from gpufleet.server.api.context import ApiContext
+from gpufleet.server.api.export import ExportRoutes
 from gpufleet.server.api.gpu import GpuRoutes
 from gpufleet.server.api.ingest import IngestRoutes
 from gpufleet.server.api.keys import KeyRoutes
@@ -106,6 +107,7 @@ class ServerApp:
             ChargebackRoutes(self.context).register(router)
             AgentRoutes(self.context).register(router)
             KeyRoutes(self.context).register(router)
+            ExportRoutes(self.context).register(router)
         router.get("/v1/openapi.json", self._openapi_json, name="getOpenApi",
                    summary="This API's OpenAPI 3.1 document")
         if self.http_metrics is not None:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "status": "gpufleet.server.commands.status",
     "keys": "gpufleet.server.commands.keys",
     "report": "gpufleet.server.commands.report",
+    "export": "gpufleet.server.commands.export",
 }
 DEFAULT_COMMAND = "console"
 

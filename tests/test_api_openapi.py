@@ -12,6 +12,7 @@ EXPECTED = {
     ("get", "/v1/metrics/ingest"), ("post", "/v1/metrics/ingest"),
     ("get", "/v1/chargeback/report"), ("post", "/v1/agent/heartbeat"), ("get", "/v1/agent/hosts"),
     ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"), ("get", "/metrics"),
+    ("get", "/v1/export/days"), ("get", "/v1/export/samples"), ("get", "/v1/export/usage"),
 }
 
 
