@@ -20,17 +20,15 @@ EPILOG = """\
 read back (one line each):
   duckdb -c "SELECT * FROM read_parquet('DIR/samples/**/*.parquet', hive_partitioning=true)"
   python -c "import polars as pl; print(pl.scan_parquet('DIR/usage_daily/**/*.parquet', hive_partitioning=True).collect())"
-
-exit codes:
+"""
+EXIT_CODES = """\
   0  exported (or nothing was new)
-  1  the export failed (store, server, folder); what was written stays usable
+  1  the export failed (store, server, folder); every file already written stays whole
   2  a bad flag or setting
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="DIR",
                         help="the Parquet folder (created; reused by later runs)")
     parser.add_argument("--from", dest="from_", default=None, metavar="YYYY-MM-DD",

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 HELP = "Show this node's GPUs and GPU processes once (real via NVML, else the simulated fleet)."
 NAME_WIDTH = 32  # longer names are clipped with …; columns size to their content
 COMMAND_WIDTH = 60
+EXIT_CODES = """\
+  0  printed
+  1  no GPU data: neither NVML nor the simulated fleet could be read
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
