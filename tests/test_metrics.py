@@ -280,3 +280,32 @@ async def test_promtool_finds_nothing_to_fix(tmp_path) -> None:
                 # dcgm-exporter's own names are not snake_case with unit suffixes: kept on purpose
                 if line.strip() and not line.startswith("DCGM_FI_")]
     assert result.returncode in (0, 3) and problems == [], result.stdout + result.stderr
+
+
+async def test_health_fields_map_to_dcgm_series(fixed_clock) -> None:
+    hot = SimulatedBackend("inf-l40s-01", clock=fixed_clock)
+    worn = SimulatedBackend("dgx-a100-01", clock=fixed_clock)
+    async with running_app(backend=hot) as srv:
+        hot_families = families_by_name((await srv.http.get("/metrics")).text)
+    async with running_app(backend=worn) as srv:
+        worn_families = families_by_name((await srv.http.get("/metrics")).text)
+
+    def by_gpu(families: dict, name: str) -> dict[int, float]:
+        return {int(s.labels["gpu"]): s.value for s in families[name].samples}
+
+    # NVML's bits: sw_thermal_slowdown 0x20, gpu_idle 0x1
+    assert by_gpu(hot_families, "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS")[2] == 0x20
+    assert by_gpu(worn_families, "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS")[6] == 0x1
+    assert by_gpu(worn_families, "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS")[0] == 0
+    assert worn_families["DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"].type == "counter"
+    assert by_gpu(worn_families, "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL")[5] == 37
+    assert by_gpu(worn_families, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL")[5] == 1
+    assert by_gpu(worn_families, "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL")[5] == 1843
+    assert by_gpu(worn_families, "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL")[5] == 2
+    assert by_gpu(worn_families, "DCGM_FI_DEV_XID_ERRORS") == {
+        i: (63 if i == 5 else 0) for i in by_gpu(worn_families, "DCGM_FI_DEV_XID_ERRORS")}
+    assert by_gpu(worn_families, "gpufleet_gpu_xid_errors")[5] == 2
+    assert by_gpu(worn_families, "DCGM_FI_DEV_ROW_REMAP_PENDING")[5] == 1
+    assert by_gpu(worn_families, "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS")[5] == 1
+    expected = {g.index: g.pcie.link_gen for g in worn.snapshot().gpus if g.pcie and g.pcie.link_gen}
+    assert by_gpu(worn_families, "DCGM_FI_DEV_PCIE_LINK_GEN") == expected

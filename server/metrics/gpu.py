@@ -32,8 +32,49 @@ class DcgmField:
 
 
 def _health(name: str) -> Callable[[GpuInfo], Any]:
-    """A health field that only some backends (or versions of GpuInfo) have."""
+    """A field that only some backends (or versions of GpuInfo) have."""
     return lambda gpu: getattr(gpu, name, None)
+
+
+def _part(name: str, part: str) -> Callable[[GpuInfo], Any]:
+    """A part of a health record (``ecc_errors.volatile_corrected``); None when the GPU has none."""
+    def read(gpu: GpuInfo) -> Any:
+        value = getattr(getattr(gpu, name, None), part, None)
+        return int(value) if isinstance(value, bool) else value
+    return read
+
+
+# NVML's clocks-event (throttle) reason bits, as DCGM_FI_DEV_CLOCK_THROTTLE_REASONS carries them
+THROTTLE_BITS: dict[str, int] = {
+    "gpu_idle": 0x1, "applications_clocks_setting": 0x2, "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8, "sync_boost": 0x10, "sw_thermal_slowdown": 0x20,
+    "hw_thermal_slowdown": 0x40, "hw_power_brake_slowdown": 0x80, "display_clock_setting": 0x100,
+}
+
+
+def throttle_mask(gpu: GpuInfo) -> int | None:
+    """The throttle reasons as NVML's bitmask (0: full speed); an ``unknown_0x..`` bit kept."""
+    reasons = getattr(gpu, "throttle_reasons", None)
+    if reasons is None:
+        return None
+    mask = 0
+    for reason in reasons:
+        if reason in THROTTLE_BITS:
+            mask |= THROTTLE_BITS[reason]
+        elif reason.startswith("unknown_0x"):
+            try:
+                mask |= int(reason.removeprefix("unknown_"), 16)
+            except ValueError:
+                continue
+    return mask
+
+
+def last_xid(gpu: GpuInfo) -> int | None:
+    """The latest XID error's number (0: none since the server started), as DCGM reports it."""
+    if getattr(gpu, "xid_error_count", None) is None:
+        return None
+    errors = getattr(gpu, "xid_errors", None) or []
+    return errors[-1].xid if errors else 0
 
 
 # In dcgm-exporter's default-counters order, then the health fields; units as DCGM's.
@@ -61,6 +102,55 @@ DCGM_FIELDS: tuple[DcgmField, ...] = (
     DcgmField("DCGM_FI_DEV_POWER_MGMT_LIMIT", "gauge", "Power management limit (W).",
               lambda g: g.power_limit_w),
     DcgmField("DCGM_FI_DEV_FAN_SPEED", "gauge", "Fan speed (%).", lambda g: g.fan_speed_pct),
+    DcgmField("DCGM_FI_DEV_ENC_UTIL", "gauge", "Encoder utilization (%).",
+              _part("utilization", "encoder_percent")),
+    DcgmField("DCGM_FI_DEV_DEC_UTIL", "gauge", "Decoder utilization (%).",
+              _part("utilization", "decoder_percent")),
+    # health (where the backend reads it)
+    DcgmField("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "gauge",
+              "Why clocks are held down now: NVML's clocks-event reason bits (0: full speed).",
+              throttle_mask),
+    DcgmField("DCGM_FI_DEV_XID_ERRORS", "gauge",
+              "The last XID error's number (0: none since the server started).", last_xid),
+    DcgmField("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "counter",
+              "Single-bit (corrected) ECC errors since the driver loaded.",
+              _part("ecc_errors", "volatile_corrected")),
+    DcgmField("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "counter",
+              "Double-bit (uncorrected) ECC errors since the driver loaded.",
+              _part("ecc_errors", "volatile_uncorrected")),
+    DcgmField("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "counter",
+              "Single-bit (corrected) ECC errors over the GPU's life.",
+              _part("ecc_errors", "aggregate_corrected")),
+    DcgmField("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "counter",
+              "Double-bit (uncorrected) ECC errors over the GPU's life.",
+              _part("ecc_errors", "aggregate_uncorrected")),
+    DcgmField("DCGM_FI_DEV_RETIRED_SBE", "counter", "Pages retired for single-bit errors.",
+              _part("retired_pages", "single_bit_ecc")),
+    DcgmField("DCGM_FI_DEV_RETIRED_DBE", "counter", "Pages retired for double-bit errors.",
+              _part("retired_pages", "double_bit_ecc")),
+    DcgmField("DCGM_FI_DEV_RETIRED_PENDING", "counter",
+              "1 when a page retirement waits for a GPU reset.", _part("retired_pages", "pending")),
+    DcgmField("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "counter",
+              "Rows remapped for uncorrectable errors.", _part("remapped_rows", "uncorrectable")),
+    DcgmField("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "counter",
+              "Rows remapped for correctable errors.", _part("remapped_rows", "correctable")),
+    DcgmField("DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "1 when a row remapping failed.",
+              _part("remapped_rows", "failed")),
+    DcgmField("DCGM_FI_DEV_ROW_REMAP_PENDING", "gauge",
+              "1 when a row remap waits for a GPU reset.", _part("remapped_rows", "pending")),
+    # dcgm-exporter declares these counters, though NVML gives KB/s over 20 ms: kept as it does
+    DcgmField("DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "counter", "PCIe transmit throughput (KB/s).",
+              _part("pcie", "tx_kb_s")),
+    DcgmField("DCGM_FI_DEV_PCIE_RX_THROUGHPUT", "counter", "PCIe receive throughput (KB/s).",
+              _part("pcie", "rx_kb_s")),
+    DcgmField("DCGM_FI_DEV_PCIE_LINK_GEN", "gauge", "PCIe link generation now.",
+              _part("pcie", "link_gen")),
+    DcgmField("DCGM_FI_DEV_PCIE_LINK_WIDTH", "gauge", "PCIe link width now (lanes).",
+              _part("pcie", "link_width")),
+    DcgmField("DCGM_FI_DEV_PCIE_MAX_LINK_GEN", "gauge", "Best PCIe link generation.",
+              _part("pcie", "max_link_gen")),
+    DcgmField("DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH", "gauge", "Best PCIe link width (lanes).",
+              _part("pcie", "max_link_width")),
 )
 # Fields that belong to a MIG instance rather than its GPU, when the GPU is in MIG mode.
 _PER_INSTANCE = {"DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_TOTAL"}
@@ -146,6 +236,13 @@ def gpufleet_gpu_families(snapshot: GpuSnapshot, attribution: Attribution) -> li
         memory.add((("gpu", str(gpu.index)), ("UUID", gpu.uuid or ""), ("Hostname", hostname),
                     ("pid", str(process.pid)), ("process", process.name),
                     ("user", process.user or "")), process.memory_mb * MIB)
+    xids = Family("gpufleet_gpu_xid_errors_total", "counter",
+                  "XID errors the driver reported for a GPU since the server started.")
+    for gpu in snapshot.gpus:
+        count = getattr(gpu, "xid_error_count", None)
+        if count is not None:
+            xids.add((("gpu", str(gpu.index)), ("UUID", gpu.uuid or ""), ("Hostname", hostname)),
+                     count)
     node = snapshot.node
     node_info = Family("gpufleet_node_info", "info",
                        "This node: GPU backend, simulated or real, driver (value 1).")
@@ -153,7 +250,7 @@ def gpufleet_gpu_families(snapshot: GpuSnapshot, attribution: Attribution) -> li
                    ("simulated", "true" if node.simulated else "false"),
                    ("driver_version", node.driver_version or ""),
                    ("cuda_version", node.cuda_version or "")), 1)
-    return [f for f in (info, memory, node_info) if f.samples]
+    return [f for f in (info, memory, xids, node_info) if f.samples]
 
 
 @dataclass(frozen=True, slots=True)
