@@ -87,7 +87,9 @@ class ExportAnswers:
         if not _INT.fullmatch(after_text):
             raise HttpError(400, "Query parameter after must be an integer (µs since the epoch)")
         after = max(int(after_text), NO_MARK_US)
-        cutoff = utc_us(self._now())  # stamped before the barrier: see the module docstring
+        # Stamped before the barrier (see the module docstring); a sample stamped in this
+        # same microsecond may be queued after it, so the cutoff stops one µs short.
+        cutoff = utc_us(self._now()) - 1
         await asyncio.to_thread(self._export.barrier)
         return await self._file(lambda path: self._export.copy_samples(path, account, day, after,
                                                                        cutoff))
