@@ -110,8 +110,10 @@ class ServerApp:
             ExportRoutes(self.context).register(router)
         router.get("/v1/openapi.json", self._openapi_json, name="getOpenApi",
                    summary="This API's OpenAPI 3.1 document")
+        self._metrics_routes = None
         if self.http_metrics is not None:
-            MetricsRoutes(self.context, self.feed, self.http_metrics).register(router)
+            self._metrics_routes = MetricsRoutes(self.context, self.feed, self.http_metrics)
+            self._metrics_routes.register(router)
         return router
 
     @property
@@ -124,7 +126,7 @@ class ServerApp:
                                         self.settings.server.port if port is None else port)
         if self.store is not None and self.settings.sampler.enabled:
             self._sampler_task = asyncio.create_task(self._run_sampler(), name="gpufleet-sampler")
-        if self.http_metrics is not None:
+        if self._metrics_routes is not None and self._metrics_routes.serves_gpus:
             self._feed_task = asyncio.create_task(
                 self.feed.run(sampler_running=self._sampler_task is not None),
                 name="gpufleet-metrics-feed")

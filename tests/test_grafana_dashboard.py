@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_server import store_app
+from tests.api_server import api_settings, store_app
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "gpufleet-dashboard.json"
 _NAME = re.compile(r"\b(DCGM_FI_[A-Z0-9_]+|gpufleet_[a-z0-9_]+)\b")
@@ -24,7 +24,7 @@ def _exprs() -> list[str]:
 
 
 async def test_every_series_the_dashboard_queries_is_served(tmp_path: Path) -> None:
-    async with store_app(tmp_path / "g.duckdb") as srv:
+    async with store_app(tmp_path / "g.duckdb", api_settings(**{"server.simulate": True})) as srv:
         await srv.http.get("/v1/gpu/status", headers=srv.auth("operator"))
         text = (await srv.http.get("/metrics")).text
     served = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}

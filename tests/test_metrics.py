@@ -309,3 +309,16 @@ async def test_health_fields_map_to_dcgm_series(fixed_clock) -> None:
     assert by_gpu(worn_families, "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS")[5] == 1
     expected = {g.index: g.pcie.link_gen for g in worn.snapshot().gpus if g.pcie and g.pcie.link_gen}
     assert by_gpu(worn_families, "DCGM_FI_DEV_PCIE_LINK_GEN") == expected
+
+
+async def test_serve_without_a_gpu_and_without_simulate_exports_no_made_up_readings(tmp_path) -> None:
+    async with store_app(tmp_path / "w.duckdb") as srv:  # a store, a simulated backend, no --simulate
+        families = families_by_name((await srv.http.get("/metrics")).text)
+        assert srv.app._feed_task is None  # nothing reads the GPUs for it either
+    assert not [name for name in families if name.startswith("DCGM_")]
+    assert "gpufleet_gpu_attribution_info" not in families
+    assert families["gpufleet_gpu_series_withheld"].samples[0].value == 1
+    assert families["gpufleet_gpu_backend_up"].samples[0].value == 0
+    async with store_app(tmp_path / "s.duckdb", api_settings(**{"server.simulate": True})) as srv:
+        asked = families_by_name((await srv.http.get("/metrics")).text)
+    assert "DCGM_FI_DEV_GPU_UTIL" in asked and "gpufleet_gpu_series_withheld" not in asked

@@ -56,11 +56,23 @@ def is_loopback(request: Request) -> bool:
         return False
 
 
+def gpu_series_wanted(ctx: ApiContext) -> bool:
+    """Whether this node's GPU series belong in Prometheus.
+
+    Real GPUs, yes. A simulated node only when the simulation was asked for (``serve
+    --simulate``, or a storeless ``gpufleet simulate`` node): a ``serve`` that found no
+    usable GPU serves the simulated node's API, but made-up readings must not reach a
+    Prometheus that scrapes it as a real node (as they never reach chargeback).
+    """
+    return not ctx.backend.simulated or ctx.settings.server.simulate or ctx.store is None
+
+
 class MetricsRoutes:
     def __init__(self, ctx: ApiContext, feed: GpuFeed, http_metrics: HttpMetrics) -> None:
         self._ctx = ctx
         self._feed = feed
         self._http = http_metrics
+        self.serves_gpus = gpu_series_wanted(ctx)
 
     def register(self, router: Router) -> None:
         router.get(PATH, self.metrics, name="getMetrics", openapi=OPENAPI,
@@ -77,7 +89,7 @@ class MetricsRoutes:
     async def metrics(self, request: Request) -> Response:
         await self._authorize(request)
         openmetrics = negotiate(request.header("accept"))
-        reading = await self._feed.first(FIRST_READING_WAIT_S)
+        reading = await self._feed.first(FIRST_READING_WAIT_S) if self.serves_gpus else None
         up = reading is not None and self._feed.error is None
         parts: list[Family | str] = [build_info()]
         if up and reading is not None:
@@ -97,6 +109,12 @@ class MetricsRoutes:
                          "else 0.")
         backend.add((), 1 if up else 0)
         families = [backend]
+        if not self.serves_gpus:
+            withheld = Family("gpufleet_gpu_series_withheld", "gauge",
+                              "1: no usable GPU and no --simulate, so the simulated node's "
+                              "readings are not exported.")
+            withheld.add((), 1)
+            return [*families, withheld]
         age = self._feed.age_s()
         if age is not None:
             family = Family("gpufleet_gpu_reading_age_seconds", "gauge",
