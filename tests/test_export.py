@@ -186,6 +186,17 @@ async def test_export_server_reads_the_keys_account_over_http(tmp_path: Path) ->
         none = await srv.http.get("/v1/export/samples", params={"day": "2020-01-01"},
                                   headers=srv.auth("read"))
         assert none.status_code == 204
+        for after in ("9223372036854775807", "-9223372036854775808"):
+            edge = await srv.http.get("/v1/export/samples", headers=srv.auth("read"),
+                                      params={"day": "2026-11-01", "after": after})
+            assert edge.status_code in (200, 204), edge.text
+        for bad in ({"day": "2026-11-01", "after": "1e9"}, {"from": "2026-11-02", "to": "2026-11-01"}):
+            path = "/v1/export/samples" if "day" in bad else "/v1/export/days"
+            refused = await srv.http.get(path, params=bad, headers=srv.auth("read"))
+            assert refused.status_code == 400 and refused.json()["error"]
+        far = await srv.http.get("/v1/export/days", headers=srv.auth("read"),
+                                 params={"from": "0001-01-01", "to": "9999-12-31"})
+        assert far.status_code == 200 and len(far.json()["days"]) == 1
     assert [p.name for p in (out / "samples").iterdir()] == ["account=default"]
     assert not list(Path(store.path.parent).glob(".export-*"))  # the server's temp files are gone
 
@@ -196,3 +207,24 @@ def test_an_account_name_is_percent_encoded_in_its_folder(tmp_path: Path) -> Non
         _store(store, "ml/ops=1", _samples(DAY1, 2), DAY1)
         export(StoreSource(store, None), tmp_path / "lake")
     assert os.listdir(tmp_path / "lake" / "samples") == ["account=ml%2Fops%3D1"]
+
+
+def test_a_full_disk_stops_the_export_with_one_line_and_no_half_file(tmp_path: Path, capsys) -> None:
+    import subprocess
+
+    db = _filled(tmp_path / "s.duckdb")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs",
+                                            str(tiny)], capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        assert main(["export", "-o", str(tiny / "lake"), "--db", str(db)]) == 1
+        err = capsys.readouterr().err
+        assert "no space left on the device" in err and "Traceback" not in err
+        placed = [p for p in (tiny / "lake").rglob("*.parquet") if TMP_DIR not in p.parts]
+        for path in placed:  # what made it into place is whole: DuckDB reads every file
+            duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+    assert main(["export", "-o", str(tmp_path / "lake"), "--db", str(db)]) == 0

@@ -28,7 +28,7 @@ from gpufleet.server.api.guard import add_route
 from gpufleet.server.auth import READ
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.types import HttpError, Request, Response
-from gpufleet.server.store.export import NO_MARK_US, StoreExport, utc_us
+from gpufleet.server.store.export import MAX_US, NO_MARK_US, StoreExport, utc_us
 
 if TYPE_CHECKING:
     from gpufleet.server.store import MetricsStore
@@ -86,7 +86,7 @@ class ExportAnswers:
         after_text = query.get("after") or str(NO_MARK_US)
         if not _INT.fullmatch(after_text):
             raise HttpError(400, "Query parameter after must be an integer (µs since the epoch)")
-        after = max(int(after_text), NO_MARK_US)
+        after = min(max(int(after_text), NO_MARK_US), MAX_US)  # DuckDB's timestamps end
         # Stamped before the barrier (see the module docstring); a sample stamped in this
         # same microsecond may be queued after it, so the cutoff stops one µs short.
         cutoff = utc_us(self._now()) - 1

@@ -69,8 +69,15 @@ def run(args: argparse.Namespace) -> int:
             result = _from_server(args, output, first, last)
         else:
             result = _from_store(args, settings, output, first, last)
-    except (ExportError, OSError, RuntimeError, ValueError) as exc:
+    except ExportError as exc:
         print(f"gpufleet export: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a full disk, a DuckDB error: one line for a person, no traceback
+        text = str(exc)
+        if "No space left on device" in text or getattr(exc, "errno", None) == 28:
+            text = (f"no space left on the device of {output}; every file already written "
+                    "stays whole: run again once there is room")
+        print(f"gpufleet export: {text}", file=sys.stderr)
         return 1
     print(result.summary(output))
     return 0
