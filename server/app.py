@@ -23,6 +23,7 @@ from gpufleet.server.api.chargeback import ChargebackRoutes
 from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.export import ExportRoutes
 from gpufleet.server.api.gpu import GpuRoutes
+from gpufleet.server.api.health import HealthRoutes
 from gpufleet.server.api.ingest import IngestRoutes
 from gpufleet.server.api.keys import KeyRoutes
 from gpufleet.server.api.metrics import MetricsRoutes
@@ -30,6 +31,7 @@ from gpufleet.server.api.validation import validate_batch
 from gpufleet.server.auth import KeyResolver, StoreKeyResolver
 from gpufleet.server.config import Settings
 from gpufleet.server.gpu.base import GpuBackend
+from gpufleet.server.http.forwarded import ClientAddresses, parse_networks
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.server import HttpServer
 from gpufleet.server.http.types import Request, Response
@@ -91,7 +93,9 @@ class ServerApp:
         self._attributor: Any = None
         self._feed_task: asyncio.Task[None] | None = None
         self.router = self._build_router()
+        trusted = parse_networks(settings.server.trusted_proxies)
         self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings),
+                               addresses=ClientAddresses(trusted),
                                observer=self.http_metrics.observe if self.http_metrics else None)
         self._openapi: bytes | None = None
         self._sampler_task: asyncio.Task[None] | None = None
@@ -110,6 +114,7 @@ class ServerApp:
             ExportRoutes(self.context).register(router)
         router.get("/v1/openapi.json", self._openapi_json, name="getOpenApi",
                    summary="This API's OpenAPI 3.1 document")
+        HealthRoutes(self.context).register(router)
         self._metrics_routes = None
         if self.http_metrics is not None:
             self._metrics_routes = MetricsRoutes(self.context, self.feed, self.http_metrics)

@@ -103,5 +103,5 @@ def store_families(store: MetricsStore) -> list[Family]:
     lag = Family("gpufleet_store_rollup_lag_seconds", "gauge",
                  "How long the oldest unfolded sample has waited for the rollup (0 when "
                  "current).", unit="seconds")
-    lag.add((), round(writer.pending_age_s, 6))
+    lag.add((), round(writer.fold_lag_s, 6))
     return [samples, queue, pending, lag]
