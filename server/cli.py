@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from gpufleet.server import __version__
@@ -67,7 +68,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if command is not None and name != command:
             continue
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP,
+        sub = subparsers.add_parser(name, help=module.HELP, description=textwrap.fill(module.HELP, 79),
                                     epilog=command_epilog(module), formatter_class=HelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(_module=module_name)

@@ -207,6 +207,9 @@ def test_an_account_name_is_percent_encoded_in_its_folder(tmp_path: Path) -> Non
         _store(store, "ml/ops=1", _samples(DAY1, 2), DAY1)
         export(StoreSource(store, None), tmp_path / "lake")
     assert os.listdir(tmp_path / "lake" / "samples") == ["account=ml%2Fops%3D1"]
+    accounts = _parquet(tmp_path / "lake", "samples").query(
+        "s", "SELECT DISTINCT account FROM s").fetchall()
+    assert accounts == [("ml/ops=1",)]  # hive readers decode it back
 
 
 def test_a_full_disk_stops_the_export_with_one_line_and_no_half_file(tmp_path: Path, capsys) -> None:
