@@ -176,6 +176,11 @@ async def test_export_server_reads_the_keys_account_over_http(tmp_path: Path) ->
         result = await asyncio.to_thread(run, "read")
         assert (result.samples, result.sample_files, result.usage_files) == (8, 1, 1)
         assert (await asyncio.to_thread(run, "read")).samples == 0
+        # a late sample for the exported day: the next run brings exactly it
+        await asyncio.to_thread(_store, store, "default", _samples(DAY1 + timedelta(hours=5), 1, gpus=1),
+                                DAY1 + timedelta(days=3))
+        late = await asyncio.to_thread(run, "read")
+        assert (late.samples, late.sample_files, late.usage_files) == (1, 1, 1)
         with pytest.raises(ExportError, match="401"):
             await asyncio.to_thread(run, None)
         with pytest.raises(ExportError, match="403"):

@@ -322,3 +322,16 @@ async def test_serve_without_a_gpu_and_without_simulate_exports_no_made_up_readi
     async with store_app(tmp_path / "s.duckdb", api_settings(**{"server.simulate": True})) as srv:
         asked = families_by_name((await srv.http.get("/metrics")).text)
     assert "DCGM_FI_DEV_GPU_UTIL" in asked and "gpufleet_gpu_series_withheld" not in asked
+
+
+async def test_the_feed_reads_again_every_refresh_s_without_any_scrape() -> None:
+    import asyncio
+
+    backend = CountingBackend(SimulatedBackend())
+    async with running_app(api_settings(**{"metrics.refresh_s": 0.1}), backend=backend) as srv:
+        for _ in range(200):  # awaits the reads, bounded: 20 s at most
+            if backend.reads >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert backend.reads >= 3
+        assert srv.app.feed.age_s() is not None and srv.app.feed.age_s() < 60
