@@ -92,6 +92,7 @@ class ServerApp:
                             monotonic=monotonic)
         self._attributor: Any = None
         self._feed_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.router = self._build_router()
         trusted = parse_networks(settings.server.trusted_proxies)
         self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings),
@@ -117,7 +118,8 @@ class ServerApp:
         HealthRoutes(self.context).register(router)
         self._metrics_routes = None
         if self.http_metrics is not None:
-            self._metrics_routes = MetricsRoutes(self.context, self.feed, self.http_metrics)
+            self._metrics_routes = MetricsRoutes(self.context, self.feed, self.http_metrics,
+                                                 on_scrape=self.ensure_feed)
             self._metrics_routes.register(router)
         return router
 
@@ -131,11 +133,15 @@ class ServerApp:
                                         self.settings.server.port if port is None else port)
         if self.store is not None and self.settings.sampler.enabled:
             self._sampler_task = asyncio.create_task(self._run_sampler(), name="gpufleet-sampler")
-        if self._metrics_routes is not None and self._metrics_routes.serves_gpus:
+        return address
+
+    def ensure_feed(self) -> None:
+        """Start refreshing GPU readings for /metrics: at the first scrape, so a node that
+        nobody scrapes reads nothing for it."""
+        if self._feed_task is None and not self._stopping:
             self._feed_task = asyncio.create_task(
                 self.feed.run(sampler_running=self._sampler_task is not None),
                 name="gpufleet-metrics-feed")
-        return address
 
     async def stop(self) -> None:
         """Stop sampling, stop accepting, let in-flight requests finish. The store stays open."""
@@ -151,6 +157,7 @@ class ServerApp:
         return self._attributor.attribute(snapshot)
 
     async def stop_sampler(self) -> None:
+        self._stopping = True
         if self._feed_task is not None:
             self._feed_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -324,11 +324,14 @@ async def test_serve_without_a_gpu_and_without_simulate_exports_no_made_up_readi
     assert "DCGM_FI_DEV_GPU_UTIL" in asked and "gpufleet_gpu_series_withheld" not in asked
 
 
-async def test_the_feed_reads_again_every_refresh_s_without_any_scrape() -> None:
+async def test_the_feed_starts_at_the_first_scrape_then_reads_every_refresh_s() -> None:
     import asyncio
 
     backend = CountingBackend(SimulatedBackend())
     async with running_app(api_settings(**{"metrics.refresh_s": 0.1}), backend=backend) as srv:
+        await srv.http.get("/v1/openapi.json")
+        assert backend.reads == 0 and srv.app._feed_task is None  # nobody scraped yet
+        assert (await srv.http.get("/metrics")).status_code == 200
         for _ in range(200):  # awaits the reads, bounded: 20 s at most
             if backend.reads >= 3:
                 break

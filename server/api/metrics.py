@@ -9,6 +9,7 @@ may be local while the client is not.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gpufleet.server.api.context import ApiContext
@@ -68,8 +69,11 @@ def gpu_series_wanted(ctx: ApiContext) -> bool:
 
 
 class MetricsRoutes:
-    def __init__(self, ctx: ApiContext, feed: GpuFeed, http_metrics: HttpMetrics) -> None:
+    def __init__(self, ctx: ApiContext, feed: GpuFeed, http_metrics: HttpMetrics, *,
+                 on_scrape: Callable[[], None] | None = None) -> None:
+        """``on_scrape`` starts the feed's refresh (the first scrape is its signal)."""
         self._ctx = ctx
+        self._on_scrape = on_scrape
         self._feed = feed
         self._http = http_metrics
         self.serves_gpus = gpu_series_wanted(ctx)
@@ -89,7 +93,11 @@ class MetricsRoutes:
     async def metrics(self, request: Request) -> Response:
         await self._authorize(request)
         openmetrics = negotiate(request.header("accept"))
-        reading = await self._feed.first(FIRST_READING_WAIT_S) if self.serves_gpus else None
+        reading = None
+        if self.serves_gpus:
+            if self._on_scrape is not None:
+                self._on_scrape()
+            reading = await self._feed.first(FIRST_READING_WAIT_S)
         up = reading is not None and self._feed.error is None
         parts: list[Family | str] = [build_info()]
         if up and reading is not None:

@@ -1,9 +1,9 @@
 """The latest GPU reading a scrape serves: never an NVML call per scrape.
 
 The in-process sampler publishes each snapshot it takes (with the attribution it
-computed); between its ticks, ``run`` reads the backend itself whenever the latest
-reading is ``refresh_s`` old, so a scrape at any rate costs no NVML call and serves a
-reading at most ``refresh_s`` old. Each reading is rendered once, lazily, per format.
+computed); between its ticks, ``run`` (started by the first scrape) reads the backend
+itself whenever the latest reading is ``refresh_s`` old, so a scrape at any rate costs
+no NVML call and serves a reading at most ``refresh_s`` old. Each reading is rendered once, lazily, per format.
 """
 
 from __future__ import annotations
