@@ -11,7 +11,14 @@ from pydantic.json_schema import models_json_schema
 from gpufleet.server import __version__
 from gpufleet.server.auth import ANY_KEY, INGEST, OPERATOR, READ
 from gpufleet.server.http.router import Route
-from gpufleet.server.schemas import MODELS_BY_NAME, ChargebackReport, ErrorBody, MetricSample
+from gpufleet.server.schemas import (
+    MODELS_BY_NAME,
+    SIMULATED_HEADER,
+    ChargebackReport,
+    ErrorBody,
+    Heartbeat,
+    MetricSample,
+)
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -29,6 +36,7 @@ _ERRORS = {
     "413": "Request body too large",
     "429": "Rate limit exceeded; see Retry-After and X-RateLimit-Reset",
     "500": "Internal server error; retry with exponential back-off",
+    "409": "Simulated data (X-Gpufleet-Simulated: true) sent to a server that stores real data only",
 }
 _RATE_HEADERS = {
     "X-RateLimit-Limit": "Requests allowed per window",
@@ -74,6 +82,7 @@ def _operation(route: Route) -> dict[str, Any]:
             {"name": "format", "in": "query", "required": False,
              "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}},
         ]
+    params += _simulated_parameter(route)
     if params:
         op["parameters"] = params
     limited = getattr(route.handler, "rate_limit", None) is not None
@@ -97,11 +106,33 @@ def _operation(route: Route) -> dict[str, Any]:
         op["security"] = []
     if limited:
         wanted.append("429")
+    _document_simulated(route, ok, wanted)
     for status in sorted(wanted):
         responses[status] = {"description": _ERRORS[status],
                              "content": _json_content(_ref(ErrorBody))}
     op["responses"] = responses
     return op
+
+
+def _simulated_parameter(route: Route) -> list[dict[str, Any]]:
+    """Ingest and heartbeat take the header that marks simulated data."""
+    if route.request_model not in (MetricSample, Heartbeat):
+        return []
+    return [{"name": SIMULATED_HEADER, "in": "header", "required": False,
+             "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+             "description": "true: the body is simulated data; a server that stores real data "
+                            "only answers 409"}]
+
+
+def _document_simulated(route: Route, ok: dict[str, Any], wanted: list[str]) -> None:
+    """Chargeback answers say whether the store holds simulated data; marked ingest may get 409."""
+    if route.request_model in (MetricSample, Heartbeat):
+        wanted.append("409")
+    if route.response_model is ChargebackReport:
+        ok.setdefault("headers", {})[SIMULATED_HEADER] = {
+            "description": "true when the store holds simulated samples (the JSON's `simulated`; "
+                           "the CSV's columns are fixed, so this header says it)",
+            "schema": {"type": "string", "enum": ["true", "false"]}}
 
 
 def openapi_document(routes: list[Route], *, server_url: str | None = None) -> dict[str, Any]:

@@ -142,6 +142,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     (
         "CREATE TABLE pending_since (since TIMESTAMP NOT NULL)",
     ),
+    # 7: facts about the store itself: since when (and from what) it holds simulated
+    # samples, which every report from it then says (see simulated.py)
+    (
+        "CREATE TABLE store_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
