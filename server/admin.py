@@ -29,6 +29,7 @@ from gpufleet.server.http.types import HttpError, Request, Response
 from gpufleet.server.schemas import KeyInfo
 
 if TYPE_CHECKING:
+    from gpufleet.server.app import ServerApp
     from gpufleet.server.auth import KeyResolver
     from gpufleet.server.store import MetricsStore
 
@@ -267,3 +268,22 @@ async def _keys_call(method: Any, *args: Any) -> Any:
         raise HttpError(409, str(exc)) from None
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
+
+
+async def start_admin_channel(app: ServerApp, store: MetricsStore, db_path: Path,
+                              holder: str) -> AdminChannel | None:
+    """The admin channel of the server ``holder`` (``serve`` or ``console``) runs, or None.
+
+    A folder that is not safe, or a system without Unix sockets, is a warning: the server
+    serves anyway, and ``keys``/``report`` then say that it must be stopped first.
+    """
+    admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver,
+                         pricing=app.settings.pricing, holder=holder, url=app.url)
+    try:
+        await admin.start()
+    except OSError as exc:
+        logging.getLogger("gpufleet.server").warning(
+            "admin channel not started (gpufleet keys and a local gpufleet report need "
+            "this %s stopped): %s", holder, exc)
+        return None
+    return admin

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
-    from gpufleet.server.admin import AdminChannel
-    from gpufleet.server.app import ServerApp
     from gpufleet.server.config import Settings
     from gpufleet.server.gpu.base import GpuBackend
     from gpufleet.server.store import MetricsStore
@@ -193,6 +191,7 @@ async def serve(settings: Settings) -> int:
     import asyncio
     import logging
 
+    from gpufleet.server.admin import start_admin_channel
     from gpufleet.server.app import ServerApp
     from gpufleet.server.files import make_private_dir
     from gpufleet.server.gpu.base import BackendUnavailable
@@ -231,7 +230,7 @@ async def serve(settings: Settings) -> int:
                 raise _StartupError(f"cannot listen on {settings.server.host}:"
                                     f"{settings.server.port}: {exc}") from exc
             # Before the "serving" line: whoever waits for it can use `gpufleet keys` at once.
-            admin = await _start_admin_channel(app, store, db_path)
+            admin = await start_admin_channel(app, store, db_path, "serve")
             # Whoever reads the "serving" line may signal at once: the stop must already be caught.
             stop = _catch_stop_signals()
             log.info("gpufleet serving %s (store %s)", app.url, db_path)
@@ -258,9 +257,8 @@ def _say_what_the_store_holds(settings: Settings, store: MetricsStore) -> None:
 
     log = logging.getLogger("gpufleet.server")
     if settings.server.simulate:
-        log.warning("SIMULATED: samples of the simulated fleet go into %s, and every report from "
-                    "it says so; gpufleet keys and gpufleet report reach it with --db %s",
-                    store.path, store.path)
+        log.info("simulated samples go into %s, and every report from it says so; "
+                 "gpufleet keys and gpufleet report reach it with --db %s", store.path, store.path)
     elif store.simulated is not None:
         log.warning("the store %s holds simulated data (%s), and every report from it says so; "
                     "gpufleet demo reset --db %s removes the sample fleet's data from it",
@@ -301,22 +299,3 @@ def sampling_settings(settings: Settings, backend: GpuBackend) -> Settings:
     log.warning("No usable NVIDIA GPU: serving a SIMULATED node (simulated: true), and its "
                 "samples are NOT stored; pass --simulate to sample it into the store")
     return settings.with_overrides({"sampler.enabled": False})
-
-
-async def _start_admin_channel(app: ServerApp, store: MetricsStore,
-                               db_path: Path) -> AdminChannel | None:
-    """The owner-only socket ``gpufleet keys``/``report`` use while this server holds the store, or None."""
-    import logging
-
-    from gpufleet.server.admin import AdminChannel
-
-    admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver,
-                         pricing=app.settings.pricing, holder="serve", url=app.url)
-    try:
-        await admin.start()
-    except OSError as exc:  # unsafe folder or no Unix sockets: serve anyway, keys need a stop
-        logging.getLogger("gpufleet.server").warning(
-            "admin channel not started (gpufleet keys and a local gpufleet report need "
-            "the server stopped): %s", exc)
-        return None
-    return admin

@@ -139,8 +139,8 @@ class MetricsStore:
         when = at or datetime.now(UTC)
         mark = self.writer.call(lambda con: simulated.write_mark(con, source, when))
         if self._simulated is None:
-            log.warning("the store %s now holds simulated data (%s); every report from it says so",
-                        self.path, source)
+            log.info("the store %s now holds simulated data (%s); every report from it says so",
+                     self.path, source)
         self._simulated = mark
         return mark
 
