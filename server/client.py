@@ -112,6 +112,10 @@ class NotFound(GpuFleetError):
     """404: no such route (an older server?)."""
 
 
+class Conflict(GpuFleetError):
+    """409: the server will not take this (simulated data sent to a store of real data)."""
+
+
 class PayloadTooLarge(GpuFleetError):
     """413: the body is over the server's limit."""
 
@@ -142,6 +146,7 @@ _ERRORS_BY_STATUS: dict[int, type[GpuFleetError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    409: Conflict,
     408: RequestTimeout,
     413: PayloadTooLarge,
     429: RateLimited,

@@ -1,8 +1,7 @@
 """The terminal is always given back: the real ``gpufleet`` in a pty, signalled, and the bytes it wrote.
 
-The console runs on a machine with one (fake) GPU: the fake pynvml comes first on its
-PYTHONPATH and a ``sitecustomize`` there describes the GPU, so nothing simulated (and no
-sample month) is involved and it starts in about a second.
+The console runs on a machine with one (fake) GPU (tests/fake_gpu_process.py), so nothing
+simulated (and no sample month) is involved and it starts in about a second.
 """
 
 from __future__ import annotations
@@ -24,19 +23,14 @@ from pathlib import Path
 import pytest
 
 from gpufleet.server.client import GpuFleetClient
+from tests.fake_gpu_process import FAKES, one_gpu_pythonpath
 
 REPO = Path(__file__).resolve().parents[1]
-FAKES = REPO / "tests" / "fakes"
 ALT_SCREEN_ON = b"\x1b[?1049h"
 # What a terminal needs to be itself again: normal screen, cursor shown, every mouse mode off.
 RESTORED = (b"\x1b[?1049l", b"\x1b[?25h", b"\x1b[?1000l", b"\x1b[?1003l", b"\x1b[?1006l")
 FRAME_DRAWN = b"\x1b[23;1H"  # the first full frame reaches the last rows of a 24-row terminal
 READY_TIMEOUT_S = 30.0
-
-SITE = '''import pynvml
-pynvml.configure([pynvml.FakeGpu(uuid="GPU-7e57c0de-0000-1111-2222-333344445555")])
-'''
-
 
 @dataclass
 class Console:
@@ -76,11 +70,8 @@ class Console:
 
 @pytest.fixture
 def console(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITE)
     home = Path(os.environ["XDG_DATA_HOME"]).parent
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{FAKES}", "TERM": "xterm-256color",
+    env = {**os.environ, "PYTHONPATH": one_gpu_pythonpath(tmp_path), "TERM": "xterm-256color",
            "GPUFLEET_CONSOLE__LOCAL_SERVER_URL": "http://127.0.0.1:9",  # nothing answers: start one
            "GPUFLEET_SAMPLER__ENABLED": "false"}
     master, slave = os.openpty()
