@@ -166,3 +166,75 @@ def test_a_store_an_older_demo_wrote_into_is_marked_when_opened(tmp_path: Path) 
                                 api_settings().pricing).simulated
     with MetricsStore.open(real) as store:
         assert store.simulated is None
+
+
+def run_demo(argv: list[str]) -> int:
+    from gpufleet.server.commands import demo as demo_cmd
+
+    parser = argparse.ArgumentParser()
+    demo_cmd.add_arguments(parser)
+    return demo_cmd.run(parser.parse_args(argv))
+
+
+def test_demo_reset_deletes_the_demo_store_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gpufleet.server.config import Settings
+
+    demo = Settings().server.resolved_db_path(simulated=True)
+    real = Settings().server.resolved_db_path()
+    with MetricsStore.open(demo) as store:
+        load_sample_month(store, "default", fleet=tiny_fleet(), end=TODAY)
+    MetricsStore.open(real).close()
+    assert run_demo(["reset"]) == 0
+    assert "deleted the demo's store" in capsys.readouterr()[0]
+    assert not demo.exists() and real.exists()
+    assert run_demo(["reset"]) == 0  # nothing left to reset: not an error
+    # a store at the demo's place that holds no simulated data is not the demo's
+    MetricsStore.open(demo).close()
+    assert run_demo(["reset"]) == 1
+    assert "not deleted" in capsys.readouterr()[1] and demo.exists()
+
+
+def test_demo_reset_db_takes_the_sample_fleet_out_of_a_store(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "old-default.duckdb"
+    with MetricsStore.open(db) as store:
+        key = store.create_key("ops", ["read"], "default").key
+        load_sample_month(store, "default", fleet=tiny_fleet(), end=TODAY)
+        store.writer.submit_sync("default", [{**s, "timestamp": datetime.fromisoformat(s["timestamp"])}
+                                             for s in samples()], NOW)
+        before = store.sample_count()
+    assert run_demo(["reset", "--db", str(db)]) == 0
+    assert "removed" in capsys.readouterr()[0]
+    with MetricsStore.open(db) as store:
+        assert store.simulated is None
+        assert store.sample_count() == 5 < before  # the real GPU's samples stay
+        assert store.authenticate(key) is not None  # and so do the keys
+        report = store.chargeback("default", date.fromisoformat(PERIOD["from"]), TODAY,
+                                  api_settings().pricing)
+        assert not report.simulated and [t.team_id for t in report.teams] == ["ml"]
+        assert store.list_hosts("default", NOW, 300) == []
+
+
+def test_serve_simulate_without_db_uses_the_simulated_store(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from gpufleet.server.config import Settings
+
+    proc = subprocess.Popen([sys.executable, "-m", "gpufleet.server.cli", "serve", "--simulate",
+                             "--port", "0", "--no-sampler"], stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if match := re.search(r"gpufleet serving \S+ \(store (.+)\)", line):
+                break
+        else:
+            raise AssertionError("serve did not start")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert Path(match.group(1)) == Settings().server.resolved_db_path(simulated=True)
+    assert not Settings().server.resolved_db_path().exists()  # the real store is never made

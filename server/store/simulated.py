@@ -72,23 +72,17 @@ def mark_older_demo(con: duckdb.DuckDBPyConnection, uuids: Collection[str]) -> S
 
 def remove_sample_fleet(con: duckdb.DuckDBPyConnection, uuids: Collection[str],
                         hostnames: Collection[str]) -> tuple[int, int]:
-    """Delete the sample fleet's samples, usage and hosts, and their sources' marks, in one transaction.
+    """Delete the sample fleet's samples, usage and hosts, and their sources' marks.
 
-    Returns (samples, hosts) removed. Marks of other sources (ingest marked simulated) stay.
+    Run in one transaction (the writer's). Returns (samples, hosts) removed; marks of
+    other sources (ingest marked simulated) stay.
     """
-    params = {"uuids": list(uuids), "hosts": list(hostnames)}
-    con.begin()
-    try:
-        samples = con.execute("DELETE FROM samples WHERE list_contains($uuids, gpu_uuid)",
-                              params).fetchone()[0]
-        for table in ("gpu_last", "usage_daily"):
-            con.execute(f"DELETE FROM {table} WHERE list_contains($uuids, gpu_uuid)", params)
-        hosts = con.execute("DELETE FROM hosts WHERE list_contains($hosts, hostname)",
-                            params).fetchone()[0]
-        con.execute("DELETE FROM store_info WHERE list_contains(?, key)",
-                    [[_PREFIX + source for source in SAMPLE_FLEET_SOURCES]])
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
+    gpus = [list(uuids)]
+    samples = con.execute("DELETE FROM samples WHERE list_contains(?, gpu_uuid)", gpus).fetchone()[0]
+    for table in ("gpu_last", "usage_daily"):
+        con.execute(f"DELETE FROM {table} WHERE list_contains(?, gpu_uuid)", gpus)
+    hosts = con.execute("DELETE FROM hosts WHERE list_contains(?, hostname)",
+                        [list(hostnames)]).fetchone()[0]
+    con.execute("DELETE FROM store_info WHERE list_contains(?, key)",
+                [[_PREFIX + source for source in SAMPLE_FLEET_SOURCES]])
     return int(samples), int(hosts)
