@@ -33,6 +33,8 @@ from gpufleet.server.schemas import (
     IngestResult,
     KeyCreated,
     PurgeResult,
+    SignalName,
+    SignalResult,
     format_utc,
 )
 
@@ -109,7 +111,7 @@ class Forbidden(GpuFleetError):
 
 
 class NotFound(GpuFleetError):
-    """404: no such route (an older server?)."""
+    """404: no such route (an older server?), or no such thing (a PID that is not a GPU process)."""
 
 
 class Conflict(GpuFleetError):
@@ -236,6 +238,12 @@ def _purge_body(force: bool, gpu_indices: list[int] | None) -> dict[str, Any]:
     return body
 
 
+def _signal_call(pid: int, signal: SignalName) -> _Call:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
+        raise ValueError(f"pid must be a non-negative integer, not {pid!r}")
+    return _Call("POST", f"/v1/gpu/processes/{pid}/signal", "bearer", json_body={"signal": signal})
+
+
 class _ClientBase:
     def __init__(self, base_url: str | None, api_key: str | None,
                  timeout: float | httpx.Timeout, simulated: bool = False) -> None:
@@ -330,6 +338,10 @@ class GpuFleetClient(_ClientBase):
         call = _Call("POST", "/v1/gpu/purge", "bearer", json_body=_purge_body(force, gpu_indices))
         return self._model(call, PurgeResult)
 
+    def signal_process(self, pid: int, signal: SignalName = "TERM") -> SignalResult:
+        """Send TERM, INT or KILL to one GPU process of the node (404: not one now; 403: refused)."""
+        return self._model(_signal_call(pid, signal), SignalResult)
+
     def rotate_key(self) -> KeyCreated:
         return self._model(_Call("POST", "/v1/keys/rotate", "bearer"), KeyCreated)
 
@@ -410,6 +422,9 @@ class AsyncGpuFleetClient(_ClientBase):
                         gpu_indices: list[int] | None = None) -> PurgeResult:
         call = _Call("POST", "/v1/gpu/purge", "bearer", json_body=_purge_body(force, gpu_indices))
         return await self._model(call, PurgeResult)
+
+    async def signal_process(self, pid: int, signal: SignalName = "TERM") -> SignalResult:
+        return await self._model(_signal_call(pid, signal), SignalResult)
 
     async def rotate_key(self) -> KeyCreated:
         return await self._model(_Call("POST", "/v1/keys/rotate", "bearer"), KeyCreated)

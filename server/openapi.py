@@ -52,7 +52,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _component_schemas() -> dict[str, Any]:
     # Request bodies in validation mode, the rest as sent; each model once, so no
     # "-Input"/"-Output" name suffixes.
-    requests = {"MetricSample", "PurgeRequest", "Heartbeat"}
+    requests = {"MetricSample", "PurgeRequest", "Heartbeat", "SignalRequest"}
     models = [(cls, "validation" if name in requests else "serialization")
               for name, cls in MODELS_BY_NAME.items()]
     _, top = models_json_schema(models, ref_template=_REF_TEMPLATE)

@@ -119,6 +119,9 @@ class GpuMemory(Value):
 class GpuUtilization(Value):
     gpu_percent: int | None = None
     memory_percent: int | None = None
+    # additive: the video engines (NVENC / NVDEC), percent; None = the GPU has none or won't say
+    encoder_percent: int | None = None
+    decoder_percent: int | None = None
 
 
 class MigDevice(Value):
@@ -129,6 +132,67 @@ class MigDevice(Value):
     name: str | None = None
     memory_total_mb: int | None = None
     memory_used_mb: int | None = None
+
+
+# GPU health (additive). Throttle reasons are NVML's clock event reasons, by name;
+# a newer driver's unknown bit is listed as "unknown_0x...".
+THROTTLE_REASON_NAMES: tuple[str, ...] = (
+    "gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown", "sync_boost",
+    "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
+    "display_clock_setting",
+)
+# The reasons that cost a working GPU speed it should have: heat and hardware protection.
+# A power cap, sync boost, idle or application clocks are listed but are not "throttling".
+THROTTLING_REASONS: frozenset[str] = frozenset({
+    "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
+})
+
+
+class GpuEcc(Value):
+    """ECC error counts; volatile since the driver loaded, aggregate over the GPU's life."""
+
+    volatile_corrected: int | None = None
+    volatile_uncorrected: int | None = None
+    aggregate_corrected: int | None = None
+    aggregate_uncorrected: int | None = None
+
+
+class GpuRetiredPages(Value):
+    """Page retirement (before Ampere): pages retired for ECC errors, and one waiting for a reset."""
+
+    single_bit_ecc: int | None = None  # retired after repeated corrected errors
+    double_bit_ecc: int | None = None  # retired after an uncorrected error
+    pending: bool | None = None  # a retirement takes effect at the next GPU reset
+
+
+class GpuRemappedRows(Value):
+    """Row remapping (Ampere and later), in place of page retirement."""
+
+    correctable: int  # rows remapped for corrected errors
+    uncorrectable: int  # rows remapped for uncorrected errors
+    pending: bool  # a remap takes effect at the next GPU reset
+    failed: bool  # a remap failed: the GPU needs service
+
+
+class GpuPcie(Value):
+    """The host link: throughput over NVML's 20 ms window, and the link's current and best shape."""
+
+    tx_kb_s: int | None = None  # KB/s (1 KB = 1024 bytes), GPU to host
+    rx_kb_s: int | None = None  # KB/s, host to GPU
+    link_gen: int | None = None
+    link_width: int | None = None  # lanes
+    max_link_gen: int | None = None  # a link below its max was trained down (riser, slot, power saving)
+    max_link_width: int | None = None
+
+
+XID_ERRORS_KEPT = 20  # a GPU's xid_errors lists its latest this many
+
+
+class XidError(Value):
+    """One XID error the driver reported for a GPU (``nvidia-smi`` and the kernel log number them)."""
+
+    xid: int
+    at: UtcDateTime
 
 
 class GpuInfo(Value):
@@ -151,6 +215,52 @@ class GpuInfo(Value):
     team_id: str | None = None  # who holds this GPU, when known
     model_tag: str | None = None
     lost: bool = False  # the driver reports "GPU is lost": every reading is None
+    # additive, health (issue 14); None = this GPU or driver does not report it
+    throttle_reasons: list[str] | None = None  # THROTTLE_REASON_NAMES; [] = full speed
+    ecc_errors: GpuEcc | None = None  # None also when ECC is off
+    retired_pages: GpuRetiredPages | None = None
+    remapped_rows: GpuRemappedRows | None = None
+    pcie: GpuPcie | None = None
+    xid_errors: list[XidError] | None = None  # since the server started, the latest XID_ERRORS_KEPT
+    xid_error_count: int | None = None  # all of them since the server started
+
+    @property
+    def throttling(self) -> bool:
+        """Clocks held down by heat or hardware protection now (see THROTTLING_REASONS)."""
+        return bool(self.throttle_reasons and THROTTLING_REASONS.intersection(self.throttle_reasons))
+
+    def health_problems(self) -> list[str]:
+        """What an operator should look at on this GPU, in words; [] when nothing is known wrong."""
+        problems: list[str] = []
+        if self.lost:
+            problems.append("GPU is lost")
+        if self.throttling:
+            reasons = [r for r in self.throttle_reasons or () if r in THROTTLING_REASONS]
+            problems.append("throttling: " + ", ".join(r.replace("_", " ") for r in reasons))
+        ecc = self.ecc_errors
+        if ecc is not None and ecc.volatile_uncorrected:
+            problems.append(f"{ecc.volatile_uncorrected} uncorrected ECC error(s) since driver load")
+        if self.retired_pages is not None and self.retired_pages.pending:
+            problems.append("page retirement pending: reset the GPU")
+        rows = self.remapped_rows
+        if rows is not None and rows.failed:
+            problems.append("row remapping failed: the GPU needs service")
+        elif rows is not None and rows.pending:
+            problems.append("row remapping pending: reset the GPU")
+        if self.xid_error_count:
+            last = self.xid_errors[-1].xid if self.xid_errors else None
+            problems.append(f"{self.xid_error_count} XID error(s)"
+                            + (f", last XID {last}" if last is not None else ""))
+        return problems
+
+
+class ProcessChild(Value):
+    """A descendant of a GPU process (additive): the short tree under it, as /proc shows it."""
+
+    pid: int
+    ppid: int
+    name: str
+    host_rss_mb: int | None = None
 
 
 class GpuProcess(Value):
@@ -163,6 +273,15 @@ class GpuProcess(Value):
     command: str | None = None
     type: Literal["compute", "graphics"] | None = None
     visible: bool = True  # False: the driver reports the PID but this host cannot see it
+    # additive (issue 14): the host's view of the process; None = unknown or not visible
+    cpu_percent: float | None = None  # of one CPU (may pass 100): since the previous snapshot,
+    #                                   on first sight its average since it started (as ps)
+    host_rss_mb: int | None = None  # resident host memory, MiB
+    started_at: UtcDateTime | None = None
+    elapsed_s: float | None = None  # running time at the snapshot
+    cgroup: str | None = None  # its cgroup path (cgroup v2, else the first v1 hierarchy)
+    container_id: str | None = None  # Docker, containerd, CRI-O or Podman ID when the cgroup names one
+    children: list[ProcessChild] | None = None  # descendants, nearest first (capped); [] = none
 
 
 class NodeInfo(Value):
@@ -175,6 +294,8 @@ class NodeInfo(Value):
     simulated: bool
     backend: Literal["nvml", "simulated"]
     gpufleet_version: str | None = None
+    # additive: which NVML process-list call this driver answers ("v3", "v2" or "v1")
+    nvml_process_api: str | None = None
 
 
 class LoadedModel(Value):
@@ -236,6 +357,7 @@ class GpuMemoryResponse(Value):
     timestamp: UtcDateTime
     memory: list[GpuMemoryEntry]
     node: NodeInfo | None = None
+    processes: list[GpuProcess] | None = None  # additive: what holds the memory, as in status
 
 
 class PurgeRequest(Value):
@@ -263,6 +385,30 @@ class PurgeResult(Value):
     # additive
     node: NodeInfo | None = None
     skipped: list[str] = Field(default_factory=list)
+
+
+# gpufleet's own: POST /v1/gpu/processes/{pid}/signal
+SignalName = Literal["TERM", "INT", "KILL"]
+
+
+class SignalRequest(Value):
+    signal: SignalName
+
+
+class SignalResult(Value):
+    """A signal sent to one GPU process of this node (audited as the purge is)."""
+
+    status: Literal["success"] = "success"
+    timestamp: UtcDateTime
+    pid: int
+    signal: SignalName
+    name: str
+    user: str | None = None
+    command: str | None = None
+    gpu_indices: list[int]
+    memory_mb: int | None = None  # its GPU memory on all those GPUs when signalled
+    message: str
+    node: NodeInfo | None = None
 
 
 # --------------------------------------------------------------------------
@@ -485,6 +631,7 @@ MODELS_BY_NAME: dict[str, type[BaseModel]] = {
     cls.__name__: cls
     for cls in (
         ErrorBody, GpuStatusResponse, GpuMemoryResponse, PurgeRequest, PurgeResult,
+        SignalRequest, SignalResult,
         MetricSample, IngestResult, IngestHealth, Heartbeat, HeartbeatResult, HostsResponse,
         ChargebackReport, ChargebackCsvRow, KeyCreated, KeyInfo,
     )

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 
 from gpufleet.server import __version__
 from gpufleet.server.fleet import Fleet, GpuModelSpec, JobSpec, ModelSpec, default_fleet
+from gpufleet.server.gpu import simulated_depth as depth
 from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot, ModelHost
-from gpufleet.server.gpu.load import LoadCurve, mix, seconds_since_epoch, unit
+from gpufleet.server.gpu.load import JITTER_BUCKET_S, LoadCurve, mix, seconds_since_epoch, unit
 from gpufleet.server.gpu.synthetic import extend_fleet
 from gpufleet.server.schemas import (
     GpuInfo,
@@ -91,6 +92,9 @@ class _SimGpu:
     idle_since: float | None = None  # seconds since EPOCH when its model was unloaded
     idle_energy_j: float = 0.0
     ever_unloaded: bool = False
+    fault: depth.Fault | None = None
+    job_seed: int = 0
+    loaded_at: datetime | None = None  # when a reload_all() started its process again
 
     def busy_power_w(self) -> float:
         return PEAK_POWER_SHARE * self.spec.power_limit_w - self.spec.idle_power_w
@@ -121,6 +125,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
         except KeyError:
             raise ValueError(f"no node {self.node_name!r} in the simulated fleet") from None
         self._clock = clock or _utc_now
+        self._started = self._clock()  # XIDs are "since the server started"; jobs ran before
         self._lock = threading.Lock()
         self._seed = node_seed(self.fleet.seed, self.node_name)
         jobs = {i: job for job in self.fleet.jobs if job.node == self.node_name for i in job.gpus}
@@ -141,6 +146,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
                    models: dict[str, ModelSpec]) -> _SimGpu:
         spec = self.fleet.gpu_models[arch]
         salt = mix(self._seed, index)
+        fault = depth.fault_for(self.node_name, index, salt)
         model = models[job.model] if job else None
         job_seed = mix(self._seed, 1000 + job.gpus[0]) if job else 0
         pid = None
@@ -155,9 +161,10 @@ class SimulatedBackend(GpuBackend, ModelHost):
             pid=pid,
             overhead_mb=400 + int(500 * unit(salt, 3)),
             residual_mb=300 + int(200 * unit(salt, 4)),
-            ambient_c=28.0 + 6.0 * unit(salt, 5),
+            ambient_c=28.0 + 6.0 * unit(salt, 5) + (depth.HOT_SLOT_C if fault == "thermal" else 0.0),
             passive="SXM" in spec.name or "HBM" in spec.name,
             loaded=model is not None,
+            fault=fault, job_seed=job_seed,
         )
 
     # ------------------------------------------------------------ GpuBackend
@@ -168,14 +175,15 @@ class SimulatedBackend(GpuBackend, ModelHost):
             gpus: list[GpuInfo] = []
             processes: list[GpuProcess] = []
             for gpu in self._gpus:
-                info, procs = self._read(gpu, t)
+                info, procs = self._read(gpu, t, now)
                 gpus.append(info)
                 processes.extend(procs)
             return GpuSnapshot(taken_at=now, node=self._node, gpus=tuple(gpus),
                                processes=tuple(processes))
 
-    def _read(self, gpu: _SimGpu, t: float) -> tuple[GpuInfo, list[GpuProcess]]:
+    def _read(self, gpu: _SimGpu, t: float, now: datetime) -> tuple[GpuInfo, list[GpuProcess]]:
         spec = gpu.spec
+        bucket = int(t // JITTER_BUCKET_S)
         loaded = gpu.loaded and gpu.model is not None and gpu.curve is not None
         util = gpu.curve.utilization(t, gpu.salt) if loaded and gpu.curve else 0.0
         procs: list[GpuProcess] = []
@@ -185,10 +193,16 @@ class SimulatedBackend(GpuBackend, ModelHost):
             working = int(util * max(0, min(4096, room)))  # activations / KV cache grow with load
             process_mb = gpu.model.memory_mb + gpu.overhead_mb + working
             used += process_mb
+            started = gpu.loaded_at or depth.first_start(self._started, gpu.job_seed)
+            host = depth.process_depth(gpu.model, gpu.job, gpu.pid or 0, gpu.job_seed, util, now,
+                                       started, bucket)
             procs.append(GpuProcess(
                 pid=gpu.pid or 0, name=_PROCESS_NAMES.get(gpu.model.runtime, "python"),
                 memory_mb=process_mb, gpu_index=gpu.index, user=gpu.model.team,
                 command=_command(gpu.model, gpu.job, gpu.index), type="compute",
+                cpu_percent=host.cpu_percent, host_rss_mb=host.host_rss_mb,
+                started_at=host.started_at, elapsed_s=host.elapsed_s, cgroup=host.cgroup,
+                container_id=host.container_id, children=host.children,
             ))
         if gpu.foreign_mb:
             procs.append(GpuProcess(
@@ -204,6 +218,12 @@ class SimulatedBackend(GpuBackend, ModelHost):
             sm_clock = int(sm_max * (0.55 + 0.45 * util)) if util >= 0.05 else int(sm_max * 0.5)
         else:
             sm_clock = 210
+        temperature = round(gpu.ambient_c + 48.0 * util + (4.0 if loaded else 0.0))
+        power_w = round(min(power, spec.power_limit_w), 1)
+        reasons = depth.throttle_reasons(util, loaded, power_w, spec.power_limit_w, temperature)
+        if "sw_thermal_slowdown" in reasons:
+            sm_clock = int(sm_clock * depth.THERMAL_CLOCK_SHARE)
+        health = depth.health(gpu.fault, self._started)
         info = GpuInfo(
             index=gpu.index,
             name=spec.name,
@@ -212,9 +232,10 @@ class SimulatedBackend(GpuBackend, ModelHost):
             utilization=GpuUtilization(
                 gpu_percent=round(util * 100),
                 memory_percent=round(util * 62),
+                encoder_percent=0, decoder_percent=0,
             ),
-            temperature_c=round(gpu.ambient_c + 48.0 * util + (4.0 if loaded else 0.0)),
-            power_draw_w=round(min(power, spec.power_limit_w), 1),
+            temperature_c=temperature,
+            power_draw_w=power_w,
             power_limit_w=float(spec.power_limit_w),
             energy_j=round(gpu.energy_j(t), 3),
             fan_speed_pct=None if gpu.passive else round(30 + 55 * util),
@@ -224,6 +245,9 @@ class SimulatedBackend(GpuBackend, ModelHost):
             mig_mode=False,
             team_id=gpu.model.team if loaded and gpu.model else None,
             model_tag=gpu.model.name if loaded and gpu.model else None,
+            throttle_reasons=reasons, ecc_errors=health.ecc, remapped_rows=health.remapped_rows,
+            pcie=depth.pcie(spec.name, util, loaded, gpu.salt, bucket),
+            xid_errors=health.xids, xid_error_count=len(health.xids),
         )
         return info, procs
 
@@ -269,6 +293,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
                     gpu.idle_since = None
                     gpu.energy_offset_j = energy - gpu.scheduled_energy_j(t)
                     gpu.loaded = True
+                    gpu.loaded_at = self._clock()
 
 
 def simulated_backends(count: int, gpus_per_node: int | None = None, *,

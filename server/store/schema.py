@@ -142,7 +142,26 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     (
         "CREATE TABLE pending_since (since TIMESTAMP NOT NULL)",
     ),
-    # 7: facts about the store itself: since when (and from what) it holds simulated
+    # 7: the audit of POST /v1/gpu/processes/{pid}/signal: who asked, what, when, outcome
+    (
+        """CREATE TABLE signal_audit (
+            id BIGINT PRIMARY KEY,
+            account VARCHAR NOT NULL,
+            key_name VARCHAR,
+            signalled_at TIMESTAMP NOT NULL,
+            pid BIGINT NOT NULL,
+            signal VARCHAR NOT NULL,
+            process_name VARCHAR,
+            process_user VARCHAR,
+            command VARCHAR,
+            gpu_indices INTEGER[],
+            memory_mb BIGINT,
+            outcome VARCHAR NOT NULL,
+            detail VARCHAR NOT NULL
+        )""",
+        "CREATE SEQUENCE signal_audit_seq",
+    ),
+    # 8: facts about the store itself: since when (and from what) it holds simulated
     # samples, which every report from it then says (see simulated.py)
     (
         "CREATE TABLE store_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",

@@ -31,7 +31,7 @@ from gpufleet.server.schemas import (
     PurgeResult,
 )
 from gpufleet.server.store import chargeback as cb
-from gpufleet.server.store import hosts, simulated, usage_sql
+from gpufleet.server.store import hosts, signal_audit, simulated, usage_sql
 from gpufleet.server.store.keys import KeyStore
 from gpufleet.server.store.pending import fold_on_open
 from gpufleet.server.store.schema import current_version, migrate
@@ -208,6 +208,18 @@ class MetricsStore:
     def list_purges(self, account: str, limit: int = 50) -> list[dict[str, Any]]:
         with self._cursor() as cur:
             return hosts.read_purges(cur, account, limit)
+
+    def record_signal(self, attempt: signal_audit.SignalAttempt,
+                      outcome: signal_audit.SignalOutcome, detail: str) -> int:
+        """Commit one signal audit row; returns its id (``finish_signal`` completes a pending one)."""
+        return self.writer.call(lambda con: signal_audit.write_signal(con, attempt, outcome, detail))
+
+    def finish_signal(self, audit_id: int, outcome: signal_audit.SignalOutcome, detail: str) -> None:
+        self.writer.call(lambda con: signal_audit.finish_signal(con, audit_id, outcome, detail))
+
+    def list_signals(self, account: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self._cursor() as cur:
+            return signal_audit.read_signals(cur, account, limit)
 
     # ------------------------------------------------------------ chargeback
 
