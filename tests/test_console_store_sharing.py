@@ -67,14 +67,16 @@ def test_keys_and_report_work_while_a_console_holds_the_store(tmp_path: Path, re
         assert "ops" in {k.name for k in store.list_keys()}
 
 
+@pytest.mark.parametrize("gpu_present", [True, False], ids=["gpu", "demo"])
 def test_the_console_finds_serve_on_any_port_through_the_admin_socket(
-        tmp_path: Path, refused_url: str) -> None:
+        tmp_path: Path, refused_url: str, gpu_present: bool) -> None:
+    """Without a GPU too: a collector box running serve shows its real chargeback, not the demo's."""
     db = tmp_path / "served.duckdb"
     data = tmp_path / "data"
     server = start_serve(db, "--no-sampler")  # on a port of its own choosing, not the default
     try:
         console = start_demo_or_connect(settings_for(db, refused_url), directory=data,
-                                        gpu_present=True)
+                                        gpu_present=gpu_present, demo_nodes=0)
         try:
             assert console.origin == "shared" and console.local_url == server.url
             with GpuFleetClient(console.local_url, api_key=console.local_key) as client:
@@ -82,12 +84,14 @@ def test_the_console_finds_serve_on_any_port_through_the_admin_socket(
             assert (data / KEY_FILE).read_text().strip() == console.local_key
         finally:
             console.stop()
-        again = start_demo_or_connect(settings_for(db, refused_url), directory=data, gpu_present=True)
+        again = start_demo_or_connect(settings_for(db, refused_url), directory=data,
+                                      gpu_present=gpu_present, demo_nodes=0)
         again.stop()
         assert again.local_key == console.local_key  # the key file's key is reused, not a new one
         listing = gpufleet("keys", "list", "--json", "--db", str(db))
         assert [k["name"].startswith("console-local-") for k in json.loads(listing.stdout)] == [True]
         assert server.proc.poll() is None  # the console's stop never stops someone else's server
+        assert not Settings().server.resolved_db_path(simulated=True).exists()  # no demo store made
     finally:
         server.proc.send_signal(signal.SIGTERM)
     assert server.wait_exit() == 0
