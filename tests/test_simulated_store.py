@@ -238,3 +238,15 @@ def test_serve_simulate_without_db_uses_the_simulated_store(tmp_path: Path) -> N
         proc.wait(timeout=30)
     assert Path(match.group(1)) == Settings().server.resolved_db_path(simulated=True)
     assert not Settings().server.resolved_db_path().exists()  # the real store is never made
+
+
+async def test_the_openapi_document_describes_the_simulated_header(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "doc.duckdb") as srv:
+        doc = (await srv.http.get("/v1/openapi.json")).json()
+    for path in ("/v1/metrics/ingest", "/v1/agent/heartbeat"):
+        post = doc["paths"][path]["post"]
+        assert "409" in post["responses"]
+        assert {p["name"] for p in post["parameters"] if p["in"] == "header"} == {SIMULATED_HEADER}
+    report = doc["paths"]["/v1/chargeback/report"]["get"]["responses"]["200"]
+    assert SIMULATED_HEADER in report["headers"]
+    assert "simulated" in doc["components"]["schemas"]["ChargebackReport"]["properties"]
