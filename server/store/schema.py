@@ -161,7 +161,16 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE SEQUENCE signal_audit_seq",
     ),
-    # 8: facts about the store itself: since when (and from what) it holds simulated
+    # 8: a rotation keeps the key (its id, name, scopes) and replaces its secret in place;
+    # each rotation is remembered with the prefix of the secret it retired
+    (
+        """CREATE TABLE key_rotations (
+            key_id VARCHAR NOT NULL,
+            rotated_at TIMESTAMP NOT NULL,
+            old_prefix VARCHAR NOT NULL
+        )""",
+    ),
+    # 9: facts about the store itself: since when (and from what) it holds simulated
     # samples, which every report from it then says (see simulated.py)
     (
         "CREATE TABLE store_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
