@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "report": "gpufleet.server.commands.report",
     "export": "gpufleet.server.commands.export",
     "config": "gpufleet.server.commands.config",
+    "demo": "gpufleet.server.commands.demo",
 }
 DEFAULT_COMMAND = "console"
 _VERSION_FLAGS = ("-V", "--version")
