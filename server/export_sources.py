@@ -32,6 +32,7 @@ class StoreSource:
     def __init__(self, store: MetricsStore, account: str | None) -> None:
         self._export = StoreExport(store)
         self._account = account
+        self.simulated = store.simulated is not None
 
     def days(self, first: date | None, last: date | None) -> list[DayState]:
         self._export.barrier()  # the rollup must hold every stored sample before it is read
@@ -58,6 +59,7 @@ class ServerSource:
         self._prefix = prefix
         self._accounts = accounts
         self._account = account
+        self.simulated = False  # known once days() has been answered
 
     def _params(self, account: str | None, **params: Any) -> dict[str, str]:
         found = {k: str(v) for k, v in params.items() if v is not None}
@@ -70,7 +72,9 @@ class ServerSource:
                                                 "to": last and last.isoformat()})
         with contextlib.closing(self._send("days", params)) as response:
             response.read()
-            return [DayState.from_json(d) for d in response.json()["days"]]
+            body = response.json()
+            self.simulated = bool(body.get("simulated"))
+            return [DayState.from_json(d) for d in body["days"]]
 
     def samples(self, dest: Path, account: str, day: date, after_us: int) -> tuple[int, int | None]:
         with contextlib.closing(self._send("samples", self._params(account, day=day.isoformat(),

@@ -64,10 +64,14 @@ class ExportResult:
     sample_files: int = 0
     samples: int = 0
     usage_files: int = 0
+    simulated: bool = False  # the source holds simulated data (a demo or --simulate store)
 
     def summary(self, root: Path) -> str:
-        return (f"exported {self.samples:,} new samples in {self.sample_files:,} files and "
+        text = (f"exported {self.samples:,} new samples in {self.sample_files:,} files and "
                 f"{self.usage_files:,} changed usage days, of {self.days:,} days, to {root}")
+        if self.simulated:
+            text += " (SIMULATED data: not billable; recorded in " + STATE_FILE + ")"
+        return text
 
 
 def partition(root: Path, table: str, account: str, day: date) -> Path:
@@ -94,6 +98,7 @@ class ParquetFolder:
         self.tmp = root / TMP_DIR
         self._state_path = root / STATE_FILE
         self.fingerprints: dict[str, str] = {}
+        self.simulated = False  # some export into this folder came from simulated data
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[ParquetFolder]:
@@ -120,6 +125,7 @@ class ParquetFolder:
         try:
             data = json.loads(self._state_path.read_text())
             self.fingerprints = {str(k): str(v) for k, v in data.get("usage_fingerprints", {}).items()}
+            self.simulated = bool(data.get("simulated"))
         except FileNotFoundError:
             self.fingerprints = {}
         except (OSError, ValueError, AttributeError) as exc:
@@ -128,7 +134,8 @@ class ParquetFolder:
 
     def save_state(self) -> None:
         tmp = self.tmp / f"state-{uuid.uuid4().hex}.json"
-        tmp.write_text(json.dumps({"format": 1, "usage_fingerprints": self.fingerprints},
+        tmp.write_text(json.dumps({"format": 1, "simulated": self.simulated,
+                                   "usage_fingerprints": self.fingerprints},
                                   indent=0, sort_keys=True))
         os.replace(tmp, self._state_path)
 
@@ -153,7 +160,10 @@ def export(source: ExportSource, root: Path, *, first: date | None = None,
     """Bring ``root`` up to date with ``source`` for the days in [first, last] (all by default)."""
     result = ExportResult()
     with ParquetFolder(root).locked() as folder:
-        for number, state in enumerate(source.days(first, last), start=1):
+        days = source.days(first, last)
+        result.simulated = bool(getattr(source, "simulated", False))
+        folder.simulated = folder.simulated or result.simulated
+        for number, state in enumerate(days, start=1):
             result.days += 1
             if state.samples:
                 _export_samples(source, folder, state, result)

@@ -202,6 +202,10 @@ async def test_export_server_reads_the_keys_account_over_http(tmp_path: Path) ->
         far = await srv.http.get("/v1/export/days", headers=srv.auth("read"),
                                  params={"from": "0001-01-01", "to": "9999-12-31"})
         assert far.status_code == 200 and len(far.json()["days"]) == 1
+        assert far.headers["x-gpufleet-simulated"] == "false" and far.json()["simulated"] is False
+        await asyncio.to_thread(store.mark_simulated, "test")
+        marked = await asyncio.to_thread(run, "read")
+        assert marked.simulated and marked.samples == 0
     assert [p.name for p in (out / "samples").iterdir()] == ["account=default"]
     assert not list(Path(store.path.parent).glob(".export-*"))  # the server's temp files are gone
 
@@ -236,3 +240,20 @@ def test_a_full_disk_stops_the_export_with_one_line_and_no_half_file(tmp_path: P
     finally:
         subprocess.run(["umount", str(tiny)], check=True)
     assert main(["export", "-o", str(tmp_path / "lake"), "--db", str(db)]) == 0
+
+
+def test_an_export_of_simulated_data_says_so_and_the_folder_remembers(tmp_path: Path, capsys) -> None:
+    import json
+
+    db = _filled(tmp_path / "sim.duckdb")
+    with MetricsStore.open(db) as store:
+        store.mark_simulated("test")
+    out = tmp_path / "lake"
+    assert main(["export", "-o", str(out), "--db", str(db)]) == 0
+    assert "SIMULATED data: not billable" in capsys.readouterr().out
+    assert json.loads((out / "_gpufleet_export.json").read_text())["simulated"] is True
+    real = _filled(tmp_path / "real.duckdb")
+    assert main(["export", "-o", str(tmp_path / "real-lake"), "--db", str(real)]) == 0
+    assert "SIMULATED" not in capsys.readouterr().out
+    state = json.loads((tmp_path / "real-lake" / "_gpufleet_export.json").read_text())
+    assert state["simulated"] is False

@@ -28,6 +28,7 @@ from gpufleet.server.api.guard import add_route
 from gpufleet.server.auth import READ
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.types import HttpError, Request, Response
+from gpufleet.server.schemas import SIMULATED_HEADER
 from gpufleet.server.store.export import MAX_US, NO_MARK_US, StoreExport, utc_us
 
 if TYPE_CHECKING:
@@ -72,12 +73,14 @@ class ExportAnswers:
         if first is None or last is None:
             bounds = await asyncio.to_thread(self._export.bounds)
             if bounds is None:
-                return Response.json({"days": []})
+                return Response.json({"days": [], "simulated": self._store.simulated is not None})
             first, last = first or bounds[0], last or bounds[1]
         if first > last:
             raise HttpError(400, f"from {first} is after to {last}")
         states = await asyncio.to_thread(self._export.days, account, first, last)
-        return Response.json({"days": [s.to_json() for s in states]})
+        simulated = self._store.simulated is not None
+        return Response.json({"days": [s.to_json() for s in states], "simulated": simulated},
+                             headers=[(SIMULATED_HEADER, "true" if simulated else "false")])
 
     async def samples(self, account: str, query: dict[str, str]) -> Response:
         """``?day=&after=``: the day's samples that arrived after ``after`` (µs), as Parquet; 204 when none."""
