@@ -30,6 +30,19 @@ _ERRORS = {
     "429": "Rate limit exceeded; see Retry-After and X-RateLimit-Reset",
     "500": "Internal server error; retry with exponential back-off",
 }
+# Statuses particular to one route (by operationId): added to, or replacing, the generic ones.
+_ROUTE_ERRORS: dict[str, dict[str, str]] = {
+    "signalGpuProcess": {
+        "403": "The key lacks the operator scope, or this server may not signal that process "
+               "(the error says why: another PID namespace, PID 1, the server itself, "
+               "or the operating system refused)",
+        "404": "The PID is not a GPU process of this node now (or it exited before the signal)",
+        "503": "The signal audit cannot be written; nothing was sent",
+    },
+}
+# Path parameters that are numbers (the rest are strings).
+_INTEGER_PARAMS = {"pid": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}
+
 _RATE_HEADERS = {
     "X-RateLimit-Limit": "Requests allowed per window",
     "X-RateLimit-Remaining": "Requests left in the current window",
@@ -63,7 +76,8 @@ def _operation(route: Route) -> dict[str, Any]:
             schema = {"type": "array", "minItems": 1, "items": schema}
         op["requestBody"] = {"required": route.request_model is not MODELS_BY_NAME["PurgeRequest"],
                              "content": _json_content(schema)}
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    params = [{"name": name, "in": "path", "required": True,
+               "schema": _INTEGER_PARAMS.get(name, {"type": "string"})}
               for name in _PARAM.findall(route.pattern)]
     if route.response_model is ChargebackReport:
         params += [
@@ -97,8 +111,9 @@ def _operation(route: Route) -> dict[str, Any]:
         op["security"] = []
     if limited:
         wanted.append("429")
-    for status in sorted(wanted):
-        responses[status] = {"description": _ERRORS[status],
+    particular = _ROUTE_ERRORS.get(route.name, {})
+    for status in sorted(set(wanted) | set(particular)):
+        responses[status] = {"description": particular.get(status) or _ERRORS[status],
                              "content": _json_content(_ref(ErrorBody))}
     op["responses"] = responses
     return op
