@@ -67,6 +67,10 @@ class NvmlWatcher:
         with self._lock:
             return self._lock.wait_for(predicate, timeout_s)
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     # ------------------------------------------------------------ life
     def start(self) -> None:
         if self._thread is None:
