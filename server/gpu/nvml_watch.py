@@ -23,7 +23,7 @@ from gpufleet.server.schemas import XID_ERRORS_KEPT, XidError, utc_now
 log = logging.getLogger("gpufleet.gpu")
 
 PCIE_INTERVAL_S = 2.0
-EVENT_WAIT_MS = 500  # also how long close() may wait for the thread
+EVENT_WAIT_MS = 200  # also how long close() may wait for the thread
 
 
 class NvmlWatcher:
