@@ -85,6 +85,20 @@ def test_first_sight_is_the_lifetime_average_then_the_interval(spawn):
     assert inspector.describe([idle.pid])[idle.pid].cpu_percent <= 0.1  # one clock tick at most
 
 
+def test_snapshots_closer_than_the_minimum_window_repeat_the_last_figure():
+    ticks = Ticks()
+    inspector = ProcessInspector(monotonic=ticks)
+    me = os.getpid()
+    inspector.describe([me])
+    ticks.now += 2.0
+    figure = inspector.describe([me])[me].cpu_percent
+    _burn_cpu(0.03)
+    ticks.now += 0.005  # another client's poll a few ms later: no new, noisy figure
+    assert inspector.describe([me])[me].cpu_percent == figure
+    ticks.now += 1.0  # a full window since the kept reading: a new figure, burn included
+    assert inspector.describe([me])[me].cpu_percent > 0
+
+
 def test_children_and_grandchildren_are_listed_nearest_first(spawn):
     code = ("import subprocess, sys\n"
             "kid = subprocess.Popen([sys.executable, '-c', 'import subprocess, sys; "
