@@ -163,7 +163,8 @@ def test_readings_of_pids_no_longer_listed_are_dropped(spawn):
 
 
 def test_invalid_utf8_in_a_command_line_still_serialises(spawn):
-    child = spawn("caf\xe9".encode("latin-1"))
+    child = spawn("caf\xe9".encode("latin-1"), code="import sys; print(flush=True); sys.stdin.read()")
+    child.stdout.readline()  # exec'd: /proc shows its own command line, not the parent's
     host = ProcessInspector().describe([child.pid])[child.pid]
     assert host.command.endswith("caf\ufffd")
     entry = GpuProcess(pid=child.pid, name=host.name, command=host.command)
