@@ -69,7 +69,8 @@ def test_first_sight_is_the_lifetime_average_then_the_interval(spawn):
     lifetime = 100 * (times.user + times.system) / (time.time() - proc.create_time())
     assert first.visible and first.cpu_percent == pytest.approx(lifetime, abs=2.0)
     assert first.started_at == datetime.fromtimestamp(proc.create_time(), UTC)
-    assert first.elapsed_s >= 0 and first.host_rss_mb == proc.memory_info().rss // 2**20
+    assert first.elapsed_s >= 0
+    assert abs(first.host_rss_mb - proc.memory_info().rss // 2**20) <= 8  # it lives on meanwhile
     assert first.user == proc.username() and first.name == proc.name()
     assert first.command == " ".join(proc.cmdline())
     before = sum(proc.cpu_times()[:2])
