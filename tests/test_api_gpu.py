@@ -52,7 +52,13 @@ async def test_memory_has_the_documented_shape() -> None:
 
 
 async def test_purge_without_body_defaults_to_no_force_and_reports_before_after() -> None:
-    async with running_app() as srv:
+    from datetime import UTC, datetime
+
+    from gpufleet.server.gpu.simulated import SimulatedBackend
+
+    # 03:00 on a Tuesday: the business-hours model sits idle (unloadable), the other works on.
+    night = SimulatedBackend(clock=lambda: datetime(2026, 3, 3, 3, 0, tzinfo=UTC))
+    async with running_app(backend=night) as srv:
         response = await srv.http.post("/v1/gpu/purge", headers=srv.auth("operator"))
         assert response.status_code == 200, response.text
         result = PurgeResult.model_validate(response.json())
