@@ -199,11 +199,7 @@ class AdminChannel:
     async def _rotate(self, request: Request) -> Response:
         body = _fields(request, key=str, account=(str, type(None)))
         created = await _keys_call(self._store.rotate_key, body["key"], body["account"])
-        # The replaced key has another id: forget every revoked key of that name and account.
-        keys = await asyncio.to_thread(self._store.list_keys, created.info.account)
-        for info in keys:
-            if info.name == created.info.name and info.revoked_at is not None:
-                self._forget(info)
+        self._forget(created.info)  # the same key (id) with a new secret: the old one stops now
         log.info("admin channel: key %r of account %r rotated", created.info.name, created.info.account)
         return Response.json(created, headers=list(SECRET_HEADERS))
 

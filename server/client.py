@@ -115,7 +115,16 @@ class RateLimited(GpuFleetError):
 
 
 class ServerError(GpuFleetError):
-    """5xx: the server failed; retry with back-off."""
+    """5xx: the server failed; retry with back-off (``retry_after`` seconds when it said)."""
+
+    def __init__(self, status: int | None, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
+        self.retry_after = parse_retry_after(self.headers.get("retry-after"))
+
+
+class InsufficientStorage(ServerError):
+    """507: the server's disk is full; nothing was stored, send the same request again later."""
 
 
 class ConnectionFailed(GpuFleetError):
@@ -134,6 +143,7 @@ _ERRORS_BY_STATUS: dict[int, type[GpuFleetError]] = {
     408: RequestTimeout,
     413: PayloadTooLarge,
     429: RateLimited,
+    507: InsufficientStorage,
 }
 
 

@@ -46,6 +46,49 @@ def _as_utc(value: Any) -> Any:
     return value
 
 
+# Text every string field must be: no NUL (C strings and logs end there) and no lone
+# UTF-16 surrogate (``"\\udfff"`` parses in Python but is not Unicode text: the store
+# cannot hold it, and it used to stall the usage rollup).
+TEXT_RULE = "must not contain NUL or lone surrogate characters"
+
+
+def text_problem(value: str) -> bool:
+    """Whether ``value`` holds a NUL or a lone surrogate (one C-level pass, none for ASCII)."""
+    if "\x00" in value:
+        return True
+    if value.isascii():  # O(1) in CPython: a flag of the string
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _valid_text(value: Any) -> Any:
+    if isinstance(value, str) and text_problem(value):
+        raise ValueError(TEXT_RULE)
+    return value
+
+
+# A request's string: valid text (see TEXT_RULE); pair it with a max_length.
+ValidText = AfterValidator(_valid_text)
+
+# The longest string each sample field takes (maxLength in the OpenAPI document):
+# team_id and model_tag as documented; NVML's UUIDs and names are under 96 characters.
+SAMPLE_TEXT_MAX_CHARS: dict[str, int] = {
+    "gpu_uuid": 128, "gpu_name": 256, "job_id": 256, "team_id": 128, "model_tag": 128,
+}
+# No GPU telemetry predates this: an older sample timestamp is a clock or encoding error.
+OLDEST_SAMPLE_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _not_too_old(value: datetime) -> datetime:
+    if value < OLDEST_SAMPLE_TIME:
+        raise ValueError(f"timestamp must not be before {format_utc(OLDEST_SAMPLE_TIME)}")
+    return value
+
+
 def format_utc(value: datetime, *, millis: bool = False) -> str:
     """ISO-8601 in UTC with a trailing ``Z``, as the documents write timestamps."""
     value = _as_utc(value)
@@ -372,6 +415,15 @@ class MemorySummary(Value):
     percent_used: float
 
 
+class PurgeGpuMemory(Value):
+    """One GPU's memory around a purge (additive): every GPU whose memory changed."""
+
+    index: int
+    used_before_gb: float
+    used_after_gb: float
+    freed_gb: float
+
+
 class PurgeResult(Value):
     status: Literal["success", "partial", "error"] = "success"
     timestamp: UtcDateTime
@@ -385,6 +437,10 @@ class PurgeResult(Value):
     # additive
     node: NodeInfo | None = None
     skipped: list[str] = Field(default_factory=list)
+    # the GPUs the memory figures cover: those asked for, and every GPU an unloaded model
+    # also occupied; and every GPU of the node whose memory changed
+    gpu_indices: list[int] = Field(default_factory=list)
+    gpus: list[PurgeGpuMemory] = Field(default_factory=list)
 
 
 # gpufleet's own: POST /v1/gpu/processes/{pid}/signal
@@ -442,27 +498,34 @@ OPTIONAL_SAMPLE_FIELDS: tuple[str, ...] = (
 )
 
 
+def _sample_text(name: str, min_length: int | None = None) -> Any:
+    return Annotated[str, Field(min_length=min_length, max_length=SAMPLE_TEXT_MAX_CHARS[name]),
+                     ValidText]
+
+
 class MetricSample(Value):
     """One GPU reading as the agent posts it. Ranges are the documented ones."""
 
-    timestamp: UtcDateTime
+    timestamp: Annotated[UtcDateTime, AfterValidator(_not_too_old), Field(
+        description="UTC; not before 2000-01-01T00:00:00Z (nor the server's retention, "
+                    "limits.max_sample_age_days), at most 5 minutes in the future")]
     gpu_index: Annotated[int, Field(ge=0, le=2**31 - 1)]  # stored as INTEGER
-    gpu_uuid: Annotated[str, Field(min_length=1)]
+    gpu_uuid: _sample_text("gpu_uuid", 1)  # type: ignore[valid-type]
     power_draw_w: Annotated[float, Field(ge=0, le=1500)]
     utilization_gpu_pct: Annotated[float, Field(ge=0, le=100)]
     utilization_memory_pct: Annotated[float, Field(ge=0, le=100)]
     temperature_c: Annotated[float, Field(ge=0, le=120)]
     memory_used_mb: Annotated[float, Field(ge=0)]
-    gpu_name: str | None = None
+    gpu_name: _sample_text("gpu_name") | None = None  # type: ignore[valid-type]
     power_limit_w: Annotated[float, Field(ge=0)] | None = None
     energy_delta_j: Annotated[float, Field(ge=0)] | None = None
     fan_speed_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     memory_total_mb: Annotated[float, Field(ge=0)] | None = None
     sm_clock_mhz: Annotated[float, Field(ge=0)] | None = None
     memory_clock_mhz: Annotated[float, Field(ge=0)] | None = None
-    job_id: str | None = None
-    team_id: Annotated[str, Field(max_length=128)] | None = None
-    model_tag: Annotated[str, Field(max_length=128)] | None = None
+    job_id: _sample_text("job_id") | None = None  # type: ignore[valid-type]
+    team_id: _sample_text("team_id") | None = None  # type: ignore[valid-type]
+    model_tag: _sample_text("model_tag") | None = None  # type: ignore[valid-type]
     scheduler_source: SchedulerSource | None = None
 
 
@@ -481,9 +544,9 @@ class IngestHealth(Value):
 
 
 class Heartbeat(Value):
-    agent_version: Annotated[str, Field(min_length=1, max_length=64)]
+    agent_version: Annotated[str, Field(min_length=1, max_length=64), ValidText]
     gpu_count: Annotated[int, Field(ge=0, le=1024)]
-    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+    hostname: Annotated[str, Field(min_length=1, max_length=255), ValidText]
 
 
 class HeartbeatResult(Value):
@@ -598,8 +661,15 @@ class ChargebackCsvRow(Value):
 Scope = Literal["operator", "ingest", "read"]
 
 
+class KeyRotation(Value):
+    """One rotation of a key: when, and the prefix of the secret it retired."""
+
+    rotated_at: UtcDateTime
+    old_prefix: str
+
+
 class KeyInfo(Value):
-    """A key as listed: never its secret."""
+    """A key as listed: never its secret. Its id and name stay the same across rotations."""
 
     id: str
     name: str
@@ -609,6 +679,8 @@ class KeyInfo(Value):
     created_at: UtcDateTime
     last_used_at: UtcDateTime | None = None
     revoked_at: UtcDateTime | None = None
+    # additive: every rotation of this key, oldest first
+    rotations: list[KeyRotation] = Field(default_factory=list)
 
 
 class KeyCreated(Value):
@@ -618,6 +690,31 @@ class KeyCreated(Value):
     info: KeyInfo
 
 
+# --------------------------------------------------------------------------
+# Probes (gpufleet's own): /healthz, /readyz
+# --------------------------------------------------------------------------
+
+
+class HealthStatus(Value):
+    """``GET /healthz``: the process answers."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyChecks(Value):
+    store_writable: bool  # disk space left, and no write refused for want of it lately
+    writer_alive: bool
+    fold_lag_s: float  # how long acknowledged samples have waited for the usage rollup
+
+
+class ReadyStatus(Value):
+    """``GET /readyz``: 200 when ready; 503 with ``error`` saying which check failed."""
+
+    status: Literal["ready", "not ready"]
+    checks: ReadyChecks | None = None  # None on a node without a store
+    error: str | None = None
+
+
 # Request and response models the OpenAPI document lists, by route.
 MODELS_BY_NAME: dict[str, type[BaseModel]] = {
     cls.__name__: cls
@@ -625,6 +722,6 @@ MODELS_BY_NAME: dict[str, type[BaseModel]] = {
         ErrorBody, GpuStatusResponse, GpuMemoryResponse, PurgeRequest, PurgeResult,
         SignalRequest, SignalResult,
         MetricSample, IngestResult, IngestHealth, Heartbeat, HeartbeatResult, HostsResponse,
-        ChargebackReport, ChargebackCsvRow, KeyCreated, KeyInfo,
+        ChargebackReport, ChargebackCsvRow, KeyCreated, KeyInfo, HealthStatus, ReadyStatus,
     )
 }

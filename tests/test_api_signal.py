@@ -183,6 +183,31 @@ async def test_nothing_is_sent_when_the_audit_cannot_be_written(tmp_path, target
         assert ok.status_code == 200  # and the server keeps serving
 
 
+async def test_a_full_disk_is_507_and_nothing_is_sent(tmp_path, target, nvml_node, monkeypatch):
+    import duckdb
+
+    from gpufleet.server.store import signal_audit
+
+    def no_space(*args):
+        raise duckdb.IOException('IO Error: Could not write file "gpufleet.duckdb.wal": '
+                                 "No space left on device")
+
+    child = target()
+    backend = nvml_node([FakeProcess(child.pid, 100)])
+    async with store_app(tmp_path / "db.duckdb", backend=backend) as srv:
+        monkeypatch.setattr(signal_audit, "write_signal", no_space)
+        response = await srv.http.post(f"/v1/gpu/processes/{child.pid}/signal",
+                                       json={"signal": "KILL"}, headers=srv.auth("operator"))
+        assert response.status_code == 507 and response.headers["retry-after"] == "30"
+        assert "nothing was sent" in response.json()["error"]
+        assert child.poll() is None
+        monkeypatch.undo()  # space is back: the same request goes through
+        again = await srv.http.post(f"/v1/gpu/processes/{child.pid}/signal",
+                                    json={"signal": "KILL"}, headers=srv.auth("operator"))
+        assert again.status_code == 200, again.text
+        assert await _exit_code(child) == -signal.SIGKILL
+
+
 @pytest.mark.parametrize("pid", ["abc", "0", "-5", "1e3", "2147483648", "99999999999999999999",
                                  "%C2%B2", "+7", " 7"])
 async def test_a_pid_that_cannot_be_a_process_is_400(pid):
@@ -261,7 +286,7 @@ async def test_openapi_documents_the_signal_route():
     assert op["parameters"][0]["schema"]["type"] == "integer"
     assert op["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/SignalRequest"}
-    assert {"200", "400", "401", "403", "404", "503"} <= set(op["responses"])
+    assert {"200", "400", "401", "403", "404", "415", "503", "507"} <= set(op["responses"])
     assert "may not signal" in op["responses"]["403"]["description"]
     assert doc["components"]["schemas"]["SignalRequest"]["properties"]["signal"]["enum"] == [
         "TERM", "INT", "KILL"]

@@ -60,3 +60,21 @@ def test_detail_facts_give_clocks_with_units_in_one_line() -> None:
     facts = clocks_line(gpu)
     assert "\n" not in facts
     assert re.search(r"SM \d+ MHz · mem \d+ MHz · P-state P\d+ · fan (\d+%|—) · MIG off · mem util \d+%", facts), facts
+
+
+def test_the_purge_plan_says_what_else_a_sharded_model_frees() -> None:
+    from gpufleet.console.screens.purge import describe_plan
+    from gpufleet.console.state import NodeState
+    from gpufleet.server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.schemas import GpuStatusResponse
+
+    backend = SimulatedBackend("dgx-h100-01")  # qwen-3.5-27b is sharded over GPUs 6 and 7
+    snap = backend.snapshot()
+    status = GpuStatusResponse(timestamp=T0, gpus=list(snap.gpus), processes=list(snap.processes),
+                               total_gpus=len(snap.gpus), node=snap.node, models=backend.loaded_models())
+    node = NodeState(name="dgx-h100-01", status=status, reachable=True)
+    text = "\n".join(describe_plan(node, [7], force=True))
+    assert "qwen-3.5-27b (simulated, GPUs 6,7," in text
+    assert "also frees GPU 6" in text
+    assert "also frees" not in "\n".join(describe_plan(node, None, force=True))
+    assert "also frees" not in "\n".join(describe_plan(node, [6, 7], force=True))

@@ -128,7 +128,11 @@ class Delivery:
             raise auth_problem(exc) from None
         except RateLimited as exc:
             return self._retry(exc, exc.retry_after)
-        except (ServerError, ConnectionFailed, NotFound) as exc:
+        except ServerError as exc:
+            # 507 (the server's disk is full), 503, 500...: the batch stays, sent again after
+            # at least the server's Retry-After
+            return self._retry(exc, exc.retry_after)
+        except (ConnectionFailed, NotFound) as exc:
             # NotFound: a wrong URL or an older server; keep the data and keep trying.
             return self._retry(exc, None)
         except (BadRequest, PayloadTooLarge) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -40,7 +41,11 @@ class IngestRoutes:
             raise ValueError("ingest needs a store")
         self._ctx = ctx
         self._store = ctx.store
-        self._max_samples = ctx.settings.limits.max_samples_per_batch
+        limits = ctx.settings.limits
+        self._max_samples = limits.max_samples_per_batch
+        self._max_depth = limits.max_json_depth
+        self._max_age = (timedelta(days=limits.max_sample_age_days)
+                         if limits.max_sample_age_days is not None else None)
 
     def register(self, router: Router) -> None:
         add_route(router, self._ctx, "GET", "/v1/metrics/ingest", self.health,
@@ -63,14 +68,16 @@ class IngestRoutes:
                 raise IngestValidationError("not parsed by orjson")
             # orjson refuses NaN and infinity, so the batch needs no NaN checks
             samples, columns = validate_rows_and_columns(fast, max_samples=self._max_samples,
-                                                         now=received_at, finite=True)
+                                                         now=received_at, finite=True,
+                                                         max_age=self._max_age,
+                                                         max_depth=self._max_depth)
             keys = (columns["gpu_uuid"], columns[TS_US])
         except IngestValidationError:
             # Anything unusual (a parse error, a rule broken) is answered exactly as the
             # stdlib parser + validation always answered it: same texts, same edge cases.
             try:
                 samples = validate_batch(request.json(), max_samples=self._max_samples,
-                                         now=received_at)
+                                         now=received_at, max_age=self._max_age)
             except IngestValidationError as exc:
                 raise HttpError(400, str(exc)) from None
         result = await self._store.writer.submit(request.account or "", samples, received_at, keys)

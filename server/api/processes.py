@@ -19,7 +19,9 @@ from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.gpu import SnapshotSource
 from gpufleet.server.api.guard import add_route
 from gpufleet.server.auth import OPERATOR
+from gpufleet.server.failures import StorageFullError
 from gpufleet.server.gpu.signals import ProcessGone, SignalRefused, signal_refusal
+from gpufleet.server.http.errors import STORAGE_RETRY_AFTER_S
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.types import HttpError, Request, Response
 from gpufleet.server.schemas import GpuProcess, SignalName, SignalRequest, SignalResult
@@ -114,6 +116,10 @@ class ProcessRoutes:
                                     "about to send the signal")
         except asyncio.CancelledError:
             raise
+        except StorageFullError:  # logged once per episode by the store
+            raise HttpError(507, "Insufficient storage: the signal audit cannot be written "
+                                 "(disk full or I/O error), so nothing was sent; retry later",
+                            {"Retry-After": str(STORAGE_RETRY_AFTER_S)}) from None
         except Exception as exc:
             log.exception("writing the signal audit row failed; nothing was sent")
             raise HttpError(503, "The signal audit cannot be written "

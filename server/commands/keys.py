@@ -130,10 +130,13 @@ def _print_table(keys) -> None:
     if not keys:
         print("no keys")
         return
-    header = ("ID", "NAME", "ACCOUNT", "SCOPES", "PREFIX", "CREATED", "LAST USED", "STATE")
+    header = ("ID", "NAME", "ACCOUNT", "SCOPES", "PREFIX", "CREATED", "LAST USED", "ROTATED", "STATE")
     rows = [
         (k.id, k.name, k.account, ",".join(k.scopes), k.prefix + "…", k.created_at.strftime("%Y-%m-%d %H:%M"),
          k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+         # rotations keep the key: how many, and the last (the --json output lists each)
+         f"{len(k.rotations)}x, last {k.rotations[-1].rotated_at.strftime('%Y-%m-%d %H:%M')}"
+         if k.rotations else "-",
          "revoked" if k.revoked_at else "active")
         for k in keys
     ]

@@ -161,6 +161,15 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE SEQUENCE signal_audit_seq",
     ),
+    # 8: a rotation keeps the key (its id, name, scopes) and replaces its secret in place;
+    # each rotation is remembered with the prefix of the secret it retired
+    (
+        """CREATE TABLE key_rotations (
+            key_id VARCHAR NOT NULL,
+            rotated_at TIMESTAMP NOT NULL,
+            old_prefix VARCHAR NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
