@@ -174,6 +174,10 @@ class ServerApp:
         snapshot = sampler.last_snapshot
         hostname = (snapshot.node.hostname if snapshot else "") or socket.gethostname()
         inserted = 0
+        if samples and self.backend.simulated:  # marked before written: never unmarked
+            from gpufleet.server.store.simulated import SIMULATED_SAMPLER
+
+            await asyncio.to_thread(self.store.mark_simulated, SIMULATED_SAMPLER, now)
         if samples:
             rows = validate_batch(samples, max_samples=max(len(samples), 1), now=now)
             result = await self.store.writer.submit(account, rows, now)

@@ -35,6 +35,9 @@ def state_dir() -> Path:
     return Path(platformdirs.user_state_dir(APP_NAME))
 
 
+SIMULATED_STORE = "gpufleet-simulated.duckdb"
+
+
 def default_config_path() -> Path:
     return config_dir() / "config.toml"
 
@@ -150,6 +153,8 @@ class ServerSettings(Section):
     heartbeat_interval_s: float = 300.0
     purge_settle_s: float = 5.0  # after-memory is read once it settles, within this bound
     simulate: bool = False  # serve the simulated fleet even when NVML finds GPUs
+    # simulated data's own store (the console's demo, serve --simulate without --db): never db_path
+    simulated_db_path: Path | None = None  # default: data_dir()/gpufleet-simulated.duckdb
     # reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed, for rate
     # limits, the failed-auth limiter and the access log; they are exempt from the
     # per-address connection cap (every client behind them shares their address)
@@ -169,7 +174,10 @@ class ServerSettings(Section):
         parse_networks(value)
         return [v.strip() for v in value]
 
-    def resolved_db_path(self) -> Path:
+    def resolved_db_path(self, *, simulated: bool = False) -> Path:
+        """The store of real data, or with ``simulated`` the store simulated data goes to."""
+        if simulated:
+            return self.simulated_db_path or data_dir() / SIMULATED_STORE
         return self.db_path or data_dir() / "gpufleet.duckdb"
 
 

@@ -13,8 +13,10 @@ from gpufleet.server.auth import ANY_KEY, INGEST, OPERATOR, READ
 from gpufleet.server.http.router import Route
 from gpufleet.server.schemas import (
     MODELS_BY_NAME,
+    SIMULATED_HEADER,
     ChargebackReport,
     ErrorBody,
+    Heartbeat,
     HeartbeatResult,
     HostsResponse,
     IngestResult,
@@ -45,6 +47,7 @@ _ERRORS = {
     "503": "Unavailable now (too many connections, GPU backend or usage rollup); retry later",
     "504": "The request took too long to process",
     "507": "The store's disk is full; nothing was stored; retry after Retry-After",
+    "409": "Simulated data (X-Gpufleet-Simulated: true) sent to a server that stores real data only",
 }
 # Statuses particular to one route (by operationId): added to, or replacing, the generic ones.
 _ROUTE_ERRORS: dict[str, dict[str, str]] = {
@@ -114,6 +117,7 @@ def _operation(route: Route) -> dict[str, Any]:
             {"name": "format", "in": "query", "required": False,
              "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}},
         ]
+    params += _simulated_parameter(route)
     if params:
         op["parameters"] = params
     limited = getattr(route.handler, "rate_limit", None) is not None
@@ -144,6 +148,7 @@ def _operation(route: Route) -> dict[str, Any]:
         op["description"] = " ".join(notes)
     if limited:
         wanted.append("429")
+    _document_simulated(route, ok, wanted)
     particular = _ROUTE_ERRORS.get(route.name, {})
     for status in sorted(set(wanted) | set(particular)):
         responses[status] = {"description": particular.get(status) or _ERRORS[status],
@@ -153,6 +158,27 @@ def _operation(route: Route) -> dict[str, Any]:
                             "content": _json_content(_ref(ReadyStatus))}
     op["responses"] = responses
     return op
+
+
+def _simulated_parameter(route: Route) -> list[dict[str, Any]]:
+    """Ingest and heartbeat take the header that marks simulated data."""
+    if route.request_model not in (MetricSample, Heartbeat):
+        return []
+    return [{"name": SIMULATED_HEADER, "in": "header", "required": False,
+             "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+             "description": "true: the body is simulated data; a server that stores real data "
+                            "only answers 409"}]
+
+
+def _document_simulated(route: Route, ok: dict[str, Any], wanted: list[str]) -> None:
+    """Chargeback answers say whether the store holds simulated data; marked ingest may get 409."""
+    if route.request_model in (MetricSample, Heartbeat):
+        wanted.append("409")
+    if route.response_model is ChargebackReport:
+        ok.setdefault("headers", {})[SIMULATED_HEADER] = {
+            "description": "true when the store holds simulated samples (the JSON's `simulated`; "
+                           "the CSV's columns are fixed, so this header says it)",
+            "schema": {"type": "string", "enum": ["true", "false"]}}
 
 
 def openapi_document(routes: list[Route], *, server_url: str | None = None) -> dict[str, Any]:
