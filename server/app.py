@@ -27,6 +27,7 @@ from gpufleet.server.api.health import HealthRoutes
 from gpufleet.server.api.ingest import IngestRoutes
 from gpufleet.server.api.keys import KeyRoutes
 from gpufleet.server.api.metrics import MetricsRoutes
+from gpufleet.server.api.processes import ProcessRoutes
 from gpufleet.server.api.validation import validate_batch
 from gpufleet.server.auth import KeyResolver, StoreKeyResolver
 from gpufleet.server.config import Settings
@@ -107,6 +108,7 @@ class ServerApp:
     def _build_router(self) -> Router:
         router = Router()
         GpuRoutes(self.context).register(router)
+        ProcessRoutes(self.context).register(router)
         if self.store is not None:
             IngestRoutes(self.context).register(router)
             ChargebackRoutes(self.context).register(router)
