@@ -21,13 +21,16 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpufleet.server.api.export import ExportAnswers
+from gpufleet.server.api.simulated import HEADER as SIMULATED_HEADER
 from gpufleet.server.config import Limits, Pricing
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.server import HttpServer
 from gpufleet.server.http.types import HttpError, Request, Response
-from gpufleet.server.schemas import KeyInfo
+from gpufleet.server.schemas import KeyInfo, utc_now
 
 if TYPE_CHECKING:
+    from gpufleet.server.app import ServerApp
     from gpufleet.server.auth import KeyResolver
     from gpufleet.server.store import MetricsStore
 
@@ -37,6 +40,7 @@ SOCKET_NAME = "sock"
 INFO_PATH = "/admin/v1/info"
 KEYS_PATH = "/admin/v1/keys"
 CHARGEBACK_PATH = "/admin/v1/chargeback"  # read-only: the report, as GET /v1/chargeback/report
+EXPORT_PATH = "/admin/v1/export"  # read-only: days, samples, usage as GET /v1/export/*, any account
 _MAX_SUN_PATH = 107  # sun_path is 108 bytes with its terminating NUL
 # A response carrying a new secret must not be kept by any cache (as server/api/keys.py).
 SECRET_HEADERS: tuple[tuple[str, str], ...] = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
@@ -114,10 +118,14 @@ class AdminChannel:
     """
 
     def __init__(self, store: MetricsStore, db_path: Path, limits: Limits,
-                 resolver: KeyResolver | None = None, pricing: Pricing | None = None) -> None:
+                 resolver: KeyResolver | None = None, pricing: Pricing | None = None, *,
+                 holder: str = "serve", url: str | None = None) -> None:
+        """``holder`` (``serve`` or ``console``) and the server's ``url`` are told to whoever asks."""
         self._store = store
         self._resolver = resolver
         self._pricing = pricing or Pricing()
+        self.holder = holder
+        self.url = url
         self.db_path = db_path
         self.folder = admin_dir(db_path)
         self.socket_path = self.folder / SOCKET_NAME
@@ -130,6 +138,9 @@ class AdminChannel:
         router.post(KEYS_PATH + "/revoke", self._revoke, name="adminRevokeKey")
         router.post(KEYS_PATH + "/rotate", self._rotate, name="adminRotateKey")
         router.get(CHARGEBACK_PATH, self._chargeback, name="adminChargeback")
+        self._export = ExportAnswers(store, utc_now)
+        for what in ("days", "samples", "usage"):
+            router.get(f"{EXPORT_PATH}/{what}", self._exporting(what), name=f"adminExport_{what}")
         self.http = HttpServer(router, limits)
 
     async def start(self) -> None:
@@ -177,7 +188,9 @@ class AdminChannel:
     # -- routes ---------------------------------------------------------------------------
 
     async def _info(self, request: Request) -> Response:
-        return Response.json({"pid": os.getpid(), "store": str(self.db_path.resolve())})
+        return Response.json({"pid": os.getpid(), "store": str(self.db_path.resolve()),
+                              "holder": self.holder, "url": self.url,
+                              "simulated": self._store.simulated is not None})
 
     async def _list(self, request: Request) -> Response:
         keys = await asyncio.to_thread(self._store.list_keys, request.query.get("account") or None)
@@ -220,9 +233,22 @@ class AdminChannel:
             result = await asyncio.to_thread(method, account, start, end, self._pricing)
         except ReportRangeError as exc:
             raise HttpError(400, str(exc)) from None
+        marked = (SIMULATED_HEADER, "true" if self._store.simulated is not None else "false")
         if isinstance(result, str):
-            return Response.text(result, content_type="text/csv; charset=utf-8")
-        return Response.json(result)
+            return Response.text(result, content_type="text/csv; charset=utf-8", headers=[marked])
+        return Response.json(result, headers=[marked])
+
+    def _exporting(self, what: str) -> Any:
+        """``gpufleet export --db``'s answers: ``?account=`` (all accounts' days without it)."""
+        answer = getattr(self._export, what)
+
+        async def handler(request: Request) -> Response:
+            account = request.query.get("account") or None
+            if account is None and what != "days":  # the days of every account, or of one
+                raise HttpError(400, "Query parameter account is required")
+            return await answer(account, request.query)
+
+        return handler
 
     def _forget(self, info: KeyInfo) -> None:
         if self._resolver is not None:
@@ -255,3 +281,22 @@ async def _keys_call(method: Any, *args: Any) -> Any:
         raise HttpError(409, str(exc)) from None
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
+
+
+async def start_admin_channel(app: ServerApp, store: MetricsStore, db_path: Path,
+                              holder: str) -> AdminChannel | None:
+    """The admin channel of the server ``holder`` (``serve`` or ``console``) runs, or None.
+
+    A folder that is not safe, or a system without Unix sockets, is a warning: the server
+    serves anyway, and ``keys``/``report`` then say that it must be stopped first.
+    """
+    admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver,
+                         pricing=app.settings.pricing, holder=holder, url=app.url)
+    try:
+        await admin.start()
+    except OSError as exc:
+        logging.getLogger("gpufleet.server").warning(
+            "admin channel not started (gpufleet keys and a local gpufleet report need "
+            "this %s stopped): %s", holder, exc)
+        return None
+    return admin

@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from gpufleet.server.schemas import (
+    SIMULATED_HEADER,
     ChargebackReport,
     GpuMemoryResponse,
     GpuStatusResponse,
@@ -40,6 +41,18 @@ from gpufleet.server.schemas import (
 DEFAULT_URL = "http://127.0.0.1:8765"
 URL_ENV = "GPUFLEET_URL"
 KEY_ENV = "GPUFLEET_KEY"
+
+
+class CsvReport(NamedTuple):
+    """The chargeback CSV and whether its store holds simulated data (the response header)."""
+
+    text: str
+    simulated: bool
+
+
+def is_simulated(headers: Mapping[str, str]) -> bool:
+    """Whether a chargeback answer's headers say its store holds simulated data."""
+    return str(headers.get(SIMULATED_HEADER, "")).strip().lower() == "true"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 AuthStyle = Literal["bearer", "x-api-key", "none"]
@@ -101,6 +114,10 @@ class NotFound(GpuFleetError):
     """404: no such route (an older server?), or no such thing (a PID that is not a GPU process)."""
 
 
+class Conflict(GpuFleetError):
+    """409: the server will not take this (simulated data sent to a store of real data)."""
+
+
 class PayloadTooLarge(GpuFleetError):
     """413: the body is over the server's limit."""
 
@@ -140,6 +157,7 @@ _ERRORS_BY_STATUS: dict[int, type[GpuFleetError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    409: Conflict,
     408: RequestTimeout,
     413: PayloadTooLarge,
     429: RateLimited,
@@ -238,13 +256,16 @@ def _signal_call(pid: int, signal: SignalName) -> _Call:
 
 class _ClientBase:
     def __init__(self, base_url: str | None, api_key: str | None,
-                 timeout: float | httpx.Timeout) -> None:
+                 timeout: float | httpx.Timeout, simulated: bool = False) -> None:
         self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get(KEY_ENV) or None
         self.timeout = timeout
+        self.simulated = simulated
 
     def _headers(self, call: _Call) -> dict[str, str]:
         headers = {"Accept": "application/json"}
+        if self.simulated:  # what this client sends is made up: a real store answers 409
+            headers[SIMULATED_HEADER] = "true"
         if call.json_body is not None or call.content is not None:
             headers["Content-Type"] = "application/json"
         if self.api_key and call.auth == "bearer":
@@ -291,8 +312,9 @@ class GpuFleetClient(_ClientBase):
 
     def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
                  timeout: float | httpx.Timeout = 5.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout)
+                 transport: httpx.BaseTransport | None = None, simulated: bool = False) -> None:
+        """``simulated``: every request says it carries simulated data (X-Gpufleet-Simulated)."""
+        super().__init__(base_url, api_key, timeout, simulated)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def __enter__(self) -> GpuFleetClient:
@@ -352,8 +374,13 @@ class GpuFleetClient(_ClientBase):
         return self._model(call, ChargebackReport)
 
     def chargeback_csv(self, from_: date, to: date) -> str:
+        return self.chargeback_csv_report(from_, to).text
+
+    def chargeback_csv_report(self, from_: date, to: date) -> CsvReport:
+        """The CSV with the X-Gpufleet-Simulated answer (the columns cannot say it)."""
         call = _Call("GET", "/v1/chargeback/report", "x-api-key", _report_params(from_, to, "csv"))
-        return self._send(call).text
+        response = self._send(call)
+        return CsvReport(response.text, is_simulated(response.headers))
 
     def openapi(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/v1/openapi.json", "none")).json()
@@ -369,8 +396,9 @@ class AsyncGpuFleetClient(_ClientBase):
 
     def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
                  timeout: float | httpx.Timeout = 5.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout)
+                 transport: httpx.AsyncBaseTransport | None = None, simulated: bool = False) -> None:
+        """``simulated``: every request says it carries simulated data (X-Gpufleet-Simulated)."""
+        super().__init__(base_url, api_key, timeout, simulated)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncGpuFleetClient:
@@ -429,8 +457,13 @@ class AsyncGpuFleetClient(_ClientBase):
         return await self._model(call, ChargebackReport)
 
     async def chargeback_csv(self, from_: date, to: date) -> str:
+        return (await self.chargeback_csv_report(from_, to)).text
+
+    async def chargeback_csv_report(self, from_: date, to: date) -> CsvReport:
+        """The CSV with the X-Gpufleet-Simulated answer (the columns cannot say it)."""
         call = _Call("GET", "/v1/chargeback/report", "x-api-key", _report_params(from_, to, "csv"))
-        return (await self._send(call)).text
+        response = await self._send(call)
+        return CsvReport(response.text, is_simulated(response.headers))
 
     async def openapi(self) -> dict[str, Any]:
         return (await self._send(_Call("GET", "/v1/openapi.json", "none"))).json()

@@ -35,6 +35,9 @@ def state_dir() -> Path:
     return Path(platformdirs.user_state_dir(APP_NAME))
 
 
+SIMULATED_STORE = "gpufleet-simulated.duckdb"
+
+
 def default_config_path() -> Path:
     return config_dir() / "config.toml"
 
@@ -78,6 +81,8 @@ class RateLimits(Section):
     key_rotation: RateLimit = RateLimit(requests=5, per_s=3600)
     # Per client address, on every authenticated route: presented keys that were not valid.
     failed_auth: RateLimit = RateLimit(requests=30, per_s=60)
+    # GET /v1/export/*: one request per exported day and table, so a bulk export needs room
+    export: RateLimit = RateLimit(requests=600, per_s=60)
 
 
 DEFAULT_GPU_RATES_USD: dict[str, float] = {
@@ -150,6 +155,8 @@ class ServerSettings(Section):
     heartbeat_interval_s: float = 300.0
     purge_settle_s: float = 5.0  # after-memory is read once it settles, within this bound
     simulate: bool = False  # serve the simulated fleet even when NVML finds GPUs
+    # simulated data's own store (the console's demo, serve --simulate without --db): never db_path
+    simulated_db_path: Path | None = None  # default: data_dir()/gpufleet-simulated.duckdb
     # reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed, for rate
     # limits, the failed-auth limiter and the access log; they are exempt from the
     # per-address connection cap (every client behind them shares their address)
@@ -169,8 +176,22 @@ class ServerSettings(Section):
         parse_networks(value)
         return [v.strip() for v in value]
 
-    def resolved_db_path(self) -> Path:
+    def resolved_db_path(self, *, simulated: bool = False) -> Path:
+        """The store of real data, or with ``simulated`` the store simulated data goes to."""
+        if simulated:
+            return self.simulated_db_path or data_dir() / SIMULATED_STORE
         return self.db_path or data_dir() / "gpufleet.duckdb"
+
+
+class MetricsSettings(Section):
+    """``GET /metrics``: Prometheus exposition of this node's GPUs and of the server itself."""
+
+    enabled: bool = True
+    # loopback: no key from 127.0.0.1/::1, a read key from anywhere else (or through a proxy);
+    # key: a read key always; open: no key ever (only behind a network you trust)
+    access: Literal["loopback", "key", "open"] = "loopback"
+    # GPU readings are at most this old: read in the background, never once per scrape
+    refresh_s: float = Field(default=15.0, ge=0.1)
 
 
 class AttributionRule(Section):
@@ -283,6 +304,7 @@ class Settings(Section):
     rate_limits: RateLimits = RateLimits()
     pricing: Pricing = Pricing()
     sampler: SamplerSettings = SamplerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     runtimes: list[RuntimeSettings] = Field(default_factory=list)
     agent: AgentSettings = AgentSettings()
     console: ConsoleSettings = ConsoleSettings()

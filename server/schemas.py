@@ -628,6 +628,14 @@ class ChargebackReport(Value):
     generated_at: UtcDateTimeMillis
     summary: ReportSummary
     teams: list[TeamUsage]
+    # additive: the store holds simulated samples (demo, --simulate), so these figures are
+    # not billable; the CSV form says it in the X-Gpufleet-Simulated response header
+    simulated: bool = False
+
+
+# On ingest and heartbeat requests: "true" marks simulated data (a store of real data answers
+# 409). On every chargeback answer: "true" or "false", whether the store holds simulated data.
+SIMULATED_HEADER = "X-Gpufleet-Simulated"
 
 
 CSV_COLUMNS: tuple[str, ...] = (

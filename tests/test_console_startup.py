@@ -28,6 +28,6 @@ def test_a_failed_start_is_raised_in_the_caller(tmp_path: Path, refused_url: str
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     settings = console_settings(tmp_path, refused_url).with_overrides(
-        {"server.db_path": str(blocker / "console.duckdb")})
+        {"server.db_path": str(blocker / "console.duckdb"), "server.simulated_db_path": str(blocker / "demo.duckdb")})
     with pytest.raises(OSError):
         connect_while_importing(settings, directory=tmp_path / "data", gpu_present=False, demo_nodes=0)

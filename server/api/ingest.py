@@ -9,6 +9,7 @@ import orjson
 
 from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.guard import add_route
+from gpufleet.server.api.simulated import admit as admit_simulated
 from gpufleet.server.api.validation import (
     TS_US,
     IngestValidationError,
@@ -60,6 +61,7 @@ class IngestRoutes:
         return Response(body=_HEALTH)
 
     async def ingest(self, request: Request) -> Response:
+        await admit_simulated(self._ctx, request)  # 409 for simulated samples to a real store
         received_at = self._ctx.now()
         fast = _fast_json(request)
         keys = None

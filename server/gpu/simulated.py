@@ -28,6 +28,7 @@ from gpufleet.server.schemas import (
     GpuUtilization,
     LoadedModel,
     NodeInfo,
+    SignalName,
 )
 
 SIM_DRIVER_VERSION = "550.54.15"
@@ -276,12 +277,21 @@ class SimulatedBackend(GpuBackend, ModelHost):
             targets = [g for g in self._gpus if g.loaded and g.model and g.model.name == name]
             if not targets:
                 raise KeyError(name)
-            t = seconds_since_epoch(self._clock())
-            for gpu in targets:
-                gpu.idle_energy_j = gpu.energy_j(t)
-                gpu.idle_since = t
-                gpu.loaded = False
-                gpu.ever_unloaded = True
+            _free(targets, seconds_since_epoch(self._clock()))
+
+    def signal_process(self, entry: GpuProcess, signal: SignalName) -> None:
+        """Any of the three signals ends a simulated process: the GPUs it held are freed."""
+        from gpufleet.server.gpu.signals import ProcessGone, SignalRefused
+
+        if not entry.visible:  # the other container's PID: as unreachable as a real one
+            raise SignalRefused(f"PID {entry.pid} is not visible to this server (another PID "
+                                "namespace, such as a container): it will not signal it")
+        with self._lock:
+            targets = [g for g in self._gpus if g.loaded and g.model is not None
+                       and g.pid == entry.pid]
+            if not targets:
+                raise ProcessGone(f"PID {entry.pid} exited before the signal")
+            _free(targets, seconds_since_epoch(self._clock()))
 
     def reload_all(self) -> None:
         """Load every unloaded model again (tests and demos); energy carries on from where it was."""
@@ -294,6 +304,15 @@ class SimulatedBackend(GpuBackend, ModelHost):
                     gpu.energy_offset_j = energy - gpu.scheduled_energy_j(t)
                     gpu.loaded = True
                     gpu.loaded_at = self._clock()
+
+
+def _free(gpus: list[_SimGpu], t: float) -> None:
+    """Their process is gone: memory freed, energy carried on at idle power from t."""
+    for gpu in gpus:
+        gpu.idle_energy_j = gpu.energy_j(t)
+        gpu.idle_since = t
+        gpu.loaded = False
+        gpu.ever_unloaded = True
 
 
 def simulated_backends(count: int, gpus_per_node: int | None = None, *,

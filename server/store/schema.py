@@ -170,6 +170,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             old_prefix VARCHAR NOT NULL
         )""",
     ),
+    # 9: facts about the store itself: since when (and from what) it holds simulated
+    # samples, which every report from it then says (see simulated.py)
+    (
+        "CREATE TABLE store_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
