@@ -129,7 +129,7 @@ def _run_app(settings: Settings, targets: list[NodeTarget], local_url: str, loca
 
     source = ClientDataSource.connect(local_url, local_key, timeout=max(10.0, settings.console.request_timeout_s),
                                       ready=ready)
-    app = GpuFleetApp(settings.console, targets, data_source=source)
+    app = GpuFleetApp(settings.console, targets, data_source=source, freeze_gc=True)
 
     async def run_app() -> None:
         # SIGTERM, SIGHUP and SIGINT go through the app's loop: it exits and gives the terminal back.

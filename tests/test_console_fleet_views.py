@@ -171,3 +171,22 @@ async def test_the_footer_fits_80_columns_in_every_view(fleet: EmbeddedFleet) ->
             assert "question_mark" in shown and "q" in shown, view
             for key in shown.values():
                 assert key.region.right <= 80, (view, key.key)
+
+
+async def test_the_console_freezes_its_start_up_objects_out_of_the_collector(
+        fleet: EmbeddedFleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    freezes: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: freezes.append(sum(
+        1 for n in app.fleet.nodes.values() if n.reachable is not None)))
+    app = console_app(fleet.targets, refresh_s=HOUR, freeze_gc=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app) and bool(freezes), "the freeze")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.redraws >= 3, "more redraws")
+        assert freezes == [4]  # once, when every node had answered
+    plain = console_app(fleet.targets, refresh_s=HOUR)  # tests and embedders: the collector as usual
+    async with plain.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: all_polled(plain), "every node's first answer")
+    assert freezes == [4]
