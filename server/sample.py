@@ -95,19 +95,12 @@ def load_sample_month(store: MetricsStore, account: str, *, end: date | None = N
             return 0
         # every GPU's tail, then its rollup from the day before the window
         con.execute(
-            """INSERT OR REPLACE INTO gpu_last BY NAME
-               SELECT account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w,
-                      energy_delta_j, utilization_gpu_pct, received_at, hostname
-               FROM samples WHERE account = $account AND list_contains($uuids, gpu_uuid)
-               QUALIFY row_number() OVER (PARTITION BY gpu_uuid ORDER BY ts DESC) = 1""",
-            {"account": account, "uuids": uuids},
-        )
-        con.execute(
             """CREATE OR REPLACE TEMP TABLE redo AS
                SELECT $account AS account, unnest($uuids) AS gpu_uuid, $from_us AS from_us""",
             {"account": account, "uuids": uuids,
              "from_us": epoch_us(start) - epoch_us(start) % usage_sql.DAY_US - usage_sql.DAY_US},
         )
+        con.execute(usage_sql.REBUILD_TAILS)
         con.execute(usage_sql.DELETE_REDO_DAYS)
         con.execute(usage_sql.RECOMPUTE_REDO, {"cap_us": cap_us, "idle_pct": store.rollup_params.idle_pct})
         for host, version, count, first, last in hb_rows:

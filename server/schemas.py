@@ -270,6 +270,21 @@ class PurgeResult(Value):
 # --------------------------------------------------------------------------
 
 SchedulerSource = Literal["kubernetes", "slurm", "runai", "manual"]
+GpuFractionBasis = Literal["sm_utilization", "memory"]
+GPU_FRACTION_TEXT = (
+    "This workload's share of the GPU at this timestamp, in (0, 1]. The samples of one GPU "
+    "at one timestamp (one per workload) may add up to at most 1 (1.01 is allowed for "
+    "rounding and billed as 1); more, in one batch or with samples stored before, makes the "
+    "whole batch a 400 naming the GPU and the time. Samples without it share what the "
+    "others leave, equally; a lone sample without it is the whole GPU; a remainder no "
+    "sample claims is billed to no team (unattributed). GPU-hours, energy, idle GPU-hours "
+    "and cost of the interval are split by these shares."
+)
+GPU_FRACTION_BASIS_TEXT = (
+    "How gpu_fraction was measured: sm_utilization (the workload's processes' share of "
+    "the SM utilization NVML sampled over the interval) or memory (their share of the GPU "
+    "memory in use)."
+)
 
 REQUIRED_SAMPLE_FIELDS: tuple[str, ...] = (
     "timestamp",
@@ -293,11 +308,21 @@ OPTIONAL_SAMPLE_FIELDS: tuple[str, ...] = (
     "team_id",
     "model_tag",
     "scheduler_source",
+    # additive
+    "gpu_fraction",
+    "gpu_fraction_basis",
 )
 
 
 class MetricSample(Value):
-    """One GPU reading as the agent posts it. Ranges are the documented ones."""
+    """One GPU reading as the agent posts it. Ranges are the documented ones.
+
+    A sample's identity is (account, gpu_uuid, timestamp, workload), the workload being
+    its job_id, team_id and model_tag (absent parts count as empty): the same identity
+    again is a duplicate, stored once. A shared GPU sends one sample per workload at the
+    same timestamp; they are one reading of the GPU split across the workloads by
+    gpu_fraction (see its description).
+    """
 
     timestamp: UtcDateTime
     gpu_index: Annotated[int, Field(ge=0, le=2**31 - 1)]  # stored as INTEGER
@@ -318,6 +343,9 @@ class MetricSample(Value):
     team_id: Annotated[str, Field(max_length=128)] | None = None
     model_tag: Annotated[str, Field(max_length=128)] | None = None
     scheduler_source: SchedulerSource | None = None
+    # additive: shared GPUs
+    gpu_fraction: Annotated[float, Field(gt=0, le=1, description=GPU_FRACTION_TEXT)] | None = None
+    gpu_fraction_basis: Annotated[GpuFractionBasis, Field(description=GPU_FRACTION_BASIS_TEXT)] | None = None
 
 
 class IngestResult(Value):
@@ -370,6 +398,13 @@ class HostsResponse(Value):
 # --------------------------------------------------------------------------
 
 
+SHARED_GPU_HOURS_TEXT = (
+    "The part of gpu_hours billed as a share of a shared GPU: time when several workloads "
+    "were sampled on one GPU at once (or one with a gpu_fraction below 1), each billed its "
+    "share. Already included in gpu_hours, never added to it."
+)
+
+
 class ReportPeriod(Value):
     from_: date = Field(alias="from")
     to: date
@@ -382,6 +417,7 @@ class ReportSummary(Value):
     energy_kwh: float = 0.0
     energy_cost_usd: float = 0.0
     idle_gpu_hours: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 class GpuArchUsage(Value):
@@ -392,6 +428,7 @@ class GpuArchUsage(Value):
     # additive
     energy_kwh: float = 0.0
     idle_gpu_hours: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 class ModelUsage(Value):
@@ -400,6 +437,7 @@ class ModelUsage(Value):
     cost_usd: float
     # additive
     energy_kwh: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 class TeamUsage(Value):
@@ -412,6 +450,7 @@ class TeamUsage(Value):
     energy_kwh: float = 0.0
     energy_cost_usd: float = 0.0
     idle_gpu_hours: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 class ChargebackReport(Value):
@@ -431,6 +470,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     # additive, only ever appended after the documented six
     "energy_kwh",
     "idle_gpu_hours",
+    "shared_gpu_hours",
 )
 
 
@@ -443,6 +483,7 @@ class ChargebackCsvRow(Value):
     cost_usd: float
     energy_kwh: float = 0.0
     idle_gpu_hours: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 # --------------------------------------------------------------------------

@@ -64,7 +64,9 @@ class IngestRoutes:
             # orjson refuses NaN and infinity, so the batch needs no NaN checks
             samples, columns = validate_rows_and_columns(fast, max_samples=self._max_samples,
                                                          now=received_at, finite=True)
-            keys = (columns["gpu_uuid"], columns[TS_US])
+            fractions = columns["gpu_fraction"]
+            keys = (columns["gpu_uuid"], columns[TS_US],
+                    None if fractions.count(None) == len(fractions) else fractions)
         except IngestValidationError:
             # Anything unusual (a parse error, a rule broken) is answered exactly as the
             # stdlib parser + validation always answered it: same texts, same edge cases.
@@ -73,7 +75,12 @@ class IngestRoutes:
                                          now=received_at)
             except IngestValidationError as exc:
                 raise HttpError(400, str(exc)) from None
-        result = await self._store.writer.submit(request.account or "", samples, received_at, keys)
+        from gpufleet.server.store.shares import GpuShareError  # the store loads with it
+
+        try:
+            result = await self._store.writer.submit(request.account or "", samples, received_at, keys)
+        except GpuShareError as exc:  # one GPU's shares at one time over 1: nothing stored
+            raise HttpError(400, str(exc)) from None
         body = IngestResult(success=True, inserted=result.inserted,
                             message=success_message(result.inserted, result.duplicates),
                             duplicates=result.duplicates)

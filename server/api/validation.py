@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Any
+from typing import Any, get_args
 
-from gpufleet.server.schemas import OPTIONAL_SAMPLE_FIELDS, REQUIRED_SAMPLE_FIELDS
+from gpufleet.server.schemas import OPTIONAL_SAMPLE_FIELDS, REQUIRED_SAMPLE_FIELDS, GpuFractionBasis
 
 MAX_TAG_CHARS = 128
 MAX_HOSTNAME_CHARS = 255
@@ -182,6 +182,8 @@ def _columns_if_valid(payload: list[Any], latest: datetime, finite: bool) -> dic
                 return None
         if not set(columns["scheduler_source"]) <= _SOURCES_OR_NONE:
             return None
+        if not _shares_valid(columns, finite):
+            return None
     except TypeError:  # an unhashable value (a list where a string belongs)
         return None
     return columns
@@ -276,4 +278,40 @@ def _problems(s: dict[str, Any], latest: datetime) -> list[str]:
     source = s.get("scheduler_source")
     if source is not None and source not in SCHEDULER_SOURCES:
         problems.append(f"scheduler_source must be one of: {', '.join(SCHEDULER_SOURCES)}")
+    problems.extend(_share_problems(s))
+    return problems
+
+
+# Shared GPUs (additive fields): a workload's share of its GPU, and how it was measured.
+# Whether one GPU's shares at one time add up to at most 1 is the store's check
+# (store.shares): it also counts the samples stored by earlier batches.
+GPU_FRACTION_BASES: tuple[str, ...] = get_args(GpuFractionBasis)
+_BASES_OR_NONE = {*GPU_FRACTION_BASES, None}
+
+
+def _shares_valid(columns: dict[str, list[Any]], finite: bool) -> bool:
+    fractions = columns["gpu_fraction"]
+    kinds = set(map(type, fractions))
+    if kinds != _NONE_ONLY:
+        if not kinds <= _NUMBER_OR_NONE:
+            return False
+        given = [v for v in fractions if v is not None]
+        if not finite and sum(given) != sum(given):
+            return False
+        if min(given) <= 0 or max(given) > 1:
+            return False
+    return set(columns["gpu_fraction_basis"]) <= _BASES_OR_NONE
+
+
+def _share_problems(s: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    fraction = s.get("gpu_fraction")
+    if fraction is not None:
+        if type(fraction) not in (int, float):
+            problems.append("gpu_fraction must be a number")
+        elif not 0 < fraction <= 1:
+            problems.append("gpu_fraction must be greater than 0 and at most 1")
+    basis = s.get("gpu_fraction_basis")
+    if basis is not None and (type(basis) is not str or basis not in GPU_FRACTION_BASES):
+        problems.append(f"gpu_fraction_basis must be one of: {', '.join(GPU_FRACTION_BASES)}")
     return problems

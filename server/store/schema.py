@@ -142,6 +142,32 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     (
         "CREATE TABLE pending_since (since TIMESTAMP NOT NULL)",
     ),
+    # 7: shared GPUs. A sample is one workload's row (identity: account, gpu_uuid, ts and
+    # job_id, team_id, model_tag) with its additive gpu_fraction; a GPU's tail lists every
+    # workload sampled at its newest time; the rollup holds shares of GPU time (DOUBLE) and
+    # the part of it spent on shared GPUs. usage_daily is derived: made anew here, rebuilt
+    # from samples at open (its rule comment is gone, see usage_sql.ROLLUP_METHOD).
+    (
+        "ALTER TABLE samples ADD COLUMN gpu_fraction DOUBLE",
+        """ALTER TABLE gpu_last ADD COLUMN workloads
+               STRUCT(gpu_name VARCHAR, team_id VARCHAR, model_tag VARCHAR, gpu_fraction DOUBLE)[]""",
+        """UPDATE gpu_last SET workloads = [{'gpu_name': gpu_name, 'team_id': team_id,
+                                            'model_tag': model_tag, 'gpu_fraction': NULL::DOUBLE}]""",
+        "DROP TABLE usage_daily",
+        """CREATE TABLE usage_daily (
+            account VARCHAR NOT NULL,
+            day DATE NOT NULL,
+            gpu_uuid VARCHAR NOT NULL,
+            team_id VARCHAR NOT NULL,
+            model_tag VARCHAR NOT NULL,
+            gpu_name VARCHAR NOT NULL,
+            covered_us DOUBLE NOT NULL,
+            energy_j DOUBLE NOT NULL,
+            idle_us DOUBLE NOT NULL,
+            shared_us DOUBLE NOT NULL,
+            PRIMARY KEY (account, day, gpu_uuid, team_id, model_tag, gpu_name)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
