@@ -20,7 +20,7 @@ their tail, so the same recovery covers them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 
 import duckdb
 
@@ -58,21 +58,15 @@ def mark(con: duckdb.DuckDBPyConnection, since_us: int) -> None:
     con.execute(f"INSERT INTO pending_since VALUES (make_timestamp({int(since_us)}))")
 
 
-def fold(con: duckdb.DuckDBPyConnection, ranges: Mapping[Key, Range], cap_us: int, idle_pct: float,
-         shared: Set[Key] = frozenset()) -> None:
-    """Inside an open transaction: fold the writer's pending ranges into the rollup and the tail.
-
-    ``shared``: GPUs whose pending rows hold two rows of one GPU and time (a shared GPU's
-    workloads); GPUs whose tail does are found here. Only those take the grouping SQL.
-    """
+def fold(con: duckdb.DuckDBPyConnection, ranges: Mapping[Key, Range], cap_us: int, idle_pct: float) -> None:
+    """Inside an open transaction: fold the writer's pending ranges into the rollup and the tail."""
     if ranges:
         keys = list(ranges)
         values = list(ranges.values())
         con.execute(_ROWS_IN_RANGES.format(floor=_literal_us(min(v[0] for v in values))), {
             "account": [k[0] for k in keys], "uuid": [k[1] for k in keys],
             "lo": [v[0] for v in values], "hi": [v[1] for v in values]})
-        tails = con.execute("SELECT account, gpu_uuid FROM gpu_last WHERE len(workloads) > 1").fetchall()
-        _fold_rows(con, cap_us, idle_pct, (set(shared) | set(tails)) & set(keys))
+        _fold_rows(con, cap_us, idle_pct)
     con.execute("DELETE FROM pending_since")
 
 
@@ -86,7 +80,7 @@ def fold_on_open(con: duckdb.DuckDBPyConnection, default_cap_us: int, default_id
     con.begin()
     try:
         con.execute(_ROWS_NEWER_THAN_TAIL.format(floor=_literal_us(since)))
-        _fold_rows(con, cap_us, idle_pct, None)
+        _fold_rows(con, cap_us, idle_pct)
         con.execute("DELETE FROM pending_since")
         con.execute("DELETE FROM rollup_pending")
         con.commit()
@@ -102,26 +96,9 @@ def _recovery_floor(con: duckdb.DuckDBPyConnection) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
-def _fold_rows(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float,
-               shared: Set[Key] | None) -> None:
-    """``pending_rows`` into the rollup and the tail. GPUs in ``shared`` (None: any GPU)
-    may hold several rows of one time and take the grouping SQL; the others (almost
-    always all of them) the same rule without it, ~30 % less SQL time."""
-    params = {"cap_us": cap_us, "idle_pct": idle_pct}
-    if shared is None:
-        con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
-        con.execute(usage_sql.APPEND_IN_ORDER, params)
-    elif not shared:
-        con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
-        con.execute(usage_sql.APPEND_IN_ORDER_SINGLE, params)
-    else:
-        con.execute("CREATE OR REPLACE TEMP TABLE shared_gpus (account VARCHAR, gpu_uuid VARCHAR)")
-        con.executemany("INSERT INTO shared_gpus VALUES (?, ?)", sorted(shared))
-        for negate, sql in (("NOT", usage_sql.APPEND_IN_ORDER_SINGLE), ("", usage_sql.APPEND_IN_ORDER)):
-            con.execute(f"""CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows
-                            WHERE (account, gpu_uuid) {negate} IN (SELECT account, gpu_uuid FROM shared_gpus)""")
-            con.execute(sql, params)
-        con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
+def _fold_rows(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float) -> None:
+    con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
+    con.execute(usage_sql.APPEND_IN_ORDER, {"cap_us": cap_us, "idle_pct": idle_pct})
     con.execute(usage_sql.UPSERT_GPU_LAST)
     con.execute("DROP TABLE pending_rows")
 

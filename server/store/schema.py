@@ -143,12 +143,14 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE TABLE pending_since (since TIMESTAMP NOT NULL)",
     ),
     # 7: shared GPUs. A sample is one workload's row (identity: account, gpu_uuid, ts and
-    # job_id, team_id, model_tag) with its additive gpu_fraction; a GPU's tail lists every
+    # job_id, team_id, model_tag) with its additive gpu_fraction (and how the agent measured
+    # it, gpu_fraction_basis); a GPU's tail lists every
     # workload sampled at its newest time; the rollup holds shares of GPU time (DOUBLE) and
     # the part of it spent on shared GPUs. usage_daily is derived: made anew here, rebuilt
     # from samples at open (its rule comment is gone, see usage_sql.ROLLUP_METHOD).
     (
         "ALTER TABLE samples ADD COLUMN gpu_fraction DOUBLE",
+        "ALTER TABLE samples ADD COLUMN gpu_fraction_basis VARCHAR",
         """ALTER TABLE gpu_last ADD COLUMN workloads
                STRUCT(gpu_name VARCHAR, team_id VARCHAR, model_tag VARCHAR, gpu_fraction DOUBLE)[]""",
         """UPDATE gpu_last SET workloads = [{'gpu_name': gpu_name, 'team_id': team_id,

@@ -19,7 +19,6 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +41,7 @@ FIELD_TYPES: dict[str, str] = {
     "energy_delta_j": "DOUBLE", "fan_speed_pct": "DOUBLE", "memory_total_mb": "DOUBLE",
     "sm_clock_mhz": "DOUBLE", "memory_clock_mhz": "DOUBLE", "job_id": "VARCHAR",
     "team_id": "VARCHAR", "model_tag": "VARCHAR", "scheduler_source": "VARCHAR",
-    "hostname": "VARCHAR", "gpu_fraction": "DOUBLE",
+    "hostname": "VARCHAR", "gpu_fraction": "DOUBLE", "gpu_fraction_basis": "VARCHAR",
 }
 SAMPLE_FIELDS: tuple[str, ...] = tuple(FIELD_TYPES)
 
@@ -116,7 +115,6 @@ class StagedBatch:
     count: int  # samples submitted, repeats of a workload within the batch included
     ranges: dict[str, Range] | None  # per gpu_uuid, over the samples staged
     staged: int = -1  # samples staged: the first of each workload (-1: all of them)
-    shared_gpus: frozenset[str] = frozenset()  # GPUs with several workloads' rows at one time
     path: str | None = None  # a big batch's own file
     packed: bytes | None = None  # a small batch's rows, tagged, as a JSON array
 
@@ -155,15 +153,11 @@ class JsonStager:
             keep = shares.first_of_each_workload(samples, uuids, stamps)
         if fractions is not None and fractions.count(None) != count:
             shares.check_batch(uuids, stamps, fractions, keep)
-        shared_gpus: frozenset[str] = frozenset()
-        if keep is not None:
-            if len(keep) != count:
-                samples = [samples[i] for i in keep]
-                uuids, stamps = [uuids[i] for i in keep], [stamps[i] for i in keep]
-            times = Counter(zip(uuids, stamps, strict=True))
-            shared_gpus = frozenset(uuid for (uuid, _ts), n in times.items() if n > 1)
+        if keep is not None and len(keep) != count:
+            samples = [samples[i] for i in keep]
+            uuids, stamps = [uuids[i] for i in keep], [stamps[i] for i in keep]
         batch = StagedBatch(job, account, received_at, count, batch_ranges(uuids, stamps),
-                            staged=len(samples), shared_gpus=shared_gpus)
+                            staged=len(samples))
         if len(samples) >= PACK_BELOW_ROWS:
             batch.path = self._write(f"batch-{job}.json", _dumps(samples))
         else:

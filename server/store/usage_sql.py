@@ -36,16 +36,6 @@ _ATTRS = ("gpu_name, team_id, model_tag, gpu_fraction, power_draw_w, energy_delt
           "utilization_gpu_pct")
 
 
-def _single_readings_sql(source: str) -> str:
-    """``readings`` of a ``source`` known to hold one row per GPU and time: the rows themselves."""
-    return f"""
-    readings AS (
-        SELECT *, 1 AS n, coalesce(gpu_fraction, 0) AS fixed,
-               CASE WHEN gpu_fraction IS NULL THEN 1 ELSE 0 END AS free
-        FROM {source}
-    )"""
-
-
 def _readings_sql(source: str, extra: str = "") -> str:
     """``readings``: one GPU reading per (account, gpu_uuid, t) of ``source``.
 
@@ -67,12 +57,11 @@ def _readings_sql(source: str, extra: str = "") -> str:
     )"""
 
 
-def _shares_sql(intervals: str, source: str | None) -> str:
+def _shares_sql(intervals: str, source: str) -> str:
     """``shares``: every row of ``intervals`` (readings with their covered time) once per
     workload of ``source`` sampled at that GPU and time, with its ``share``; plus the
-    unclaimed remainder, with no team and no model. ``source`` None: every reading is
-    a single row."""
-    several = "" if source is None else f"""
+    unclaimed remainder, with no team and no model."""
+    several = f"""
         UNION ALL BY NAME
         SELECT i.* EXCLUDE (gpu_name, team_id, model_tag, gpu_fraction),
                r.gpu_name, r.team_id, r.model_tag,
@@ -149,22 +138,51 @@ UPSERT_DAILY = """
 _INTERVAL_ENERGY = "CASE WHEN nxt - t <= $cap_us THEN nxt_energy_j END"
 
 
-def _closed_sql(extra: str = "", *, single: bool = False) -> str:
-    """``readings`` of ``seq`` windowed per GPU: every reading with a successor, its full
-    covered time and its energy, then split into ``shares``. ``single``: ``seq`` is known
-    to hold one row per GPU and time (the same rule, without grouping and joining back)."""
-    readings = _single_readings_sql("seq") if single else _readings_sql("seq", extra)
-    return f"""{readings.strip()},
+def _windowed_readings_sql(extra: str = "") -> str:
+    """``win``, ``several``, ``readings``: the rows of ``seq`` in one windowed pass per GPU,
+    each reading with its successor's time (``nxt``) and energy delta (``nxt_energy_j``).
+
+    The window orders a GPU's rows by time and, among rows of one time, by energy delta
+    (largest first): so a reading's LAST row sees, one row ahead, the next reading's
+    time and its largest delta. A row alone at its time (almost every row) is its own
+    reading; the rows of a shared GPU's time (``several``) are grouped into one: the only
+    aggregation, over those rows alone. ``extra``: columns constant per GPU, carried.
+    """
+    carried = f", {extra}" if extra else ""
+    return f"""
     win AS (
-        SELECT *, lead(t) OVER w AS nxt, lead(energy_delta_j) OVER w AS nxt_energy_j FROM readings
-        WINDOW w AS (PARTITION BY account, gpu_uuid ORDER BY t)
+        SELECT *, lead(t) OVER w AS nxt, lead(energy_delta_j) OVER w AS nxt_energy_j,
+               lag(t) OVER w AS prv
+        FROM seq
+        WINDOW w AS (PARTITION BY account, gpu_uuid ORDER BY t, energy_delta_j DESC NULLS LAST)
     ),
+    several AS (SELECT * FROM win WHERE nxt = t OR prv = t),
+    readings AS (
+        SELECT account, gpu_uuid, t{carried}, 1 AS n, power_draw_w, utilization_gpu_pct,
+               coalesce(gpu_fraction, 0) AS fixed, CASE WHEN gpu_fraction IS NULL THEN 1 ELSE 0 END AS free,
+               gpu_name, team_id, model_tag, gpu_fraction, nxt, nxt_energy_j
+        FROM win WHERE nxt IS DISTINCT FROM t AND prv IS DISTINCT FROM t
+        UNION ALL BY NAME
+        SELECT account, gpu_uuid, t{carried}, count(*) AS n, max(power_draw_w) AS power_draw_w,
+               max(utilization_gpu_pct) AS utilization_gpu_pct,
+               coalesce(sum(gpu_fraction), 0) AS fixed, count(*) - count(gpu_fraction) AS free,
+               min(gpu_name) AS gpu_name, NULL::VARCHAR AS team_id, NULL::VARCHAR AS model_tag,
+               NULL::DOUBLE AS gpu_fraction,
+               max(CASE WHEN nxt > t THEN nxt END) AS nxt,  -- only the time's last row looks ahead
+               max(CASE WHEN nxt > t THEN nxt_energy_j END) AS nxt_energy_j
+        FROM several GROUP BY ALL
+    )"""
+
+
+def _closed_sql(extra: str = "") -> str:
+    """Every reading of ``seq`` with a successor: its covered time and energy, in ``shares``."""
+    return f"""{_windowed_readings_sql(extra).strip()},
     closed AS (
         SELECT *, t AS a, least(nxt - t, $cap_us) AS full_us,
                {_INTERVAL_ENERGY} AS interval_energy_j
-        FROM win WHERE nxt IS NOT NULL
+        FROM readings WHERE nxt IS NOT NULL
     ),
-    {_shares_sql("closed", None if single else "seq").strip()}"""
+    {_shares_sql("closed", "several").strip()}"""
 
 
 # A GPU's tail (gpu_last) as rows: one per workload sampled at its newest time.
@@ -174,26 +192,19 @@ _TAIL_ROWS = """
     FROM gpu_last g, (SELECT unnest(g.workloads) AS w)"""
 
 
-def _append_in_order(*, single: bool) -> str:
-    return f"""
+# In-order arrivals: the GPU's previous tail plus the new rows, windowed; every
+# reading with a successor gets its final covered time, added to the daily rollup.
+APPEND_IN_ORDER = f"""
 WITH seq AS (
     {_TAIL_ROWS.strip()}
     WHERE (g.account, g.gpu_uuid) IN (SELECT account, gpu_uuid FROM cand WHERE NOT ooo)
     UNION ALL
     SELECT account, gpu_uuid, epoch_us(ts) AS t, {_ATTRS} FROM cand WHERE NOT ooo
 ),
-{_closed_sql(single=single).strip()},
+{_closed_sql().strip()},
 {_parts_sql("shares").strip()}
 {UPSERT_DAILY}
 """
-
-
-# In-order arrivals: the GPU's previous tail plus the new rows, windowed; every
-# reading with a successor gets its final covered time, added to the daily rollup.
-APPEND_IN_ORDER = _append_in_order(single=False)
-# The same when neither the rows nor their GPUs' tails hold two rows of one GPU and time
-# (no shared GPU among them: what the writer's fold sees almost always).
-APPEND_IN_ORDER_SINGLE = _append_in_order(single=True)
 
 # A GPU's tail (gpu_last) after ``cand``: its newest time and every workload sampled then.
 # Rows newer than the tail replace it; rows at the tail's own time (a workload's row that

@@ -115,7 +115,6 @@ class StoreWriter:
         # each GPU's range, their count, and the durable mark below them (see ``pending``)
         self._pending: dict[Key, Range] = {}
         self._pending_rows = 0
-        self._pending_shared: set[Key] = set()  # GPUs whose pending rows share a time
         self._pending_since = time.monotonic()
         self._marked_us: int | None = None
         self._tails = TailCache(lambda: self._pending)
@@ -281,8 +280,7 @@ class StoreWriter:
         con = self._con
         try:
             con.begin()
-            pending.fold(con, self._pending, self._rollup.cap_us, self._rollup.idle_pct,
-                         self._pending_shared)
+            pending.fold(con, self._pending, self._rollup.cap_us, self._rollup.idle_pct)
             con.commit()
         except Exception as exc:
             _rollback(con)
@@ -291,7 +289,6 @@ class StoreWriter:
             return False
         self._pending = {}
         self._pending_rows = 0
-        self._pending_shared = set()
         self._marked_us = None
         return True
 
@@ -349,7 +346,6 @@ class StoreWriter:
                 self._marked_us = mark_us
             self._tails.advance(newest)
             _merge(self._pending, newest)
-            self._pending_shared.update((b.account, uuid) for b in batches for uuid in b.shared_gpus)
         else:
             self._tails.invalidate()
         for job in group:
