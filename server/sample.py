@@ -31,7 +31,7 @@ _COLUMNS = (
     "ts, gpu_index, gpu_uuid, power_draw_w, utilization_gpu_pct, utilization_memory_pct, "
     "temperature_c, memory_used_mb, gpu_name, power_limit_w, energy_delta_j, fan_speed_pct, "
     "memory_total_mb, sm_clock_mhz, memory_clock_mhz, job_id, team_id, model_tag, "
-    "scheduler_source, hostname"
+    "scheduler_source, hostname, gpu_fraction, gpu_fraction_basis"
 )
 
 
@@ -68,7 +68,7 @@ def load_sample_month(store: MetricsStore, account: str, *, end: date | None = N
     cap_us = 2 * store.rollup_params.interval_us
 
     def load(con: duckdb.DuckDBPyConnection) -> int:
-        uuids = [g[2] for g in gpus]
+        uuids = list(dict.fromkeys(g[2] for g in gpus))  # a shared GPU has a row per job
         latest = con.execute(
             "SELECT max(ts) FROM gpu_last WHERE account = ? AND list_contains(?, gpu_uuid)",
             [account, uuids],
@@ -83,7 +83,10 @@ def load_sample_month(store: MetricsStore, account: str, *, end: date | None = N
         skip_stored = "" if latest is None else """
             WHERE NOT EXISTS (
                 SELECT 1 FROM samples s WHERE s.account = $account AND s.gpu_uuid = r.gpu_uuid
-                  AND s.ts = r.ts AND s.ts >= $lo AND s.ts < $hi)"""
+                  AND s.ts = r.ts AND s.ts >= $lo AND s.ts < $hi
+                  AND coalesce(s.job_id, '') = coalesce(r.job_id, '')
+                  AND coalesce(s.team_id, '') = coalesce(r.team_id, '')
+                  AND coalesce(s.model_tag, '') = coalesce(r.model_tag, ''))"""
         inserted = con.execute(
             f"""INSERT INTO samples (account, {_COLUMNS}, received_at)
                 SELECT $account, {_COLUMNS}, ts + INTERVAL 2 SECOND FROM ({gen.SAMPLES_SQL}) r{skip_stored}""",

@@ -162,6 +162,11 @@ class GpuProcess(Value):
     user: str | None = None
     command: str | None = None
     type: Literal["compute", "graphics"] | None = None
+    # shared GPUs: this process's SM utilization on this GPU, the average of NVML's process
+    # utilization samples since the last snapshot (None: the driver gives none)
+    sm_util_pct: int | None = None
+    team_id: str | None = None  # whose process it is, when the backend knows (simulated)
+    model_tag: str | None = None
     visible: bool = True  # False: the driver reports the PID but this host cannot see it
 
 
