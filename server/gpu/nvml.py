@@ -71,6 +71,7 @@ class NvmlBackend(GpuBackend):
         self._handles: list[Any | None] = [self._handle(i) for i in range(count)]
         self._names: dict[int, str] = {}
         self._uuids: dict[int, str] = {}
+        self._util_seen: dict[int, int] = {}  # per GPU: the newest process utilization sample (µs)
         self._node = NodeInfo(
             hostname=socket.gethostname(),
             driver_version=self._system("driver_version", nvml.nvmlSystemGetDriverVersion),
@@ -158,6 +159,7 @@ class NvmlBackend(GpuBackend):
                 mig_devices=self._mig_devices(index, handle) if mig_on else [],
             )
             procs = self._processes(index, handle, field)
+            procs = self._with_sm_util(index, handle, field, procs)
         except _GpuLost:
             return self._lost_gpu(index), []
         return gpu, procs
@@ -185,6 +187,31 @@ class NvmlBackend(GpuBackend):
                     visible=host.visible,
                 ))
         return result
+
+    def _with_sm_util(self, index: int, handle: Any, field: _FieldReader,
+                      procs: list[GpuProcess]) -> list[GpuProcess]:
+        """Each process's SM utilization on this GPU: the mean of NVML's process utilization
+        samples since the last snapshot (a process without one was idle: 0). Unsupported
+        (MIG, vGPU, old drivers): left None, said once."""
+        if not procs:
+            return procs
+        nvml = self._nvml
+
+        def samples(device: Any, since: int) -> list[Any]:
+            try:
+                return nvml.nvmlDeviceGetProcessUtilization(device, since)
+            except nvml.NVMLError_NotFound:  # no sample since then: every process was idle
+                return []
+
+        found = field("process_utilization", samples, self._util_seen.get(index, 0))
+        if found is None:
+            return procs
+        per_pid: dict[int, list[int]] = {}
+        for sample in found:
+            per_pid.setdefault(sample.pid, []).append(min(int(sample.smUtil), 100))
+            self._util_seen[index] = max(self._util_seen.get(index, 0), int(sample.timeStamp))
+        return [p.model_copy(update={"sm_util_pct": round(sum(v) / len(v)) if (v := per_pid.get(p.pid))
+                                     else 0}) for p in procs]
 
     def _mig_devices(self, index: int, handle: Any) -> list[MigDevice]:
         nvml = self._nvml
