@@ -349,8 +349,8 @@ class MetricSample(Value):
     model_tag: Annotated[str, Field(max_length=128)] | None = None
     scheduler_source: SchedulerSource | None = None
     # additive: shared GPUs
-    gpu_fraction: Annotated[float, Field(gt=0, le=1, description=GPU_FRACTION_TEXT)] | None = None
-    gpu_fraction_basis: Annotated[GpuFractionBasis, Field(description=GPU_FRACTION_BASIS_TEXT)] | None = None
+    gpu_fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(default=None, description=GPU_FRACTION_TEXT)
+    gpu_fraction_basis: GpuFractionBasis | None = Field(default=None, description=GPU_FRACTION_BASIS_TEXT)
 
 
 class IngestResult(Value):

@@ -77,3 +77,20 @@ async def test_storeless_node_documents_only_the_operator_api() -> None:
         doc = (await srv.http.get("/v1/openapi.json")).json()
     assert set(doc["paths"]) == {"/v1/gpu/status", "/v1/gpu/memory", "/v1/gpu/purge",
                                  "/v1/openapi.json"}
+
+
+async def test_shared_gpu_fields_are_described(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        doc = (await srv.http.get("/v1/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    sample = schemas["MetricSample"]
+    assert "identity is (account, gpu_uuid, timestamp, workload)" in sample["description"]
+    fraction = sample["properties"]["gpu_fraction"]
+    assert {"exclusiveMinimum": 0, "maximum": 1} in [
+        {k: v for k, v in option.items() if k in ("exclusiveMinimum", "maximum")}
+        for option in fraction["anyOf"]]
+    assert "add up to at most 1" in fraction["description"] and "400" in fraction["description"]
+    assert "sm_utilization" in sample["properties"]["gpu_fraction_basis"]["description"]
+    for name in ("ReportSummary", "TeamUsage", "GpuArchUsage", "ModelUsage", "ChargebackCsvRow"):
+        assert "share of a shared GPU" in schemas[name]["properties"]["shared_gpu_hours"]["description"], name
+    assert "sm_util_pct" in schemas["GpuProcess"]["properties"]
