@@ -61,7 +61,7 @@ def fill(store: MetricsStore, n: int, shared_pct: int = 0) -> float:
             for statement in SHARE_SQL.strip().split(";")[:-1]:
                 con.execute(statement, {"pct": shared_pct})
         con.execute("CREATE OR REPLACE TEMP TABLE redo AS SELECT DISTINCT account, gpu_uuid FROM samples")
-        con.execute(usage_sql.REBUILD_TAILS)  # every GPU's tail: its newest time's workloads
+        usage_sql.rebuild_tails(con)  # every GPU's tail: its newest time's workloads
 
     store.writer.call(load)
     store.rebuild_rollup()

@@ -103,7 +103,7 @@ def load_sample_month(store: MetricsStore, account: str, *, end: date | None = N
             {"account": account, "uuids": uuids,
              "from_us": epoch_us(start) - epoch_us(start) % usage_sql.DAY_US - usage_sql.DAY_US},
         )
-        con.execute(usage_sql.REBUILD_TAILS)
+        usage_sql.rebuild_tails(con)
         con.execute(usage_sql.DELETE_REDO_DAYS)
         con.execute(usage_sql.RECOMPUTE_REDO, {"cap_us": cap_us, "idle_pct": store.rollup_params.idle_pct})
         for host, version, count, first, last in hb_rows:

@@ -162,8 +162,8 @@ def test_a_shared_tail_is_split_and_a_late_workload_joins_it(store: MetricsStore
     # another agent reports b's quarter at every minute, 10:59 (the tail's time) included
     assert put(store, hour(("b", 0.25))) == (60, 0)
     assert {k: v[0] for k, v in teams(store).items()} == {"a": 0.75, "b": 0.25}
-    tail = store.query("SELECT ts, list_sort([w.team_id FOR w IN workloads]) FROM gpu_last")
-    assert tail == [(datetime(2026, 3, 10, 10, 59), ["a", "b"])]
+    tail = store.query("SELECT ts, team_id, share FROM gpu_tail ORDER BY team_id")
+    assert tail == [(datetime(2026, 3, 10, 10, 59), "a", 0.75), (datetime(2026, 3, 10, 10, 59), "b", 0.25)]
     # the next reading closes the shared tail: its minute goes 45 s / 15 s
     put(store, [row(60, "c")])
     assert seconds_by_team(store) == pytest.approx({"a": 45 * 60, "b": 15 * 60, "c": 60})
@@ -237,7 +237,7 @@ def test_a_store_from_before_shared_gpus_is_migrated_and_rebuilt(tmp_path: Path)
     con.close()
     with MetricsStore.open(path) as st:
         assert teams(st) == {"ml": (1.0, 0.36, 0.0, 0.0)}
-        assert st.query("SELECT workloads FROM gpu_last") == [
-            ([{"gpu_name": "NVIDIA A100-SXM4-80GB", "team_id": "ml", "model_tag": "m", "gpu_fraction": None}],)]
+        assert st.query("SELECT gpu_uuid, team_id, model_tag, share, unclaimed FROM gpu_tail") == [
+            ("GPU-old", "ml", "m", 1.0, False)]
         put(st, [row(60, "ml", uuid="GPU-old"), row(60, "x", uuid="GPU-old")])
         assert {k: v[0] for k, v in teams(st).items()} == {"ml": 1.01, "x": 0.01}

@@ -27,7 +27,7 @@ import duckdb
 from gpufleet.server.store import usage_sql
 from gpufleet.server.store.staging import Key, Range
 
-PENDING_COLUMNS = ("account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w, "
+PENDING_COLUMNS = ("account, gpu_uuid, ts, job_id, gpu_name, team_id, model_tag, power_draw_w, "
                    "energy_delta_j, utilization_gpu_pct, received_at, hostname, gpu_fraction")
 # how far below a group's oldest pending sample the durable mark goes, so the next
 # groups (other GPUs a little behind) rarely need to move it
@@ -99,7 +99,7 @@ def _recovery_floor(con: duckdb.DuckDBPyConnection) -> int | None:
 def _fold_rows(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float) -> None:
     con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
     con.execute(usage_sql.APPEND_IN_ORDER, {"cap_us": cap_us, "idle_pct": idle_pct})
-    con.execute(usage_sql.UPSERT_GPU_LAST)
+    usage_sql.update_tails(con)
     con.execute("DROP TABLE pending_rows")
 
 

@@ -144,17 +144,33 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
     # 7: shared GPUs. A sample is one workload's row (identity: account, gpu_uuid, ts and
     # job_id, team_id, model_tag) with its additive gpu_fraction (and how the agent measured
-    # it, gpu_fraction_basis); a GPU's tail lists every
-    # workload sampled at its newest time; the rollup holds shares of GPU time (DOUBLE) and
-    # the part of it spent on shared GPUs. usage_daily is derived: made anew here, rebuilt
-    # from samples at open (its rule comment is gone, see usage_sql.ROLLUP_METHOD).
+    # it, gpu_fraction_basis); gpu_tail holds every workload sampled at each GPU's newest
+    # time with its share (and what nobody claimed), so the open tail is split without
+    # work at report time; the rollup holds shares of GPU time (DOUBLE) and the part of it
+    # spent on shared GPUs. usage_daily is derived: made anew here, rebuilt from samples at
+    # open (its rule comment is gone, see usage_sql.ROLLUP_METHOD).
     (
         "ALTER TABLE samples ADD COLUMN gpu_fraction DOUBLE",
         "ALTER TABLE samples ADD COLUMN gpu_fraction_basis VARCHAR",
-        """ALTER TABLE gpu_last ADD COLUMN workloads
-               STRUCT(gpu_name VARCHAR, team_id VARCHAR, model_tag VARCHAR, gpu_fraction DOUBLE)[]""",
-        """UPDATE gpu_last SET workloads = [{'gpu_name': gpu_name, 'team_id': team_id,
-                                            'model_tag': model_tag, 'gpu_fraction': NULL::DOUBLE}]""",
+        """CREATE TABLE gpu_tail (
+            account VARCHAR NOT NULL,
+            gpu_uuid VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            job_id VARCHAR,
+            team_id VARCHAR,
+            model_tag VARCHAR,
+            gpu_name VARCHAR,
+            gpu_fraction DOUBLE,
+            power_draw_w DOUBLE NOT NULL,
+            energy_delta_j DOUBLE,
+            utilization_gpu_pct DOUBLE NOT NULL,
+            share DOUBLE NOT NULL,
+            unclaimed BOOLEAN NOT NULL
+        )""",
+        """INSERT INTO gpu_tail
+           SELECT account, gpu_uuid, ts, NULL, team_id, model_tag, gpu_name, NULL, power_draw_w,
+                  energy_delta_j, utilization_gpu_pct, 1.0, false
+           FROM gpu_last""",
         "DROP TABLE usage_daily",
         """CREATE TABLE usage_daily (
             account VARCHAR NOT NULL,

@@ -18,11 +18,14 @@ down when the fractions add up to more than 1 (validation allows a rounding
 tolerance); rows without one share what the fractions leave, equally; what
 nobody claims (every row has a fraction and they add up to less than 1) goes to
 no team and no model. So the shares of a GPU at a time add up to exactly 1 and a
-GPU's totals are what it alone would be billed. The common single-row case
-takes its share straight from its reading (no join back to the rows).
+GPU's totals are what it alone would be billed. The rows are windowed once per
+GPU (``_windowed_readings_sql``); only rows that share a time are grouped, so
+the common single-row case costs about what it did before shared GPUs.
 """
 
 from __future__ import annotations
+
+import duckdb
 
 DAY_US = 86_400_000_000
 # The rule usage_daily was computed by, kept as that table's comment; a store whose
@@ -34,27 +37,6 @@ ROLLUP_METHOD = "usage rule 3"
 # A row's columns the rule reads (besides account, gpu_uuid and its time).
 _ATTRS = ("gpu_name, team_id, model_tag, gpu_fraction, power_draw_w, energy_delta_j, "
           "utilization_gpu_pct")
-
-
-def _readings_sql(source: str, extra: str = "") -> str:
-    """``readings``: one GPU reading per (account, gpu_uuid, t) of ``source``.
-
-    ``n`` rows; the largest power, energy delta and utilization; ``fixed``, the sum
-    of their fractions, and ``free``, the rows without one. A single row's own
-    attributes ride along (the min of one value), so it needs no join back.
-    ``extra``: more columns constant per GPU (e.g. ``from_us``), carried through.
-    """
-    carried = f", {extra}" if extra else ""
-    return f"""
-    readings AS (
-        SELECT account, gpu_uuid, t{carried}, count(*) AS n,
-               max(power_draw_w) AS power_draw_w, max(energy_delta_j) AS energy_delta_j,
-               max(utilization_gpu_pct) AS utilization_gpu_pct,
-               coalesce(sum(gpu_fraction), 0) AS fixed, count(*) - count(gpu_fraction) AS free,
-               min(gpu_name) AS gpu_name, min(team_id) AS team_id, min(model_tag) AS model_tag,
-               min(gpu_fraction) AS gpu_fraction
-        FROM {source} GROUP BY ALL
-    )"""
 
 
 def _shares_sql(intervals: str, source: str) -> str:
@@ -185,19 +167,16 @@ def _closed_sql(extra: str = "") -> str:
     {_shares_sql("closed", "several").strip()}"""
 
 
-# A GPU's tail (gpu_last) as rows: one per workload sampled at its newest time.
-_TAIL_ROWS = """
-    SELECT g.account, g.gpu_uuid, epoch_us(g.ts) AS t, w.gpu_name, w.team_id, w.model_tag,
-           w.gpu_fraction, g.power_draw_w, g.energy_delta_j, g.utilization_gpu_pct
-    FROM gpu_last g, (SELECT unnest(g.workloads) AS w)"""
-
+# A GPU's tail as rows (gpu_tail): one per workload sampled at its newest time.
+_TAIL_ROWS = f"""
+    SELECT account, gpu_uuid, epoch_us(ts) AS t, {_ATTRS} FROM gpu_tail WHERE NOT unclaimed"""
 
 # In-order arrivals: the GPU's previous tail plus the new rows, windowed; every
 # reading with a successor gets its final covered time, added to the daily rollup.
 APPEND_IN_ORDER = f"""
 WITH seq AS (
     {_TAIL_ROWS.strip()}
-    WHERE (g.account, g.gpu_uuid) IN (SELECT account, gpu_uuid FROM cand WHERE NOT ooo)
+      AND (account, gpu_uuid) IN (SELECT account, gpu_uuid FROM cand WHERE NOT ooo)
     UNION ALL
     SELECT account, gpu_uuid, epoch_us(ts) AS t, {_ATTRS} FROM cand WHERE NOT ooo
 ),
@@ -206,10 +185,11 @@ WITH seq AS (
 {UPSERT_DAILY}
 """
 
-# A GPU's tail (gpu_last) after ``cand``: its newest time and every workload sampled then.
-# Rows newer than the tail replace it; rows at the tail's own time (a workload's row that
-# came later) join its workloads, and the reading keeps the largest power, delta and
-# utilization. The latest receive time and the newest known hostname win.
+# A GPU's tail after ``cand``: gpu_last, one row per GPU (its newest time, the reading
+# with the largest power, delta and utilization of that time, the latest receive time and
+# hostname), and gpu_tail, every workload sampled at that time with its share. Rows newer
+# than the tail replace it; rows at the tail's own time (a workload's row that came
+# later) join it.
 _NEWER = "excluded.ts > gpu_last.ts"
 _SAME = "excluded.ts = gpu_last.ts"
 UPSERT_GPU_LAST = f"""
@@ -217,9 +197,7 @@ UPSERT_GPU_LAST = f"""
     SELECT c.account, c.gpu_uuid, c.ts, min(c.gpu_name) AS gpu_name, min(c.team_id) AS team_id,
            min(c.model_tag) AS model_tag, max(c.power_draw_w) AS power_draw_w,
            max(c.energy_delta_j) AS energy_delta_j, max(c.utilization_gpu_pct) AS utilization_gpu_pct,
-           any_value(m.received_at) AS received_at, any_value(m.hostname) AS hostname,
-           list({{'gpu_name': c.gpu_name, 'team_id': c.team_id, 'model_tag': c.model_tag,
-                 'gpu_fraction': c.gpu_fraction}}) AS workloads
+           any_value(m.received_at) AS received_at, any_value(m.hostname) AS hostname
     FROM cand c
     JOIN (SELECT account, gpu_uuid, max(ts) AS ts, max(received_at) AS received_at,
                  arg_max(hostname, ts) AS hostname
@@ -232,29 +210,93 @@ UPSERT_GPU_LAST = f"""
         {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} "
                    f"WHEN {_SAME} THEN greatest(excluded.{c}, gpu_last.{c}) ELSE gpu_last.{c} END"
                    for c in ("power_draw_w", "energy_delta_j", "utilization_gpu_pct"))},
-        workloads = CASE WHEN {_NEWER} THEN excluded.workloads
-                         WHEN {_SAME} THEN list_concat(gpu_last.workloads, excluded.workloads)
-                         ELSE gpu_last.workloads END,
         received_at = greatest(excluded.received_at, gpu_last.received_at),
         hostname = coalesce(excluded.hostname, gpu_last.hostname)
 """
 
-# Bulk loads: the tail of every GPU in ``redo`` made anew from its samples.
-REBUILD_TAILS = """
-INSERT OR REPLACE INTO gpu_last BY NAME
-SELECT s.account, s.gpu_uuid, s.ts, min(s.gpu_name) AS gpu_name, min(s.team_id) AS team_id,
-       min(s.model_tag) AS model_tag, max(s.power_draw_w) AS power_draw_w,
-       max(s.energy_delta_j) AS energy_delta_j, max(s.utilization_gpu_pct) AS utilization_gpu_pct,
-       max(s.received_at) AS received_at, max(s.hostname) AS hostname,
-       list({'gpu_name': s.gpu_name, 'team_id': s.team_id, 'model_tag': s.model_tag,
-             'gpu_fraction': s.gpu_fraction}) AS workloads
-FROM samples s
-JOIN (SELECT s.account, s.gpu_uuid, max(s.ts) AS ts
-      FROM samples s JOIN redo r ON s.account = r.account AND s.gpu_uuid = r.gpu_uuid
-      GROUP BY ALL) m
-  ON s.account = m.account AND s.gpu_uuid = m.gpu_uuid AND s.ts = m.ts
-GROUP BY s.account, s.gpu_uuid, s.ts
+_TAIL_COLUMNS = ("account, gpu_uuid, ts, job_id, team_id, model_tag, gpu_name, gpu_fraction, "
+                 "power_draw_w, energy_delta_j, utilization_gpu_pct")
+
+
+def _columns_of(alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in _TAIL_COLUMNS.split(","))
+
+
+# The tail rows of the GPUs in ``cand``: every row at each one's newest time, stored or
+# new (a workload's late row at the tail's time joins it). Then REPLACE_TAILS.
+TAIL_ROWS_FROM_CAND = f"""
+    CREATE OR REPLACE TEMP TABLE tail_rows AS
+    WITH newest AS (SELECT account, gpu_uuid, max(ts) AS ts FROM cand GROUP BY account, gpu_uuid)
+    SELECT {_TAIL_COLUMNS} FROM (
+        SELECT {_columns_of("t")}
+        FROM gpu_tail t JOIN newest n ON t.account = n.account AND t.gpu_uuid = n.gpu_uuid
+        WHERE NOT t.unclaimed AND t.ts >= n.ts
+        UNION ALL
+        SELECT {_columns_of("c")}
+        FROM cand c JOIN newest n ON c.account = n.account AND c.gpu_uuid = n.gpu_uuid AND c.ts = n.ts
+    ) QUALIFY ts = max(ts) OVER (PARTITION BY account, gpu_uuid)
 """
+
+
+# Bulk loads: the tail rows of every GPU in ``redo`` from its samples, and its gpu_last.
+# Then REPLACE_TAILS.
+TAILS_FROM_SAMPLES = (f"""
+    CREATE OR REPLACE TEMP TABLE tail_rows AS
+    SELECT {_columns_of("s")}, s.received_at, s.hostname
+    FROM samples s
+    JOIN (SELECT s.account, s.gpu_uuid, max(s.ts) AS ts
+          FROM samples s JOIN redo r ON s.account = r.account AND s.gpu_uuid = r.gpu_uuid
+          GROUP BY ALL) m
+      ON s.account = m.account AND s.gpu_uuid = m.gpu_uuid AND s.ts = m.ts
+""", """
+    INSERT OR REPLACE INTO gpu_last BY NAME
+    SELECT account, gpu_uuid, ts, min(gpu_name) AS gpu_name, min(team_id) AS team_id,
+           min(model_tag) AS model_tag, max(power_draw_w) AS power_draw_w,
+           max(energy_delta_j) AS energy_delta_j, max(utilization_gpu_pct) AS utilization_gpu_pct,
+           max(received_at) AS received_at, max(hostname) AS hostname
+    FROM tail_rows GROUP BY account, gpu_uuid, ts
+""")
+
+# ``tail_rows`` (every row at some GPUs' newest time) become those GPUs' gpu_tail: one
+# reading (the largest figures) in every row, each row's share, and what nobody claimed.
+REPLACE_TAILS = ("""
+    DELETE FROM gpu_tail t USING (SELECT DISTINCT account, gpu_uuid FROM tail_rows) r
+    WHERE t.account = r.account AND t.gpu_uuid = r.gpu_uuid
+""", """
+    INSERT INTO gpu_tail BY NAME
+    WITH g AS (
+        SELECT account, gpu_uuid, ts, job_id, team_id, model_tag, gpu_name, gpu_fraction,
+               max(power_draw_w) OVER w AS power_draw_w, max(energy_delta_j) OVER w AS energy_delta_j,
+               max(utilization_gpu_pct) OVER w AS utilization_gpu_pct,
+               coalesce(sum(gpu_fraction) OVER w, 0) AS fixed,
+               count(*) OVER w - count(gpu_fraction) OVER w AS free,
+               min(gpu_name) OVER w AS first_name, row_number() OVER w AS nth
+        FROM tail_rows WINDOW w AS (PARTITION BY account, gpu_uuid)
+    )
+    SELECT * EXCLUDE (fixed, free, first_name, nth), false AS unclaimed,
+           CASE WHEN gpu_fraction IS NOT NULL THEN gpu_fraction / greatest(1, fixed)
+                ELSE greatest(0, 1 - fixed) / free END AS share
+    FROM g
+    UNION ALL BY NAME
+    SELECT account, gpu_uuid, ts, first_name AS gpu_name, power_draw_w, energy_delta_j,
+           utilization_gpu_pct, 1 - fixed AS share, true AS unclaimed
+    FROM g WHERE nth = 1 AND free = 0 AND fixed < 1
+""", "DROP TABLE tail_rows")
+
+
+def update_tails(con: duckdb.DuckDBPyConnection) -> None:
+    """After ``cand``'s rows are stored (and rolled up): their GPUs' gpu_last and gpu_tail."""
+    con.execute(UPSERT_GPU_LAST)
+    con.execute(TAIL_ROWS_FROM_CAND)
+    for statement in REPLACE_TAILS:
+        con.execute(statement)
+
+
+def rebuild_tails(con: duckdb.DuckDBPyConnection) -> None:
+    """The GPUs in ``redo`` (bulk loads): gpu_last and gpu_tail made anew from their samples."""
+    for statement in (*TAILS_FROM_SAMPLES, *REPLACE_TAILS):
+        con.execute(statement)
+
 
 # Out-of-order arrivals (older than the GPU's tail): recompute the rollup of the
 # affected GPUs from the day before their oldest new sample, from raw samples.
@@ -283,18 +325,10 @@ WITH seq AS (
 INSERT INTO usage_daily BY NAME SELECT * FROM daily
 """
 
-# A report from the rollup: whole days of closed intervals plus every GPU's tail
-# (its last reading covers one interval, split across its workloads), clipped to the period.
-REPORT_FROM_ROLLUP = f"""
-WITH seq AS (
-    {_TAIL_ROWS.strip()}
-    WHERE g.account = $account AND epoch_us(g.ts) + $interval_us > $p0 AND epoch_us(g.ts) < $p1
-),
-{_readings_sql("seq").strip()},
-tails AS (
-    SELECT *, least(t + $interval_us, $p1) - greatest(t, $p0) AS p_us FROM readings
-),
-{_shares_sql("tails", "seq").strip()}
+# A report from the rollup: whole days of closed intervals plus every GPU's tail (its last
+# reading covers one interval, split across the workloads sampled then: gpu_tail holds
+# their shares), clipped to the period.
+REPORT_FROM_ROLLUP = """
 SELECT team_id, model_tag, gpu_name, sum(covered_us), sum(energy_j), sum(idle_us), sum(shared_us)
 FROM (
     SELECT team_id, model_tag, gpu_name, covered_us, energy_j, idle_us, shared_us
@@ -304,7 +338,10 @@ FROM (
            p_us * share, power_draw_w * p_us / 1e6 * share,  -- the next delta is not here yet
            CASE WHEN utilization_gpu_pct < $idle_pct THEN p_us * share ELSE 0 END,
            CASE WHEN share < 1 THEN p_us * share ELSE 0 END
-    FROM shares WHERE p_us > 0 AND share > 0
+    FROM (
+        SELECT *, least(epoch_us(ts) + $interval_us, $p1) - greatest(epoch_us(ts), $p0) AS p_us
+        FROM gpu_tail WHERE account = $account
+    ) WHERE p_us > 0 AND share > 0
 )
 GROUP BY ALL
 """
@@ -312,29 +349,25 @@ GROUP BY ALL
 # The same figures straight from raw samples (any interval or idle threshold).
 REPORT_FROM_SAMPLES = f"""
 WITH seq AS (
-    SELECT account, gpu_uuid, epoch_us(ts) AS t, {_ATTRS}
-    FROM samples
-    WHERE account = $account AND ts >= make_timestamp($p0 - $cap_us) AND ts < make_timestamp($p1 + $cap_us)
+    SELECT s.account, s.gpu_uuid, epoch_us(s.ts) AS t, epoch_us(g.ts) AS last_t,
+           {", ".join("s." + a.strip() for a in _ATTRS.split(","))}
+    FROM samples s JOIN gpu_last g ON g.account = s.account AND g.gpu_uuid = s.gpu_uuid
+    WHERE s.account = $account AND s.ts >= make_timestamp($p0 - $cap_us)
+      AND s.ts < make_timestamp($p1 + $cap_us)
 ),
-{_readings_sql("seq").strip()},
-win AS (
-    SELECT r.*, lead(t) OVER w AS nxt, lead(r.energy_delta_j) OVER w AS nxt_energy_j,
-           epoch_us(g.ts) AS last_t
-    FROM readings r JOIN gpu_last g ON g.account = $account AND g.gpu_uuid = r.gpu_uuid
-    WINDOW w AS (PARTITION BY r.gpu_uuid ORDER BY t)
-),
+{_windowed_readings_sql("last_t").strip()},
 cov AS (
     SELECT *, CASE WHEN nxt IS NOT NULL THEN least(nxt - t, $cap_us)
                    WHEN last_t > t THEN $cap_us  -- its successor lies past the window
                    ELSE $interval_us END AS full_us,
            -- a successor past the window lies over the cap away: power x time, as above
            {_INTERVAL_ENERGY} AS interval_energy_j
-    FROM win
+    FROM readings
 ),
 clipped AS (
     SELECT *, least(t + full_us, $p1) - greatest(t, $p0) AS p_us FROM cov
 ),
-{_shares_sql("clipped", "seq").strip()}
+{_shares_sql("clipped", "several").strip()}
 SELECT coalesce(team_id, ''), coalesce(model_tag, ''), coalesce(gpu_name, ''),
        sum(p_us * share),
        sum(coalesce(interval_energy_j * p_us / full_us, power_draw_w * p_us / 1e6) * share),

@@ -388,7 +388,7 @@ def write_careful(con: duckdb.DuckDBPyConnection, rollup: RollupParams
     if con.execute("SELECT count(*) FROM redo").fetchone()[0]:
         con.execute(usage_sql.DELETE_REDO_DAYS)
         con.execute(usage_sql.RECOMPUTE_REDO, params)
-    con.execute(usage_sql.UPSERT_GPU_LAST)
+    usage_sql.update_tails(con)
     rows = con.execute("SELECT job, count(*) FROM cand GROUP BY job").fetchall()
     return {int(job): int(n) for job, n in rows}, refused
 
