@@ -27,11 +27,12 @@ from gpufleet.console.poller import ClientFactory, SharedTransportFactory, poll_
 from gpufleet.console.screens.detail import GpuDetailScreen
 from gpufleet.console.screens.fleet import FleetScreen
 from gpufleet.console.screens.purge import PurgeModal
+from gpufleet.console.screens.signal import SignalModal
 from gpufleet.console.state import FleetState
 from gpufleet.console.widgets.footer import ConsoleFooter
 from gpufleet.server.client import AsyncGpuFleetClient
 from gpufleet.server.config import ConsoleSettings
-from gpufleet.server.schemas import PurgeResult, utc_now
+from gpufleet.server.schemas import GpuProcess, PurgeResult, SignalName, SignalResult, utc_now
 
 log = logging.getLogger("gpufleet.console")
 
@@ -153,13 +154,28 @@ class GpuFleetApp(App[None]):
         log.info("purge on %s (force=%s, gpus=%s): %s", target.name, force, gpu_indices, result.status)
         return result
 
+    def open_signal(self, node: str, gpu_index: int, proc: GpuProcess, child_pid: int | None) -> None:
+        if self.readonly:
+            return
+        self.push_screen(SignalModal(node, gpu_index, proc, partial(self._signal, self.targets[node]),
+                                     child_pid=child_pid))
+
+    async def _signal(self, target: NodeTarget, pid: int, signal: SignalName) -> SignalResult:
+        client = self.client_factory(target, self.settings.request_timeout_s)
+        try:
+            result = await client.signal_process(pid, signal)
+        finally:
+            await client.aclose()
+        log.info("signal %s to pid %s on %s: %s", signal, pid, target.name, result.status)
+        return result
+
     def action_help(self) -> None:
         from gpufleet.console.screens.chargeback import ChargebackScreen
         from gpufleet.console.screens.help import HelpScreen
         from gpufleet.console.screens.hosts import HostsScreen
 
-        self.push_screen(HelpScreen([FleetScreen, GpuDetailScreen, PurgeModal, ChargebackScreen,
-                                     HostsScreen]))
+        self.push_screen(HelpScreen([FleetScreen, GpuDetailScreen, PurgeModal, SignalModal,
+                                     ChargebackScreen, HostsScreen]))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # The key of the view already shown does nothing, so it leaves the footer to keys that do.
@@ -184,6 +200,8 @@ class GpuFleetApp(App[None]):
                 yield SystemCommand("Purge", "Purge the GPU or node under the cursor", screen.action_purge)
         if isinstance(screen, GpuDetailScreen) and not self.readonly:
             yield SystemCommand("Purge this GPU", "Purge this GPU's memory", screen.action_purge)
+            yield SystemCommand("Signal process", "Send TERM, INT or KILL to the process under the cursor",
+                                screen.action_signal)
 
     # -- polling -------------------------------------------------------------------
 

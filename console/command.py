@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gpufleet.console.config import NodeTarget
+    from gpufleet.console.signals import StopSignals
     from gpufleet.server.config import Settings
 
 HELP = "Open the fleet console: live GPUs of every node, purge, chargeback and hosts."
@@ -55,12 +56,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+NO_TERMINAL = ("gpufleet console: needs a terminal (stdin and stdout); for a one-shot view "
+               "of this machine's GPUs, run: gpufleet status")
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
     from gpufleet.console.config import ConsoleConfigError, NodeTarget, Secret, node_targets
     from gpufleet.server.config import ConfigError
 
+    # Without a terminal (a pipe, /dev/null, cron) the UI's escape codes would be garbage.
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(NO_TERMINAL, file=sys.stderr)
+        return 2
     # The terminal belongs to the UI: log warnings to a file only if asked.
     logging.getLogger("gpufleet").addHandler(logging.NullHandler())
     try:
@@ -71,29 +80,50 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from gpufleet.console.embedded import EmbeddedServerError, start_demo_or_connect
+    from gpufleet.console.signals import Stopped, StopSignals
 
     demo_nodes = 0 if args.no_demo or targets else (args.demo_nodes if args.demo_nodes is not None else 4)
+    signals = StopSignals()
+    signals.raise_stopped()  # from here on, a signal still stops what was started
+    connections = None
+    code = 0
     try:
         connections = start_demo_or_connect(settings, demo_nodes=demo_nodes)
-    except EmbeddedServerError as exc:
-        print(f"gpufleet console: {exc}", file=sys.stderr)
-        return 1
-    try:
         names = {t.name for t in targets}
         targets += [node for node in connections.nodes if node.name not in names]
         if settings.console.include_local and not connections.simulated:
             key = Secret(connections.local_key) if connections.local_key else None
             targets.insert(0, NodeTarget("local", connections.local_url, key))
-        return _run_app(settings, targets, connections.local_url, connections.local_key)
+        code = _run_app(settings, targets, connections.local_url, connections.local_key, signals)
+    except EmbeddedServerError as exc:
+        print(f"gpufleet console: {exc}", file=sys.stderr)
+        code = 1
+    except Stopped:
+        pass  # before the app ran: nothing on screen to restore; stop what was started
     finally:
-        connections.stop()
+        signals.ignore()  # the embedded server commits and closes its store: not to be cut short
+        try:
+            if connections is not None:
+                connections.stop()
+        finally:
+            signals.restore()
+    return signals.exit_code or code
 
 
-def _run_app(settings: Settings, targets: list[NodeTarget], local_url: str, local_key: str | None) -> int:
+def _run_app(settings: Settings, targets: list[NodeTarget], local_url: str, local_key: str | None,
+             signals: StopSignals) -> int:
+    import asyncio
+
     from gpufleet.console.app import GpuFleetApp
     from gpufleet.console.datasource import ClientDataSource
 
     source = ClientDataSource.connect(local_url, local_key, timeout=max(10.0, settings.console.request_timeout_s))
     app = GpuFleetApp(settings.console, targets, data_source=source)
-    app.run()
+
+    async def run_app() -> None:
+        # SIGTERM, SIGHUP and SIGINT go through the app's loop: it exits and gives the terminal back.
+        signals.exit_app(asyncio.get_running_loop(), app)
+        await app.run_async()
+
+    asyncio.run(run_app())
     return int(app.return_code or 0)

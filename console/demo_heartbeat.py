@@ -126,6 +126,7 @@ def _client_for(url: str, key: str | None) -> ClientFactory:
     def make() -> GpuFleetClient:
         from gpufleet.server.client import GpuFleetClient
 
-        return GpuFleetClient(url, api_key=key, timeout=5.0)
+        # marked simulated: only a server over a simulated store takes them (409 elsewhere)
+        return GpuFleetClient(url, api_key=key, timeout=5.0, simulated=True)
 
     return make

@@ -9,20 +9,33 @@ returned :class:`Connections` when the app exits. The local server is, in order:
    the socket listening on that port belongs to a process of our own user: on a
    shared GPU box anyone may bind the port first, and the console sends its key
    there. An explicitly configured URL is trusted as configured;
-2. another console's embedded server, named by the discovery file in the data
+2. the server of the process holding the store of real data (``gpufleet serve`` on
+   any port, or another console), found through that store's owner-only admin socket,
+   which names its URL; the console's key for it is kept in a 0600 file and made
+   through the same socket when the server does not know it. Without a GPU, the
+   same for the simulated store next;
+3. another console's embedded server, named by its discovery file in the data
    dir, if its process is alive and the server answers;
-3. a server started here, inside this process, on ``127.0.0.1`` with an
-   ephemeral port, over the DuckDB store in the data dir, with a generated local
-   key (its secret in a 0600 file: the store keeps only hashes); the sample month
-   is loaded when the data is simulated and the store holds no recent usage. The
-   discovery file (0600) then names it for other consoles until ``stop()``.
+4. a server started here, inside this process, on ``127.0.0.1`` with an
+   ephemeral port, with a generated local key (its secret in a 0600 file: the
+   store keeps only hashes), over the store of real data, or without a GPU (or
+   with ``server.simulate``) over the simulated store
+   (``server.simulated_db_path``, default ``<data dir>/gpufleet-simulated.duckdb``),
+   into which the sample month is loaded when it holds no recent usage: simulated
+   data never enters the store that ``serve``, ``report`` and ``keys`` use by
+   default. It serves the store's admin channel (``gpufleet keys`` and ``report``
+   work while the console runs) and writes a discovery file (0600) until ``stop()``.
+
+A store another process holds is never waited on for long: a gpufleet command or a
+server still starting gets a few seconds, anything else is named at once
+(:class:`EmbeddedServerError`, one plain line).
 
 With no NVIDIA GPU (or ``server.simulate``) a small simulated fleet is served
 from this process too, each node on its own loopback port with a static
 operator token, and everything is flagged ``simulated``. When the local server
-is this console's own, the demo nodes heartbeat and post samples into it
-(:class:`console.demo_heartbeat.DemoHeartbeats`), and the sample month never
-makes one of them its stale or offline host.
+is this console's own, the demo nodes heartbeat and post samples into it, marked
+simulated (:class:`console.demo_heartbeat.DemoHeartbeats`), and the sample month
+never makes one of them its stale or offline host.
 """
 
 from __future__ import annotations
@@ -52,12 +65,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gpufleet.console.embedded")
 
+# One of each per store kind: a demo console and a real one never share a server by mistake.
 DISCOVERY_FILE = "console-server.json"
+SIMULATED_DISCOVERY_FILE = "console-server-simulated.json"
 KEY_FILE = "console-key"
+SIMULATED_KEY_FILE = "console-key-simulated"
 LOCAL_KEY_SCOPES = ["operator", "ingest", "read"]
 DEMO_NODE_COUNT = 4
 PROBE_TIMEOUT_S = 1.0
-STORE_BUSY_WAIT_S = 10.0  # another console may be starting its server right now
+# A gpufleet command may hold the store for a moment (keys, report), or a server may have
+# opened it and not yet started its admin channel: that long, then the holder is named.
+STORE_BUSY_WAIT_S = 5.0
+STORE_BUSY_POLL_S = 0.2
 RECENT_USAGE_DAYS = 30
 
 Origin = Literal["configured", "shared", "embedded"]
@@ -92,8 +111,13 @@ class Connections:
                 log.exception("stopping an embedded server failed")
 
 
-def discovery_path(directory: Path | None = None) -> Path:
-    return (directory or data_dir()) / DISCOVERY_FILE
+def discovery_path(directory: Path | None = None, *, simulated: bool = False) -> Path:
+    return (directory or data_dir()) / (SIMULATED_DISCOVERY_FILE if simulated else DISCOVERY_FILE)
+
+
+def key_path(directory: Path, *, simulated: bool = False) -> Path:
+    """The file holding the console's key for the real (or the simulated) store's server."""
+    return directory / (SIMULATED_KEY_FILE if simulated else KEY_FILE)
 
 
 def server_answers(url: str, *, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -178,17 +202,17 @@ def _read_key(path: Path) -> str | None:
         return None
 
 
-def _read_discovery(directory: Path) -> dict[str, Any] | None:
+def _read_discovery(directory: Path, simulated: bool) -> dict[str, Any] | None:
     try:
-        info = json.loads(discovery_path(directory).read_text(encoding="utf-8"))
+        info = json.loads(discovery_path(directory, simulated=simulated).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) and {"url", "pid"} <= info.keys() else None
 
 
-def _shared_server(directory: Path, *, timeout: float) -> tuple[str, str | None] | None:
+def _shared_server(directory: Path, *, simulated: bool, timeout: float) -> tuple[str, str | None] | None:
     """Another console's server, when its discovery file names a live process that answers."""
-    info = _read_discovery(directory)
+    info = _read_discovery(directory, simulated)
     if info is None or not psutil.pid_exists(int(info["pid"])):
         return None
     if not server_answers(str(info["url"]), timeout=timeout):
@@ -197,18 +221,81 @@ def _shared_server(directory: Path, *, timeout: float) -> tuple[str, str | None]
     return str(info["url"]), _read_key(Path(key_file)) if key_file else None
 
 
-def _local_key(store: Any, directory: Path, account: str) -> str:
+def _key_name() -> str:
+    return f"console-local-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _local_key(store: Any, path: Path, account: str) -> str:
     """The console's key: the one in the key file when the store still accepts it, else a new one."""
-    key_path = directory / KEY_FILE
-    secret = _read_key(key_path)
+    secret = _read_key(path)
     if secret is not None:
         info = store.authenticate(secret)
         if info is not None and info.revoked_at is None:
             return secret
-    name = f"console-local-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
-    created = store.create_key(name, list(LOCAL_KEY_SCOPES), account)
-    write_private_file(key_path, created.key)
+    created = store.create_key(_key_name(), list(LOCAL_KEY_SCOPES), account)
+    write_private_file(path, created.key)
     return created.key
+
+
+def _loopback(url: str) -> str:
+    """A server listening on every address is reached on loopback."""
+    parts = urlsplit(url)
+    try:
+        unspecified = ipaddress.ip_address(parts.hostname or "").is_unspecified
+    except ValueError:
+        return url
+    if not unspecified:
+        return url
+    host = "[::1]" if ":" in (parts.hostname or "") else "127.0.0.1"
+    return parts._replace(netloc=f"{host}:{parts.port}").geturl()
+
+
+def _key_works(url: str, secret: str, timeout: float) -> bool:
+    """Whether the server knows the key (an answer other than 401/403 counts as yes)."""
+    from gpufleet.server.client import Forbidden, GpuFleetClient, GpuFleetError, Unauthorized
+
+    try:
+        with GpuFleetClient(url, api_key=secret, timeout=timeout) as client:
+            client.hosts()
+    except (Unauthorized, Forbidden):
+        return False
+    except GpuFleetError:
+        return True
+    return True
+
+
+def _held_store_server(db_path: Path, key_file: Path, account: str, *,
+                       timeout: float) -> tuple[str, str] | None:
+    """The server of whoever holds ``db_path`` (serve on any port, a console), via its admin socket.
+
+    Returns its URL and a key it accepts: the key file's, else one made through the socket.
+    """
+    from gpufleet.server.admin_client import AdminKeys, AdminUnavailableError
+
+    if not admin_socket_present(db_path):
+        return None
+    try:
+        with AdminKeys(db_path) as admin:
+            raw_url = admin.info().get("url")
+            if not isinstance(raw_url, str) or not server_answers(_loopback(raw_url), timeout=timeout):
+                return None
+            url = _loopback(raw_url)
+            secret = _read_key(key_file)
+            if secret is None or not _key_works(url, secret, timeout):
+                created = admin.create_key(_key_name(), list(LOCAL_KEY_SCOPES), account)
+                write_private_file(key_file, created.key)
+                secret = created.key
+                log.info("made the console a key in %s's server through its admin channel", db_path)
+    except (AdminUnavailableError, OSError, ValueError) as exc:
+        log.info("the admin channel of %s is not usable: %s", db_path, exc)
+        return None
+    return url, secret
+
+
+def admin_socket_present(db_path: Path) -> bool:
+    from gpufleet.server.admin import SOCKET_NAME, admin_dir
+
+    return (admin_dir(db_path) / SOCKET_NAME).exists()
 
 
 def _load_sample_if_empty(store: Any, settings: Settings, live_hosts: list[str]) -> None:
@@ -229,12 +316,13 @@ def _load_sample_if_empty(store: Any, settings: Settings, live_hosts: list[str])
         log.info("loaded the sample month into the console's store: %d samples", inserted)
 
 
-def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
-                        ) -> tuple[Any, None] | tuple[None, tuple[str, str | None]]:
-    """Open the store, or, when another process holds it, wait for that console's discovery file."""
+def _open_store_or_find_holder(settings: Settings, directory: Path, db_path: Path, *,
+                               simulated: bool, timeout: float
+                               ) -> tuple[Any, None] | tuple[None, tuple[str, str | None]]:
+    """Open the store, or reach the server of the process holding it; name the holder otherwise."""
     from gpufleet.server.store import MetricsStore, StoreLockedError
+    from gpufleet.server.store.holder import holder_command
 
-    db_path = settings.server.resolved_db_path()
     db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     deadline = time.monotonic() + STORE_BUSY_WAIT_S
     while True:
@@ -244,39 +332,71 @@ def _open_store_or_wait(settings: Settings, directory: Path, timeout: float
                                       idle_utilization_pct=settings.pricing.idle_utilization_pct)
             return store, None
         except StoreLockedError as exc:
-            shared = _shared_server(directory, timeout=timeout)
-            if shared is not None:
-                return None, shared
-            if time.monotonic() >= deadline:
-                raise EmbeddedServerError(f"cannot open the store {db_path}: {exc}") from exc
-            time.sleep(0.2)  # bounded retry while the other console finishes starting
+            found = (_held_store_server(db_path, key_path(directory, simulated=simulated),
+                                        settings.server.account, timeout=timeout)
+                     or _shared_server(directory, simulated=simulated, timeout=timeout))
+            if found is not None:
+                return None, found
+            command = holder_command(exc.pid)
+            if command is None or time.monotonic() >= deadline:
+                raise EmbeddedServerError(_locked_line(exc, command)) from None
+            time.sleep(STORE_BUSY_POLL_S)  # a gpufleet command finishing, or a server starting
+
+
+def _locked_line(exc: Exception, command: str | None) -> str:
+    """What holds the store and what to do, in one line (never DuckDB's text)."""
+    if command in ("serve", "console"):
+        return (f"{exc}, and it offers no admin channel to reach its server through; quit it, or "
+                "set [console] local_server_url to that server's URL")
+    if command is not None:
+        return f"{exc}; run the console again once it has finished"
+    return f"{exc}; stop it, or give the console a store of its own (server.db_path)"
 
 
 def _start_local_server(settings: Settings, directory: Path, *, simulated: bool,
                         timeout: float, connections: Connections, live_hosts: list[str]) -> None:
     from gpufleet.server.embedded import EmbeddedServer
+    from gpufleet.server.store.simulated import CONSOLE_DEMO
 
-    store, shared = _open_store_or_wait(settings, directory, timeout)
+    db_path = settings.server.resolved_db_path(simulated=simulated)
+    store, shared = _open_store_or_find_holder(settings, directory, db_path, simulated=simulated,
+                                               timeout=timeout)
     if shared is not None:
         connections.local_url, connections.local_key = shared
         connections.origin = "shared"
         return
     connections._stoppers.append(store.close)
-    key = _local_key(store, directory, settings.server.account)
+    keys = key_path(directory, simulated=simulated)
+    key = _local_key(store, keys, settings.server.account)
     if simulated:
+        store.mark_simulated(CONSOLE_DEMO)
         _load_sample_if_empty(store, settings, live_hosts)
     # No backend passed: the server opens NVML, or the simulated node when simulated, and closes it.
     local = settings.with_overrides({"server.host": "127.0.0.1", "server.port": 0,
                                      "server.simulate": simulated})
-    server = EmbeddedServer(local, store=store)
+    server = EmbeddedServer(local, store=store, admin_holder="console")
     url = server.start("127.0.0.1", 0)
     connections._stoppers.append(server.stop)
-    write_private_file(discovery_path(directory), json.dumps(
-        {"url": url, "pid": os.getpid(), "key_file": str(directory / KEY_FILE),
-         "started_at": datetime.now(UTC).isoformat()}))
-    connections._stoppers.append(lambda: _remove_discovery(directory, url))
+    write_private_file(discovery_path(directory, simulated=simulated), json.dumps(
+        {"url": url, "pid": os.getpid(), "key_file": str(keys), "store": str(db_path),
+         "simulated": simulated, "started_at": datetime.now(UTC).isoformat()}))
+    connections._stoppers.append(lambda: _remove_discovery(directory, url, simulated))
     connections.local_url, connections.local_key, connections.origin = url, key, "embedded"
-    log.info("started an embedded server at %s", url)
+    log.info("started an embedded server at %s over %s", url, db_path)
+
+
+def _running_server(settings: Settings, directory: Path, *, simulated: bool,
+                    timeout: float) -> tuple[str, str | None] | None:
+    """A server some process already runs over the real store (or, without a GPU, the simulated one)."""
+    kinds = (False, True) if simulated else (False,)
+    for kind in kinds:
+        db_path = settings.server.resolved_db_path(simulated=kind)
+        found = (_held_store_server(db_path, key_path(directory, simulated=kind),
+                                    settings.server.account, timeout=timeout)
+                 or _shared_server(directory, simulated=kind, timeout=timeout))
+        if found is not None:
+            return found
+    return None
 
 
 def _start_demo_fleet(settings: Settings, backends: list[SimulatedBackend],
@@ -321,11 +441,11 @@ def _demo_backends(count: int) -> list[SimulatedBackend]:
     return simulated_backends(count) if count > 0 else []
 
 
-def _remove_discovery(directory: Path, url: str) -> None:
+def _remove_discovery(directory: Path, url: str, simulated: bool) -> None:
     # Only our own file: a later console may have replaced it with its own server's.
-    info = _read_discovery(directory)
+    info = _read_discovery(directory, simulated)
     if info is not None and info.get("url") == url and int(info["pid"]) == os.getpid():
-        discovery_path(directory).unlink(missing_ok=True)
+        discovery_path(directory, simulated=simulated).unlink(missing_ok=True)
 
 
 def start_demo_or_connect(settings: Settings, *, directory: Path | None = None,
@@ -344,8 +464,9 @@ def start_demo_or_connect(settings: Settings, *, directory: Path | None = None,
         if server_answers(configured, timeout=probe_timeout_s) and (
                 explicit or _default_url_is_ours(configured)):
             connections.local_key = os.environ.get("GPUFLEET_KEY") or _read_key(directory / KEY_FILE)
-        elif (shared := _shared_server(directory, timeout=probe_timeout_s)) is not None:
-            connections.local_url, connections.local_key = shared
+        elif (running := _running_server(settings, directory, simulated=simulated,
+                                         timeout=probe_timeout_s)) is not None:
+            connections.local_url, connections.local_key = running
             connections.origin = "shared"
         else:
             _start_local_server(settings, directory, simulated=simulated, timeout=probe_timeout_s,

@@ -14,7 +14,8 @@ from typing import Literal
 
 from gpufleet.server.schemas import GpuInfo, GpuProcess, GpuStatusResponse, LoadedModel
 
-HISTORY_WINDOW_S = 15 * 60  # the detail screen's sparklines cover the last ~15 minutes
+HISTORY_WINDOW_S = 15 * 60  # the detail screen's graphs cover the last 15 minutes
+HISTORY_MIN = 64
 
 SortKey = Literal["node", "memory", "util", "temp", "power", "procs", "holder"]
 SORT_KEYS: tuple[SortKey, ...] = ("node", "memory", "util", "temp", "power", "procs", "holder")
@@ -24,20 +25,26 @@ class GpuHistory:
     """Ring buffers of one GPU's readings, one entry per poll, sized to the history window."""
 
     def __init__(self, maxlen: int) -> None:
-        self.util: deque[float] = deque(maxlen=maxlen)
-        self.memory_pct: deque[float] = deque(maxlen=maxlen)
-        self.power_w: deque[float] = deque(maxlen=maxlen)
-        self.temp_c: deque[float] = deque(maxlen=maxlen)
+        self.at: deque[float] = deque(maxlen=maxlen)  # when each reading arrived, POSIX seconds
+        # None: the GPU did not report it (drawn as a gap, never as a zero)
+        self.util: deque[float | None] = deque(maxlen=maxlen)
+        self.memory_mb: deque[float | None] = deque(maxlen=maxlen)
+        self.power_w: deque[float | None] = deque(maxlen=maxlen)
+        self.temp_c: deque[float | None] = deque(maxlen=maxlen)
 
-    def add(self, gpu: GpuInfo) -> None:
-        # An unsupported reading becomes 0 so the timeline keeps its spacing.
-        self.util.append(float(gpu.utilization.gpu_percent or 0))
-        self.memory_pct.append(float(gpu.memory.percent_used))
-        self.power_w.append(float(gpu.power_draw_w or 0.0))
-        self.temp_c.append(float(gpu.temperature_c or 0))
+    def add(self, gpu: GpuInfo, at: datetime) -> None:
+        self.at.append(at.timestamp())
+        self.util.append(_reading(gpu.utilization.gpu_percent))
+        self.memory_mb.append(None if gpu.lost else float(gpu.memory.used_mb))
+        self.power_w.append(_reading(gpu.power_draw_w))
+        self.temp_c.append(_reading(gpu.temperature_c))
 
     def __len__(self) -> int:
-        return len(self.util)
+        return len(self.at)
+
+
+def _reading(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass
@@ -127,7 +134,9 @@ class FleetState:
 
     def __init__(self, node_names: Iterable[str], *, refresh_s: float) -> None:
         self.nodes: dict[str, NodeState] = {name: NodeState(name) for name in node_names}
-        self.history_len = max(2, int(HISTORY_WINDOW_S / refresh_s) + 1)
+        self.refresh_s = refresh_s
+        # At least HISTORY_MIN readings: a slow refresh plus polls asked for (ctrl+r) still fill the window.
+        self.history_len = max(HISTORY_MIN, int(HISTORY_WINDOW_S / refresh_s) + 1)
         self.version = 0  # bumped on every change, so a screen can skip redundant redraws
 
     def apply_status(self, name: str, status: GpuStatusResponse, rtt_ms: float, at: datetime) -> None:
@@ -138,7 +147,7 @@ class FleetState:
             history = node.histories.get(gpu.index)
             if history is None:
                 history = node.histories[gpu.index] = GpuHistory(self.history_len)
-            history.add(gpu)
+            history.add(gpu, at)
         self.version += 1
 
     def apply_failure(self, name: str, error: str, at: datetime) -> None:

@@ -21,6 +21,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpufleet.server.api.simulated import HEADER as SIMULATED_HEADER
 from gpufleet.server.config import Limits, Pricing
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.server import HttpServer
@@ -28,6 +29,7 @@ from gpufleet.server.http.types import HttpError, Request, Response
 from gpufleet.server.schemas import KeyInfo
 
 if TYPE_CHECKING:
+    from gpufleet.server.app import ServerApp
     from gpufleet.server.auth import KeyResolver
     from gpufleet.server.store import MetricsStore
 
@@ -114,10 +116,14 @@ class AdminChannel:
     """
 
     def __init__(self, store: MetricsStore, db_path: Path, limits: Limits,
-                 resolver: KeyResolver | None = None, pricing: Pricing | None = None) -> None:
+                 resolver: KeyResolver | None = None, pricing: Pricing | None = None, *,
+                 holder: str = "serve", url: str | None = None) -> None:
+        """``holder`` (``serve`` or ``console``) and the server's ``url`` are told to whoever asks."""
         self._store = store
         self._resolver = resolver
         self._pricing = pricing or Pricing()
+        self.holder = holder
+        self.url = url
         self.db_path = db_path
         self.folder = admin_dir(db_path)
         self.socket_path = self.folder / SOCKET_NAME
@@ -177,7 +183,9 @@ class AdminChannel:
     # -- routes ---------------------------------------------------------------------------
 
     async def _info(self, request: Request) -> Response:
-        return Response.json({"pid": os.getpid(), "store": str(self.db_path.resolve())})
+        return Response.json({"pid": os.getpid(), "store": str(self.db_path.resolve()),
+                              "holder": self.holder, "url": self.url,
+                              "simulated": self._store.simulated is not None})
 
     async def _list(self, request: Request) -> Response:
         keys = await asyncio.to_thread(self._store.list_keys, request.query.get("account") or None)
@@ -199,11 +207,7 @@ class AdminChannel:
     async def _rotate(self, request: Request) -> Response:
         body = _fields(request, key=str, account=(str, type(None)))
         created = await _keys_call(self._store.rotate_key, body["key"], body["account"])
-        # The replaced key has another id: forget every revoked key of that name and account.
-        keys = await asyncio.to_thread(self._store.list_keys, created.info.account)
-        for info in keys:
-            if info.name == created.info.name and info.revoked_at is not None:
-                self._forget(info)
+        self._forget(created.info)  # the same key (id) with a new secret: the old one stops now
         log.info("admin channel: key %r of account %r rotated", created.info.name, created.info.account)
         return Response.json(created, headers=list(SECRET_HEADERS))
 
@@ -224,9 +228,10 @@ class AdminChannel:
             result = await asyncio.to_thread(method, account, start, end, self._pricing)
         except ReportRangeError as exc:
             raise HttpError(400, str(exc)) from None
+        marked = (SIMULATED_HEADER, "true" if self._store.simulated is not None else "false")
         if isinstance(result, str):
-            return Response.text(result, content_type="text/csv; charset=utf-8")
-        return Response.json(result)
+            return Response.text(result, content_type="text/csv; charset=utf-8", headers=[marked])
+        return Response.json(result, headers=[marked])
 
     def _forget(self, info: KeyInfo) -> None:
         if self._resolver is not None:
@@ -259,3 +264,22 @@ async def _keys_call(method: Any, *args: Any) -> Any:
         raise HttpError(409, str(exc)) from None
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
+
+
+async def start_admin_channel(app: ServerApp, store: MetricsStore, db_path: Path,
+                              holder: str) -> AdminChannel | None:
+    """The admin channel of the server ``holder`` (``serve`` or ``console``) runs, or None.
+
+    A folder that is not safe, or a system without Unix sockets, is a warning: the server
+    serves anyway, and ``keys``/``report`` then say that it must be stopped first.
+    """
+    admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver,
+                         pricing=app.settings.pricing, holder=holder, url=app.url)
+    try:
+        await admin.start()
+    except OSError as exc:
+        logging.getLogger("gpufleet.server").warning(
+            "admin channel not started (gpufleet keys and a local gpufleet report need "
+            "this %s stopped): %s", holder, exc)
+        return None
+    return admin

@@ -27,6 +27,7 @@ from gpufleet.server.admin import (
     connectable_path,
     open_private_dir,
 )
+from gpufleet.server.client import CsvReport, is_simulated
 from gpufleet.server.schemas import ChargebackReport, KeyCreated, KeyInfo
 
 TIMEOUT_S = 30.0
@@ -69,6 +70,7 @@ class AdminClient:
         except BaseException:
             self.close()
             raise
+        self._info: dict[str, Any] = served if isinstance(served, dict) else {}
         if server_pid is not None and served.get("pid") != server_pid:
             self.close()
             raise AdminUnavailableError(f"its admin socket is served by pid {served.get('pid')}, "
@@ -93,11 +95,18 @@ class AdminClient:
     @staticmethod
     def _answer(send: Any) -> Any:
         """The JSON answer; a 400's message as ValueError, anything else unusable as AdminUnavailableError."""
+        return _payload(AdminClient._response(send))
+
+    @staticmethod
+    def _response(send: Any) -> httpx.Response:
         try:
-            response = send()
+            return send()
         except httpx.HTTPError as exc:
             raise AdminUnavailableError(f"its admin channel did not answer: {exc}") from None
-        return _payload(response)
+
+    def info(self) -> dict[str, Any]:
+        """Who serves this socket: ``pid``, ``store``, ``holder`` (serve or console), ``url``, ``simulated``."""
+        return self._info
 
 
 def _payload(response: httpx.Response) -> Any:
@@ -151,11 +160,13 @@ class AdminReports(AdminClient):
     def chargeback(self, account: str, start: date, end: date) -> ChargebackReport:
         return ChargebackReport.model_validate(self._get(CHARGEBACK_PATH, _period(account, start, end)))
 
-    def chargeback_csv(self, account: str, start: date, end: date) -> str:
-        text = self._get(CHARGEBACK_PATH, {**_period(account, start, end), "format": "csv"})
+    def chargeback_csv(self, account: str, start: date, end: date) -> CsvReport:
+        params = {**_period(account, start, end), "format": "csv"}
+        response = self._response(lambda: self._client.get(CHARGEBACK_PATH, params=params))
+        text = _payload(response)
         if not isinstance(text, str):
             raise AdminUnavailableError("its admin channel did not answer with CSV")
-        return text
+        return CsvReport(text, is_simulated(response.headers))
 
 
 def _period(account: str, start: date, end: date) -> dict[str, str]:

@@ -22,12 +22,14 @@ from gpufleet.server.api.agents import AgentRoutes
 from gpufleet.server.api.chargeback import ChargebackRoutes
 from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.gpu import GpuRoutes
+from gpufleet.server.api.health import HealthRoutes
 from gpufleet.server.api.ingest import IngestRoutes
 from gpufleet.server.api.keys import KeyRoutes
 from gpufleet.server.api.validation import validate_batch
 from gpufleet.server.auth import KeyResolver, StoreKeyResolver
 from gpufleet.server.config import Settings
 from gpufleet.server.gpu.base import GpuBackend
+from gpufleet.server.http.forwarded import ClientAddresses, parse_networks
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.server import HttpServer
 from gpufleet.server.http.types import Request, Response
@@ -80,7 +82,9 @@ class ServerApp:
                                   limiter=RateLimiter(settings.rate_limits), store=store,
                                   purge=self.purge, now=clock)
         self.router = self._build_router()
-        self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings))
+        trusted = parse_networks(settings.server.trusted_proxies)
+        self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings),
+                               addresses=ClientAddresses(trusted))
         self._openapi: bytes | None = None
         self._sampler_task: asyncio.Task[None] | None = None
         self.samples_written = 0  # by the in-process sampler (tests and status lines read it)
@@ -97,6 +101,7 @@ class ServerApp:
             KeyRoutes(self.context).register(router)
         router.get("/v1/openapi.json", self._openapi_json, name="getOpenApi",
                    summary="This API's OpenAPI 3.1 document")
+        HealthRoutes(self.context).register(router)
         return router
 
     @property
@@ -167,6 +172,10 @@ class ServerApp:
         snapshot = sampler.last_snapshot
         hostname = (snapshot.node.hostname if snapshot else "") or socket.gethostname()
         inserted = 0
+        if samples and self.backend.simulated:  # marked before written: never unmarked
+            from gpufleet.server.store.simulated import SIMULATED_SAMPLER
+
+            await asyncio.to_thread(self.store.mark_simulated, SIMULATED_SAMPLER, now)
         if samples:
             rows = validate_batch(samples, max_samples=max(len(samples), 1), now=now)
             result = await self.store.writer.submit(account, rows, now)

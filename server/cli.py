@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "status": "gpufleet.server.commands.status",
     "keys": "gpufleet.server.commands.keys",
     "report": "gpufleet.server.commands.report",
+    "demo": "gpufleet.server.commands.demo",
 }
 DEFAULT_COMMAND = "console"
 

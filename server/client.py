@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from gpufleet.server.schemas import (
+    SIMULATED_HEADER,
     ChargebackReport,
     GpuMemoryResponse,
     GpuStatusResponse,
@@ -32,12 +33,26 @@ from gpufleet.server.schemas import (
     IngestResult,
     KeyCreated,
     PurgeResult,
+    SignalName,
+    SignalResult,
     format_utc,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 URL_ENV = "GPUFLEET_URL"
 KEY_ENV = "GPUFLEET_KEY"
+
+
+class CsvReport(NamedTuple):
+    """The chargeback CSV and whether its store holds simulated data (the response header)."""
+
+    text: str
+    simulated: bool
+
+
+def is_simulated(headers: Mapping[str, str]) -> bool:
+    """Whether a chargeback answer's headers say its store holds simulated data."""
+    return str(headers.get(SIMULATED_HEADER, "")).strip().lower() == "true"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 AuthStyle = Literal["bearer", "x-api-key", "none"]
@@ -96,7 +111,11 @@ class Forbidden(GpuFleetError):
 
 
 class NotFound(GpuFleetError):
-    """404: no such route (an older server?)."""
+    """404: no such route (an older server?), or no such thing (a PID that is not a GPU process)."""
+
+
+class Conflict(GpuFleetError):
+    """409: the server will not take this (simulated data sent to a store of real data)."""
 
 
 class PayloadTooLarge(GpuFleetError):
@@ -113,7 +132,16 @@ class RateLimited(GpuFleetError):
 
 
 class ServerError(GpuFleetError):
-    """5xx: the server failed; retry with back-off."""
+    """5xx: the server failed; retry with back-off (``retry_after`` seconds when it said)."""
+
+    def __init__(self, status: int | None, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
+        self.retry_after = parse_retry_after(self.headers.get("retry-after"))
+
+
+class InsufficientStorage(ServerError):
+    """507: the server's disk is full; nothing was stored, send the same request again later."""
 
 
 class ConnectionFailed(GpuFleetError):
@@ -129,9 +157,11 @@ _ERRORS_BY_STATUS: dict[int, type[GpuFleetError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    409: Conflict,
     408: RequestTimeout,
     413: PayloadTooLarge,
     429: RateLimited,
+    507: InsufficientStorage,
 }
 
 
@@ -218,15 +248,24 @@ def _purge_body(force: bool, gpu_indices: list[int] | None) -> dict[str, Any]:
     return body
 
 
+def _signal_call(pid: int, signal: SignalName) -> _Call:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
+        raise ValueError(f"pid must be a non-negative integer, not {pid!r}")
+    return _Call("POST", f"/v1/gpu/processes/{pid}/signal", "bearer", json_body={"signal": signal})
+
+
 class _ClientBase:
     def __init__(self, base_url: str | None, api_key: str | None,
-                 timeout: float | httpx.Timeout) -> None:
+                 timeout: float | httpx.Timeout, simulated: bool = False) -> None:
         self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get(KEY_ENV) or None
         self.timeout = timeout
+        self.simulated = simulated
 
     def _headers(self, call: _Call) -> dict[str, str]:
         headers = {"Accept": "application/json"}
+        if self.simulated:  # what this client sends is made up: a real store answers 409
+            headers[SIMULATED_HEADER] = "true"
         if call.json_body is not None or call.content is not None:
             headers["Content-Type"] = "application/json"
         if self.api_key and call.auth == "bearer":
@@ -273,8 +312,9 @@ class GpuFleetClient(_ClientBase):
 
     def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
                  timeout: float | httpx.Timeout = 5.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout)
+                 transport: httpx.BaseTransport | None = None, simulated: bool = False) -> None:
+        """``simulated``: every request says it carries simulated data (X-Gpufleet-Simulated)."""
+        super().__init__(base_url, api_key, timeout, simulated)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def __enter__(self) -> GpuFleetClient:
@@ -308,6 +348,10 @@ class GpuFleetClient(_ClientBase):
         call = _Call("POST", "/v1/gpu/purge", "bearer", json_body=_purge_body(force, gpu_indices))
         return self._model(call, PurgeResult)
 
+    def signal_process(self, pid: int, signal: SignalName = "TERM") -> SignalResult:
+        """Send TERM, INT or KILL to one GPU process of the node (404: not one now; 403: refused)."""
+        return self._model(_signal_call(pid, signal), SignalResult)
+
     def rotate_key(self) -> KeyCreated:
         return self._model(_Call("POST", "/v1/keys/rotate", "bearer"), KeyCreated)
 
@@ -330,8 +374,13 @@ class GpuFleetClient(_ClientBase):
         return self._model(call, ChargebackReport)
 
     def chargeback_csv(self, from_: date, to: date) -> str:
+        return self.chargeback_csv_report(from_, to).text
+
+    def chargeback_csv_report(self, from_: date, to: date) -> CsvReport:
+        """The CSV with the X-Gpufleet-Simulated answer (the columns cannot say it)."""
         call = _Call("GET", "/v1/chargeback/report", "x-api-key", _report_params(from_, to, "csv"))
-        return self._send(call).text
+        response = self._send(call)
+        return CsvReport(response.text, is_simulated(response.headers))
 
     def openapi(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/v1/openapi.json", "none")).json()
@@ -347,8 +396,9 @@ class AsyncGpuFleetClient(_ClientBase):
 
     def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
                  timeout: float | httpx.Timeout = 5.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout)
+                 transport: httpx.AsyncBaseTransport | None = None, simulated: bool = False) -> None:
+        """``simulated``: every request says it carries simulated data (X-Gpufleet-Simulated)."""
+        super().__init__(base_url, api_key, timeout, simulated)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncGpuFleetClient:
@@ -383,6 +433,9 @@ class AsyncGpuFleetClient(_ClientBase):
         call = _Call("POST", "/v1/gpu/purge", "bearer", json_body=_purge_body(force, gpu_indices))
         return await self._model(call, PurgeResult)
 
+    async def signal_process(self, pid: int, signal: SignalName = "TERM") -> SignalResult:
+        return await self._model(_signal_call(pid, signal), SignalResult)
+
     async def rotate_key(self) -> KeyCreated:
         return await self._model(_Call("POST", "/v1/keys/rotate", "bearer"), KeyCreated)
 
@@ -404,8 +457,13 @@ class AsyncGpuFleetClient(_ClientBase):
         return await self._model(call, ChargebackReport)
 
     async def chargeback_csv(self, from_: date, to: date) -> str:
+        return (await self.chargeback_csv_report(from_, to)).text
+
+    async def chargeback_csv_report(self, from_: date, to: date) -> CsvReport:
+        """The CSV with the X-Gpufleet-Simulated answer (the columns cannot say it)."""
         call = _Call("GET", "/v1/chargeback/report", "x-api-key", _report_params(from_, to, "csv"))
-        return (await self._send(call)).text
+        response = await self._send(call)
+        return CsvReport(response.text, is_simulated(response.headers))
 
     async def openapi(self) -> dict[str, Any]:
         return (await self._send(_Call("GET", "/v1/openapi.json", "none"))).json()

@@ -35,6 +35,9 @@ def state_dir() -> Path:
     return Path(platformdirs.user_state_dir(APP_NAME))
 
 
+SIMULATED_STORE = "gpufleet-simulated.duckdb"
+
+
 def default_config_path() -> Path:
     return config_dir() / "config.toml"
 
@@ -57,6 +60,10 @@ class Limits(Section):
     shutdown_grace_s: float = Field(default=10.0, ge=0)  # in-flight requests finish within this on SIGTERM
     close_linger_s: float = Field(default=1.0, ge=0)  # after an error response, drain unread input so the client sees it
     max_samples_per_batch: int = Field(default=10_000, ge=1)  # ingest bodies with more -> 400
+    max_json_depth: int = Field(default=32, ge=2)  # JSON bodies nested deeper (arrays + objects) -> 400
+    max_sample_age_days: int | None = Field(default=None, ge=1)  # retention: older samples -> 400 (never before 2000)
+    max_connections_per_address: int = Field(default=128, ge=1)  # per client address (not trusted proxies) -> 503
+    max_fold_lag_s: float = Field(default=120.0, gt=0)  # /readyz is 503 while the usage rollup is further behind
 
 
 class RateLimit(Section):
@@ -160,8 +167,31 @@ class ServerSettings(Section):
     heartbeat_interval_s: float = 300.0
     purge_settle_s: float = 5.0  # after-memory is read once it settles, within this bound
     simulate: bool = False  # serve the simulated fleet even when NVML finds GPUs
+    # simulated data's own store (the console's demo, serve --simulate without --db): never db_path
+    simulated_db_path: Path | None = None  # default: data_dir()/gpufleet-simulated.duckdb
+    # reverse proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed, for rate
+    # limits, the failed-auth limiter and the access log; they are exempt from the
+    # per-address connection cap (every client behind them shares their address)
+    trusted_proxies: list[str] = Field(default_factory=list)
 
-    def resolved_db_path(self) -> Path:
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        # GPUFLEET_SERVER__TRUSTED_PROXIES="10.0.0.5, 10.1.0.0/16"
+        return [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        from gpufleet.server.http.forwarded import parse_networks
+
+        parse_networks(value)
+        return [v.strip() for v in value]
+
+    def resolved_db_path(self, *, simulated: bool = False) -> Path:
+        """The store of real data, or with ``simulated`` the store simulated data goes to."""
+        if simulated:
+            return self.simulated_db_path or data_dir() / SIMULATED_STORE
         return self.db_path or data_dir() / "gpufleet.duckdb"
 
 

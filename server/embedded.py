@@ -16,6 +16,7 @@ from gpufleet.server.config import Settings
 from gpufleet.server.gpu.base import GpuBackend
 
 if TYPE_CHECKING:
+    from gpufleet.server.admin import AdminChannel
     from gpufleet.server.app import ServerApp
     from gpufleet.server.store import MetricsStore
 
@@ -36,8 +37,12 @@ class EmbeddedServer:
     def __init__(self, settings: Settings, *, backend: GpuBackend | None = None,
                  store: MetricsStore | None = None, db_path: Path | None = None,
                  key_resolver: KeyResolver | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 admin_holder: str | None = None) -> None:
+        """``admin_holder`` (e.g. ``console``): serve the store's admin channel, as ``serve`` does."""
         self.settings = settings
+        self._admin_holder = admin_holder
+        self.admin: AdminChannel | None = None
         self._clock = clock
         self._backend = backend
         self._store = store
@@ -100,8 +105,15 @@ class EmbeddedServer:
                                  key_resolver=self._resolver,
                                  **({"clock": self._clock} if self._clock is not None else {}))
             await self.app.start(host, port)
+            if self._admin_holder is not None and store is not None:
+                from gpufleet.server.admin import start_admin_channel
+
+                self.admin = await start_admin_channel(self.app, store, store.path,
+                                                       self._admin_holder)
             ready.set_result(self.app.url)
             await self._stopped.wait()
+            if self.admin is not None:
+                await self.admin.stop()
             await self.app.stop()
         finally:
             if self._owns_store and store is not None:

@@ -11,7 +11,19 @@ from pydantic.json_schema import models_json_schema
 from gpufleet.server import __version__
 from gpufleet.server.auth import ANY_KEY, INGEST, OPERATOR, READ
 from gpufleet.server.http.router import Route
-from gpufleet.server.schemas import MODELS_BY_NAME, ChargebackReport, ErrorBody, MetricSample
+from gpufleet.server.schemas import (
+    MODELS_BY_NAME,
+    SIMULATED_HEADER,
+    ChargebackReport,
+    ErrorBody,
+    Heartbeat,
+    HeartbeatResult,
+    HostsResponse,
+    IngestResult,
+    KeyCreated,
+    MetricSample,
+    ReadyStatus,
+)
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -23,13 +35,26 @@ _SCOPE_TEXT = {
     ANY_KEY: "any valid key",
 }
 _ERRORS = {
-    "400": "Invalid request body or parameters",
+    "400": "Invalid request body, parameters or HTTP framing",
     "401": "Missing or invalid API key",
     "403": "The key lacks the scope this endpoint requires",
+    "408": "The request (headers or body) did not arrive in time",
     "413": "Request body too large",
+    "415": "Content-Type must be application/json",
     "429": "Rate limit exceeded; see Retry-After and X-RateLimit-Reset",
+    "431": "Request header fields too large",
     "500": "Internal server error; retry with exponential back-off",
+    "503": "Unavailable now (too many connections, GPU backend or usage rollup); retry later",
+    "504": "The request took too long to process",
+    "507": "The store's disk is full; nothing was stored; retry after Retry-After",
+    "409": "Simulated data (X-Gpufleet-Simulated: true) sent to a server that stores real data only",
 }
+# What the HTTP layer may answer on any route, before or around its handler.
+_ANY_ROUTE = ("400", "408", "413", "431", "500", "503", "504")
+# Routes that write to the store, or read the usage rollup (a full disk stops its upkeep).
+_STORE_ROUTES = {IngestResult, HeartbeatResult, KeyCreated, ChargebackReport, HostsResponse}
+_PERIOD_RULE = ("`from` must not be after `to`, and the period is at most 366 days "
+                "(both dates inclusive, UTC)")
 _RATE_HEADERS = {
     "X-RateLimit-Limit": "Requests allowed per window",
     "X-RateLimit-Remaining": "Requests left in the current window",
@@ -44,7 +69,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _component_schemas() -> dict[str, Any]:
     # Request bodies in validation mode, the rest as sent; each model once, so no
     # "-Input"/"-Output" name suffixes.
-    requests = {"MetricSample", "PurgeRequest", "Heartbeat"}
+    requests = {"MetricSample", "PurgeRequest", "Heartbeat", "SignalRequest"}
     models = [(cls, "validation" if name in requests else "serialization")
               for name, cls in MODELS_BY_NAME.items()]
     _, top = models_json_schema(models, ref_template=_REF_TEMPLATE)
@@ -68,12 +93,15 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.response_model is ChargebackReport:
         params += [
             {"name": "from", "in": "query", "required": True,
-             "schema": {"type": "string", "format": "date"}, "description": "Start date (inclusive)"},
+             "schema": {"type": "string", "format": "date"},
+             "description": f"Start date (inclusive); {_PERIOD_RULE}"},
             {"name": "to", "in": "query", "required": True,
-             "schema": {"type": "string", "format": "date"}, "description": "End date (inclusive)"},
+             "schema": {"type": "string", "format": "date"},
+             "description": f"End date (inclusive); {_PERIOD_RULE}"},
             {"name": "format", "in": "query", "required": False,
              "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}},
         ]
+    params += _simulated_parameter(route)
     if params:
         op["parameters"] = params
     limited = getattr(route.handler, "rate_limit", None) is not None
@@ -86,22 +114,54 @@ def _operation(route: Route) -> dict[str, Any]:
         ok["headers"] = {name: {"description": text, "schema": {"type": "integer"}}
                          for name, text in _RATE_HEADERS.items()}
     responses: dict[str, Any] = {"200": ok}
-    wanted = ["500"]
-    if route.request_model is not None or route.response_model is ChargebackReport:
-        wanted += ["400", "413"]
+    wanted = list(_ANY_ROUTE)
+    if route.request_model is not None:
+        wanted.append("415")
+    if route.response_model in _STORE_ROUTES:
+        wanted.append("507")
+    notes = []
     if route.auth is not None:
         wanted += ["401", "403"]
         op["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
-        op["description"] = f"Requires {_SCOPE_TEXT.get(route.auth, route.auth)}."
+        notes.append(f"Requires {_SCOPE_TEXT.get(route.auth, route.auth)}.")
     else:
         op["security"] = []
+    if route.response_model is ChargebackReport:
+        notes.append(f"{_PERIOD_RULE[0].upper()}{_PERIOD_RULE[1:]}.")
+    if notes:
+        op["description"] = " ".join(notes)
     if limited:
         wanted.append("429")
+    _document_simulated(route, ok, wanted)
     for status in sorted(wanted):
         responses[status] = {"description": _ERRORS[status],
                              "content": _json_content(_ref(ErrorBody))}
+    if route.response_model is ReadyStatus:  # not ready: the same body, saying why
+        responses["503"] = {"description": "Not ready: `error` says which check failed",
+                            "content": _json_content(_ref(ReadyStatus))}
     op["responses"] = responses
     return op
+
+
+def _simulated_parameter(route: Route) -> list[dict[str, Any]]:
+    """Ingest and heartbeat take the header that marks simulated data."""
+    if route.request_model not in (MetricSample, Heartbeat):
+        return []
+    return [{"name": SIMULATED_HEADER, "in": "header", "required": False,
+             "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+             "description": "true: the body is simulated data; a server that stores real data "
+                            "only answers 409"}]
+
+
+def _document_simulated(route: Route, ok: dict[str, Any], wanted: list[str]) -> None:
+    """Chargeback answers say whether the store holds simulated data; marked ingest may get 409."""
+    if route.request_model in (MetricSample, Heartbeat):
+        wanted.append("409")
+    if route.response_model is ChargebackReport:
+        ok.setdefault("headers", {})[SIMULATED_HEADER] = {
+            "description": "true when the store holds simulated samples (the JSON's `simulated`; "
+                           "the CSV's columns are fixed, so this header says it)",
+            "schema": {"type": "string", "enum": ["true", "false"]}}
 
 
 def openapi_document(routes: list[Route], *, server_url: str | None = None) -> dict[str, Any]:

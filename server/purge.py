@@ -5,6 +5,12 @@ adapter is reported, not fatal); unload in adapter order (model servers before
 processes), skipping models in use unless forced; read memory after once it
 settles; compute status and a recommendation from what actually happened.
 Nothing here clears another process's CUDA cache, so no action claims to.
+
+The result tells what happened to memory, not what was attempted: its figures cover
+the GPUs asked for and every GPU an unloaded model also occupied (a model sharded
+over GPUs 0-3 frees all four when a purge of GPU 3 unloads it), ``gpus`` lists every
+GPU whose memory changed, and memory still held by a process afterwards makes the
+purge ``partial`` with the holders named, force or not.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from gpufleet.server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdap
 from gpufleet.server.schemas import (
     LoadedModel,
     MemorySummary,
+    PurgeGpuMemory,
     PurgeRequest,
     PurgeResult,
     mb_to_gb,
@@ -55,9 +62,11 @@ class _Outcome:
     expected_drop_mb: int = 0
     measure_failed: bool = False
     unloading: list[str] = field(default_factory=list)  # started and not yet returned
+    spanned: set[int] = field(default_factory=set)  # every GPU an unloaded model occupied
 
     def merge(self, other: _Outcome) -> None:
         self.unloading += other.unloading
+        self.spanned |= other.spanned
         self.actions += other.actions
         self.unloaded += other.unloaded
         self.errors += other.errors
@@ -173,7 +182,8 @@ class PurgeService:
         outcome.errors.append(reason)
         outcome.errors += [f"interrupted while unloading {label}: it may have been signalled"
                            for label in outcome.unloading]
-        result = self._result(progress.before, progress.before, progress.selected, outcome)
+        result = self._result(progress.before, progress.before, progress.selected, outcome,
+                              measured=False)
         return result.model_copy(update={
             "status": "partial" if outcome.actions or outcome.unloading else "error",
             "recommendation": INTERRUPTED_TEXT,
@@ -210,6 +220,8 @@ class PurgeService:
         outcome.unloading.remove(label)
         outcome.actions.append(action)
         outcome.unloaded.append(model.name)
+        outcome.spanned.update(model.gpu_indices or (
+            [model.gpu_index] if model.gpu_index is not None else []))
         outcome.expected_drop_mb += model.memory_mb or 0
 
     async def _after_snapshot(self, before: GpuSnapshot, selected: frozenset[int],
@@ -247,21 +259,34 @@ class PurgeService:
         return previous
 
     def _result(self, before: GpuSnapshot, after: GpuSnapshot, selected: frozenset[int],
-                outcome: _Outcome) -> PurgeResult:
-        freed_mb = max(_used_mb(before, selected) - _used_mb(after, selected), 0)
+                outcome: _Outcome, *, measured: bool = True) -> PurgeResult:
+        present = {g.index for g in before.gpus}
+        covered = selected | frozenset(i for i in outcome.spanned if i in present)
+        freed_mb = max(_used_mb(before, covered) - _used_mb(after, covered), 0)
         did_something = bool(outcome.actions) or freed_mb > 0
+        holders = _holders(after, covered) if measured and not outcome.measure_failed else ""
+        status = _status(outcome, did_something)
+        errors = list(outcome.errors)
+        if holders and status == "success":
+            # memory still held is never a success, whatever was unloaded and with force or not
+            # (with other errors the status is partial already and the recommendation names them)
+            status = "partial"
+            errors.append("GPU memory is still held after the purge: "
+                          + holders.removeprefix("Still holding GPU memory: ").rstrip("."))
         return PurgeResult(
-            status=_status(outcome, did_something),
+            status=status,
             timestamp=self._now(),
             actions=outcome.actions,
-            memory_before=_summary(before, selected),
-            memory_after=_summary(after, selected),
+            memory_before=_summary(before, covered),
+            memory_after=_summary(after, covered),
             memory_freed_gb=mb_to_gb(freed_mb),
             models_unloaded=outcome.unloaded,
-            errors=outcome.errors,
-            recommendation=_recommendation(outcome, after, selected),
+            errors=errors,
+            recommendation=_recommendation(outcome, holders),
             node=before.node,
             skipped=outcome.skipped,
+            gpu_indices=sorted(covered),
+            gpus=_changed(before, after, covered, self.settle_tolerance_mb),
         )
 
 
@@ -326,13 +351,30 @@ def _holders(after: GpuSnapshot, selected: frozenset[int]) -> str:
     return "Still holding GPU memory: " + ", ".join(named) + (f" and {more} more" if more > 0 else "") + "."
 
 
-def _recommendation(outcome: _Outcome, after: GpuSnapshot, selected: frozenset[int]) -> str:
-    holders = _holders(after, selected)
+def _changed(before: GpuSnapshot, after: GpuSnapshot, covered: frozenset[int],
+             tolerance_mb: int) -> list[PurgeGpuMemory]:
+    """Each GPU the figures cover, and every other GPU whose used memory moved past noise."""
+    used_after = {g.index: g.memory.used_mb for g in after.gpus}
+    changes = []
+    for gpu in before.gpus:
+        used_before = gpu.memory.used_mb
+        used = used_after.get(gpu.index, used_before)
+        if gpu.index in covered or abs(used_before - used) > tolerance_mb:
+            changes.append(PurgeGpuMemory(index=gpu.index, used_before_gb=mb_to_gb(used_before),
+                                          used_after_gb=mb_to_gb(used),
+                                          freed_gb=mb_to_gb(max(used_before - used, 0))))
+    return changes
+
+
+def _recommendation(outcome: _Outcome, holders: str) -> str:
     if not outcome.errors:
-        if outcome.unloaded:
-            return SUCCESS_TEXT
         if not holders:
+            if outcome.unloaded:
+                return SUCCESS_TEXT
             return "Nothing to unload: no runtime reported a loaded model and no process holds GPU memory."
+        if outcome.unloaded:
+            return (f"{holders} Stop them, or configure a runtime adapter that can unload them, "
+                    "to free that memory too.")
         return (f"Nothing to unload: no runtime reported a loaded model. {holders} "
                 "Configure a runtime adapter for them to purge them.")
     parts = [holders] if holders else []

@@ -19,7 +19,7 @@ from types import ModuleType
 import duckdb
 
 from gpufleet.server.fleet import Fleet, default_fleet, sample_data_dir
-from gpufleet.server.store import MetricsStore, usage_sql
+from gpufleet.server.store import MetricsStore, simulated, usage_sql
 from gpufleet.server.store.timeutil import epoch_us, from_db, to_db
 
 log = logging.getLogger("gpufleet.sample")
@@ -43,6 +43,15 @@ def _generator() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def sample_fleet_gpu_uuids(fleet: Fleet | None = None) -> list[str]:
+    """The UUIDs of the described fleet's GPUs: the sample data's, and the live simulated fleet's."""
+    from gpufleet.server.gpu.simulated import simulated_gpu_uuid
+
+    fleet = fleet or default_fleet()
+    return [simulated_gpu_uuid(fleet.seed, node.name, index)
+            for node in fleet.nodes for index in range(len(node.gpus))]
 
 
 def load_sample_month(store: MetricsStore, account: str, *, end: date | None = None,
@@ -117,6 +126,7 @@ def load_sample_month(store: MetricsStore, account: str, *, end: date | None = N
             )
         return int(inserted)
 
+    store.mark_simulated(simulated.SAMPLE_DATA)  # before the rows: never unmarked simulated data
     inserted = store.writer.call(load)
     log.info("sample month: %d rows for account %s", inserted, account)
     return inserted

@@ -46,6 +46,49 @@ def _as_utc(value: Any) -> Any:
     return value
 
 
+# Text every string field must be: no NUL (C strings and logs end there) and no lone
+# UTF-16 surrogate (``"\\udfff"`` parses in Python but is not Unicode text: the store
+# cannot hold it, and it used to stall the usage rollup).
+TEXT_RULE = "must not contain NUL or lone surrogate characters"
+
+
+def text_problem(value: str) -> bool:
+    """Whether ``value`` holds a NUL or a lone surrogate (one C-level pass, none for ASCII)."""
+    if "\x00" in value:
+        return True
+    if value.isascii():  # O(1) in CPython: a flag of the string
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _valid_text(value: Any) -> Any:
+    if isinstance(value, str) and text_problem(value):
+        raise ValueError(TEXT_RULE)
+    return value
+
+
+# A request's string: valid text (see TEXT_RULE); pair it with a max_length.
+ValidText = AfterValidator(_valid_text)
+
+# The longest string each sample field takes (maxLength in the OpenAPI document):
+# team_id and model_tag as documented; NVML's UUIDs and names are under 96 characters.
+SAMPLE_TEXT_MAX_CHARS: dict[str, int] = {
+    "gpu_uuid": 128, "gpu_name": 256, "job_id": 256, "team_id": 128, "model_tag": 128,
+}
+# No GPU telemetry predates this: an older sample timestamp is a clock or encoding error.
+OLDEST_SAMPLE_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _not_too_old(value: datetime) -> datetime:
+    if value < OLDEST_SAMPLE_TIME:
+        raise ValueError(f"timestamp must not be before {format_utc(OLDEST_SAMPLE_TIME)}")
+    return value
+
+
 def format_utc(value: datetime, *, millis: bool = False) -> str:
     """ISO-8601 in UTC with a trailing ``Z``, as the documents write timestamps."""
     value = _as_utc(value)
@@ -119,6 +162,9 @@ class GpuMemory(Value):
 class GpuUtilization(Value):
     gpu_percent: int | None = None
     memory_percent: int | None = None
+    # additive: the video engines (NVENC / NVDEC), percent; None = the GPU has none or won't say
+    encoder_percent: int | None = None
+    decoder_percent: int | None = None
 
 
 class MigDevice(Value):
@@ -129,6 +175,67 @@ class MigDevice(Value):
     name: str | None = None
     memory_total_mb: int | None = None
     memory_used_mb: int | None = None
+
+
+# GPU health (additive). Throttle reasons are NVML's clock event reasons, by name;
+# a newer driver's unknown bit is listed as "unknown_0x...".
+THROTTLE_REASON_NAMES: tuple[str, ...] = (
+    "gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown", "sync_boost",
+    "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
+    "display_clock_setting",
+)
+# The reasons that cost a working GPU speed it should have: heat and hardware protection.
+# A power cap, sync boost, idle or application clocks are listed but are not "throttling".
+THROTTLING_REASONS: frozenset[str] = frozenset({
+    "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
+})
+
+
+class GpuEcc(Value):
+    """ECC error counts; volatile since the driver loaded, aggregate over the GPU's life."""
+
+    volatile_corrected: int | None = None
+    volatile_uncorrected: int | None = None
+    aggregate_corrected: int | None = None
+    aggregate_uncorrected: int | None = None
+
+
+class GpuRetiredPages(Value):
+    """Page retirement (before Ampere): pages retired for ECC errors, and one waiting for a reset."""
+
+    single_bit_ecc: int | None = None  # retired after repeated corrected errors
+    double_bit_ecc: int | None = None  # retired after an uncorrected error
+    pending: bool | None = None  # a retirement takes effect at the next GPU reset
+
+
+class GpuRemappedRows(Value):
+    """Row remapping (Ampere and later), in place of page retirement."""
+
+    correctable: int  # rows remapped for corrected errors
+    uncorrectable: int  # rows remapped for uncorrected errors
+    pending: bool  # a remap takes effect at the next GPU reset
+    failed: bool  # a remap failed: the GPU needs service
+
+
+class GpuPcie(Value):
+    """The host link: throughput over NVML's 20 ms window, and the link's current and best shape."""
+
+    tx_kb_s: int | None = None  # KB/s (1 KB = 1024 bytes), GPU to host
+    rx_kb_s: int | None = None  # KB/s, host to GPU
+    link_gen: int | None = None
+    link_width: int | None = None  # lanes
+    max_link_gen: int | None = None  # a link below its max was trained down (riser, slot, power saving)
+    max_link_width: int | None = None
+
+
+XID_ERRORS_KEPT = 20  # a GPU's xid_errors lists its latest this many
+
+
+class XidError(Value):
+    """One XID error the driver reported for a GPU (``nvidia-smi`` and the kernel log number them)."""
+
+    xid: int
+    at: UtcDateTime
 
 
 class GpuInfo(Value):
@@ -151,6 +258,52 @@ class GpuInfo(Value):
     team_id: str | None = None  # who holds this GPU, when known
     model_tag: str | None = None
     lost: bool = False  # the driver reports "GPU is lost": every reading is None
+    # additive, health (issue 14); None = this GPU or driver does not report it
+    throttle_reasons: list[str] | None = None  # THROTTLE_REASON_NAMES; [] = full speed
+    ecc_errors: GpuEcc | None = None  # None also when ECC is off
+    retired_pages: GpuRetiredPages | None = None
+    remapped_rows: GpuRemappedRows | None = None
+    pcie: GpuPcie | None = None
+    xid_errors: list[XidError] | None = None  # since the server started, the latest XID_ERRORS_KEPT
+    xid_error_count: int | None = None  # all of them since the server started
+
+    @property
+    def throttling(self) -> bool:
+        """Clocks held down by heat or hardware protection now (see THROTTLING_REASONS)."""
+        return bool(self.throttle_reasons and THROTTLING_REASONS.intersection(self.throttle_reasons))
+
+    def health_problems(self) -> list[str]:
+        """What an operator should look at on this GPU, in words; [] when nothing is known wrong."""
+        problems: list[str] = []
+        if self.lost:
+            problems.append("GPU is lost")
+        if self.throttling:
+            reasons = [r for r in self.throttle_reasons or () if r in THROTTLING_REASONS]
+            problems.append("throttling: " + ", ".join(r.replace("_", " ") for r in reasons))
+        ecc = self.ecc_errors
+        if ecc is not None and ecc.volatile_uncorrected:
+            problems.append(f"{ecc.volatile_uncorrected} uncorrected ECC error(s) since driver load")
+        if self.retired_pages is not None and self.retired_pages.pending:
+            problems.append("page retirement pending: reset the GPU")
+        rows = self.remapped_rows
+        if rows is not None and rows.failed:
+            problems.append("row remapping failed: the GPU needs service")
+        elif rows is not None and rows.pending:
+            problems.append("row remapping pending: reset the GPU")
+        if self.xid_error_count:
+            last = self.xid_errors[-1].xid if self.xid_errors else None
+            problems.append(f"{self.xid_error_count} XID error(s)"
+                            + (f", last XID {last}" if last is not None else ""))
+        return problems
+
+
+class ProcessChild(Value):
+    """A descendant of a GPU process (additive): the short tree under it, as /proc shows it."""
+
+    pid: int
+    ppid: int
+    name: str
+    host_rss_mb: int | None = None
 
 
 class GpuProcess(Value):
@@ -168,6 +321,15 @@ class GpuProcess(Value):
     team_id: str | None = None  # whose process it is, when the backend knows (simulated)
     model_tag: str | None = None
     visible: bool = True  # False: the driver reports the PID but this host cannot see it
+    # additive (issue 14): the host's view of the process; None = unknown or not visible
+    cpu_percent: float | None = None  # of one CPU (may pass 100): since the previous snapshot,
+    #                                   on first sight its average since it started (as ps)
+    host_rss_mb: int | None = None  # resident host memory, MiB
+    started_at: UtcDateTime | None = None
+    elapsed_s: float | None = None  # running time at the snapshot
+    cgroup: str | None = None  # its cgroup path (cgroup v2, else the first v1 hierarchy)
+    container_id: str | None = None  # Docker, containerd, CRI-O or Podman ID when the cgroup names one
+    children: list[ProcessChild] | None = None  # descendants, nearest first (capped); [] = none
 
 
 class NodeInfo(Value):
@@ -180,6 +342,8 @@ class NodeInfo(Value):
     simulated: bool
     backend: Literal["nvml", "simulated"]
     gpufleet_version: str | None = None
+    # additive: which NVML process-list call this driver answers ("v3", "v2" or "v1")
+    nvml_process_api: str | None = None
 
 
 class LoadedModel(Value):
@@ -241,6 +405,7 @@ class GpuMemoryResponse(Value):
     timestamp: UtcDateTime
     memory: list[GpuMemoryEntry]
     node: NodeInfo | None = None
+    processes: list[GpuProcess] | None = None  # additive: what holds the memory, as in status
 
 
 class PurgeRequest(Value):
@@ -253,6 +418,15 @@ class MemorySummary(Value):
     used_gb: float
     total_gb: float
     percent_used: float
+
+
+class PurgeGpuMemory(Value):
+    """One GPU's memory around a purge (additive): every GPU whose memory changed."""
+
+    index: int
+    used_before_gb: float
+    used_after_gb: float
+    freed_gb: float
 
 
 class PurgeResult(Value):
@@ -268,6 +442,34 @@ class PurgeResult(Value):
     # additive
     node: NodeInfo | None = None
     skipped: list[str] = Field(default_factory=list)
+    # the GPUs the memory figures cover: those asked for, and every GPU an unloaded model
+    # also occupied; and every GPU of the node whose memory changed
+    gpu_indices: list[int] = Field(default_factory=list)
+    gpus: list[PurgeGpuMemory] = Field(default_factory=list)
+
+
+# gpufleet's own: POST /v1/gpu/processes/{pid}/signal
+SignalName = Literal["TERM", "INT", "KILL"]
+
+
+class SignalRequest(Value):
+    signal: SignalName
+
+
+class SignalResult(Value):
+    """A signal sent to one GPU process of this node (audited as the purge is)."""
+
+    status: Literal["success"] = "success"
+    timestamp: UtcDateTime
+    pid: int
+    signal: SignalName
+    name: str
+    user: str | None = None
+    command: str | None = None
+    gpu_indices: list[int]
+    memory_mb: int | None = None  # its GPU memory on all those GPUs when signalled
+    message: str
+    node: NodeInfo | None = None
 
 
 # --------------------------------------------------------------------------
@@ -319,6 +521,11 @@ OPTIONAL_SAMPLE_FIELDS: tuple[str, ...] = (
 )
 
 
+def _sample_text(name: str, min_length: int | None = None) -> Any:
+    return Annotated[str, Field(min_length=min_length, max_length=SAMPLE_TEXT_MAX_CHARS[name]),
+                     ValidText]
+
+
 class MetricSample(Value):
     """One GPU reading as the agent posts it. Ranges are the documented ones.
 
@@ -329,24 +536,26 @@ class MetricSample(Value):
     gpu_fraction (see its description).
     """
 
-    timestamp: UtcDateTime
+    timestamp: Annotated[UtcDateTime, AfterValidator(_not_too_old), Field(
+        description="UTC; not before 2000-01-01T00:00:00Z (nor the server's retention, "
+                    "limits.max_sample_age_days), at most 5 minutes in the future")]
     gpu_index: Annotated[int, Field(ge=0, le=2**31 - 1)]  # stored as INTEGER
-    gpu_uuid: Annotated[str, Field(min_length=1)]
+    gpu_uuid: _sample_text("gpu_uuid", 1)  # type: ignore[valid-type]
     power_draw_w: Annotated[float, Field(ge=0, le=1500)]
     utilization_gpu_pct: Annotated[float, Field(ge=0, le=100)]
     utilization_memory_pct: Annotated[float, Field(ge=0, le=100)]
     temperature_c: Annotated[float, Field(ge=0, le=120)]
     memory_used_mb: Annotated[float, Field(ge=0)]
-    gpu_name: str | None = None
+    gpu_name: _sample_text("gpu_name") | None = None  # type: ignore[valid-type]
     power_limit_w: Annotated[float, Field(ge=0)] | None = None
     energy_delta_j: Annotated[float, Field(ge=0)] | None = None
     fan_speed_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     memory_total_mb: Annotated[float, Field(ge=0)] | None = None
     sm_clock_mhz: Annotated[float, Field(ge=0)] | None = None
     memory_clock_mhz: Annotated[float, Field(ge=0)] | None = None
-    job_id: str | None = None
-    team_id: Annotated[str, Field(max_length=128)] | None = None
-    model_tag: Annotated[str, Field(max_length=128)] | None = None
+    job_id: _sample_text("job_id") | None = None  # type: ignore[valid-type]
+    team_id: _sample_text("team_id") | None = None  # type: ignore[valid-type]
+    model_tag: _sample_text("model_tag") | None = None  # type: ignore[valid-type]
     scheduler_source: SchedulerSource | None = None
     # additive: shared GPUs
     gpu_fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(default=None, description=GPU_FRACTION_TEXT)
@@ -368,9 +577,9 @@ class IngestHealth(Value):
 
 
 class Heartbeat(Value):
-    agent_version: Annotated[str, Field(min_length=1, max_length=64)]
+    agent_version: Annotated[str, Field(min_length=1, max_length=64), ValidText]
     gpu_count: Annotated[int, Field(ge=0, le=1024)]
-    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+    hostname: Annotated[str, Field(min_length=1, max_length=255), ValidText]
 
 
 class HeartbeatResult(Value):
@@ -463,6 +672,14 @@ class ChargebackReport(Value):
     generated_at: UtcDateTimeMillis
     summary: ReportSummary
     teams: list[TeamUsage]
+    # additive: the store holds simulated samples (demo, --simulate), so these figures are
+    # not billable; the CSV form says it in the X-Gpufleet-Simulated response header
+    simulated: bool = False
+
+
+# On ingest and heartbeat requests: "true" marks simulated data (a store of real data answers
+# 409). On every chargeback answer: "true" or "false", whether the store holds simulated data.
+SIMULATED_HEADER = "X-Gpufleet-Simulated"
 
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -498,8 +715,15 @@ class ChargebackCsvRow(Value):
 Scope = Literal["operator", "ingest", "read"]
 
 
+class KeyRotation(Value):
+    """One rotation of a key: when, and the prefix of the secret it retired."""
+
+    rotated_at: UtcDateTime
+    old_prefix: str
+
+
 class KeyInfo(Value):
-    """A key as listed: never its secret."""
+    """A key as listed: never its secret. Its id and name stay the same across rotations."""
 
     id: str
     name: str
@@ -509,6 +733,8 @@ class KeyInfo(Value):
     created_at: UtcDateTime
     last_used_at: UtcDateTime | None = None
     revoked_at: UtcDateTime | None = None
+    # additive: every rotation of this key, oldest first
+    rotations: list[KeyRotation] = Field(default_factory=list)
 
 
 class KeyCreated(Value):
@@ -518,12 +744,38 @@ class KeyCreated(Value):
     info: KeyInfo
 
 
+# --------------------------------------------------------------------------
+# Probes (gpufleet's own): /healthz, /readyz
+# --------------------------------------------------------------------------
+
+
+class HealthStatus(Value):
+    """``GET /healthz``: the process answers."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyChecks(Value):
+    store_writable: bool  # disk space left, and no write refused for want of it lately
+    writer_alive: bool
+    fold_lag_s: float  # how long acknowledged samples have waited for the usage rollup
+
+
+class ReadyStatus(Value):
+    """``GET /readyz``: 200 when ready; 503 with ``error`` saying which check failed."""
+
+    status: Literal["ready", "not ready"]
+    checks: ReadyChecks | None = None  # None on a node without a store
+    error: str | None = None
+
+
 # Request and response models the OpenAPI document lists, by route.
 MODELS_BY_NAME: dict[str, type[BaseModel]] = {
     cls.__name__: cls
     for cls in (
         ErrorBody, GpuStatusResponse, GpuMemoryResponse, PurgeRequest, PurgeResult,
+        SignalRequest, SignalResult,
         MetricSample, IngestResult, IngestHealth, Heartbeat, HeartbeatResult, HostsResponse,
-        ChargebackReport, ChargebackCsvRow, KeyCreated, KeyInfo,
+        ChargebackReport, ChargebackCsvRow, KeyCreated, KeyInfo, HealthStatus, ReadyStatus,
     )
 }

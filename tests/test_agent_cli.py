@@ -52,7 +52,7 @@ def agent(tmp_path: Path, *args: str, pythonpath: str | None = None) -> subproce
 def test_once_with_no_server_listening_spools_the_sample_and_exits_non_zero(tmp_path: Path) -> None:
     done = agent(tmp_path, "--server", free_url(), "--once", "--simulate")
     assert done.returncode == 1, done.stderr
-    assert sum(p.stat().st_size for p in (tmp_path / "spool").glob("seg-*.log")) > 0
+    assert sum(p.stat().st_size for p in (tmp_path / "spool").rglob("seg-*.log")) > 0
     (line,) = [line for line in done.stderr.splitlines() if "not delivered" in line]
     assert "ERROR" in line and "stay in the spool" in line and "next run" in line
     assert "connect" in line.lower()  # why: nothing listens
@@ -72,7 +72,7 @@ def test_without_simulate_an_agent_on_a_node_without_gpus_refuses_to_start(tmp_p
     assert done.returncode == 2, done.stderr
     assert "no GPU to sample: NVML loaded but found no NVIDIA GPU" in done.stderr
     assert "--simulate" in done.stderr
-    assert list((tmp_path / "spool").glob("seg-*.log")) == []  # nothing made up, nothing spooled
+    assert list((tmp_path / "spool").rglob("seg-*.log")) == []  # nothing made up, nothing spooled
     assert "simulated node" not in done.stderr
 
 

@@ -11,7 +11,8 @@ EXPECTED = {
     ("get", "/v1/gpu/status"), ("get", "/v1/gpu/memory"), ("post", "/v1/gpu/purge"),
     ("get", "/v1/metrics/ingest"), ("post", "/v1/metrics/ingest"),
     ("get", "/v1/chargeback/report"), ("post", "/v1/agent/heartbeat"), ("get", "/v1/agent/hosts"),
-    ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"),
+    ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"), ("get", "/healthz"),
+    ("get", "/readyz"),
 }
 
 
@@ -76,7 +77,34 @@ async def test_storeless_node_documents_only_the_operator_api() -> None:
     async with running_app() as srv:
         doc = (await srv.http.get("/v1/openapi.json")).json()
     assert set(doc["paths"]) == {"/v1/gpu/status", "/v1/gpu/memory", "/v1/gpu/purge",
-                                 "/v1/openapi.json"}
+                                 "/v1/openapi.json", "/healthz", "/readyz"}
+
+
+async def test_every_status_a_route_answers_is_listed(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        doc = (await srv.http.get("/v1/openapi.json")).json()
+    paths = doc["paths"]
+    for ops in paths.values():
+        for op in ops.values():
+            # what the HTTP layer answers on any route
+            assert {"400", "408", "413", "431", "500", "503", "504"} <= set(op["responses"])
+    ingest = paths["/v1/metrics/ingest"]["post"]["responses"]
+    assert {"415", "507", "401", "403", "429"} <= set(ingest)
+    assert "415" in paths["/v1/agent/heartbeat"]["post"]["responses"]
+    assert "415" in paths["/v1/gpu/purge"]["post"]["responses"]
+    assert "507" in paths["/v1/chargeback/report"]["get"]["responses"]
+    assert "507" not in paths["/v1/gpu/status"]["get"]["responses"]
+    ready = paths["/readyz"]["get"]
+    assert ready["security"] == [] and paths["/healthz"]["get"]["security"] == []
+    assert ready["responses"]["503"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/ReadyStatus"}
+    report = paths["/v1/chargeback/report"]["get"]
+    assert "`from` must not be after `to`" in report["description"]
+    schemas = doc["components"]["schemas"]
+    sample = schemas["MetricSample"]["properties"]
+    assert sample["gpu_uuid"]["maxLength"] == 128
+    assert sample["team_id"]["anyOf"][0]["maxLength"] == 128
+    assert schemas["Heartbeat"]["properties"]["hostname"]["maxLength"] == 255
 
 
 async def test_shared_gpu_fields_are_described(tmp_path: Path) -> None:

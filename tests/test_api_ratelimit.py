@@ -155,16 +155,18 @@ async def test_bad_keys_are_limited_per_address_on_unlimited_routes_too(tmp_path
                                      headers={"X-API-Key": f"gpf_guess_{i}"})).status_code
                  for i in range(4)]
         assert codes == [401, 401, 401, 429]
-        assert len(lookups) == 3  # the bucket was empty: the fourth guess was not looked up
+        assert len(lookups) == 4  # still looked up: had it been valid, it would be served
         refused = await srv.http.get("/v1/gpu/memory", headers={"X-API-Key": "gpf_guess_5"})
         assert refused.status_code == 429
         retry_after = int(refused.headers["retry-after"])
         assert 1 <= retry_after <= 1200  # one token back: an hour / 3
         assert refused.json() == {"error": "Rate limit exceeded: 3 requests per hour. "
                                            f"Retry after {retry_after} s"}
-        assert len(lookups) == 3, "a guess past the limit must not reach the store"
         # The operator's key proved valid before: others' failures do not lock it out.
         assert (await srv.http.get("/v1/gpu/status", headers=operator)).status_code == 200
+        # Nor does a valid key this address never used before (a new agent behind the same NAT).
+        fresh = srv.auth("read")
+        assert (await srv.http.get("/v1/agent/hosts", headers=fresh)).status_code == 200
         # No key at all is a plain 401: nothing was looked up, nothing to limit.
         assert (await srv.http.get("/v1/gpu/status")).status_code == 401
 

@@ -20,6 +20,8 @@ from gpufleet.console import embedded
 from gpufleet.console.embedded import (
     DISCOVERY_FILE,
     KEY_FILE,
+    SIMULATED_DISCOVERY_FILE,
+    SIMULATED_KEY_FILE,
     discovery_path,
     server_answers,
     start_demo_or_connect,
@@ -41,6 +43,7 @@ def refused_url() -> Iterator[str]:
 def console_settings(tmp_path: Path, local_url: str) -> Settings:
     return Settings().with_overrides({
         "server.db_path": str(tmp_path / "console.duckdb"),
+        "server.simulated_db_path": str(tmp_path / "demo.duckdb"),
         "console.local_server_url": local_url,
         "sampler.enabled": False,
     })
@@ -57,11 +60,13 @@ def test_first_console_starts_a_server_and_a_second_reuses_it(tmp_path: Path, re
     try:
         assert first.origin == "embedded" and first.simulated
         assert first.local_url.startswith("http://127.0.0.1:") and first.local_url != refused_url
-        discovery = json.loads((data / DISCOVERY_FILE).read_text())
+        discovery = json.loads((data / SIMULATED_DISCOVERY_FILE).read_text())
         assert discovery["url"] == first.local_url and discovery["pid"] == os.getpid()
-        assert mode_of(data / DISCOVERY_FILE) == 0o600
-        assert mode_of(data / KEY_FILE) == 0o600
-        assert first.local_key not in (data / DISCOVERY_FILE).read_text()  # only the key's path
+        assert discovery["store"] == str(tmp_path / "demo.duckdb") and discovery["simulated"]
+        assert mode_of(data / SIMULATED_DISCOVERY_FILE) == 0o600
+        assert mode_of(data / SIMULATED_KEY_FILE) == 0o600
+        assert first.local_key not in (data / SIMULATED_DISCOVERY_FILE).read_text()  # only the key's path
+        assert not (data / DISCOVERY_FILE).exists() and not (tmp_path / "console.duckdb").exists()
         with GpuFleetClient(first.local_url, api_key=first.local_key) as client:
             today = datetime.now(UTC).date()
             report = client.chargeback_report(today - timedelta(days=30), today)
@@ -73,10 +78,10 @@ def test_first_console_starts_a_server_and_a_second_reuses_it(tmp_path: Path, re
         assert (second.local_url, second.local_key) == (first.local_url, first.local_key)
         second.stop()  # the second console quits: the first one's server carries on
         assert server_answers(first.local_url)
-        assert discovery_path(data).exists()
+        assert discovery_path(data, simulated=True).exists()
     finally:
         first.stop()
-    assert not discovery_path(data).exists()
+    assert not discovery_path(data, simulated=True).exists()
     assert not server_answers(first.local_url)
 
 

@@ -141,8 +141,12 @@ class LiveServer:
 HEARTBEATS = {"gpu-node-01": 1, "gpu-node-02": 12, "gpu-node-03": 180}
 
 
-def start_live_server(directory: Path) -> tuple[LiveServer, Callable[[], None]]:
-    """A real server on 127.0.0.1:0 over a DuckDB file in ``directory``, loaded through its API."""
+def start_live_server(directory: Path, *, simulate: bool = False) -> tuple[LiveServer, Callable[[], None]]:
+    """A real server on 127.0.0.1:0 over a DuckDB file in ``directory``, loaded through its API.
+
+    ``simulate``: a server over simulated data (as the console's demo store), which takes
+    what the demo nodes send marked simulated.
+    """
     from datetime import timedelta
 
     from gpufleet.server.client import GpuFleetClient
@@ -154,7 +158,7 @@ def start_live_server(directory: Path) -> tuple[LiveServer, Callable[[], None]]:
 
     settings = Settings().with_overrides({
         "server.host": "127.0.0.1", "server.port": 0, "server.db_path": str(directory / "t.duckdb"),
-        "server.heartbeat_interval_s": 300, "sampler.enabled": False})
+        "server.heartbeat_interval_s": 300, "sampler.enabled": False, "server.simulate": simulate})
     store = MetricsStore.open(settings.server.resolved_db_path())
     key = store.create_key("console-test", ["operator", "ingest", "read"], ACCOUNT).key
     clock = SettableClock(FROZEN_NOW)
@@ -177,9 +181,10 @@ def start_live_server(directory: Path) -> tuple[LiveServer, Callable[[], None]]:
     return LiveServer(url, key, clock), stop
 
 
-def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def serve_module(tmp_path_factory: pytest.TempPathFactory, *,
+                 simulate: bool = False) -> Iterator[LiveServer]:
     """The body of each test module's module-scoped ``live_server`` fixture."""
-    server, stop = start_live_server(tmp_path_factory.mktemp("console-data"))
+    server, stop = start_live_server(tmp_path_factory.mktemp("console-data"), simulate=simulate)
     try:
         yield server
     finally:

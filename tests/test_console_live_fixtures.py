@@ -109,10 +109,12 @@ def all_polled(app: GpuFleetApp, polls: int = 1) -> bool:
 class EmbeddedFleet:
     """Simulated nodes in background threads, for snapshot tests (snap_compare runs its own loop)."""
 
-    def __init__(self, count: int, runtimes: list[RuntimeSettings] | None = None) -> None:
+    def __init__(self, count: int, runtimes: list[RuntimeSettings] | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.settings = node_settings(runtimes)
         self.servers: dict[str, EmbeddedServer] = {}
-        self.backends = {b.node_name: b for b in simulated_backends(count, clock=lambda: FROZEN)}
+        backends = simulated_backends(count, clock=clock or (lambda: FROZEN))
+        self.backends = {b.node_name: b for b in backends}
         self.targets: list[NodeTarget] = []
         for name, backend in self.backends.items():
             server = EmbeddedServer(self.settings, backend=backend,

@@ -90,12 +90,6 @@ def test_fleet_filtered_and_sorted(snap_compare, fresh: EmbeddedFleet, size: tup
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_detail(snap_compare, fresh: EmbeddedFleet, size: tuple[int, int]) -> None:
-    assert snap_compare(app_for(fresh), terminal_size=size,
-                        run_before=polled_then(cursor_to((H100, 6)), press("enter")))
-
-
-@pytest.mark.parametrize("size", SIZES)
 def test_purge_confirmation(snap_compare, fresh: EmbeddedFleet, size: tuple[int, int]) -> None:
     assert snap_compare(app_for(fresh), terminal_size=size,
                         run_before=polled_then(cursor_to((H100, None)), press("p")))

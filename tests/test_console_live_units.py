@@ -10,10 +10,9 @@ import pytest
 
 from gpufleet.console.config import ConsoleConfigError, Secret, TokenError, load_token, node_targets
 from gpufleet.console.poller import describe_error
-from gpufleet.console.state import FleetState
+from gpufleet.console.state import HISTORY_MIN, FleetState
 from gpufleet.console.widgets.format import ago, level
 from gpufleet.console.widgets.memory_bar import bar_text
-from gpufleet.console.widgets.sparklines import bar_rows, columns
 from gpufleet.server.client import ConnectionFailed, Forbidden, RequestTimeout
 from gpufleet.server.config import NodeSettings, Settings
 from gpufleet.server.gpu.simulated import simulated_backends
@@ -113,9 +112,9 @@ def test_failure_keeps_last_readings_and_history_is_bounded(fleet: FleetState) -
     assert fleet.history_len == 451
     small = FleetState(["a"], refresh_s=600)
     backend = simulated_backends(1, clock=lambda: T0)[0]
-    for _ in range(5):
+    for _ in range(small.history_len + 5):
         small.apply_status("a", _status(backend), 1.0, T0)
-    assert len(small.nodes["a"].histories[0]) == small.history_len == 2
+    assert len(small.nodes["a"].histories[0]) == small.history_len == HISTORY_MIN
 
 
 def test_formatting_helpers() -> None:
@@ -125,7 +124,4 @@ def test_formatting_helpers() -> None:
     assert level(50, (70, 90)) == "ok" and level(75, (70, 90)) == "warn" and level(95, (70, 90)) == "crit"
     used, free = bar_text(0.5, 10)
     assert len(used) + len(free) == 10 and used == "█████"
-    assert columns([1, 2, 3], 10) == [1, 2, 3]
-    assert len(columns(list(range(100)), 10)) == 10
-    # 0 %, 50 % and 100 % on a two-row chart, right-aligned in five columns.
-    assert bar_rows([0, 50, 100], 5, 2, 100) == ["    █", "   ██"]
+

@@ -1,13 +1,12 @@
-"""Text the console's screens build from server answers: purge results and sparkline titles."""
+"""Text the console's screens build from server answers: purge results and the detail's facts."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
 
-from gpufleet.console.screens.detail import gpu_facts
 from gpufleet.console.screens.purge import describe_result
-from gpufleet.console.widgets.sparklines import CAPTION_WIDTH, caption
+from gpufleet.console.widgets.gpu_facts import clocks_line
 from gpufleet.server.gpu.simulated import simulated_backends
 from gpufleet.server.schemas import MemorySummary, PurgeResult
 
@@ -56,16 +55,26 @@ def test_errors_without_skips_are_all_shown() -> None:
     assert len(section(lines, "Errors:")) == 2
 
 
-def test_sparkline_captions_carry_units_on_both_figures_and_fit() -> None:
-    assert caption([250.4, 288.0, 256.2], " W") == "now 256 W max 288 W"
-    assert caption([40, 78], "°C") == "now 78°C max 78°C"
-    assert caption([], " W") == "now — max —"
-    widest = caption([1000.0], " W")
-    assert len(widest) < CAPTION_WIDTH  # a 1 kW GPU's caption is not cut
-
-
-def test_detail_facts_give_power_with_units() -> None:
+def test_detail_facts_give_clocks_with_units_in_one_line() -> None:
     gpu = simulated_backends(1, clock=lambda: T0)[0].snapshot().gpus[0]
-    facts = gpu_facts(gpu)
-    power = next(line for line in facts.splitlines() if "Power" in line)
-    assert re.search(r"\d W of \d+ W$", power), power
+    facts = clocks_line(gpu)
+    assert "\n" not in facts
+    assert re.search(r"SM \d+ MHz · mem \d+ MHz · P-state P\d+ · fan (\d+%|—) · MIG off · mem util \d+%", facts), facts
+
+
+def test_the_purge_plan_says_what_else_a_sharded_model_frees() -> None:
+    from gpufleet.console.screens.purge import describe_plan
+    from gpufleet.console.state import NodeState
+    from gpufleet.server.gpu.simulated import SimulatedBackend
+    from gpufleet.server.schemas import GpuStatusResponse
+
+    backend = SimulatedBackend("dgx-h100-01")  # qwen-3.5-27b is sharded over GPUs 6 and 7
+    snap = backend.snapshot()
+    status = GpuStatusResponse(timestamp=T0, gpus=list(snap.gpus), processes=list(snap.processes),
+                               total_gpus=len(snap.gpus), node=snap.node, models=backend.loaded_models())
+    node = NodeState(name="dgx-h100-01", status=status, reachable=True)
+    text = "\n".join(describe_plan(node, [7], force=True))
+    assert "qwen-3.5-27b (simulated, GPUs 6,7," in text
+    assert "also frees GPU 6" in text
+    assert "also frees" not in "\n".join(describe_plan(node, None, force=True))
+    assert "also frees" not in "\n".join(describe_plan(node, [6, 7], force=True))

@@ -34,6 +34,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     yield from serve_module(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server over simulated data, like the console's demo store: demo nodes report there."""
+    yield from serve_module(tmp_path_factory, simulate=True)
+
+
 class GatedSource:
     """A DataSource whose chargeback answers wait for ``gate``: the table is still loading meanwhile."""
 
@@ -191,26 +197,26 @@ def demo_host(server: LiveServer, hostname: str) -> HostInfo:
         return next(h for h in client.hosts().hosts if h.hostname == hostname)
 
 
-def test_one_demo_heartbeat_round_advances_last_seen(live_server: LiveServer) -> None:
-    beats = DemoHeartbeats(live_server.url, live_server.key, [DemoHost("demo-node-01", 8)],
+def test_one_demo_heartbeat_round_advances_last_seen(demo_server: LiveServer) -> None:
+    beats = DemoHeartbeats(demo_server.url, demo_server.key, [DemoHost("demo-node-01", 8)],
                            interval_s=300)
     earlier = FROZEN_NOW - timedelta(minutes=30)
-    live_server.clock.now = earlier  # the server stamps heartbeats with its own clock
+    demo_server.clock.now = earlier  # the server stamps heartbeats with its own clock
     try:
         assert beats.beat_once() == 1
-        first = demo_host(live_server, "demo-node-01")
+        first = demo_host(demo_server, "demo-node-01")
         assert (first.last_heartbeat, first.agent_version, first.gpu_count) == (earlier, "simulated", 8)
-        live_server.clock.now = FROZEN_NOW
+        demo_server.clock.now = FROZEN_NOW
         assert beats.beat_once() == 1
     finally:
-        live_server.clock.now = FROZEN_NOW
-    again = demo_host(live_server, "demo-node-01")
+        demo_server.clock.now = FROZEN_NOW
+    again = demo_host(demo_server, "demo-node-01")
     assert again.last_heartbeat == FROZEN_NOW > first.last_heartbeat
     assert again.status == "alive"
 
 
-def test_demo_heartbeats_keep_beating_until_stopped(live_server: LiveServer) -> None:
-    beats = DemoHeartbeats(live_server.url, live_server.key, [DemoHost("demo-node-02", 2)],
+def test_demo_heartbeats_keep_beating_until_stopped(demo_server: LiveServer) -> None:
+    beats = DemoHeartbeats(demo_server.url, demo_server.key, [DemoHost("demo-node-02", 2)],
                            interval_s=0.01)  # raised to the 1 s floor
     assert beats.interval_s == 1.0
     beats.start()
@@ -224,6 +230,18 @@ def test_demo_heartbeats_keep_beating_until_stopped(live_server: LiveServer) -> 
     stopped_at = beats.beats
     assert beats._thread is None
     assert beats.beat_once() == 1 and beats.beats == stopped_at + 1  # rounds only when asked now
+
+
+def test_demo_heartbeats_never_reach_a_server_of_real_data(caplog: pytest.LogCaptureFixture,
+                                                           live_server: LiveServer) -> None:
+    beats = DemoHeartbeats(live_server.url, live_server.key, [DemoHost("demo-node-04", 1)],
+                           interval_s=60)
+    assert beats.beat_once() == 0
+    assert "stores real data only" in caplog.text
+    from gpufleet.server.client import GpuFleetClient
+
+    with GpuFleetClient(live_server.url, api_key=live_server.key) as client:
+        assert "demo-node-04" not in {h.hostname for h in client.hosts().hosts}
 
 
 def test_a_failed_heartbeat_is_logged_not_raised(caplog: pytest.LogCaptureFixture,

@@ -186,7 +186,7 @@ async def wait_for_connections(server: HttpServer, count: int) -> None:
 
 
 async def test_200_idle_connections_do_not_stop_a_real_request() -> None:
-    limits = FAST.model_copy(update={"max_connections": 250})
+    limits = FAST.model_copy(update={"max_connections": 250, "max_connections_per_address": 250})
     async with running_server(limits) as server:
         assert server.address is not None
         idle = [await asyncio.open_connection(*server.address) for _ in range(200)]

@@ -218,7 +218,7 @@ async def test_middleware_wraps_matched_routes_and_sets_the_key_name_for_the_acc
     assert allowed.status_code == 201
     lines = [r.getMessage() for r in caplog.records if r.name == "gpufleet.access"]
     assert len(lines) == 1
-    assert lines[0].startswith("POST /items 201 ")
+    assert lines[0].startswith("127.0.0.1 POST /items 201 ")
     assert lines[0].endswith(" ops-laptop")
     assert SECRET not in caplog.text
 
@@ -231,11 +231,11 @@ async def test_access_log_has_one_line_per_request_without_query_string(
             await client.get("/nope")
     lines = [r.getMessage() for r in caplog.records if r.name == "gpufleet.access"]
     assert len(lines) == 2
-    method, path, status, nbytes, elapsed, key = lines[0].split(" ")
-    assert (method, path, status, key) == ("GET", "/hello", "200", "-")
+    client, method, path, status, nbytes, elapsed, key = lines[0].split(" ")
+    assert (client, method, path, status, key) == ("127.0.0.1", "GET", "/hello", "200", "-")
     assert int(nbytes) == len(response.content)
     assert elapsed.endswith("ms") and float(elapsed[:-2]) >= 0
-    assert lines[1].startswith("GET /nope 404 ")
+    assert lines[1].startswith("127.0.0.1 GET /nope 404 ")
     assert SECRET not in caplog.text
 
 
@@ -270,8 +270,8 @@ async def test_access_log_time_runs_from_the_request_arriving_not_from_keep_aliv
             app.release.set()
             assert (await waiting).status_code == 200
     lines = [r.getMessage() for r in caplog.records if r.name == "gpufleet.access"]
-    assert lines[0].startswith("GET /hello 200 ") and " 0.0ms " in lines[0]
-    assert lines[1].startswith("GET /wait 200 ") and " 250.0ms " in lines[1]
+    assert lines[0].startswith("127.0.0.1 GET /hello 200 ") and " 0.0ms " in lines[0]
+    assert lines[1].startswith("127.0.0.1 GET /wait 200 ") and " 250.0ms " in lines[1]
 
 
 async def test_keep_alive_and_pipelined_requests_are_answered_in_order() -> None:
@@ -371,4 +371,4 @@ async def test_access_log_keeps_the_path_as_sent_so_lines_cannot_be_forged(
             response = await client.get("/items/a%0AGET%20admin%20200")
     assert response.json() == {"id": "a\nGET admin 200"}
     (line,) = [r.getMessage() for r in caplog.records if r.name == "gpufleet.access"]
-    assert line.startswith("GET /items/a%0AGET%20admin%20200 200 ")
+    assert line.startswith("127.0.0.1 GET /items/a%0AGET%20admin%20200 200 ")

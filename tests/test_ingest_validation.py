@@ -209,6 +209,12 @@ AGREEMENT_CASES: list[dict[str, Any]] = [
     # outside datetime's range once in UTC: both sides reject, neither raises
     sample(timestamp="0001-01-01T00:30:00+01:00"), sample(timestamp="9999-12-31T23:30:00-01:00"),
     sample(timestamp="2026-02-25T13:00:00+01:00"),  # an offset: both hold the same UTC instant
+    # text: lone surrogates and NUL in any string field, and each field's maximum length
+    sample(gpu_uuid="GPU-\udfff"), sample(gpu_uuid="GPU-\x00"), sample(gpu_uuid="G" * 128),
+    sample(gpu_uuid="G" * 129), sample(gpu_name="A100 \ud800"), sample(gpu_name="n" * 257),
+    sample(job_id="j" * 256), sample(job_id="j" * 257), sample(job_id="\x00"),
+    sample(team_id="ml-\udfff"), sample(model_tag="é\udc80"), sample(model_tag="llama-🦙"),
+    sample(timestamp="1999-12-31T23:59:59Z"), sample(timestamp="2000-01-01T00:00:00Z"),
 ]
 
 
@@ -258,13 +264,16 @@ async def test_overflowing_timestamp_is_a_400_and_the_server_keeps_serving(tmp_p
             beat = await srv.http.post("/v1/agent/heartbeat", headers=headers, json={
                 "agent_version": "1", "gpu_count": 1, "hostname": "h", "timestamp": text})
             assert beat.status_code == 200 and beat.json()["received_at"].endswith("Z")
+        # year 1 is representable but older than any telemetry: the documented floor
         edge = await srv.http.post("/v1/metrics/ingest", headers=headers,
                                    json=[sample(timestamp="0001-01-01T00:00:00Z")])
-        assert edge.status_code == 200 and edge.json()["inserted"] == 1
+        assert edge.status_code == 400
+        assert edge.json() == {
+            "error": "Metric at index 0: timestamp must not be before 2000-01-01T00:00:00Z"}
         report = await srv.http.get("/v1/chargeback/report", headers=srv.auth("read"),
                                     params={"from": "0001-01-01", "to": "0001-01-01"})
         assert report.status_code == 200
-        assert report.json()["summary"]["total_gpu_hours"] == 0.02  # one interval: 60 s
+        assert report.json()["summary"]["total_gpu_hours"] == 0
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
@@ -280,3 +289,74 @@ async def test_a_report_ending_on_the_last_representable_day_is_a_400(tmp_path, 
         fine = await srv.http.get("/v1/chargeback/report", headers=srv.auth("read"),
                                   params={"from": "9999-12-30", "to": "9999-12-30"})
         assert fine.status_code == 200
+
+
+STRING_FIELDS = ("gpu_uuid", "gpu_name", "job_id", "team_id", "model_tag")
+
+
+@pytest.mark.parametrize("name", STRING_FIELDS)
+@pytest.mark.parametrize("bad", ["GPU-\udfff", "\ud800x", "a\x00b", "é\udc80"])
+def test_lone_surrogates_and_nul_are_refused_in_every_string_field(name: str, bad: str) -> None:
+    expected = f"Metric at index 1: {name} must not contain NUL or lone surrogate characters"
+    assert error_of([full_sample(), {**full_sample(), name: bad}]) == expected
+    assert error_of([{**full_sample(), name: bad}]) == expected.replace("index 1", "index 0")
+
+
+@pytest.mark.parametrize(("name", "limit"), [("gpu_uuid", 128), ("gpu_name", 256), ("job_id", 256),
+                                             ("team_id", 128), ("model_tag", 128)])
+def test_every_string_field_has_a_maximum_length(name: str, limit: int) -> None:
+    assert validate_batch([{**full_sample(), name: "x" * limit}], max_samples=1, now=NOW)
+    assert error_of([{**full_sample(), name: "x" * (limit + 1)}]) == \
+        f"Metric at index 0: {name} must be at most {limit} characters"
+    assert error_of([full_sample(gpu_uuid="x" * 1_000_000)]) == \
+        "Metric at index 0: gpu_uuid must be at most 128 characters"
+
+
+def test_paired_surrogates_from_json_are_text() -> None:
+    # "\ud83e\udd99" in JSON is one character (🦙): valid, unlike either half alone
+    payload = json.loads('[{"timestamp": "2026-02-25T12:00:00Z", "gpu_index": 0, '
+                         '"gpu_uuid": "GPU-\\ud83e\\udd99", "power_draw_w": 1, '
+                         '"utilization_gpu_pct": 1, "utilization_memory_pct": 1, '
+                         '"temperature_c": 1, "memory_used_mb": 1}]')
+    assert validate_batch(payload, max_samples=1, now=NOW)[0]["gpu_uuid"] == "GPU-🦙"
+
+
+def test_timestamps_have_a_floor_and_an_optional_retention() -> None:
+    assert error_of([sample(timestamp="1999-12-31T23:59:59Z")]) == \
+        "Metric at index 0: timestamp must not be before 2000-01-01T00:00:00Z"
+    assert validate_batch([sample(timestamp="2000-01-01T00:00:00Z")], max_samples=1, now=NOW)
+    old = sample(timestamp="2026-01-25T11:59:59Z")
+    assert validate_batch([dict(old)], max_samples=1, now=NOW)  # no retention configured
+    with pytest.raises(IngestValidationError) as caught:
+        validate_batch([sample(), dict(old)], max_samples=2, now=NOW, max_age=timedelta(days=31))
+    assert str(caught.value) == "Metric at index 1: timestamp is more than 31 days in the past"
+    assert validate_batch([sample(timestamp="2026-01-25T12:00:00Z")], max_samples=1, now=NOW,
+                          max_age=timedelta(days=31))
+
+
+def test_a_hostname_that_is_not_text_is_dropped_like_an_unknown_field() -> None:
+    rows = validate_batch([sample(hostname="node-\udfff"), sample(hostname="a\x00",
+                                                                  timestamp="2026-02-25T11:59:00Z")],
+                          max_samples=2, now=NOW)
+    assert [r["hostname"] for r in rows] == [None, None]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_unknown_fields_nested_past_the_limit_fail_the_fast_path_only_then() -> None:
+    # batch array (1) + sample object (2) + 30 lists = 32 levels: the limit itself
+    ok = [full_sample(extra=_nested(30), hostname="h")]
+    rows, _ = validate_rows_and_columns(ok, max_samples=1, now=NOW, max_depth=32)
+    assert rows[0]["extra"] == _nested(30)
+    with pytest.raises(IngestValidationError) as caught:
+        validate_rows_and_columns([full_sample(), full_sample(extra=_nested(31))],
+                                  max_samples=2, now=NOW, max_depth=32)
+    assert str(caught.value) == "Request body is nested too deeply: at most 32 levels"
+    # documented fields with explicit nulls and a hostname need no look at unknown keys
+    assert validate_rows_and_columns([sample(gpu_name=None, hostname="h")], max_samples=1, now=NOW,
+                                     max_depth=2)

@@ -77,7 +77,7 @@ def test_a_holder_without_an_admin_channel_gets_a_clear_message(
         holder.stdin.close()
         holder.wait(timeout=10)
     assert len(err.strip().splitlines()) == 1
-    assert f"in use by a running gpufleet serve (pid {holder.pid})" in err
+    assert f"in use by process {holder.pid} (python" in err  # named as what it is: not a serve
     assert "gpufleet report --server URL --key-file FILE" in err
     assert "Conflicting lock" not in err and "IO Error" not in err  # no raw DuckDB text
 

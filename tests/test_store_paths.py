@@ -19,6 +19,7 @@ import duckdb
 import pytest
 
 from gpufleet.server.config import Pricing
+from gpufleet.server.failures import StorageFullError
 from gpufleet.server.store import MetricsStore
 from gpufleet.server.store import staging as staging_mod
 from gpufleet.server.store import writer as writer_mod
@@ -269,7 +270,7 @@ def test_a_failed_group_keeps_earlier_pending_samples_known(store: MetricsStore,
         return real(con, *args)
 
     monkeypatch.setattr(writer_mod, "write_fresh", fail_once)
-    with pytest.raises(duckdb.IOException):
+    with pytest.raises(StorageFullError):  # how the store reports DuckDB's I/O errors
         store.writer.submit_sync("acme", rows("GPU-a", 3000, 10), T0)
     assert store.writer.pending_rows == 50
     again = store.writer.submit_sync("acme", first[40:], T0)  # pending, not folded yet

@@ -58,7 +58,8 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None, *, force: bool
     lines.append("")
     lines.append("Loaded models (unloaded by the purge):" if runtimes else "No loaded models reported.")
     for model in runtimes:
-        on = [g.index for g in (status.gpus if status else []) if g.model_tag == model.name]
+        on = list(model.gpu_indices or [])
+        on = on or [g.index for g in (status.gpus if status else []) if g.model_tag == model.name]
         on = on or ([model.gpu_index] if model.gpu_index is not None else [])
         where = ("GPU " if len(on) == 1 else "GPUs ") + ",".join(map(str, on)) if on else "any GPU"
         size = f"{gb(model.memory_mb)} {MEMORY_UNIT}" if model.memory_mb is not None else "size unknown"
@@ -67,6 +68,10 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None, *, force: bool
         else:
             state = "[$error]in use: unloaded anyway (force)[/]" if force else "[$warning]in use: skipped unless forced[/]"
         lines.append(f"  {_esc(model.name)} ({model.runtime}, {where}, {size}) {state}")
+        # a model sharded over GPUs outside the selection is unloaded whole: say what else it frees
+        beyond = [i for i in on if gpu_indices is not None and i not in gpu_indices]
+        if beyond and (force or not model.in_use):
+            lines.append(f"    also frees GPU{'s' if len(beyond) > 1 else ''} {', '.join(map(str, beyond))}")
     if processes:
         lines.append("Processes that would be signalled (SIGTERM, then SIGKILL):")
         for proc in processes:

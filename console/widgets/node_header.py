@@ -65,6 +65,8 @@ def _width(parts: list[Part]) -> int:
 def _with_gaps(groups: list[list[Part]]) -> list[Part]:
     parts: list[Part] = []
     for group in groups:
+        if not group:  # a real node has no badge: nothing to set apart
+            continue
         if parts:
             # A gap wears the name's style after the name, else the style of what follows
             # (plain before the badge, whose background would otherwise spread).

@@ -35,9 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="file holding the API key, mode 0600 (or GPUFLEET_KEY)")
     parser.add_argument("--interval", type=float, metavar="S", help="seconds between samples (>= 1, default 60)")
     parser.add_argument("--config", type=Path, metavar="F", help="settings TOML ([agent] section)")
-    parser.add_argument("--spool-dir", type=Path, metavar="DIR", help="where undelivered batches wait")
+    parser.add_argument("--spool-dir", type=Path, metavar="DIR",
+                        help="where undelivered batches wait, one folder per server, key and "
+                             "real/simulated (default: <state dir>/spool)")
     parser.add_argument("--once", action="store_true", help="one sample, deliver (or spool), exit")
-    parser.add_argument("--simulate", action="store_true", help="sample the simulated fleet")
+    parser.add_argument("--simulate", action="store_true",
+                        help="sample the simulated fleet; its samples are marked simulated, and a "
+                             "server that stores real data refuses them")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every delivery attempt")
 
 
@@ -103,14 +107,15 @@ def run(args: argparse.Namespace) -> int:
     except KeyProblem as exc:
         print(f"gpufleet agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    spool_dir = agent.spool_dir or state_dir() / "spool"
-    return asyncio.run(_main(settings, server, key, spool_dir, once=args.once, simulate=args.simulate))
+    base = agent.spool_dir or state_dir() / "spool"
+    return asyncio.run(_main(settings, server, key, base, once=args.once, simulate=args.simulate))
 
 
 async def _main(
-    settings: Settings, server: str, key: str, spool_dir: Path, *, once: bool, simulate: bool
+    settings: Settings, server: str, key: str, spool_base: Path, *, once: bool, simulate: bool
 ) -> int:
     from gpufleet.server.agent.attribution import ProcessAttributor
+    from gpufleet.server.agent.destinations import claim, destination_dir, name_the_others
     from gpufleet.server.agent.runner import AgentRunner
     from gpufleet.server.agent.sampler import Sampler
     from gpufleet.server.agent.spool import Spool, SpoolLocked
@@ -124,14 +129,19 @@ async def _main(
         log.error("no GPU to sample: %s. The agent does not report made-up numbers; "
                   "pass --simulate to send the simulated fleet (demos and tests only)", exc)
         return EXIT_NO_GPU
+    # One spool per destination: nothing spooled for another server, key or kind goes out here.
+    spool_dir = destination_dir(spool_base, server, key, simulated=simulate)
     try:
         spool = Spool(spool_dir, max_bytes=agent.spool_max_bytes)
     except SpoolLocked as exc:
         log.error("%s", exc)
         backend.close()
         return 1
+    claim(spool_dir, server, key, simulated=simulate)
+    name_the_others(spool_base, spool_dir)
     sampler = Sampler(backend, ProcessAttributor(agent))
-    client = AsyncGpuFleetClient(server, api_key=key, timeout=agent.request_timeout_s)
+    client = AsyncGpuFleetClient(server, api_key=key, timeout=agent.request_timeout_s,
+                                 simulated=simulate)
     runner = AgentRunner(agent, sampler=sampler, spool=spool, client=client)
     source = "the simulated fleet" if simulate else "NVML"
     if once:

@@ -16,6 +16,7 @@ from typing import Protocol
 from gpufleet.server.agent.spool import Batch, Spool
 from gpufleet.server.client import (
     BadRequest,
+    Conflict,
     ConnectionFailed,
     Forbidden,
     GpuFleetError,
@@ -37,10 +38,18 @@ class IngestClient(Protocol):
 
 
 class AuthProblem(Exception):
-    """The server refused the agent's key; retrying cannot help. The message never holds the key."""
+    """The server refuses this agent: its key, or its simulated samples (409); retrying cannot help.
+
+    The message never holds the key.
+    """
 
 
 def auth_problem(exc: GpuFleetError) -> AuthProblem:
+    if isinstance(exc, Conflict):
+        return AuthProblem(
+            f"the server refused simulated samples ({exc.status}: {exc.message}); send them to a "
+            "server started with --simulate, or run the agent without --simulate on a GPU node"
+        )
     if isinstance(exc, Forbidden):
         return AuthProblem(
             f"the server accepted the API key but it may not do this ({exc.status}: {exc.message}); "
@@ -123,12 +132,16 @@ class Delivery:
             return Step.IDLE, 0.0
         try:
             result = await self._client.ingest(batch.body)
-        except (Unauthorized, Forbidden) as exc:
+        except (Unauthorized, Forbidden, Conflict) as exc:
             self.stats.last_error = f"{exc.status} {exc.message}"
             raise auth_problem(exc) from None
         except RateLimited as exc:
             return self._retry(exc, exc.retry_after)
-        except (ServerError, ConnectionFailed, NotFound) as exc:
+        except ServerError as exc:
+            # 507 (the server's disk is full), 503, 500...: the batch stays, sent again after
+            # at least the server's Retry-After
+            return self._retry(exc, exc.retry_after)
+        except (ConnectionFailed, NotFound) as exc:
             # NotFound: a wrong URL or an older server; keep the data and keep trying.
             return self._retry(exc, None)
         except (BadRequest, PayloadTooLarge) as exc:

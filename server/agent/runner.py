@@ -21,7 +21,7 @@ from gpufleet.server import __version__
 from gpufleet.server.agent.delivery import AuthProblem, Backoff, Delivery, Step, auth_problem
 from gpufleet.server.agent.sampler import Sampler
 from gpufleet.server.agent.spool import Spool
-from gpufleet.server.client import Forbidden, GpuFleetError, RateLimited, Unauthorized
+from gpufleet.server.client import Conflict, Forbidden, GpuFleetError, RateLimited, Unauthorized
 from gpufleet.server.config import AgentSettings
 from gpufleet.server.schemas import Heartbeat, HeartbeatResult, IngestResult
 
@@ -217,7 +217,7 @@ class AgentRunner:
         hb = Heartbeat(agent_version=__version__, gpu_count=len(snapshot.gpus), hostname=snapshot.node.hostname)
         try:
             await self._client.heartbeat(hb)
-        except (Unauthorized, Forbidden) as exc:
+        except (Unauthorized, Forbidden, Conflict) as exc:
             raise auth_problem(exc) from None
 
     async def _heartbeat_loop(self) -> None:

@@ -19,7 +19,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
@@ -98,6 +98,60 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _read_records(path: Path, seq: int, offset: int,
+                  skip: Callable[[int, int, str], None]) -> Iterator[SpoolRecord]:
+    """The intact records of segment ``path`` from ``offset``; ``skip`` hears of each bad one."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return
+    pos = 0
+    while pos < len(data):
+        header = data[pos : pos + _HEADER.size]
+        if len(header) < _HEADER.size:
+            skip(seq, offset + pos, "torn record header")
+            return
+        magic, length, count, crc = _HEADER.unpack(header)
+        body_end = pos + _HEADER.size + length
+        if magic != MAGIC:
+            skip(seq, offset + pos, "bad record marker; rest of segment skipped")
+            return
+        if body_end > len(data):
+            skip(seq, offset + pos, "torn last record")
+            return
+        body = data[pos + _HEADER.size : body_end]
+        if _crc(length, count, body) != crc:
+            skip(seq, offset + pos, "CRC mismatch")
+        else:
+            yield SpoolRecord((seq, offset + pos), (seq, offset + body_end), count, body)
+        pos = body_end
+
+
+def pending_samples(directory: Path) -> int:
+    """Samples a spool directory holds that no server acknowledged, read without locking it.
+
+    For naming spools this run does not deliver (another destination may be in use by
+    another agent right now): a count, never a change.
+    """
+    try:
+        seq, offset = (int(v) for v in (directory / "ack").read_text().split())
+    except (OSError, ValueError):
+        seq, offset = 0, 0
+    total = 0
+    for path in directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}"):
+        try:
+            number = int(path.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)])
+        except ValueError:
+            continue
+        if number < seq:
+            continue
+        start = offset if number == seq else 0
+        total += sum(r.count for r in _read_records(path, number, start, lambda *_: None))
+    return total
 
 
 class Spool:
@@ -269,32 +323,7 @@ class Spool:
             yield from self._segment_records(seq, offset)
 
     def _segment_records(self, seq: int, offset: int) -> Iterator[SpoolRecord]:
-        try:
-            with open(self._segment_path(seq), "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        pos = 0
-        while pos < len(data):
-            header = data[pos : pos + _HEADER.size]
-            if len(header) < _HEADER.size:
-                self._skip(seq, offset + pos, "torn record header")
-                return
-            magic, length, count, crc = _HEADER.unpack(header)
-            body_end = pos + _HEADER.size + length
-            if magic != MAGIC:
-                self._skip(seq, offset + pos, "bad record marker; rest of segment skipped")
-                return
-            if body_end > len(data):
-                self._skip(seq, offset + pos, "torn last record")
-                return
-            body = data[pos + _HEADER.size : body_end]
-            if _crc(length, count, body) != crc:
-                self._skip(seq, offset + pos, "CRC mismatch")
-            else:
-                yield SpoolRecord((seq, offset + pos), (seq, offset + body_end), count, body)
-            pos = body_end
+        yield from _read_records(self._segment_path(seq), seq, offset, self._skip)
 
     def _skip(self, seq: int, offset: int, why: str) -> None:
         key = (seq, offset)

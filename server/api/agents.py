@@ -6,6 +6,7 @@ import asyncio
 
 from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.guard import add_route
+from gpufleet.server.api.simulated import admit as admit_simulated
 from gpufleet.server.auth import INGEST, READ
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.types import Request, Response
@@ -28,6 +29,7 @@ class AgentRoutes:
                   summary="Hosts of the caller's account and whether they still report")
 
     async def heartbeat(self, request: Request) -> Response:
+        await admit_simulated(self._ctx, request)  # a simulated host never joins a real store's hosts
         hb = Heartbeat.model_validate(request.json())
         at = self._ctx.now()
         await asyncio.to_thread(self._store.record_heartbeat, request.account or "", hb, at)

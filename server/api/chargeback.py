@@ -8,6 +8,7 @@ from datetime import date, datetime
 
 from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.guard import add_route
+from gpufleet.server.api.simulated import report_header as simulated_header
 from gpufleet.server.auth import READ
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.types import HttpError, Request, Response
@@ -73,11 +74,12 @@ class ChargebackRoutes:
                                              pricing, now)
         except ReportRangeError as exc:
             raise HttpError(400, str(exc)) from None
-        return Response.json(report)
+        return Response.json(report, headers=[simulated_header(self._ctx)])
 
     async def _csv(self, account: str, start: date, end: date, now: datetime) -> Response:
         text = await asyncio.to_thread(self._store.chargeback_csv, account, start, end,
                                        self._ctx.settings.pricing, now)
         disposition = f'attachment; filename="{csv_filename(start, end)}"'
         return Response.text(text, content_type="text/csv; charset=utf-8",
-                             headers=[("Content-Disposition", disposition)])
+                             headers=[("Content-Disposition", disposition),
+                                      simulated_header(self._ctx)])

@@ -6,10 +6,12 @@ errors included; a request without a valid key is limited by client address, so
 guessing keys is limited too.
 
 On every authenticated route, limited or not, presented keys that turn out invalid
-take a token from their client address's ``failed_auth`` bucket. Past it the address
-gets 429 with ``Retry-After``, and while its bucket is empty its unknown keys are
-refused before any lookup (no store query per guess); a key that proved valid here
-before is still looked up, so others' failures never lock a valid key out.
+take a token from their client address's ``failed_auth`` bucket. Past it, each
+further wrong key from that address gets 429 with ``Retry-After`` instead of 401, so
+guessing is slowed and learns nothing; every key is still looked up, and one that
+verifies is served whatever its address's bucket holds (behind a proxy, or on a
+shared NAT, other clients' failures never lock a valid key out). The client address
+is the request's ``remote``: behind ``server.trusted_proxies``, X-Forwarded-For's.
 """
 
 from __future__ import annotations
@@ -29,18 +31,18 @@ FAILED_AUTH = "failed_auth"
 
 def client_id(request: Request) -> str:
     """The rate-limit identity of a request without a valid key: its client address."""
-    return f"addr:{request.client[0] if request.client else '?'}"
+    address = request.remote or (request.client[0] if request.client else None)
+    return f"addr:{address or '?'}"
 
 
 async def authenticate_limited(request: Request, resolver: KeyResolver | None,
                                limiter: RateLimiter) -> KeyInfo:
-    """``authenticate``, with invalid keys limited per client address (429 past the limit)."""
+    """``authenticate``, with invalid keys limited per client address (429 past the limit).
+
+    A key that verifies is never refused here, whatever its address did before.
+    """
     secret = presented_secret(request)
     who = client_id(request)
-    if secret is not None and resolver is not None and not resolver.recognizes(secret):
-        waiting = limiter.peek(who, FAILED_AUTH)
-        if not waiting.allowed:
-            raise rate_limited(limiter.rule(FAILED_AUTH), waiting)
     try:
         return await authenticate(request, resolver)
     except HttpError as exc:

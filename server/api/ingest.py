@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import orjson
 
 from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.guard import add_route
+from gpufleet.server.api.simulated import admit as admit_simulated
 from gpufleet.server.api.validation import (
     TS_US,
     IngestValidationError,
@@ -40,7 +42,11 @@ class IngestRoutes:
             raise ValueError("ingest needs a store")
         self._ctx = ctx
         self._store = ctx.store
-        self._max_samples = ctx.settings.limits.max_samples_per_batch
+        limits = ctx.settings.limits
+        self._max_samples = limits.max_samples_per_batch
+        self._max_depth = limits.max_json_depth
+        self._max_age = (timedelta(days=limits.max_sample_age_days)
+                         if limits.max_sample_age_days is not None else None)
 
     def register(self, router: Router) -> None:
         add_route(router, self._ctx, "GET", "/v1/metrics/ingest", self.health,
@@ -55,6 +61,7 @@ class IngestRoutes:
         return Response(body=_HEALTH)
 
     async def ingest(self, request: Request) -> Response:
+        await admit_simulated(self._ctx, request)  # 409 for simulated samples to a real store
         received_at = self._ctx.now()
         fast = _fast_json(request)
         keys = None
@@ -63,7 +70,9 @@ class IngestRoutes:
                 raise IngestValidationError("not parsed by orjson")
             # orjson refuses NaN and infinity, so the batch needs no NaN checks
             samples, columns = validate_rows_and_columns(fast, max_samples=self._max_samples,
-                                                         now=received_at, finite=True)
+                                                         now=received_at, finite=True,
+                                                         max_age=self._max_age,
+                                                         max_depth=self._max_depth)
             fractions = columns["gpu_fraction"]
             keys = (columns["gpu_uuid"], columns[TS_US],
                     None if fractions.count(None) == len(fractions) else fractions)
@@ -72,7 +81,7 @@ class IngestRoutes:
             # stdlib parser + validation always answered it: same texts, same edge cases.
             try:
                 samples = validate_batch(request.json(), max_samples=self._max_samples,
-                                         now=received_at)
+                                         now=received_at, max_age=self._max_age)
             except IngestValidationError as exc:
                 raise HttpError(400, str(exc)) from None
         from gpufleet.server.store.shares import GpuShareError  # the store loads with it

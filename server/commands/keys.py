@@ -1,9 +1,9 @@
 """``gpufleet keys create|list|revoke|rotate``: manage API keys in the local store.
 
 DuckDB lets one process write a database file. When a running ``gpufleet
-serve`` holds the store, the command is sent to that server over its
+serve`` or console holds the store, the command is sent to its server over the
 owner-only admin socket (``server.admin``) and the output is the same; if the
-server has no usable admin channel, it says so (with its pid) instead of
+holder has no usable admin channel, it says who it is (with its pid) instead of
 waiting or corrupting anything. Secrets are printed once and never again.
 """
 
@@ -78,8 +78,8 @@ def _through_server(path: Path, pid: int | None, args: argparse.Namespace, defau
     """The same command, run by the server holding the store over its owner-only admin socket."""
     from gpufleet.server.admin_client import AdminKeys, AdminUnavailableError
     from gpufleet.server.store import KeyNameTakenError, UnknownKeyError
+    from gpufleet.server.store.holder import describe_holder
 
-    who = f"pid {pid}" if pid else "another process"
     try:
         with AdminKeys(path, pid) as keys:
             return _dispatch(keys, args, default_account)
@@ -88,7 +88,7 @@ def _through_server(path: Path, pid: int | None, args: argparse.Namespace, defau
         return 1
     except AdminUnavailableError as exc:
         print(
-            f"gpufleet keys: the store {path} is in use by a running gpufleet serve ({who}), and {exc}.\n"
+            f"gpufleet keys: the store {path} is in use by {describe_holder(pid)}, and {exc}.\n"
             "Stop it and run this again, or rotate a key through the server: "
             "POST /v1/keys/rotate with that key.",
             file=sys.stderr,
@@ -130,10 +130,13 @@ def _print_table(keys) -> None:
     if not keys:
         print("no keys")
         return
-    header = ("ID", "NAME", "ACCOUNT", "SCOPES", "PREFIX", "CREATED", "LAST USED", "STATE")
+    header = ("ID", "NAME", "ACCOUNT", "SCOPES", "PREFIX", "CREATED", "LAST USED", "ROTATED", "STATE")
     rows = [
         (k.id, k.name, k.account, ",".join(k.scopes), k.prefix + "…", k.created_at.strftime("%Y-%m-%d %H:%M"),
          k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+         # rotations keep the key: how many, and the last (the --json output lists each)
+         f"{len(k.rotations)}x, last {k.rotations[-1].rotated_at.strftime('%Y-%m-%d %H:%M')}"
+         if k.rotations else "-",
          "revoked" if k.revoked_at else "active")
         for k in keys
     ]

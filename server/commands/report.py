@@ -1,8 +1,8 @@
 """``gpufleet report``: the chargeback report from a server (SDK) or from a local store.
 
-DuckDB lets one process open a store; while ``gpufleet serve`` holds it, the report is
-asked of that server over its owner-only admin socket (``server.admin``), computed
-with the server's pricing, and printed the same way.
+DuckDB lets one process open a store; while ``gpufleet serve`` or the console's embedded
+server holds it, the report is asked of that server over its owner-only admin socket
+(``server.admin``), computed with the server's pricing, and printed the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ from pathlib import Path
 
 HELP = "chargeback report (GPU-hours, energy, cost by team) as a table, JSON or CSV"
 MAX_SPAN_DAYS = 366
+SIMULATED_NOTE = ("SIMULATED: this store holds simulated samples (demo or --simulate); "
+                  "these figures are not billable")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+Rendered = tuple[str, bool]  # the report as printed, and whether its store holds simulated data
 
 
 class _UsageError(Exception):
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     server = args.server or (None if args.db else os.environ.get("GPUFLEET_URL"))
     try:
-        text = _from_server(args, server) if server else _from_store(args, settings)
+        text, simulated = _from_server(args, server) if server else _from_store(args, settings)
     except Exception as exc:  # every failure is one line for a person, never a traceback
         print(f"gpufleet report: {exc}", file=sys.stderr)
         return 1
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    if args.format == "csv" and simulated:  # the CSV's columns are fixed: say it beside it
+        print(f"gpufleet report: {SIMULATED_NOTE}", file=sys.stderr)
     return 0
 
 
@@ -80,18 +87,18 @@ def report_period(start: str, end: str) -> tuple[date, date]:
     return first, last
 
 
-def _from_server(args: argparse.Namespace, url: str) -> str:
+def _from_server(args: argparse.Namespace, url: str) -> Rendered:
     from gpufleet.server.client import GpuFleetClient, read_key_file
 
     key = read_key_file(args.key_file) if args.key_file else None
     with GpuFleetClient(url, api_key=key) as client:
         if args.format == "csv":
-            return client.chargeback_csv(args.from_, args.to)
+            return client.chargeback_csv_report(args.from_, args.to)
         report = client.chargeback_report(args.from_, args.to)
-    return _render(report, args.format)
+    return _render(report, args.format), report.simulated
 
 
-def _from_store(args: argparse.Namespace, settings) -> str:
+def _from_store(args: argparse.Namespace, settings) -> Rendered:
     from gpufleet.server.store import MetricsStore, StoreLockedError
 
     path = args.db or settings.server.resolved_db_path()
@@ -105,12 +112,13 @@ def _from_store(args: argparse.Namespace, settings) -> str:
         return _through_server(args, path, exc.pid, account)
     with store:
         if args.format == "csv":
-            return store.chargeback_csv(account, args.from_, args.to, settings.pricing)
+            return (store.chargeback_csv(account, args.from_, args.to, settings.pricing),
+                    store.simulated is not None)
         report = store.chargeback(account, args.from_, args.to, settings.pricing)
-    return _render(report, args.format)
+    return _render(report, args.format), report.simulated
 
 
-def _through_server(args: argparse.Namespace, path: Path, pid: int | None, account: str) -> str:
+def _through_server(args: argparse.Namespace, path: Path, pid: int | None, account: str) -> Rendered:
     """The report from the ``gpufleet serve`` holding ``path``, over its admin socket."""
     from gpufleet.server.admin_client import AdminReports, AdminUnavailableError
 
@@ -118,19 +126,23 @@ def _through_server(args: argparse.Namespace, path: Path, pid: int | None, accou
         with AdminReports(path, pid) as reports:
             if args.format == "csv":
                 return reports.chargeback_csv(account, args.from_, args.to)
-            return _render(reports.chargeback(account, args.from_, args.to), args.format)
+            report = reports.chargeback(account, args.from_, args.to)
+            return _render(report, args.format), report.simulated
     except AdminUnavailableError as exc:
-        who = f"pid {pid}" if pid else "another process"
+        from gpufleet.server.store.holder import describe_holder
+
         raise RuntimeError(
-            f"the store {path} is in use by a running gpufleet serve ({who}), and {exc}; "
+            f"the store {path} is in use by {describe_holder(pid)}, and {exc}; "
             "ask that server instead: gpufleet report --server URL --key-file FILE "
-            "(a key with the read scope)") from None
+            "(a key with the read scope), or run this again once it has stopped") from None
 
 
 def _render(report, fmt: str) -> str:
     if fmt == "json":
         return report.model_dump_json(by_alias=True, indent=2) + "\n"
     lines = [f"Chargeback {report.period.from_} .. {report.period.to}"]
+    if report.simulated:
+        lines.append(SIMULATED_NOTE)
     header = ("TEAM", "GPU-HOURS", "COST USD", "ENERGY KWH", "IDLE H", "SHARED H")
     rows = [(t.team_id, f"{t.total_gpu_hours:,.2f}", f"{t.total_cost_usd:,.2f}", f"{t.energy_kwh:,.3f}",
              f"{t.idle_gpu_hours:,.2f}", f"{t.shared_gpu_hours:,.2f}") for t in report.teams]

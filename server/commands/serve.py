@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
-    from gpufleet.server.admin import AdminChannel
-    from gpufleet.server.app import ServerApp
     from gpufleet.server.config import Settings
     from gpufleet.server.gpu.base import GpuBackend
     from gpufleet.server.store import MetricsStore
@@ -29,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, metavar="PATH",
                         help="TOML configuration (default: the platform config dir)")
     parser.add_argument("--db", type=Path, default=None, metavar="PATH",
-                        help="DuckDB store (default: <data dir>/gpufleet.duckdb)")
+                        help="DuckDB store (default: <data dir>/gpufleet.duckdb; with --simulate "
+                             "<data dir>/gpufleet-simulated.duckdb)")
     parser.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
                         help="serve HTTPS with this certificate chain (PEM)")
     parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
@@ -51,6 +50,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "server.host": args.host,
         "server.port": args.port,
         "server.db_path": str(args.db) if args.db else None,
+        # --db names the store whichever it is; without it, --simulate gets the simulated store
+        "server.simulated_db_path": str(args.db) if args.db else None,
         "server.tls_cert": str(args.tls_cert) if args.tls_cert else None,
         "server.tls_key": str(args.tls_key) if args.tls_key else None,
         "server.simulate": args.simulate,
@@ -190,23 +191,28 @@ async def serve(settings: Settings) -> int:
     import asyncio
     import logging
 
+    from gpufleet.server.admin import start_admin_channel
     from gpufleet.server.app import ServerApp
     from gpufleet.server.files import make_private_dir
     from gpufleet.server.gpu.base import BackendUnavailable
     from gpufleet.server.gpu.select import open_backend
     from gpufleet.server.http.signals import run_until_signalled
     from gpufleet.server.runtimes import RuntimeConfigError
-    from gpufleet.server.store import MetricsStore
+    from gpufleet.server.store import MetricsStore, StoreLockedError
 
     log = logging.getLogger("gpufleet.server")
-    db_path = settings.server.resolved_db_path()
+    db_path = settings.server.resolved_db_path(simulated=settings.server.simulate)
     try:
         make_private_dir(db_path.parent)
         store = await asyncio.to_thread(
             MetricsStore.open, db_path, expected_interval_s=settings.pricing.expected_interval_s,
             idle_utilization_pct=settings.pricing.idle_utilization_pct)
-    except Exception as exc:  # a locked or corrupt database: say so, no traceback
+    except StoreLockedError as exc:  # one plain line: who holds it and what to do
+        raise _StartupError(f"{exc}; stop it first, or give this server a store of its own "
+                            "with --db PATH") from None
+    except Exception as exc:  # a corrupt database: say so, no traceback
         raise _StartupError(f"cannot open the store {db_path}: {exc}") from exc
+    _say_what_the_store_holds(settings, store)
     try:
         try:
             backend = await asyncio.to_thread(open_backend, simulate=settings.server.simulate)
@@ -224,7 +230,7 @@ async def serve(settings: Settings) -> int:
                 raise _StartupError(f"cannot listen on {settings.server.host}:"
                                     f"{settings.server.port}: {exc}") from exc
             # Before the "serving" line: whoever waits for it can use `gpufleet keys` at once.
-            admin = await _start_admin_channel(app, store, db_path)
+            admin = await start_admin_channel(app, store, db_path, "serve")
             # Whoever reads the "serving" line may signal at once: the stop must already be caught.
             stop = _catch_stop_signals()
             log.info("gpufleet serving %s (store %s)", app.url, db_path)
@@ -243,6 +249,20 @@ async def serve(settings: Settings) -> int:
     finally:
         await asyncio.to_thread(store.close)
         log.info("store closed")
+
+
+def _say_what_the_store_holds(settings: Settings, store: MetricsStore) -> None:
+    """A warning when reports from this store will say SIMULATED, and how to keep real data apart."""
+    import logging
+
+    log = logging.getLogger("gpufleet.server")
+    if settings.server.simulate:
+        log.info("simulated samples go into %s, and every report from it says so; "
+                 "gpufleet keys and gpufleet report reach it with --db %s", store.path, store.path)
+    elif store.simulated is not None:
+        log.warning("the store %s holds simulated data (%s), and every report from it says so; "
+                    "gpufleet demo reset --db %s removes the sample fleet's data from it",
+                    store.path, ", ".join(store.simulated.sources), store.path)
 
 
 def _catch_stop_signals() -> asyncio.Event:
@@ -279,22 +299,3 @@ def sampling_settings(settings: Settings, backend: GpuBackend) -> Settings:
     log.warning("No usable NVIDIA GPU: serving a SIMULATED node (simulated: true), and its "
                 "samples are NOT stored; pass --simulate to sample it into the store")
     return settings.with_overrides({"sampler.enabled": False})
-
-
-async def _start_admin_channel(app: ServerApp, store: MetricsStore,
-                               db_path: Path) -> AdminChannel | None:
-    """The owner-only socket ``gpufleet keys``/``report`` use while this server holds the store, or None."""
-    import logging
-
-    from gpufleet.server.admin import AdminChannel
-
-    admin = AdminChannel(store, db_path, app.settings.limits, resolver=app.context.resolver,
-                         pricing=app.settings.pricing)
-    try:
-        await admin.start()
-    except OSError as exc:  # unsafe folder or no Unix sockets: serve anyway, keys need a stop
-        logging.getLogger("gpufleet.server").warning(
-            "admin channel not started (gpufleet keys and a local gpufleet report need "
-            "the server stopped): %s", exc)
-        return None
-    return admin

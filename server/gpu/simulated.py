@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 
 from gpufleet.server import __version__
 from gpufleet.server.fleet import Fleet, GpuModelSpec, JobSpec, ModelSpec, default_fleet
+from gpufleet.server.gpu import simulated_depth as depth
 from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot, ModelHost
-from gpufleet.server.gpu.load import LoadCurve, mix, seconds_since_epoch, unit
+from gpufleet.server.gpu.load import JITTER_BUCKET_S, LoadCurve, mix, seconds_since_epoch, unit
 from gpufleet.server.gpu.synthetic import extend_fleet
 from gpufleet.server.schemas import (
     GpuInfo,
@@ -77,7 +78,9 @@ class _Tenant:
     model: ModelSpec
     curve: LoadCurve
     pid: int
+    job_seed: int
     loaded: bool = True
+    loaded_at: datetime | None = None  # when a reload_all() started its process again
 
 
 @dataclass(slots=True)
@@ -96,6 +99,7 @@ class _SimGpu:
     foreign_mb: int = 0
     energy_offset_j: float = 0.0  # keeps the counter continuous when models load or unload
     ever_unloaded: bool = False
+    fault: depth.Fault | None = None
 
     @property
     def job(self) -> JobSpec | None:
@@ -148,6 +152,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
         except KeyError:
             raise ValueError(f"no node {self.node_name!r} in the simulated fleet") from None
         self._clock = clock or _utc_now
+        self._started = self._clock()  # XIDs are "since the server started"; jobs ran before
         self._lock = threading.Lock()
         self._seed = node_seed(self.fleet.seed, self.node_name)
         models = {m.name: m for m in self.fleet.models}
@@ -167,21 +172,25 @@ class SimulatedBackend(GpuBackend, ModelHost):
                    models: dict[str, ModelSpec]) -> _SimGpu:
         spec = self.fleet.gpu_models[arch]
         salt = mix(self._seed, index)
+        fault = depth.fault_for(self.node_name, index, salt)
         tenants = []
         for number, job in enumerate(jobs):
             model = models[job.model]
-            job_seed = mix(self._seed, 1000 + job.gpus[0]) if number == 0 else mix(self._seed, 5000 + 97 * index + number)
+            job_seed = (mix(self._seed, 1000 + job.gpus[0]) if number == 0
+                        else mix(self._seed, 5000 + 97 * index + number))
             # A server runtime is one process across the job's GPUs; a training job is one per GPU.
             pid = 2_000 + job_seed % 60_000 + (0 if model.runtime != "process" else job.gpus.index(index))
-            tenants.append(_Tenant(job=job, model=model, curve=LoadCurve(job.schedule, job_seed), pid=pid))
+            tenants.append(_Tenant(job=job, model=model, curve=LoadCurve(job.schedule, job_seed), pid=pid,
+                                   job_seed=job_seed))
         return _SimGpu(
             index=index, spec=spec,
             uuid=_uuid(salt),
             salt=salt, tenants=tenants,
             overhead_mb=400 + int(500 * unit(salt, 3)),
             residual_mb=300 + int(200 * unit(salt, 4)),
-            ambient_c=28.0 + 6.0 * unit(salt, 5),
+            ambient_c=28.0 + 6.0 * unit(salt, 5) + (depth.HOT_SLOT_C if fault == "thermal" else 0.0),
             passive="SXM" in spec.name or "HBM" in spec.name,
+            fault=fault,
         )
 
     # ------------------------------------------------------------ GpuBackend
@@ -192,14 +201,15 @@ class SimulatedBackend(GpuBackend, ModelHost):
             gpus: list[GpuInfo] = []
             processes: list[GpuProcess] = []
             for gpu in self._gpus:
-                info, procs = self._read(gpu, t)
+                info, procs = self._read(gpu, t, now)
                 gpus.append(info)
                 processes.extend(procs)
             return GpuSnapshot(taken_at=now, node=self._node, gpus=tuple(gpus),
                                processes=tuple(processes))
 
-    def _read(self, gpu: _SimGpu, t: float) -> tuple[GpuInfo, list[GpuProcess]]:
+    def _read(self, gpu: _SimGpu, t: float, now: datetime) -> tuple[GpuInfo, list[GpuProcess]]:
         spec = gpu.spec
+        bucket = int(t // JITTER_BUCKET_S)
         loaded = gpu.loaded
         loads = gpu.loads(t)
         util = sum(loads)
@@ -216,12 +226,17 @@ class SimulatedBackend(GpuBackend, ModelHost):
             working = int(load / gpu.weight * max(0, min(4096, room)) / len(resident))
             process_mb = model.memory_mb + gpu.overhead_mb // len(resident) + working
             used += process_mb
+            started = tenant.loaded_at or depth.first_start(self._started, tenant.job_seed)
+            host = depth.process_depth(model, tenant.job, tenant.pid, tenant.job_seed, load / gpu.weight,
+                                       now, started, bucket)
             procs.append(GpuProcess(
                 pid=tenant.pid, name=_PROCESS_NAMES.get(model.runtime, "python"),
                 memory_mb=process_mb, gpu_index=gpu.index, user=model.team,
                 command=_command(model, tenant.job, gpu.index), type="compute",
-                sm_util_pct=round(100 * load),
-                team_id=model.team, model_tag=model.name,
+                sm_util_pct=round(100 * load), team_id=model.team, model_tag=model.name,
+                cpu_percent=host.cpu_percent, host_rss_mb=host.host_rss_mb,
+                started_at=host.started_at, elapsed_s=host.elapsed_s, cgroup=host.cgroup,
+                container_id=host.container_id, children=host.children,
             ))
         if gpu.foreign_mb:
             procs.append(GpuProcess(
@@ -237,6 +252,12 @@ class SimulatedBackend(GpuBackend, ModelHost):
             sm_clock = int(sm_max * (0.55 + 0.45 * util)) if util >= 0.05 else int(sm_max * 0.5)
         else:
             sm_clock = 210
+        temperature = round(gpu.ambient_c + 48.0 * util + (4.0 if loaded else 0.0))
+        power_w = round(min(power, spec.power_limit_w), 1)
+        reasons = depth.throttle_reasons(util, loaded, power_w, spec.power_limit_w, temperature)
+        if "sw_thermal_slowdown" in reasons:
+            sm_clock = int(sm_clock * depth.THERMAL_CLOCK_SHARE)
+        health = depth.health(gpu.fault, self._started)
         info = GpuInfo(
             index=gpu.index,
             name=spec.name,
@@ -245,9 +266,10 @@ class SimulatedBackend(GpuBackend, ModelHost):
             utilization=GpuUtilization(
                 gpu_percent=round(util * 100),
                 memory_percent=round(util * 62),
+                encoder_percent=0, decoder_percent=0,
             ),
-            temperature_c=round(gpu.ambient_c + 48.0 * util + (4.0 if loaded else 0.0)),
-            power_draw_w=round(min(power, spec.power_limit_w), 1),
+            temperature_c=temperature,
+            power_draw_w=power_w,
             power_limit_w=float(spec.power_limit_w),
             energy_j=round(gpu.energy_j(t), 3),
             fan_speed_pct=None if gpu.passive else round(30 + 55 * util),
@@ -257,6 +279,9 @@ class SimulatedBackend(GpuBackend, ModelHost):
             mig_mode=False,
             team_id=resident[0].model.team if resident else None,
             model_tag=resident[0].model.name if resident else None,
+            throttle_reasons=reasons, ecc_errors=health.ecc, remapped_rows=health.remapped_rows,
+            pcie=depth.pcie(spec.name, util, loaded, gpu.salt, bucket),
+            xid_errors=health.xids, xid_error_count=len(health.xids),
         )
         return info, procs
 
@@ -298,6 +323,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
                 for tenant in gpu.tenants:
                     if not tenant.loaded:
                         gpu.set_loaded(tenant, True, t)
+                        tenant.loaded_at = self._clock()
 
 
 def simulated_backends(count: int, gpus_per_node: int | None = None, *,

@@ -8,12 +8,20 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import ValidationError
 
+from gpufleet.server.failures import RollupBehindError, StorageFullError
 from gpufleet.server.http.types import JSON, HttpError, Response
 
 log = logging.getLogger("gpufleet.http")
 
 # How many validation problems a 400 lists before saying "and N more".
 _MAX_LISTED_PROBLEMS = 5
+# Retry-After (seconds) of a 507 (the store's disk is full) and a 503 (the rollup is behind).
+STORAGE_RETRY_AFTER_S = 30
+ROLLUP_RETRY_AFTER_S = 5
+STORAGE_FULL_TEXT = ("Insufficient storage: the server cannot write to its store (disk full or "
+                     "I/O error); nothing was stored, retry later")
+ROLLUP_BEHIND_TEXT = ("The usage rollup is behind and cannot be brought up to date right now; "
+                      "retry later")
 
 
 def json_error(status: int, message: str,
@@ -29,11 +37,16 @@ def error_response(exc: BaseException) -> Response:
 
     HttpError keeps its status, message and headers; a handler deadline (TimeoutError)
     is 504; a pydantic ValidationError is 400 listing field paths and reasons (never the
-    input values, which may hold secrets); anything else is a 500 whose traceback is
-    logged here and never sent.
+    input values, which may hold secrets); a store that cannot write is 507 and a rollup
+    that cannot catch up 503, both with ``Retry-After`` (the store logs those, once per
+    episode); anything else is a 500 whose traceback is logged here and never sent.
     """
     if isinstance(exc, HttpError):
         return json_error(exc.status, exc.message, exc.headers)
+    if isinstance(exc, StorageFullError):
+        return json_error(507, STORAGE_FULL_TEXT, {"Retry-After": str(STORAGE_RETRY_AFTER_S)})
+    if isinstance(exc, RollupBehindError):
+        return json_error(503, ROLLUP_BEHIND_TEXT, {"Retry-After": str(ROLLUP_RETRY_AFTER_S)})
     if isinstance(exc, TimeoutError):
         return json_error(504, "Request took too long to process")
     if isinstance(exc, ValidationError):

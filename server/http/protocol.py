@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
@@ -13,6 +13,7 @@ import h11
 from gpufleet.server.config import Limits
 from gpufleet.server.http.connection import PeerGone, StreamConnection
 from gpufleet.server.http.errors import json_error
+from gpufleet.server.http.forwarded import ClientAddresses
 from gpufleet.server.http.types import Request, Response
 from gpufleet.server.http.wire import encode_closing, headers_are_safe, http_date, reason_phrase
 
@@ -30,6 +31,7 @@ log = logging.getLogger("gpufleet.http")
 # the loop waits for the next request; bytes of a pipelined request already
 # received stay in h11's buffer and are parsed next, so pipelined requests are
 # answered one at a time, in order. Phases and their clocks:
+#   new   (a connection that sent nothing)   header_timeout_s    -> close silently
 #   idle  (no byte of the next request yet)  keepalive_timeout_s -> close silently
 #   head  (from its first byte)              header_timeout_s    -> 408 and close
 #   body  (from the end of the head)         body_timeout_s      -> 408 and close
@@ -49,6 +51,7 @@ class ServerState:
     """What every connection needs to know about its server."""
 
     closing: bool = False  # shutting down: answer in-flight requests with Connection: close
+    addresses: ClientAddresses = field(default_factory=ClientAddresses)  # trusted proxies
 
 
 class _Reject(Exception):
@@ -82,6 +85,8 @@ class HttpProtocol:
         self.idle = True
         self._method = "-"
         self._path = "-"
+        self._client = stream.peer[0] if stream.peer else "-"  # the access log's; X-F-F once read
+        self._served = 0  # requests answered: a connection that sent nothing gets the header timeout
         # When the current request's first bytes arrived: its access-log time runs from
         # here, so keep-alive idle time before it does not count.
         self._started = _clock()
@@ -124,7 +129,9 @@ class HttpProtocol:
         if in_head:  # pipelined: its bytes are already here
             self._started = _clock()
         limits = self._limits
-        deadline = stream.now() + (limits.header_timeout_s if in_head
+        # A connection that has sent nothing yet is a client that should be talking now:
+        # it gets the header timeout, not the keep-alive time a finished request earns.
+        deadline = stream.now() + (limits.header_timeout_s if in_head or not self._served
                                    else limits.keepalive_timeout_s)
         while True:
             event = self._next_event()
@@ -205,6 +212,9 @@ class HttpProtocol:
                 raise _Reject(400, _REJECT_MESSAGES[400])
 
         peer = self._stream.peer
+        remote = self._state.addresses.client(peer[0] if peer else None,
+                                               headers.get("x-forwarded-for"))
+        self._client = remote or "-"
         return Request(
             method=self._method,
             target=target,
@@ -213,6 +223,8 @@ class HttpProtocol:
             headers=headers,
             body=chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks),
             client=peer,
+            remote=remote,
+            max_json_depth=limits.max_json_depth,
         )
 
     def _too_large(self) -> str:
@@ -233,8 +245,9 @@ class HttpProtocol:
         try:
             await self._stream.write(data)
         finally:
-            _log_access(request.method, self._path, response.status, sent, self._started,
-                        request.key_name)
+            self._served += 1
+            _log_access(self._client, request.method, self._path, response.status, sent,
+                        self._started, request.key_name)
         return not close and h.our_state is h11.DONE and h.their_state is h11.DONE
 
     def _encode(self, response: Response, *, close: bool, head_only: bool) -> bytes:
@@ -272,14 +285,15 @@ class HttpProtocol:
             await self._stream.write(encode_closing(response))
         except PeerGone:
             pass  # the client is gone; nothing left to tell it
-        _log_access(self._method, self._path, reject.status, len(response.body), self._started,
-                    None)
+        _log_access(self._client, self._method, self._path, reject.status, len(response.body),
+                    self._started, None)
         await self._stream.linger_close(self._limits.close_linger_s)
 
 
-def _log_access(method: str, path: str, status: int, nbytes: int, started: float,
+def _log_access(client: str, method: str, path: str, status: int, nbytes: int, started: float,
                 key_name: str | None) -> None:
+    """``client method path status bytes time key``: the client as resolved (trusted proxies)."""
     if access_log.isEnabledFor(logging.INFO):
         elapsed_ms = (_clock() - started) * 1000
-        access_log.info("%s %s %d %d %.1fms %s", method, path, status, nbytes, elapsed_ms,
-                        key_name or "-")
+        access_log.info("%s %s %s %d %d %.1fms %s", client, method, path, status, nbytes,
+                        elapsed_ms, key_name or "-")

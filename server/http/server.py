@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from gpufleet.server.config import Limits
 from gpufleet.server.http.connection import READ_CHUNK_BYTES, StreamConnection
 from gpufleet.server.http.errors import error_response, json_error
+from gpufleet.server.http.forwarded import ClientAddresses
 from gpufleet.server.http.protocol import HttpProtocol, ServerState, access_log
 from gpufleet.server.http.router import Route, Router
 from gpufleet.server.http.types import Handler, Request, Response
@@ -44,13 +45,17 @@ class HttpServer:
     def __init__(self, router: Router, limits: Limits, *,
                  ssl_context: ssl.SSLContext | None = None,
                  middleware: Sequence[Middleware] = (),
-                 on_shutdown: Sequence[ShutdownCallback] = ()) -> None:
+                 on_shutdown: Sequence[ShutdownCallback] = (),
+                 addresses: ClientAddresses | None = None) -> None:
+        """``addresses`` knows the trusted proxies (X-Forwarded-For, no per-address cap)."""
         self.router = router
         self.limits = limits
         self.ssl_context = ssl_context
         self.middleware = tuple(middleware)
         self.on_shutdown: list[ShutdownCallback] = list(on_shutdown)
-        self._state = ServerState()
+        self.addresses = addresses or ClientAddresses()
+        self._state = ServerState(addresses=self.addresses)
+        self._per_address: dict[str, int] = {}  # open connections by peer address
         self._server: asyncio.Server | None = None
         self._protocols: dict[HttpProtocol, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # every connection task, refused ones too
@@ -162,27 +167,45 @@ class HttpServer:
         assert task is not None
         self._tasks.add(task)
         stream = StreamConnection(reader, writer, write_timeout_s=self.limits.write_timeout_s)
+        # Counted per peer so that one address holding idle connections cannot use up the
+        # server's: a proxy's clients all share its address, so trusted proxies are not capped.
+        peer = stream.peer[0] if stream.peer else None
+        counted = peer is not None and not self.addresses.trusted(peer)
         try:
             if self._state.closing:
                 await stream.close()
             elif len(self._protocols) >= self.limits.max_connections:
-                await self._refuse(stream)
+                await self._refuse(stream, "Server busy: too many connections")
+            elif counted and self._per_address.get(peer, 0) >= self.limits.max_connections_per_address:
+                await self._refuse(stream, "Server busy: too many connections from your address")
             else:
                 protocol = HttpProtocol(stream, self.limits, self.dispatch, self._state)
                 self._protocols[protocol] = task
+                if counted:
+                    self._per_address[peer] = self._per_address.get(peer, 0) + 1
                 try:
                     await protocol.run()
                 finally:
                     del self._protocols[protocol]
+                    if counted:
+                        self._release(peer)
         except Exception:
             log.exception("Connection handler failed")
             stream.abort()
         finally:
             self._tasks.discard(task)
 
-    async def _refuse(self, stream: StreamConnection) -> None:
-        response = json_error(503, "Server busy: too many connections")
-        access_log.info("- - 503 %d 0.0ms -", len(response.body))
+    def _release(self, peer: str) -> None:
+        left = self._per_address.get(peer, 1) - 1
+        if left > 0:
+            self._per_address[peer] = left
+        else:
+            self._per_address.pop(peer, None)
+
+    async def _refuse(self, stream: StreamConnection, message: str) -> None:
+        response = json_error(503, message, {"Retry-After": "1"})
+        peer = stream.peer[0] if stream.peer else "-"
+        access_log.info("%s - - 503 %d 0.0ms -", peer, len(response.body))
         try:
             await stream.write(encode_closing(response))
         except Exception:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from gpufleet.server.http.nesting import nested_deeper_than
+
 if TYPE_CHECKING:
     from gpufleet.server.http.router import Route
 
@@ -33,7 +35,9 @@ class Request:
     query: dict[str, str]  # last value wins
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     body: bytes = b""
-    client: tuple[str, int] | None = None
+    client: tuple[str, int] | None = None  # the TCP peer
+    # The client's address: the peer, or behind a trusted proxy what X-Forwarded-For says.
+    remote: str | None = None
     path_params: dict[str, str] = field(default_factory=dict)
     # Set by auth for the access log and for handlers: the key's name and account, never its secret.
     key_name: str | None = None
@@ -41,18 +45,26 @@ class Request:
     scopes: frozenset[str] = frozenset()
     # The matched route (its name, auth scope, models), set by the server before middleware runs.
     route: Route | None = None
+    # limits.max_json_depth: json() refuses bodies nested deeper (the stdlib parser recurses)
+    max_json_depth: int = 32
+
+    def nesting_error(self) -> HttpError:
+        return HttpError(400, f"Request body is nested too deeply: at most {self.max_json_depth} levels")
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
     def json(self) -> Any:
-        """The body as JSON: 415 unless the content type is JSON, 400 when malformed.
+        """The body as JSON: 415 unless the content type is JSON, 400 when malformed or
+        nested deeper than ``max_json_depth``.
 
         NaN and Infinity are rejected: JSON has no such numbers.
         """
         ctype = (self.header("content-type") or "").split(";", 1)[0].strip().lower()
         if ctype != JSON and not ctype.endswith("+json"):
             raise HttpError(415, "Content-Type must be application/json")
+        if nested_deeper_than(self.body, self.max_json_depth):
+            raise self.nesting_error()
         try:
             return json.loads(self.body, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -5,6 +5,11 @@ force, so a plain SHA-256 is the right hash (a slow password hash would only
 cost every request time). Lookup is by hash; the hash is then compared in
 constant time. ``last_used_at`` is kept in memory and written at most once a
 minute, so authentication never costs a write.
+
+A rotation keeps the key: its id, name, account and scopes stay, its secret is
+replaced in place (the old one stops at once), and ``key_rotations`` remembers
+when and which prefix was retired. Scripts that name a key by id or name keep
+working across rotations.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from gpufleet.server.schemas import KeyCreated, KeyInfo
+from gpufleet.server.schemas import KeyCreated, KeyInfo, KeyRotation, text_problem
 from gpufleet.server.store.timeutil import from_db, to_db
 from gpufleet.server.store.writer import StoreWriter
 
@@ -28,6 +33,7 @@ SECRET_PREFIX = "gf_"
 SCOPES: frozenset[str] = frozenset({"operator", "ingest", "read"})
 LAST_USED_FLUSH = timedelta(seconds=60)
 _PREFIX_CHARS = 8  # "gf_" + 5 characters: enough to recognise a key, useless to guess it
+MAX_NAME_CHARS = 128  # a key's name and account
 _COLUMNS = "id, name, account, scopes, prefix, created_at, last_used_at, revoked_at"
 
 
@@ -37,6 +43,23 @@ class KeyError_(LookupError):
 
 class KeyNameTakenError(ValueError):
     """An active key of that account already has that name."""
+
+
+class KeyAlreadyRevokedError(ValueError):
+    """The key was revoked before; revoking it again changes nothing."""
+
+
+def check_name(what: str, value: str) -> str:
+    """``value`` as a key's name or account: 1 to MAX_NAME_CHARS printable characters.
+
+    Printable: no NUL, no lone surrogate (the store cannot hold it), no control
+    characters (names are written to logs and tables).
+    """
+    if not value.strip():
+        raise ValueError(f"a key needs {'a' if what == 'name' else 'an'} {what}")
+    if len(value) > MAX_NAME_CHARS or not value.isprintable() or text_problem(value):
+        raise ValueError(f"a key's {what} must be at most {MAX_NAME_CHARS} printable characters")
+    return value
 
 
 def hash_secret(secret: str) -> str:
@@ -56,12 +79,31 @@ def validate_scopes(scopes: Iterable[str]) -> list[str]:
     return sorted(set(wanted), key=["operator", "ingest", "read"].index)
 
 
-def _info(row: tuple[Any, ...]) -> KeyInfo:
+def _info(row: tuple[Any, ...], rotations: list[KeyRotation] | None = None) -> KeyInfo:
     key_id, name, account, scopes, prefix, created, used, revoked = row
     return KeyInfo(
         id=key_id, name=name, account=account, scopes=list(scopes), prefix=prefix,
         created_at=from_db(created), last_used_at=from_db(used), revoked_at=from_db(revoked),
+        rotations=rotations or [],
     )
+
+
+def _rotations(con: duckdb.DuckDBPyConnection, key_ids: list[str]) -> dict[str, list[KeyRotation]]:
+    """Each key's rotations, oldest first."""
+    if not key_ids:
+        return {}
+    rows = con.execute("""SELECT key_id, rotated_at, old_prefix FROM key_rotations
+                          WHERE key_id IN (SELECT unnest(?)) ORDER BY rotated_at""",
+                       [key_ids]).fetchall()
+    found: dict[str, list[KeyRotation]] = {}
+    for key_id, at, prefix in rows:
+        found.setdefault(key_id, []).append(KeyRotation(rotated_at=from_db(at), old_prefix=prefix))
+    return found
+
+
+def _read(con: duckdb.DuckDBPyConnection, key_id: str) -> KeyInfo:
+    row = con.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [key_id]).fetchone()
+    return _info(row, _rotations(con, [key_id]).get(key_id, []))
 
 
 class KeyStore:
@@ -80,10 +122,8 @@ class KeyStore:
 
     def create(self, name: str, scopes: Iterable[str], account: str) -> KeyCreated:
         scope_list = validate_scopes(scopes)
-        if not name.strip():
-            raise ValueError("a key needs a name")
-        if not account.strip():
-            raise ValueError("a key needs an account")
+        check_name("name", name)
+        check_name("account", account)
         return self._writer.call(lambda con: self._insert(con, name, scope_list, account, None))
 
     def _insert(self, con: duckdb.DuckDBPyConnection, name: str, scopes: list[str], account: str,
@@ -113,7 +153,8 @@ class KeyStore:
             sql += " AND revoked_at IS NULL"
         with self._cursor() as cur:
             rows = cur.execute(sql + " ORDER BY account, created_at", [account, account]).fetchall()
-        infos = [_info(r) for r in rows]
+            history = _rotations(cur, [r[0] for r in rows])
+        infos = [_info(r, history.get(r[0], [])) for r in rows]
         with self._lock:  # show in-memory use times not flushed yet
             return [
                 i.model_copy(update={"last_used_at": self._used[i.id]}) if i.id in self._used else i
@@ -121,6 +162,8 @@ class KeyStore:
             ]
 
     def _find(self, con: duckdb.DuckDBPyConnection, id_or_name: str, account: str | None) -> tuple[Any, ...]:
+        if text_problem(id_or_name) or (account is not None and text_problem(account)):
+            raise KeyError_(f"no key {id_or_name!r}")  # no stored key or account holds such text
         rows = con.execute(
             f"""SELECT {_COLUMNS} FROM api_keys
                 WHERE (id = ? OR name = ?) AND (? IS NULL OR account = ?)
@@ -136,31 +179,38 @@ class KeyStore:
         return (by_id or active or rows)[0]
 
     def revoke(self, id_or_name: str, account: str | None = None) -> KeyInfo:
+        """Revoke a key now; KeyAlreadyRevokedError (saying when) if it was revoked before."""
+
         def revoke(con: duckdb.DuckDBPyConnection) -> KeyInfo:
             row = self._find(con, id_or_name, account)
-            con.execute(
-                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
-                [to_db(datetime.now(UTC)), row[0]],
-            )
-            return _info(con.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [row[0]]).fetchone())
+            if row[7] is not None:
+                raise KeyAlreadyRevokedError(
+                    f"key {row[0]} ({row[1]!r}, account {row[2]!r}) was already revoked at "
+                    f"{from_db(row[7]).strftime('%Y-%m-%d %H:%M:%S')} UTC; nothing changed")
+            con.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?",
+                        [to_db(datetime.now(UTC)), row[0]])
+            return _read(con, row[0])
 
         info = self._writer.call(revoke)
         self._forget(info.id)
         return info
 
     def rotate(self, key_id: str, account: str | None = None) -> KeyCreated:
-        """A new secret with the same name, scopes and account; the old one stops now."""
+        """A new secret for the same key (id, name, scopes, account); the old secret stops now."""
 
         def rotate(con: duckdb.DuckDBPyConnection) -> KeyCreated:
             row = self._find(con, key_id, account)
             if row[7] is not None:
                 raise KeyError_(f"key {row[1]!r} is revoked; create a new one")
-            con.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [to_db(datetime.now(UTC)), row[0]])
-            return self._insert(con, row[1], list(row[3]), row[2], row[0])
+            secret = new_secret()
+            con.execute("INSERT INTO key_rotations VALUES (?, ?, ?)",
+                        [row[0], to_db(datetime.now(UTC)), row[4]])
+            con.execute("UPDATE api_keys SET secret_sha256 = ?, prefix = ? WHERE id = ?",
+                        [hash_secret(secret), secret[:_PREFIX_CHARS], row[0]])
+            return KeyCreated(key=secret, info=_read(con, row[0]))
 
-        old = key_id
         created = self._writer.call(rotate)
-        self._forget(old)
+        self._forget(created.info.id)
         return created
 
     @property

@@ -72,21 +72,32 @@ def fold(con: duckdb.DuckDBPyConnection, ranges: Mapping[Key, Range], cap_us: in
 
 def fold_on_open(con: duckdb.DuckDBPyConnection, default_cap_us: int, default_idle_pct: float) -> None:
     """At open (no writer yet): fold what a crash left pending, with the rollup's stored parameters."""
-    since = _recovery_floor(con)
-    if since is None:
+    if _recovery_floor(con) is None:
         return
     row = con.execute("SELECT interval_us, idle_utilization_pct FROM rollup_meta").fetchone()
     cap_us, idle_pct = (2 * int(row[0]), float(row[1])) if row else (default_cap_us, default_idle_pct)
     con.begin()
     try:
-        con.execute(_ROWS_NEWER_THAN_TAIL.format(floor=_literal_us(since)))
-        _fold_rows(con, cap_us, idle_pct)
-        con.execute("DELETE FROM pending_since")
-        con.execute("DELETE FROM rollup_pending")
+        catch_up(con, cap_us, idle_pct)
         con.commit()
     except BaseException:
         con.rollback()
         raise
+
+
+def catch_up(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float) -> None:
+    """Inside an open transaction: fold every pending sample found in the store itself
+    (since the durable mark, newer than its GPU's tail), whatever the writer remembers.
+
+    What a store runs at open after a crash, and the writer when a fold failed.
+    """
+    since = _recovery_floor(con)
+    if since is None:
+        return
+    con.execute(_ROWS_NEWER_THAN_TAIL.format(floor=_literal_us(since)))
+    _fold_rows(con, cap_us, idle_pct)
+    con.execute("DELETE FROM pending_since")
+    con.execute("DELETE FROM rollup_pending")
 
 
 def _recovery_floor(con: duckdb.DuckDBPyConnection) -> int | None:

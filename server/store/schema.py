@@ -142,17 +142,51 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     (
         "CREATE TABLE pending_since (since TIMESTAMP NOT NULL)",
     ),
-    # 7: shared GPUs. A sample is one workload's row (identity: account, gpu_uuid, ts and
+    # 7: the audit of POST /v1/gpu/processes/{pid}/signal: who asked, what, when, outcome
+    (
+        """CREATE TABLE signal_audit (
+            id BIGINT PRIMARY KEY,
+            account VARCHAR NOT NULL,
+            key_name VARCHAR,
+            signalled_at TIMESTAMP NOT NULL,
+            pid BIGINT NOT NULL,
+            signal VARCHAR NOT NULL,
+            process_name VARCHAR,
+            process_user VARCHAR,
+            command VARCHAR,
+            gpu_indices INTEGER[],
+            memory_mb BIGINT,
+            outcome VARCHAR NOT NULL,
+            detail VARCHAR NOT NULL
+        )""",
+        "CREATE SEQUENCE signal_audit_seq",
+    ),
+    # 8: a rotation keeps the key (its id, name, scopes) and replaces its secret in place;
+    # each rotation is remembered with the prefix of the secret it retired
+    (
+        """CREATE TABLE key_rotations (
+            key_id VARCHAR NOT NULL,
+            rotated_at TIMESTAMP NOT NULL,
+            old_prefix VARCHAR NOT NULL
+        )""",
+    ),
+    # 9: facts about the store itself: since when (and from what) it holds simulated
+    # samples, which every report from it then says (see simulated.py)
+    (
+        "CREATE TABLE store_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+    ),
+    # 10: shared GPUs. A sample is one workload's row (identity: account, gpu_uuid, ts and
     # job_id, team_id, model_tag) with its additive gpu_fraction (and how the agent measured
     # it, gpu_fraction_basis); gpu_tail holds every workload sampled at each GPU's newest
     # time with its share (and what nobody claimed), so the open tail is split without
     # work at report time; the rollup holds shares of GPU time (DOUBLE) and the part of it
     # spent on shared GPUs. usage_daily is derived: made anew here, rebuilt from samples at
-    # open (its rule comment is gone, see usage_sql.ROLLUP_METHOD).
+    # open (its rule comment is gone, see usage_sql.ROLLUP_METHOD). Each step may run
+    # again on a store that has it (a store taken back to an older version by hand).
     (
-        "ALTER TABLE samples ADD COLUMN gpu_fraction DOUBLE",
-        "ALTER TABLE samples ADD COLUMN gpu_fraction_basis VARCHAR",
-        """CREATE TABLE gpu_tail (
+        "ALTER TABLE samples ADD COLUMN IF NOT EXISTS gpu_fraction DOUBLE",
+        "ALTER TABLE samples ADD COLUMN IF NOT EXISTS gpu_fraction_basis VARCHAR",
+        """CREATE TABLE IF NOT EXISTS gpu_tail (
             account VARCHAR NOT NULL,
             gpu_uuid VARCHAR NOT NULL,
             ts TIMESTAMP NOT NULL,
@@ -170,8 +204,10 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         """INSERT INTO gpu_tail
            SELECT account, gpu_uuid, ts, NULL, team_id, model_tag, gpu_name, NULL, power_draw_w,
                   energy_delta_j, utilization_gpu_pct, 1.0, false
-           FROM gpu_last""",
-        "DROP TABLE usage_daily",
+           FROM gpu_last g
+           WHERE NOT EXISTS (SELECT 1 FROM gpu_tail t
+                             WHERE t.account = g.account AND t.gpu_uuid = g.gpu_uuid)""",
+        "DROP TABLE IF EXISTS usage_daily",
         """CREATE TABLE usage_daily (
             account VARCHAR NOT NULL,
             day DATE NOT NULL,

@@ -296,14 +296,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_STAGED_KEYS = ("timestamp", *SAMPLE_FIELDS, "_job", "_account", "_received")
+
+
 def _dumps(samples: Sequence[dict[str, Any]]) -> bytes:
     try:
         return orjson.dumps(samples)
     except orjson.JSONEncodeError:
         # Only a Python caller or the stdlib parser yields these: an integer beyond 64 bits
-        # (every column it can sit in is DOUBLE, so store it as one) or a string with a
-        # lone surrogate escape (not encodable as UTF-8; stored with '?' in its place).
-        return orjson.dumps([{k: _encodable(v) for k, v in s.items()} for s in samples])
+        # (every column it can sit in is DOUBLE, so store it as one), a string with a lone
+        # surrogate (validation refuses them in stored fields; elsewhere stored with '?'),
+        # or an unknown field nested past orjson's limit. Only the stored fields are kept.
+        return orjson.dumps([{k: _encodable(s[k]) for k in _STAGED_KEYS if k in s}
+                             for s in samples])
 
 
 def _encodable(value: Any) -> Any:

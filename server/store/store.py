@@ -31,10 +31,10 @@ from gpufleet.server.schemas import (
     PurgeResult,
 )
 from gpufleet.server.store import chargeback as cb
-from gpufleet.server.store import hosts, usage_sql
+from gpufleet.server.store import hosts, signal_audit, simulated, usage_sql
 from gpufleet.server.store.keys import KeyStore
 from gpufleet.server.store.pending import fold_on_open
-from gpufleet.server.store.schema import migrate
+from gpufleet.server.store.schema import current_version, migrate
 from gpufleet.server.store.writer import RollupParams, StoreWriter
 
 log = logging.getLogger("gpufleet.store")
@@ -44,13 +44,20 @@ DEFAULT_IDLE_PCT = 5.0
 
 
 class StoreLockedError(RuntimeError):
-    """Another process holds the DuckDB file (DuckDB allows one writing process)."""
+    """Another process holds the DuckDB file (DuckDB allows one writing process).
+
+    The message names the holder (``gpufleet serve (pid 123)``) in plain words; DuckDB's
+    own text is kept in ``detail`` for logs, never shown to a person.
+    """
 
     def __init__(self, path: Path, pid: int | None, detail: str) -> None:
+        from gpufleet.server.store.holder import describe_holder
+
         self.path = path
         self.pid = pid
-        who = f"process {pid}" if pid else "another process"
-        super().__init__(f"the store {path} is in use by {who} (a running `gpufleet serve`?): {detail}")
+        self.detail = detail
+        self.holder = describe_holder(pid)
+        super().__init__(f"the store {path} is in use by {self.holder}")
 
 
 _PID_RE = re.compile(r"PID (\d+)")
@@ -67,6 +74,8 @@ class MetricsStore:
         self.writer = StoreWriter(con.cursor(), rollup)
         self.keys = KeyStore(self.writer, self._cursor)
         self._closed = False
+        with self._cursor() as cur:
+            self._simulated: simulated.SimulatedMark | None = simulated.read_mark(cur)
 
     @classmethod
     def open(cls, path: Path | str, *, expected_interval_s: float = DEFAULT_INTERVAL_S,
@@ -84,7 +93,10 @@ class MetricsStore:
                 raise StoreLockedError(path, int(match.group(1)) if match else None, str(exc)) from None
             raise
         con.execute("SET GLOBAL TimeZone = 'UTC'")
+        older = current_version(con) > 0 and not simulated.has_mark_table(con)
         migrate(con)
+        if older:
+            _mark_older_demo(con)
         default = RollupParams(round(expected_interval_s * 1e6), idle_utilization_pct)
         fold_on_open(con, default.cap_us, default.idle_pct)  # rows a crash left pending
         rollup = _ensure_rollup(con, default)
@@ -113,6 +125,32 @@ class MetricsStore:
         self.writer.sync_rollup()
         with self._cursor() as cur:
             return cur.execute(sql, params).fetchall()
+
+    @property
+    def simulated(self) -> simulated.SimulatedMark | None:
+        """Since when, and from what, this store holds simulated data; None for real data only."""
+        return self._simulated
+
+    def mark_simulated(self, source: str, at: datetime | None = None) -> simulated.SimulatedMark:
+        """Record, before writing them, that simulated data from ``source`` goes into this store."""
+        mark = self._simulated
+        if mark is not None and source in mark.sources:
+            return mark
+        when = at or datetime.now(UTC)
+        mark = self.writer.call(lambda con: simulated.write_mark(con, source, when))
+        if self._simulated is None:
+            log.info("the store %s now holds simulated data (%s); every report from it says so",
+                     self.path, source)
+        self._simulated = mark
+        return mark
+
+    def remove_sample_fleet(self, uuids: list[str], hostnames: list[str]) -> tuple[int, int]:
+        """Delete the sample fleet's samples, usage and hosts (``gpufleet demo reset --db``)."""
+        self.writer.sync_rollup()
+        removed = self.writer.call(lambda con: simulated.remove_sample_fleet(con, uuids, hostnames))
+        with self._cursor() as cur:
+            self._simulated = simulated.read_mark(cur)
+        return removed
 
     def sample_count(self, account: str | None = None) -> int:
         rows = self.query("SELECT count(*) FROM samples WHERE ? IS NULL OR account = ?", [account, account])
@@ -171,6 +209,18 @@ class MetricsStore:
         with self._cursor() as cur:
             return hosts.read_purges(cur, account, limit)
 
+    def record_signal(self, attempt: signal_audit.SignalAttempt,
+                      outcome: signal_audit.SignalOutcome, detail: str) -> int:
+        """Commit one signal audit row; returns its id (``finish_signal`` completes a pending one)."""
+        return self.writer.call(lambda con: signal_audit.write_signal(con, attempt, outcome, detail))
+
+    def finish_signal(self, audit_id: int, outcome: signal_audit.SignalOutcome, detail: str) -> None:
+        self.writer.call(lambda con: signal_audit.finish_signal(con, audit_id, outcome, detail))
+
+    def list_signals(self, account: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self._cursor() as cur:
+            return signal_audit.read_signals(cur, account, limit)
+
     # ------------------------------------------------------------ chargeback
 
     def usage_rows(self, account: str, from_date: date, to_date: date, pricing: Pricing) -> list[cb.UsageRow]:
@@ -200,7 +250,8 @@ class MetricsStore:
     def chargeback(self, account: str, from_date: date, to_date: date, pricing: Pricing,
                    now: datetime | None = None) -> ChargebackReport:
         rows = self.usage_rows(account, from_date, to_date, pricing)
-        return cb.build_report(rows, from_date, to_date, now or datetime.now(UTC))
+        report = cb.build_report(rows, from_date, to_date, now or datetime.now(UTC))
+        return report.model_copy(update={"simulated": self._simulated is not None})
 
     def chargeback_csv(self, account: str, from_date: date, to_date: date, pricing: Pricing,
                        now: datetime | None = None) -> str:
@@ -228,6 +279,16 @@ class MetricsStore:
             con.execute(usage_sql.REBUILD_ALL, params)
 
         self.writer.call(rebuild)
+
+
+def _mark_older_demo(con: duckdb.DuckDBPyConnection) -> None:
+    """A store from before the simulated mark that holds the sample fleet is marked now."""
+    from gpufleet.server.sample import sample_fleet_gpu_uuids
+
+    mark = simulated.mark_older_demo(con, sample_fleet_gpu_uuids())
+    if mark is not None:
+        log.warning("this store holds the sample fleet's simulated telemetry (an older gpufleet's "
+                    "console demo wrote it here); every report from it says so")
 
 
 def _connect_private(path: Path) -> duckdb.DuckDBPyConnection:

@@ -12,15 +12,22 @@ upkeep deferred (folded in batches, see ``pending``); any other group
 sample's identity (account, gpu_uuid, timestamp and workload, see ``shares``)
 through the ``staging`` table, refuses a batch whose ``gpu_fraction`` values
 would push a GPU's shares at one time over 1 with what is stored (that batch
-alone), and keeps the rollup in SQL. A failure rolls the whole group back and
-every waiter gets the exception. Other writes (keys, heartbeats, purge audit) are jobs on the same
-thread, run after folding what is pending, so the process has exactly one writer.
+alone, with GpuShareError), and keeps the rollup in SQL. A failure rolls the whole group back; a group of several batches
+is then written batch by batch, so only the batch that fails gets the exception.
+A fold that fails is healed by the catch-up the store runs at open (every sample
+since the durable mark that is newer than its GPU's tail), so one bad fold never
+stalls later groups; while even that fails, fresh groups still land, groups that
+need the rollup and reports get ``RollupBehindError``. A full disk (or another
+I/O error on write) is ``StorageFullError``, logged once per episode. Other writes
+(keys, heartbeats, purge audit) are jobs on the same thread, run after folding
+what is pending, so the process has exactly one writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import queue
 import threading
@@ -32,6 +39,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from gpufleet.server.failures import RollupBehindError, StorageFullError
 from gpufleet.server.store import pending, usage_sql
 from gpufleet.server.store.shares import OVER_SHARE_SUM, GpuShareError
 from gpufleet.server.store.staging import (
@@ -59,6 +67,9 @@ MAX_GROUP_SAMPLES = 200_000  # one transaction stays bounded in memory
 FOLD_WHEN_IDLE_S = 0.1
 FOLD_AFTER_S = 1.0
 FOLD_AT_ROWS = 200_000
+# After a fold and its catch-up both failed, idle and threshold folds wait this long
+# (groups and reports that need the rollup still try at once).
+FOLD_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class _CallJob:
     fn: Callable[[duckdb.DuckDBPyConnection], Any]
     done: Callable[[Any, BaseException | None], None]
     transaction: bool = True
+    needs_rollup: bool = False  # RollupBehindError unless every pending row could be folded
 
 
 @dataclass
@@ -118,6 +130,10 @@ class StoreWriter:
         self._pending_since = time.monotonic()
         self._marked_us: int | None = None
         self._tails = TailCache(lambda: self._pending)
+        self._fold_error: str | None = None  # the current episode of failing folds, if any
+        self._fold_retry_at = 0.0
+        self._storage_error: str | None = None  # the current episode of failing writes, if any
+        self.storage_failed_at: float | None = None  # monotonic time of the last failed write
         self._thread = threading.Thread(target=self._run, name="gpufleet-store-writer", daemon=True)
         self._thread.start()
 
@@ -127,6 +143,21 @@ class StoreWriter:
     def pending_rows(self) -> int:
         """Acknowledged samples not yet folded into the rollup and the tail (0 when current)."""
         return self._pending_rows
+
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread runs (False after ``close`` or if it died)."""
+        return self._thread.is_alive()
+
+    @property
+    def fold_lag_s(self) -> float:
+        """How long the oldest acknowledged sample not yet in the rollup has waited (0 when current)."""
+        return time.monotonic() - self._pending_since if self._pending_rows else 0.0
+
+    @property
+    def storage_error(self) -> str | None:
+        """Why the last write failed for want of storage, until a write succeeds again."""
+        return self._storage_error
 
     @property
     def staging_folder(self) -> str:
@@ -148,7 +179,10 @@ class StoreWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[WriteResult] = loop.create_future()
 
-        batch = self._stager.prepare(account, received_at, samples, keys)
+        try:
+            batch = self._stager.prepare(account, received_at, samples, keys)
+        except OSError as exc:  # the staging folder's filesystem is full
+            raise self._storage_failure(exc) or exc from None
         release = self._stager.release
 
         def done(result: WriteResult | None, exc: BaseException | None) -> None:
@@ -193,9 +227,15 @@ class StoreWriter:
         return future.result()
 
     def sync_rollup(self) -> None:
-        """Return once every acknowledged sample is in ``usage_daily`` and ``gpu_last``."""
+        """Return once every acknowledged sample is in ``usage_daily`` and ``gpu_last``.
+
+        Raises RollupBehindError (or StorageFullError) when they cannot be folded in now:
+        a report from a stale rollup would be wrong without saying so.
+        """
         if self._pending_rows:
-            self.call(_nothing, transaction=False)
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._put(_CallJob(_nothing, _resolver(future), False, needs_rollup=True))
+            future.result()
 
     def post(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> None:
         """Queue ``fn`` on the writer thread without waiting (best-effort bookkeeping)."""
@@ -239,7 +279,7 @@ class StoreWriter:
             try:
                 return self._queue.get(timeout=FOLD_WHEN_IDLE_S)
             except queue.Empty:
-                self._fold()
+                self._fold(now=False)
         return self._queue.get()
 
     def _run(self) -> None:
@@ -252,7 +292,7 @@ class StoreWriter:
                 job.done.set()
                 return
             if isinstance(job, _CallJob):
-                self._fold()
+                self._fold(now=job.needs_rollup)
                 self._run_call(job)
                 self._tails.invalidate()  # it may have written samples or tails
                 continue
@@ -271,12 +311,18 @@ class StoreWriter:
             self._run_group(group)
             if self._pending_rows >= FOLD_AT_ROWS or (
                     self._pending_rows and time.monotonic() - self._pending_since >= FOLD_AFTER_S):
-                self._fold()
+                self._fold(now=False)
 
-    def _fold(self) -> bool:
-        """Fold deferred rollup upkeep in, in its own transaction (a failure keeps it pending)."""
+    def _fold(self, *, now: bool = True) -> bool:
+        """Fold deferred rollup upkeep in, in its own transaction; on failure, catch up.
+
+        ``now=False`` (idle and threshold folds) waits out FOLD_RETRY_S after a failure.
+        False when the rows stay pending (they are durable: a later fold or open gets them).
+        """
         if not self._pending_rows:
             return True
+        if not now and time.monotonic() < self._fold_retry_at:
+            return False
         con = self._con
         try:
             con.begin()
@@ -284,17 +330,69 @@ class StoreWriter:
             con.commit()
         except Exception as exc:
             _rollback(con)
-            log.warning("folding %d pending rows into the rollup failed (kept pending): %s",
-                        self._pending_rows, exc)
+            return self._catch_up(exc)
+        self._folded()
+        return True
+
+    def _catch_up(self, cause: Exception) -> bool:
+        """After a failed fold: the store's own catch-up from the durable mark (as at open).
+
+        It reads what is pending from the store, not from the writer's ranges, so a
+        range the fold could not use (or any fold-only fault) does not stop it.
+        """
+        con = self._con
+        try:
+            con.begin()
+            pending.catch_up(con, self._rollup.cap_us, self._rollup.idle_pct)
+            con.commit()
+        except Exception as exc:
+            _rollback(con)
+            self._fold_retry_at = time.monotonic() + FOLD_RETRY_S
+            if self._fold_error is None:
+                self._fold_error = str(exc)
+                log.error("folding %d pending rows into the usage rollup failed (%s), and so did "
+                          "catching up from the store (%s); they stay pending (stored, not yet in "
+                          "reports), retried every %.0f s and before each report",
+                          self._pending_rows, cause, exc, FOLD_RETRY_S)
+            self._storage_failure(exc)
             return False
+        log.warning("folding %d pending rows into the usage rollup failed (%s); caught up from "
+                    "the store instead", self._pending_rows, cause)
+        self._folded()
+        self._tails.invalidate()
+        return True
+
+    def _folded(self) -> None:
+        if self._fold_error is not None:
+            log.info("the usage rollup is current again")
+            self._fold_error = None
         self._pending = {}
         self._pending_rows = 0
         self._marked_us = None
-        return True
+
+    def _storage_failure(self, exc: BaseException) -> StorageFullError | None:
+        """``exc`` as a StorageFullError when it is one (logged once per episode), else None."""
+        failure = storage_failure(exc)
+        if failure is None:
+            return None
+        self.storage_failed_at = time.monotonic()
+        if self._storage_error is None:
+            log.error("the store cannot write: %s; writes are answered 507 until one succeeds", exc)
+        self._storage_error = str(failure)
+        return failure
+
+    def _wrote(self) -> None:
+        if self._storage_error is not None:
+            log.info("the store writes again")
+            self._storage_error = None
 
     def _run_call(self, job: _CallJob) -> None:
         con = self._con
         try:
+            if job.needs_rollup and self._pending_rows:
+                raise self._storage_error_or(RollupBehindError(
+                    f"the usage rollup is behind ({self._pending_rows} stored samples not yet "
+                    f"folded in: {self._fold_error})"))
             if job.transaction:
                 con.begin()
             result = job.fn(con)
@@ -303,11 +401,33 @@ class StoreWriter:
         except BaseException as exc:
             if job.transaction:
                 _rollback(con)
-            _answer(job.done, None, exc)
+            _answer(job.done, None, self._storage_failure(exc) or exc)
             return
+        if job.transaction:
+            self._wrote()
         _answer(job.done, result, None)
 
     def _run_group(self, group: list[_SampleJob]) -> None:
+        """Write a group; if it fails, write its batches one by one so one bad batch fails alone."""
+        failure = self._write_group(group)
+        if failure is None:
+            return
+        if len(group) > 1 and not isinstance(failure, StorageFullError | RollupBehindError):
+            log.warning("sample write of %d batches rolled back (%s); writing them one by one",
+                        len(group), failure)
+            for job in group:
+                alone = self._write_group([job])
+                if alone is not None:
+                    log.warning("sample batch of %d rolled back: %s", job.batch.count, alone)
+                    _answer(job.done, None, alone)
+            return
+        if not isinstance(failure, StorageFullError):  # those are logged once per episode
+            log.warning("sample write of %d batches rolled back: %s", len(group), failure)
+        for job in group:
+            _answer(job.done, None, failure)
+
+    def _write_group(self, group: list[_SampleJob]) -> BaseException | None:
+        """One transaction for ``group``; answers its waiters on COMMIT, else returns the failure."""
         con = self._con
         batches = [job.batch for job in group]
         newest = None
@@ -316,7 +436,8 @@ class StoreWriter:
             newest = self._tails.newest_if_fresh(con, [(b.account, b.ranges) for b in batches])
             if newest is None and not self._fold():
                 # the careful path keeps the rollup itself: it must start current
-                raise RuntimeError("deferred rollup upkeep could not be written")
+                raise self._storage_error_or(RollupBehindError(
+                    f"the usage rollup could not be brought up to date: {self._fold_error}"))
             mark_us = None
             con.begin()
             if newest is not None:
@@ -334,10 +455,8 @@ class StoreWriter:
         except BaseException as exc:
             _rollback(con)
             self._tails.invalidate()
-            log.warning("sample write of %d batches rolled back: %s", len(group), exc)
-            for job in group:
-                _answer(job.done, None, exc)
-            return
+            return self._storage_failure(exc) or exc
+        self._wrote()
         if newest is not None:
             if not self._pending_rows:
                 self._pending_since = time.monotonic()
@@ -354,6 +473,13 @@ class StoreWriter:
                 continue
             inserted = counts.get(job.batch.job, 0)
             _answer(job.done, WriteResult(inserted, job.batch.count - inserted), None)
+        return None
+
+    def _storage_error_or(self, exc: BaseException) -> BaseException:
+        """A StorageFullError while the last failure was one (a full disk stops folds too)."""
+        if self._storage_error is not None:
+            return StorageFullError(self._storage_error)
+        return exc
 
 
 def write_careful(con: duckdb.DuckDBPyConnection, rollup: RollupParams
@@ -481,6 +607,24 @@ def _workload_of(alias: str) -> str:
 def _same_workload(a: str, b: str) -> str:
     return " AND ".join(f"coalesce({a}.{c}, '') = coalesce({b}.{c}, '')"
                         for c in ("job_id", "team_id", "model_tag"))
+
+
+# How DuckDB words a write the filesystem refused (its IOException, or a failed COMMIT).
+_STORAGE_WORDS = ("No space left on device", "Disk quota exceeded", "Input/output error",
+                  "Read-only file system", "File too large")
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+
+
+def storage_failure(exc: BaseException) -> StorageFullError | None:
+    """``exc`` as a StorageFullError when the filesystem refused a write, else None."""
+    if isinstance(exc, StorageFullError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return StorageFullError(exc.errno, exc.strerror or str(exc))
+    if isinstance(exc, duckdb.Error) and (isinstance(exc, duckdb.IOException)
+                                          or any(w in str(exc) for w in _STORAGE_WORDS)):
+        return StorageFullError(str(exc))
+    return None
 
 
 def _nothing(_con: duckdb.DuckDBPyConnection) -> None:
