@@ -115,6 +115,9 @@ class StagedBatch:
     count: int  # samples submitted, repeats of a workload within the batch included
     ranges: dict[str, Range] | None  # per gpu_uuid, over the samples staged
     staged: int = -1  # samples staged: the first of each workload (-1: all of them)
+    # GPUs with a shared time (several workloads' rows) or a gpu_fraction in this batch:
+    # their rollup upkeep takes the grouping SQL (see pending.fold)
+    shared_gpus: frozenset[str] = frozenset()
     path: str | None = None  # a big batch's own file
     packed: bytes | None = None  # a small batch's rows, tagged, as a JSON array
 
@@ -151,13 +154,21 @@ class JsonStager:
         if len(set(zip(uuids, stamps, strict=True))) != count:
             # the same GPU and time twice: a shared GPU's workloads, or a repeat (kept once)
             keep = shares.first_of_each_workload(samples, uuids, stamps)
+        shared: set[str] = set()
         if fractions is not None and fractions.count(None) != count:
             shares.check_batch(uuids, stamps, fractions, keep)
-        if keep is not None and len(keep) != count:
-            samples = [samples[i] for i in keep]
-            uuids, stamps = [uuids[i] for i in keep], [stamps[i] for i in keep]
+            shared.update(u for u, f in zip(uuids, fractions, strict=True) if f is not None)
+        if keep is not None:
+            if len(keep) != count:
+                samples = [samples[i] for i in keep]
+                uuids, stamps = [uuids[i] for i in keep], [stamps[i] for i in keep]
+            seen: set[tuple[str, int]] = set()
+            for key in zip(uuids, stamps, strict=True):
+                if key in seen:
+                    shared.add(key[0])
+                seen.add(key)
         batch = StagedBatch(job, account, received_at, count, batch_ranges(uuids, stamps),
-                            staged=len(samples))
+                            staged=len(samples), shared_gpus=frozenset(shared))
         if len(samples) >= PACK_BELOW_ROWS:
             batch.path = self._write(f"batch-{job}.json", _dumps(samples))
         else:

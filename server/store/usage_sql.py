@@ -171,49 +171,46 @@ def _closed_sql(extra: str = "") -> str:
 _TAIL_ROWS = f"""
     SELECT account, gpu_uuid, epoch_us(ts) AS t, {_ATTRS} FROM gpu_tail WHERE NOT unclaimed"""
 
-# In-order arrivals: the GPU's previous tail plus the new rows, windowed; every
-# reading with a successor gets its final covered time, added to the daily rollup.
-APPEND_IN_ORDER = f"""
+# The same when ``seq`` holds one row per GPU and time and no fraction (GPUs nobody
+# shares: what a fold almost always sees): every row is a reading and the whole GPU.
+_CLOSED_PLAIN = f"""
+    win AS (
+        SELECT *, lead(t) OVER w AS nxt, lead(energy_delta_j) OVER w AS nxt_energy_j FROM seq
+        WINDOW w AS (PARTITION BY account, gpu_uuid ORDER BY t)
+    ),
+    shares AS (
+        SELECT *, t AS a, least(nxt - t, $cap_us) AS full_us,
+               {_INTERVAL_ENERGY} AS interval_energy_j, 1.0 AS share
+        FROM win WHERE nxt IS NOT NULL
+    )"""
+
+
+def _append_in_order(closed: str) -> str:
+    return f"""
 WITH seq AS (
     {_TAIL_ROWS.strip()}
       AND (account, gpu_uuid) IN (SELECT account, gpu_uuid FROM cand WHERE NOT ooo)
     UNION ALL
     SELECT account, gpu_uuid, epoch_us(ts) AS t, {_ATTRS} FROM cand WHERE NOT ooo
 ),
-{_closed_sql().strip()},
+{closed.strip()},
 {_parts_sql("shares").strip()}
 {UPSERT_DAILY}
 """
+
+
+# In-order arrivals: the GPU's previous tail plus the new rows, windowed; every
+# reading with a successor gets its final covered time, added to the daily rollup.
+APPEND_IN_ORDER = _append_in_order(_closed_sql())
+# The same for GPUs whose rows and tail are plain (see _CLOSED_PLAIN): half the SQL time.
+APPEND_IN_ORDER_PLAIN = _append_in_order(_CLOSED_PLAIN)
 
 # A GPU's tail after ``cand``: gpu_last, one row per GPU (its newest time, the reading
 # with the largest power, delta and utilization of that time, the latest receive time and
 # hostname), and gpu_tail, every workload sampled at that time with its share. Rows newer
 # than the tail replace it; rows at the tail's own time (a workload's row that came
-# later) join it.
-_NEWER = "excluded.ts > gpu_last.ts"
-_SAME = "excluded.ts = gpu_last.ts"
-UPSERT_GPU_LAST = f"""
-    INSERT INTO gpu_last BY NAME
-    SELECT c.account, c.gpu_uuid, c.ts, min(c.gpu_name) AS gpu_name, min(c.team_id) AS team_id,
-           min(c.model_tag) AS model_tag, max(c.power_draw_w) AS power_draw_w,
-           max(c.energy_delta_j) AS energy_delta_j, max(c.utilization_gpu_pct) AS utilization_gpu_pct,
-           any_value(m.received_at) AS received_at, any_value(m.hostname) AS hostname
-    FROM cand c
-    JOIN (SELECT account, gpu_uuid, max(ts) AS ts, max(received_at) AS received_at,
-                 arg_max(hostname, ts) AS hostname
-          FROM cand GROUP BY account, gpu_uuid) m
-      ON c.account = m.account AND c.gpu_uuid = m.gpu_uuid AND c.ts = m.ts
-    GROUP BY c.account, c.gpu_uuid, c.ts
-    ON CONFLICT DO UPDATE SET
-        {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE gpu_last.{c} END"
-                   for c in ("ts", "gpu_name", "team_id", "model_tag"))},
-        {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} "
-                   f"WHEN {_SAME} THEN greatest(excluded.{c}, gpu_last.{c}) ELSE gpu_last.{c} END"
-                   for c in ("power_draw_w", "energy_delta_j", "utilization_gpu_pct"))},
-        received_at = greatest(excluded.received_at, gpu_last.received_at),
-        hostname = coalesce(excluded.hostname, gpu_last.hostname)
-"""
-
+# later) join it. ``tail_rows`` holds the new tails' rows (each with its GPU's latest
+# receive time and hostname among the new rows); the statements below write them.
 _TAIL_COLUMNS = ("account, gpu_uuid, ts, job_id, team_id, model_tag, gpu_name, gpu_fraction, "
                  "power_draw_w, energy_delta_j, utilization_gpu_pct")
 
@@ -222,79 +219,113 @@ def _columns_of(alias: str) -> str:
     return ", ".join(f"{alias}.{c.strip()}" for c in _TAIL_COLUMNS.split(","))
 
 
-# The tail rows of the GPUs in ``cand``: every row at each one's newest time, stored or
-# new (a workload's late row at the tail's time joins it). Then REPLACE_TAILS.
-TAIL_ROWS_FROM_CAND = f"""
-    CREATE OR REPLACE TEMP TABLE tail_rows AS
-    WITH newest AS (SELECT account, gpu_uuid, max(ts) AS ts FROM cand GROUP BY account, gpu_uuid)
-    SELECT {_TAIL_COLUMNS} FROM (
-        SELECT {_columns_of("t")}
-        FROM gpu_tail t JOIN newest n ON t.account = n.account AND t.gpu_uuid = n.gpu_uuid
-        WHERE NOT t.unclaimed AND t.ts >= n.ts
-        UNION ALL
-        SELECT {_columns_of("c")}
-        FROM cand c JOIN newest n ON c.account = n.account AND c.gpu_uuid = n.gpu_uuid AND c.ts = n.ts
-    ) QUALIFY ts = max(ts) OVER (PARTITION BY account, gpu_uuid)
+# Every row at each GPU's newest time, stored or new.
+_TAIL_ROWS_FROM_CAND = (
+    """CREATE OR REPLACE TEMP TABLE newest AS
+       SELECT account, gpu_uuid, max(ts) AS ts, max(received_at) AS received_at,
+              arg_max(hostname, ts) AS hostname
+       FROM cand GROUP BY account, gpu_uuid""",
+    f"""CREATE OR REPLACE TEMP TABLE tail_rows AS
+        SELECT r.*, n.received_at, n.hostname FROM (
+            SELECT {_columns_of("t")}
+            FROM gpu_tail t JOIN newest n ON t.account = n.account AND t.gpu_uuid = n.gpu_uuid
+            WHERE NOT t.unclaimed AND t.ts >= n.ts
+            UNION ALL
+            SELECT {_columns_of("c")}
+            FROM cand c JOIN newest n ON c.account = n.account AND c.gpu_uuid = n.gpu_uuid AND c.ts = n.ts
+        ) r JOIN newest n ON r.account = n.account AND r.gpu_uuid = n.gpu_uuid
+        QUALIFY r.ts = max(r.ts) OVER (PARTITION BY r.account, r.gpu_uuid)""",
+    "DROP TABLE newest",
+)
+# The same when every GPU in ``cand`` has one row per time, no fraction, and is newer than
+# its tail (the fold's plain GPUs): each GPU's newest row.
+_TAIL_ROWS_PLAIN = (
+    f"""CREATE OR REPLACE TEMP TABLE tail_rows AS
+        SELECT account, gpu_uuid, max(ts) AS ts,
+               {", ".join(f"arg_max_null({c}, ts) AS {c}" for c in
+                          ("job_id", "team_id", "model_tag", "gpu_name", "gpu_fraction",
+                           "power_draw_w", "energy_delta_j", "utilization_gpu_pct"))},
+               max(received_at) AS received_at, arg_max(hostname, ts) AS hostname
+        FROM cand GROUP BY account, gpu_uuid""",
+)
+
+_WRITE_TAILS = (
+    """INSERT INTO gpu_last BY NAME
+       SELECT account, gpu_uuid, ts, min(gpu_name) AS gpu_name, min(team_id) AS team_id,
+              min(model_tag) AS model_tag, max(power_draw_w) AS power_draw_w,
+              max(energy_delta_j) AS energy_delta_j, max(utilization_gpu_pct) AS utilization_gpu_pct,
+              max(received_at) AS received_at, max(hostname) AS hostname
+       FROM tail_rows GROUP BY account, gpu_uuid, ts
+       ON CONFLICT DO UPDATE SET
+           ts = excluded.ts, gpu_name = excluded.gpu_name, team_id = excluded.team_id,
+           model_tag = excluded.model_tag, power_draw_w = excluded.power_draw_w,
+           energy_delta_j = excluded.energy_delta_j, utilization_gpu_pct = excluded.utilization_gpu_pct,
+           received_at = greatest(excluded.received_at, gpu_last.received_at),
+           hostname = coalesce(excluded.hostname, gpu_last.hostname)""",
+    """DELETE FROM gpu_tail t USING (SELECT DISTINCT account, gpu_uuid FROM tail_rows) r
+       WHERE t.account = r.account AND t.gpu_uuid = r.gpu_uuid""",
+    # one reading (the largest figures) in every row, each row's share, what nobody claimed
+    """INSERT INTO gpu_tail BY NAME
+       WITH g AS (
+           SELECT account, gpu_uuid, ts, job_id, team_id, model_tag, gpu_name, gpu_fraction,
+                  max(power_draw_w) OVER w AS power_draw_w,
+                  max(energy_delta_j) OVER w AS energy_delta_j,
+                  max(utilization_gpu_pct) OVER w AS utilization_gpu_pct,
+                  coalesce(sum(gpu_fraction) OVER w, 0) AS fixed,
+                  count(*) OVER w - count(gpu_fraction) OVER w AS free,
+                  min(gpu_name) OVER w AS first_name, row_number() OVER w AS nth
+           FROM tail_rows WINDOW w AS (PARTITION BY account, gpu_uuid)
+       )
+       SELECT * EXCLUDE (fixed, free, first_name, nth), false AS unclaimed,
+              CASE WHEN gpu_fraction IS NOT NULL THEN gpu_fraction / greatest(1, fixed)
+                   ELSE greatest(0, 1 - fixed) / free END AS share
+       FROM g
+       UNION ALL BY NAME
+       SELECT account, gpu_uuid, ts, first_name AS gpu_name, power_draw_w, energy_delta_j,
+              utilization_gpu_pct, 1 - fixed AS share, true AS unclaimed
+       FROM g WHERE nth = 1 AND free = 0 AND fixed < 1""",
+    "DROP TABLE tail_rows",
+)
+# A single new row per GPU (the plain path): it is the whole GPU.
+_WRITE_PLAIN_TAILS = (*_WRITE_TAILS[:2],
+                      f"""INSERT INTO gpu_tail BY NAME
+                          SELECT {_TAIL_COLUMNS}, 1.0 AS share, false AS unclaimed FROM tail_rows""",
+                      "DROP TABLE tail_rows")
+
+# Bulk loads: the tail rows of every GPU in ``redo`` from its samples.
+_TAIL_ROWS_FROM_SAMPLES = (
+    f"""CREATE OR REPLACE TEMP TABLE tail_rows AS
+        SELECT {_columns_of("s")},
+               max(s.received_at) OVER (PARTITION BY s.account, s.gpu_uuid) AS received_at,
+               max(s.hostname) OVER (PARTITION BY s.account, s.gpu_uuid) AS hostname
+        FROM samples s
+        JOIN (SELECT s.account, s.gpu_uuid, max(s.ts) AS ts
+              FROM samples s JOIN redo r ON s.account = r.account AND s.gpu_uuid = r.gpu_uuid
+              GROUP BY ALL) m
+          ON s.account = m.account AND s.gpu_uuid = m.gpu_uuid AND s.ts = m.ts""",
+)
+
+# GPUs whose tail is more than one workload's whole GPU: the fold's grouping SQL is theirs.
+SHARED_TAILS = """
+    SELECT account, gpu_uuid FROM gpu_tail
+    GROUP BY account, gpu_uuid HAVING count(*) > 1 OR bool_or(share < 1)
 """
 
 
-# Bulk loads: the tail rows of every GPU in ``redo`` from its samples, and its gpu_last.
-# Then REPLACE_TAILS.
-TAILS_FROM_SAMPLES = (f"""
-    CREATE OR REPLACE TEMP TABLE tail_rows AS
-    SELECT {_columns_of("s")}, s.received_at, s.hostname
-    FROM samples s
-    JOIN (SELECT s.account, s.gpu_uuid, max(s.ts) AS ts
-          FROM samples s JOIN redo r ON s.account = r.account AND s.gpu_uuid = r.gpu_uuid
-          GROUP BY ALL) m
-      ON s.account = m.account AND s.gpu_uuid = m.gpu_uuid AND s.ts = m.ts
-""", """
-    INSERT OR REPLACE INTO gpu_last BY NAME
-    SELECT account, gpu_uuid, ts, min(gpu_name) AS gpu_name, min(team_id) AS team_id,
-           min(model_tag) AS model_tag, max(power_draw_w) AS power_draw_w,
-           max(energy_delta_j) AS energy_delta_j, max(utilization_gpu_pct) AS utilization_gpu_pct,
-           max(received_at) AS received_at, max(hostname) AS hostname
-    FROM tail_rows GROUP BY account, gpu_uuid, ts
-""")
+def update_tails(con: duckdb.DuckDBPyConnection, *, plain: bool = False) -> None:
+    """After ``cand``'s rows are stored (and rolled up): their GPUs' gpu_last and gpu_tail.
 
-# ``tail_rows`` (every row at some GPUs' newest time) become those GPUs' gpu_tail: one
-# reading (the largest figures) in every row, each row's share, and what nobody claimed.
-REPLACE_TAILS = ("""
-    DELETE FROM gpu_tail t USING (SELECT DISTINCT account, gpu_uuid FROM tail_rows) r
-    WHERE t.account = r.account AND t.gpu_uuid = r.gpu_uuid
-""", """
-    INSERT INTO gpu_tail BY NAME
-    WITH g AS (
-        SELECT account, gpu_uuid, ts, job_id, team_id, model_tag, gpu_name, gpu_fraction,
-               max(power_draw_w) OVER w AS power_draw_w, max(energy_delta_j) OVER w AS energy_delta_j,
-               max(utilization_gpu_pct) OVER w AS utilization_gpu_pct,
-               coalesce(sum(gpu_fraction) OVER w, 0) AS fixed,
-               count(*) OVER w - count(gpu_fraction) OVER w AS free,
-               min(gpu_name) OVER w AS first_name, row_number() OVER w AS nth
-        FROM tail_rows WINDOW w AS (PARTITION BY account, gpu_uuid)
-    )
-    SELECT * EXCLUDE (fixed, free, first_name, nth), false AS unclaimed,
-           CASE WHEN gpu_fraction IS NOT NULL THEN gpu_fraction / greatest(1, fixed)
-                ELSE greatest(0, 1 - fixed) / free END AS share
-    FROM g
-    UNION ALL BY NAME
-    SELECT account, gpu_uuid, ts, first_name AS gpu_name, power_draw_w, energy_delta_j,
-           utilization_gpu_pct, 1 - fixed AS share, true AS unclaimed
-    FROM g WHERE nth = 1 AND free = 0 AND fixed < 1
-""", "DROP TABLE tail_rows")
-
-
-def update_tails(con: duckdb.DuckDBPyConnection) -> None:
-    """After ``cand``'s rows are stored (and rolled up): their GPUs' gpu_last and gpu_tail."""
-    con.execute(UPSERT_GPU_LAST)
-    con.execute(TAIL_ROWS_FROM_CAND)
-    for statement in REPLACE_TAILS:
+    ``plain``: every GPU in ``cand`` has one row per time, none with a fraction, all
+    newer than its tail (the fold's plain GPUs).
+    """
+    for statement in (*_TAIL_ROWS_PLAIN, *_WRITE_PLAIN_TAILS) if plain else (
+            *_TAIL_ROWS_FROM_CAND, *_WRITE_TAILS):
         con.execute(statement)
 
 
 def rebuild_tails(con: duckdb.DuckDBPyConnection) -> None:
     """The GPUs in ``redo`` (bulk loads): gpu_last and gpu_tail made anew from their samples."""
-    for statement in (*TAILS_FROM_SAMPLES, *REPLACE_TAILS):
+    for statement in (*_TAIL_ROWS_FROM_SAMPLES, *_WRITE_TAILS):
         con.execute(statement)
 
 

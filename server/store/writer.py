@@ -127,6 +127,7 @@ class StoreWriter:
         # each GPU's range, their count, and the durable mark below them (see ``pending``)
         self._pending: dict[Key, Range] = {}
         self._pending_rows = 0
+        self._pending_shared: set[Key] = set()  # of those GPUs, the shared ones (see ``pending.fold``)
         self._pending_since = time.monotonic()
         self._marked_us: int | None = None
         self._tails = TailCache(lambda: self._pending)
@@ -326,7 +327,8 @@ class StoreWriter:
         con = self._con
         try:
             con.begin()
-            pending.fold(con, self._pending, self._rollup.cap_us, self._rollup.idle_pct)
+            pending.fold(con, self._pending, self._rollup.cap_us, self._rollup.idle_pct,
+                         self._pending_shared)
             con.commit()
         except Exception as exc:
             _rollback(con)
@@ -368,6 +370,7 @@ class StoreWriter:
             self._fold_error = None
         self._pending = {}
         self._pending_rows = 0
+        self._pending_shared = set()
         self._marked_us = None
 
     def _storage_failure(self, exc: BaseException) -> StorageFullError | None:
@@ -465,6 +468,7 @@ class StoreWriter:
                 self._marked_us = mark_us
             self._tails.advance(newest)
             _merge(self._pending, newest)
+            self._pending_shared.update((b.account, uuid) for b in batches for uuid in b.shared_gpus)
         else:
             self._tails.invalidate()
         for job in group:
