@@ -186,7 +186,7 @@ def _columns_if_valid(payload: list[Any], window: _Window, finite: bool) -> dict
     """
     if set(map(type, payload)) != _DICT:
         return None
-    columns = {name: [s.get(name) for s in payload] for name in ALL_FIELDS}
+    columns = {name: [s.get(name) for s in payload] for name in _COLUMN_FIELDS}
     absent = 0  # known fields missing or null, summed over the batch (see _unknown_too_deep)
     try:
         raw_ts = columns["timestamp"]
@@ -237,7 +237,7 @@ def _columns_if_valid(payload: list[Any], window: _Window, finite: bool) -> dict
         absent += sources.count(None)
         hosts = columns["hostname"] = [s.get("hostname") for s in payload]
         absent += hosts.count(None)
-        shares_absent = _shares_absent_if_valid(columns, finite)
+        shares_absent = _shares_absent_if_valid(payload, columns, absent, finite)
         if shares_absent is None:
             return None
         absent += shares_absent
@@ -381,10 +381,23 @@ def _problems(s: dict[str, Any], window: _Window) -> list[str]:
 # (store.shares): it also counts the samples stored by earlier batches.
 GPU_FRACTION_BASES: tuple[str, ...] = get_args(GpuFractionBasis)
 _BASES_OR_NONE = {*GPU_FRACTION_BASES, None}
+_SHARE_FIELDS = ("gpu_fraction", "gpu_fraction_basis")
+_COLUMN_FIELDS = tuple(name for name in ALL_FIELDS if name not in _SHARE_FIELDS)
 
 
-def _shares_absent_if_valid(columns: dict[str, list[Any]], finite: bool) -> int | None:
-    """How many of the two fields are missing or null in the batch; None: a value is invalid."""
+def _shares_absent_if_valid(payload: list[dict[str, Any]], columns: dict[str, list[Any]],
+                            absent: int, finite: bool) -> int | None:
+    """Both fields' columns: how many of their values are missing or null; None: one is invalid.
+
+    ``absent``: the other known fields' missing or null values. When every key of every
+    sample is one of those (almost every batch), neither field is there: no columns to read.
+    """
+    count = len(payload)
+    if sum(map(len, payload)) == (len(_KNOWN_KEYS) - len(_SHARE_FIELDS)) * count - absent:
+        columns["gpu_fraction"], columns["gpu_fraction_basis"] = [None] * count, [None] * count
+        return 2 * count
+    for name in _SHARE_FIELDS:
+        columns[name] = [s.get(name) for s in payload]
     fractions = columns["gpu_fraction"]
     kinds = set(map(type, fractions))
     if kinds != _NONE_ONLY:
