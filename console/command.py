@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     from gpufleet.server.config import Settings
 
 HELP = "Open the fleet console: live GPUs of every node, purge, chargeback and hosts."
+EXIT_CODES = """\
+  0    quit (q)
+  1    the console could not start its local server or reach one
+  2    a bad setting or flag
+  130  interrupted (Ctrl-C)
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,12 +21,13 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpufleet.server.api.export import ExportAnswers
 from gpufleet.server.api.simulated import HEADER as SIMULATED_HEADER
 from gpufleet.server.config import Limits, Pricing
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.server import HttpServer
 from gpufleet.server.http.types import HttpError, Request, Response
-from gpufleet.server.schemas import KeyInfo
+from gpufleet.server.schemas import KeyInfo, utc_now
 
 if TYPE_CHECKING:
     from gpufleet.server.app import ServerApp
@@ -39,6 +40,7 @@ SOCKET_NAME = "sock"
 INFO_PATH = "/admin/v1/info"
 KEYS_PATH = "/admin/v1/keys"
 CHARGEBACK_PATH = "/admin/v1/chargeback"  # read-only: the report, as GET /v1/chargeback/report
+EXPORT_PATH = "/admin/v1/export"  # read-only: days, samples, usage as GET /v1/export/*, any account
 _MAX_SUN_PATH = 107  # sun_path is 108 bytes with its terminating NUL
 # A response carrying a new secret must not be kept by any cache (as server/api/keys.py).
 SECRET_HEADERS: tuple[tuple[str, str], ...] = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
@@ -136,6 +138,9 @@ class AdminChannel:
         router.post(KEYS_PATH + "/revoke", self._revoke, name="adminRevokeKey")
         router.post(KEYS_PATH + "/rotate", self._rotate, name="adminRotateKey")
         router.get(CHARGEBACK_PATH, self._chargeback, name="adminChargeback")
+        self._export = ExportAnswers(store, utc_now)
+        for what in ("days", "samples", "usage"):
+            router.get(f"{EXPORT_PATH}/{what}", self._exporting(what), name=f"adminExport_{what}")
         self.http = HttpServer(router, limits)
 
     async def start(self) -> None:
@@ -232,6 +237,18 @@ class AdminChannel:
         if isinstance(result, str):
             return Response.text(result, content_type="text/csv; charset=utf-8", headers=[marked])
         return Response.json(result, headers=[marked])
+
+    def _exporting(self, what: str) -> Any:
+        """``gpufleet export --db``'s answers: ``?account=`` (all accounts' days without it)."""
+        answer = getattr(self._export, what)
+
+        async def handler(request: Request) -> Response:
+            account = request.query.get("account") or None
+            if account is None and what != "days":  # the days of every account, or of one
+                raise HttpError(400, "Query parameter account is required")
+            return await answer(account, request.query)
+
+        return handler
 
     def _forget(self, info: KeyInfo) -> None:
         if self._resolver is not None:

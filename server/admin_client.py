@@ -19,6 +19,7 @@ import httpx
 
 from gpufleet.server.admin import (
     CHARGEBACK_PATH,
+    EXPORT_PATH,
     INFO_PATH,
     KEYS_PATH,
     SOCKET_NAME,
@@ -171,3 +172,14 @@ class AdminReports(AdminClient):
 
 def _period(account: str, start: date, end: date) -> dict[str, str]:
     return {"account": account, "from": start.isoformat(), "to": end.isoformat()}
+
+
+class AdminExport(AdminClient):
+    """Parquet export answers from the server that holds ``db_path`` (``gpufleet export --db``)."""
+
+    PURPOSE = "export"
+    PREFIX = EXPORT_PATH
+
+    @property
+    def http(self) -> httpx.Client:
+        return self._client

@@ -21,10 +21,13 @@ from gpufleet.server import __version__
 from gpufleet.server.api.agents import AgentRoutes
 from gpufleet.server.api.chargeback import ChargebackRoutes
 from gpufleet.server.api.context import ApiContext
+from gpufleet.server.api.export import ExportRoutes
 from gpufleet.server.api.gpu import GpuRoutes
 from gpufleet.server.api.health import HealthRoutes
 from gpufleet.server.api.ingest import IngestRoutes
 from gpufleet.server.api.keys import KeyRoutes
+from gpufleet.server.api.metrics import MetricsRoutes
+from gpufleet.server.api.processes import ProcessRoutes
 from gpufleet.server.api.validation import validate_batch
 from gpufleet.server.auth import KeyResolver, StoreKeyResolver
 from gpufleet.server.config import Settings
@@ -33,6 +36,8 @@ from gpufleet.server.http.forwarded import ClientAddresses, parse_networks
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.server import HttpServer
 from gpufleet.server.http.types import Request, Response
+from gpufleet.server.metrics.feed import GpuFeed, attribution_from_samples
+from gpufleet.server.metrics.server import HttpMetrics
 from gpufleet.server.openapi import openapi_document
 from gpufleet.server.ratelimit import RateLimiter
 from gpufleet.server.schemas import Heartbeat, utc_now
@@ -81,10 +86,19 @@ class ServerApp:
         self.context = ApiContext(settings=settings, backend=backend, resolver=resolver,
                                   limiter=RateLimiter(settings.rate_limits), store=store,
                                   purge=self.purge, now=clock)
+        # /metrics: request counts and latency observed by the HTTP server, GPU readings
+        # from the sampler or the feed's own refresh (never per scrape)
+        self.http_metrics = HttpMetrics() if settings.metrics.enabled else None
+        self.feed = GpuFeed(backend, self._attribute, refresh_s=settings.metrics.refresh_s,
+                            monotonic=monotonic)
+        self._attributor: Any = None
+        self._feed_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.router = self._build_router()
         trusted = parse_networks(settings.server.trusted_proxies)
         self.http = HttpServer(self.router, settings.limits, ssl_context=ssl_context_for(settings),
-                               addresses=ClientAddresses(trusted))
+                               addresses=ClientAddresses(trusted),
+                               observer=self.http_metrics.observe if self.http_metrics else None)
         self._openapi: bytes | None = None
         self._sampler_task: asyncio.Task[None] | None = None
         self.samples_written = 0  # by the in-process sampler (tests and status lines read it)
@@ -94,14 +108,21 @@ class ServerApp:
     def _build_router(self) -> Router:
         router = Router()
         GpuRoutes(self.context).register(router)
+        ProcessRoutes(self.context).register(router)
         if self.store is not None:
             IngestRoutes(self.context).register(router)
             ChargebackRoutes(self.context).register(router)
             AgentRoutes(self.context).register(router)
             KeyRoutes(self.context).register(router)
+            ExportRoutes(self.context).register(router)
         router.get("/v1/openapi.json", self._openapi_json, name="getOpenApi",
                    summary="This API's OpenAPI 3.1 document")
         HealthRoutes(self.context).register(router)
+        self._metrics_routes = None
+        if self.http_metrics is not None:
+            self._metrics_routes = MetricsRoutes(self.context, self.feed, self.http_metrics,
+                                                 on_scrape=self.ensure_feed)
+            self._metrics_routes.register(router)
         return router
 
     @property
@@ -116,12 +137,34 @@ class ServerApp:
             self._sampler_task = asyncio.create_task(self._run_sampler(), name="gpufleet-sampler")
         return address
 
+    def ensure_feed(self) -> None:
+        """Start refreshing GPU readings for /metrics: at the first scrape, so a node that
+        nobody scrapes reads nothing for it."""
+        if self._feed_task is None and not self._stopping:
+            self._feed_task = asyncio.create_task(
+                self.feed.run(sampler_running=self._sampler_task is not None),
+                name="gpufleet-metrics-feed")
+
     async def stop(self) -> None:
         """Stop sampling, stop accepting, let in-flight requests finish. The store stays open."""
         await self.stop_sampler()
         await self.http.shutdown()
 
+    def _attribute(self, snapshot: Any) -> Any:
+        """Who each GPU works for, as the sampler attributes it (called in the feed's thread)."""
+        if self._attributor is None:
+            from gpufleet.server.agent.attribution import ProcessAttributor
+
+            self._attributor = ProcessAttributor(self.settings.agent)
+        return self._attributor.attribute(snapshot)
+
     async def stop_sampler(self) -> None:
+        self._stopping = True
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feed_task
+            self._feed_task = None
         if self._sampler_task is not None:
             self._sampler_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -170,6 +213,8 @@ class ServerApp:
         samples = await asyncio.to_thread(sampler.sample)
         now = self.context.now()
         snapshot = sampler.last_snapshot
+        if snapshot is not None:
+            self.feed.publish(snapshot, attribution_from_samples(samples))
         hostname = (snapshot.node.hostname if snapshot else "") or socket.gethostname()
         inserted = 0
         if samples and self.backend.simulated:  # marked before written: never unmarked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from gpufleet.server import __version__
@@ -19,9 +20,34 @@ COMMANDS: dict[str, str] = {
     "status": "gpufleet.server.commands.status",
     "keys": "gpufleet.server.commands.keys",
     "report": "gpufleet.server.commands.report",
+    "export": "gpufleet.server.commands.export",
+    "config": "gpufleet.server.commands.config",
     "demo": "gpufleet.server.commands.demo",
 }
 DEFAULT_COMMAND = "console"
+_VERSION_FLAGS = ("-V", "--version")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps epilogs as written and says each option's default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default" in text or default is None or default is False
+                or default is True or default == [] or default is argparse.SUPPRESS
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def command_epilog(module: object) -> str | None:
+    """A command's epilog: its own text (``EPILOG``), then its exit codes (``EXIT_CODES``)."""
+    parts = [getattr(module, "EPILOG", None)]
+    codes = getattr(module, "EXIT_CODES", None)
+    if codes:
+        parts.append("exit codes:\n" + codes)
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts if p) or None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -33,14 +59,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpufleet",
         description="GPU fleet console and server. With no subcommand, opens the console.",
+        epilog="Run `gpufleet COMMAND --help` for a command's options, defaults and exit codes.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"gpufleet {__version__}")
+    parser.add_argument(*_VERSION_FLAGS, action="version", version=f"gpufleet {__version__}",
+                        help="print gpufleet's version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         if command is not None and name != command:
             continue
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        sub = subparsers.add_parser(name, help=module.HELP, description=textwrap.fill(module.HELP, 79),
+                                    epilog=command_epilog(module), formatter_class=HelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(_module=module_name)
     return parser
@@ -48,7 +78,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", *_VERSION_FLAGS)):
         argv.insert(0, DEFAULT_COMMAND)
     command = argv[0] if argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv)

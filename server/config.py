@@ -81,6 +81,8 @@ class RateLimits(Section):
     key_rotation: RateLimit = RateLimit(requests=5, per_s=3600)
     # Per client address, on every authenticated route: presented keys that were not valid.
     failed_auth: RateLimit = RateLimit(requests=30, per_s=60)
+    # GET /v1/export/*: one request per exported day and table, so a bulk export needs room
+    export: RateLimit = RateLimit(requests=600, per_s=60)
 
     @model_validator(mode="before")
     @classmethod
@@ -195,6 +197,17 @@ class ServerSettings(Section):
         return self.db_path or data_dir() / "gpufleet.duckdb"
 
 
+class MetricsSettings(Section):
+    """``GET /metrics``: Prometheus exposition of this node's GPUs and of the server itself."""
+
+    enabled: bool = True
+    # loopback: no key from 127.0.0.1/::1, a read key from anywhere else (or through a proxy);
+    # key: a read key always; open: no key ever (only behind a network you trust)
+    access: Literal["loopback", "key", "open"] = "loopback"
+    # GPU readings are at most this old: read in the background, never once per scrape
+    refresh_s: float = Field(default=15.0, ge=0.1)
+
+
 class AttributionRule(Section):
     """Agent attribution: first matching rule wins."""
 
@@ -258,6 +271,7 @@ class Settings(Section):
     rate_limits: RateLimits = RateLimits()
     pricing: Pricing = Pricing()
     sampler: SamplerSettings = SamplerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     runtimes: list[RuntimeSettings] = Field(default_factory=list)
     agent: AgentSettings = AgentSettings()
     console: ConsoleSettings = ConsoleSettings()

@@ -49,6 +49,21 @@ _ERRORS = {
     "507": "The store's disk is full; nothing was stored; retry after Retry-After",
     "409": "Simulated data (X-Gpufleet-Simulated: true) sent to a server that stores real data only",
 }
+# Statuses particular to one route (by operationId): added to, or replacing, the generic ones.
+_ROUTE_ERRORS: dict[str, dict[str, str]] = {
+    "signalGpuProcess": {
+        "403": "The key lacks the operator scope, or this server may not signal that process "
+               "(the error says why: another PID namespace, PID 1, the server itself, "
+               "or the operating system refused)",
+        "404": "The PID is not a GPU process of this node now (or it exited before the signal)",
+        "503": "The signal audit cannot be written; nothing was sent",
+        "507": "The store's disk is full: the signal audit cannot be written, so nothing was "
+               "sent; retry after Retry-After",
+    },
+}
+# Path parameters that are numbers (the rest are strings).
+_INTEGER_PARAMS = {"pid": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}
+
 # What the HTTP layer may answer on any route, before or around its handler.
 _ANY_ROUTE = ("400", "408", "413", "431", "500", "503", "504")
 # Routes that write to the store, or read the usage rollup (a full disk stops its upkeep).
@@ -88,7 +103,8 @@ def _operation(route: Route) -> dict[str, Any]:
             schema = {"type": "array", "minItems": 1, "items": schema}
         op["requestBody"] = {"required": route.request_model is not MODELS_BY_NAME["PurgeRequest"],
                              "content": _json_content(schema)}
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    params = [{"name": name, "in": "path", "required": True,
+               "schema": _INTEGER_PARAMS.get(name, {"type": "string"})}
               for name in _PARAM.findall(route.pattern)]
     if route.response_model is ChargebackReport:
         params += [
@@ -133,13 +149,16 @@ def _operation(route: Route) -> dict[str, Any]:
     if limited:
         wanted.append("429")
     _document_simulated(route, ok, wanted)
-    for status in sorted(wanted):
-        responses[status] = {"description": _ERRORS[status],
+    particular = _ROUTE_ERRORS.get(route.name, {})
+    for status in sorted(set(wanted) | set(particular)):
+        responses[status] = {"description": particular.get(status) or _ERRORS[status],
                              "content": _json_content(_ref(ErrorBody))}
     if route.response_model is ReadyStatus:  # not ready: the same body, saying why
         responses["503"] = {"description": "Not ready: `error` says which check failed",
                             "content": _json_content(_ref(ReadyStatus))}
     op["responses"] = responses
+    if route.openapi:  # a route that is not JSON, or whose access depends on the client
+        op.update({k: (responses | v) if k == "responses" else v for k, v in route.openapi.items()})
     return op
 
 

@@ -74,7 +74,8 @@ KEY_ROLES: dict[str, tuple[list[str], str]] = {
 
 @contextlib.asynccontextmanager
 async def store_app(db_path: Any, settings: Settings | None = None, *,
-                    clock: Callable[[], datetime] | None = None) -> AsyncIterator[Running]:
+                    clock: Callable[[], datetime] | None = None,
+                    backend: Any = None) -> AsyncIterator[Running]:
     """A server over a real DuckDB file with one key per role in ``KEY_ROLES``."""
     from gpufleet.server.store import MetricsStore
 
@@ -82,7 +83,8 @@ async def store_app(db_path: Any, settings: Settings | None = None, *,
     try:
         keys = {role: store.create_key(f"{role}-key", scopes, account).key
                 for role, (scopes, account) in KEY_ROLES.items()}
-        async with running_app(settings, store=store, keys=keys, clock=clock) as srv:
+        async with running_app(settings, store=store, keys=keys, clock=clock,
+                               backend=backend) as srv:
             yield srv
     finally:
         store.close()

@@ -9,10 +9,12 @@ from tests.api_server import running_app, store_app
 
 EXPECTED = {
     ("get", "/v1/gpu/status"), ("get", "/v1/gpu/memory"), ("post", "/v1/gpu/purge"),
+    ("post", "/v1/gpu/processes/{pid}/signal"),
     ("get", "/v1/metrics/ingest"), ("post", "/v1/metrics/ingest"),
     ("get", "/v1/chargeback/report"), ("post", "/v1/agent/heartbeat"), ("get", "/v1/agent/hosts"),
     ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"), ("get", "/healthz"),
-    ("get", "/readyz"),
+    ("get", "/readyz"), ("get", "/metrics"),
+    ("get", "/v1/export/days"), ("get", "/v1/export/samples"), ("get", "/v1/export/usage"),
 }
 
 
@@ -77,7 +79,8 @@ async def test_storeless_node_documents_only_the_operator_api() -> None:
     async with running_app() as srv:
         doc = (await srv.http.get("/v1/openapi.json")).json()
     assert set(doc["paths"]) == {"/v1/gpu/status", "/v1/gpu/memory", "/v1/gpu/purge",
-                                 "/v1/openapi.json", "/healthz", "/readyz"}
+                                 "/v1/gpu/processes/{pid}/signal", "/v1/openapi.json",
+                                 "/healthz", "/readyz", "/metrics"}
 
 
 async def test_every_status_a_route_answers_is_listed(tmp_path: Path) -> None:

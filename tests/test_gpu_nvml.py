@@ -236,3 +236,54 @@ def test_a_mig_slot_nvml_refuses_costs_that_slot_only(fake_nvml):
     assert snap.gpus[0].memory.total_mb == 81920 and not snap.gpus[0].lost
     assert not snap.gpus[1].lost
     assert any(w.startswith("GPU 0: MIG device 0 (") for w in snap.warnings)
+
+
+# ---------------------------------------------------------------- the real library: issue 14's reads
+@pytest.mark.nvml
+def test_real_nvml_health_fields_are_well_formed(real_backend):
+    from gpufleet.server.schemas import THROTTLE_REASON_NAMES
+
+    for gpu in real_backend.snapshot().gpus:
+        if gpu.throttle_reasons is not None:
+            assert all(r in THROTTLE_REASON_NAMES or r.startswith("unknown_0x")
+                       for r in gpu.throttle_reasons), gpu.throttle_reasons
+        if gpu.ecc_errors is not None:
+            counts = gpu.ecc_errors.model_dump().values()
+            assert all(c is None or c >= 0 for c in counts)
+        if gpu.remapped_rows is not None:
+            assert gpu.remapped_rows.correctable >= 0 and gpu.remapped_rows.uncorrectable >= 0
+        if gpu.retired_pages is not None:
+            assert gpu.retired_pages.pending in (True, False, None)
+        if gpu.pcie is not None:
+            assert gpu.pcie.link_gen is None or 1 <= gpu.pcie.link_gen <= 6
+            assert gpu.pcie.link_width is None or gpu.pcie.link_width in (1, 2, 4, 8, 16, 32)
+            assert gpu.pcie.max_link_gen is None or gpu.pcie.max_link_gen >= (gpu.pcie.link_gen or 1)
+            assert all(v is None or v >= 0 for v in (gpu.pcie.tx_kb_s, gpu.pcie.rx_kb_s))
+        for engine in (gpu.utilization.encoder_percent, gpu.utilization.decoder_percent):
+            assert engine is None or 0 <= engine <= 100
+        if gpu.xid_errors is not None:
+            assert gpu.xid_error_count >= len(gpu.xid_errors)
+        assert gpu.health_problems() is not None  # computable on whatever the GPU reports
+
+
+@pytest.mark.nvml
+def test_real_nvml_names_its_process_call_and_describes_processes(real_backend):
+    snap = real_backend.snapshot()
+    assert snap.node.nvml_process_api in ("v3", "v2", "v1")
+    for proc in snap.processes:
+        assert proc.gpu_index is not None and proc.type in ("compute", "graphics")
+        if proc.visible:
+            assert proc.started_at is not None and proc.elapsed_s >= 0
+            assert proc.host_rss_mb is not None and proc.host_rss_mb >= 0
+            assert proc.cpu_percent is None or proc.cpu_percent >= 0
+            assert proc.children is not None
+
+
+@pytest.mark.nvml
+def test_real_nvml_watcher_samples_pcie_and_stops(real_backend):
+    watcher = real_backend.watcher
+    rounds = watcher.pcie_rounds
+    assert rounds >= 1  # the first round ran before the first snapshot
+    assert watcher.wait_for(lambda: watcher.pcie_rounds > rounds, 10.0)
+    real_backend.close()
+    assert not real_backend.watcher.running

@@ -121,7 +121,8 @@ def test_every_header_lines_up_with_its_column_values():
             GpuInfo(index=12, name="NVIDIA A100-SXM4-80GB", memory=GpuMemory.from_mb(0, 0),
                     utilization=GpuUtilization(), lost=True),
         ],
-        processes=[GpuProcess(pid=7, name="python", memory_mb=56036, gpu_index=0, user="ml"),
+        processes=[GpuProcess(pid=7, name="python", memory_mb=56036, gpu_index=0, user="ml",
+                              cpu_percent=182.44, host_rss_mb=20480, elapsed_s=93_784.2),
                    GpuProcess(pid=4194304, name="vllm", memory_mb=None, gpu_index=None,
                               user="inference-service", command="vllm serve qwen")],
     )
@@ -136,8 +137,35 @@ def test_every_header_lines_up_with_its_column_values():
     ])
     proc_header = lines.index(next(line for line in lines if line.startswith("GPU      PID")))
     _assert_aligned(lines[proc_header], lines[proc_header + 1:], PROCESS_COLUMNS, [
-        ["0", "7", "ml", "56036", "python"],
-        ["?", "4194304", "inference-service", "n/a", "vllm  vllm serve qwen"],
+        ["0", "7", "ml", "56036", "182.4", "20480", "1-02:03:04", "python"],
+        ["?", "4194304", "inference-service", "n/a", "", "", "", "vllm  vllm serve qwen"],
     ])
     # No header without values under it, no values without a header.
     assert all(len(row) <= len(lines[gpu_header]) for row in gpu_rows)
+
+
+def test_table_names_gpu_health_problems_and_process_depth():
+    result = _gpufleet("status", "--simulate")
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if " PID " in line)
+    assert "CPU%" in header and "HOST MiB" in header and "TIME" in header
+
+    from datetime import UTC, datetime
+
+    from gpufleet.server.commands.status import render_table
+    from gpufleet.server.gpu.simulated import SimulatedBackend
+
+    when = datetime(2026, 3, 3, 14, tzinfo=UTC)
+    snap = SimulatedBackend("dgx-a100-01", clock=lambda: when).snapshot()
+    table = render_table(GpuStatusResponse(timestamp=when, gpus=list(snap.gpus),
+                                           processes=list(snap.processes), total_gpus=8))
+    assert ("GPU 5: 1 uncorrected ECC error(s) since driver load; row remapping pending: reset "
+            "the GPU; 2 XID error(s), last XID 63") in table.splitlines()
+    assert sum(line.startswith("GPU ") and ": " in line for line in table.splitlines()) == 1
+
+
+def test_elapsed_is_written_as_ps_does():
+    from gpufleet.server.commands.status import elapsed
+
+    assert [elapsed(s) for s in (None, 0, 59.9, 61, 3_600, 86_399, 90_061)] == [
+        "", "00:00", "00:59", "01:01", "01:00:00", "23:59:59", "1-01:01:01"]

@@ -99,7 +99,7 @@ class GpuRoutes:
         entries = [GpuMemoryEntry.from_memory(gpu.memory, index=gpu.index, uuid=gpu.uuid,
                                               name=gpu.name) for gpu in snap.gpus]
         return Response.json(GpuMemoryResponse(timestamp=snap.taken_at, memory=entries,
-                                               node=snap.node))
+                                               node=snap.node, processes=list(snap.processes)))
 
     async def purge(self, request: Request) -> Response:
         purge = self._ctx.purge

@@ -15,6 +15,11 @@ import sys
 from pathlib import Path
 
 HELP = "create, list, revoke or rotate API keys (secrets are shown once)"
+EXIT_CODES = """\
+  0  done
+  1  no such key, the name is taken, or the store is held by a server without an admin channel
+  2  a bad flag or setting
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,21 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     def action_parser(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, parents=[store_options])
+        return sub.add_parser(name, help=text, description=text, parents=[store_options],
+                              formatter_class=parser.formatter_class, epilog=parser.epilog)
 
     create = action_parser("create", "create a key and print its secret once")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True,
+                        help="the key's name, unique among the account's active keys")
     create.add_argument("--scope", required=True, help="comma-separated: operator, ingest, read")
     create.add_argument("--account", default=None, help="account the key belongs to (default: server.account)")
     create.add_argument("--json", action="store_true", help="print the key as JSON")
     listing = action_parser("list", "list keys (never their secrets)")
-    listing.add_argument("--account", default=None)
-    listing.add_argument("--json", action="store_true")
-    for name, text in (("revoke", "revoke a key now"), ("rotate", "replace a key's secret; the old one stops now")):
+    listing.add_argument("--account", default=None,
+                         help="only this account's keys (default: every account)")
+    listing.add_argument("--json", action="store_true", help="print the keys as JSON")
+    for name, text in (("revoke", "revoke a key: it stops working at once"), ("rotate", "replace a key's secret; the old one stops now")):
         action = action_parser(name, text)
-        action.add_argument("key", metavar="ID_OR_NAME")
-        action.add_argument("--account", default=None)
-        action.add_argument("--json", action="store_true")
+        action.add_argument("key", metavar="ID_OR_NAME", help="the key's id, or its name")
+        action.add_argument("--account", default=None,
+                            help="the key's account, when a name is in several")
+        action.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:

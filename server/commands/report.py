@@ -15,6 +15,11 @@ from pathlib import Path
 
 HELP = "chargeback report (GPU-hours, energy, cost by team) as a table, JSON or CSV"
 MAX_SPAN_DAYS = 366
+EXIT_CODES = """\
+  0  printed (or written to --output)
+  1  the report failed: no store, the server refused or could not be reached
+  2  a bad flag (dates, span) or setting
+"""
 SIMULATED_NOTE = ("SIMULATED: this store holds simulated samples (demo or --simulate); "
                   "these figures are not billable")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -32,13 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="from_", required=True, metavar="YYYY-MM-DD",
                         help="first day (UTC), inclusive")
     parser.add_argument("--to", required=True, metavar="YYYY-MM-DD", help="last day (UTC), inclusive")
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help="table for people, JSON as the API answers, CSV for finance")
     parser.add_argument("--output", type=Path, default=None, help="write to this file instead of stdout")
     parser.add_argument("--server", default=None, help="server URL (default: GPUFLEET_URL; else the local store)")
     parser.add_argument("--key-file", type=Path, default=None, help="file holding a read key (or GPUFLEET_KEY)")
     parser.add_argument("--db", type=Path, default=None, help="this store file (read directly, or through the gpufleet serve that holds it)")
     parser.add_argument("--account", default=None, help="with --db: the account (default: server.account)")
-    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML configuration (default: the platform config dir)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,11 @@ HELP = ("Serve N simulated GPU nodes (operator API only) on loopback ports, "
         "for trying the console against a fleet. The operator token is written to "
         "--token-file (0600), never printed.")
 TOKEN_PREFIX = "gpf_sim_"
+EXIT_CODES = """\
+  0  stopped by SIGTERM or SIGINT
+  1  a node cannot listen, or a file cannot be written
+  2  a bad flag or setting
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

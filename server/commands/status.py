@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 HELP = "Show this node's GPUs and GPU processes once (real via NVML, else the simulated fleet)."
 NAME_WIDTH = 32  # longer names are clipped with …; columns size to their content
 COMMAND_WIDTH = 60
+EXIT_CODES = """\
+  0  printed
+  1  no GPU data: neither NVML nor the simulated fleet could be read
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +81,10 @@ def render_table(status: GpuStatusResponse) -> str:
                          _opt(mig.memory_used_mb), _opt(mig.memory_total_mb), "", "", "", "", ""])
     lines += format_table(GPU_COLUMNS, rows)
     lines += [f"GPU {index} is lost: no readings until it is reset." for index in lost]
+    for gpu in status.gpus:  # what needs a look: heat, ECC, repairs waiting for a reset, XIDs
+        problems = [p for p in gpu.health_problems() if p != "GPU is lost"]
+        if problems:
+            lines.append(f"GPU {gpu.index}: " + "; ".join(problems))
     lines.append("")
     if not status.processes:
         lines.append("No GPU processes.")
@@ -91,7 +99,8 @@ GPU_COLUMNS: tuple[tuple[str, bool], ...] = (
     ("UTIL", True), ("TEMP", True), ("POWER W", True), ("PROCS", True),
 )
 PROCESS_COLUMNS: tuple[tuple[str, bool], ...] = (
-    ("GPU", True), ("PID", True), ("USER", False), ("MEMORY MiB", True), ("PROCESS", False),
+    ("GPU", True), ("PID", True), ("USER", False), ("MEMORY MiB", True), ("CPU%", True),
+    ("HOST MiB", True), ("TIME", True), ("PROCESS", False),
 )
 COLUMN_GAP = "  "
 
@@ -130,7 +139,23 @@ def _process_cells(proc: GpuProcess) -> list[str]:
             what = f"{proc.name}  {_clip(proc.command, COMMAND_WIDTH)}"
     else:
         what = f"{proc.name} (PID not visible from this host, e.g. another container)"
-    return [gpu, str(proc.pid), proc.user or "?", memory, what]
+    cpu = "" if proc.cpu_percent is None else f"{proc.cpu_percent:.1f}"
+    host = "" if proc.host_rss_mb is None else str(proc.host_rss_mb)
+    return [gpu, str(proc.pid), proc.user or "?", memory, cpu, host, elapsed(proc.elapsed_s), what]
+
+
+def elapsed(seconds: float | None) -> str:
+    """Running time as ps writes it: [[days-]hours:]minutes:seconds."""
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
+    if hours:
+        return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{minutes:02d}:{secs:02d}"
 
 
 def _clip(text: str, width: int) -> str:

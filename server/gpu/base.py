@@ -6,7 +6,7 @@ import abc
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gpufleet.server.schemas import GpuInfo, GpuProcess, LoadedModel, NodeInfo
+from gpufleet.server.schemas import GpuInfo, GpuProcess, LoadedModel, NodeInfo, SignalName
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,16 @@ class GpuBackend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the library (nvmlShutdown); the default holds nothing."""
+
+    def signal_process(self, entry: GpuProcess, signal: SignalName) -> None:
+        """Signal a process a snapshot of this backend listed (blocking).
+
+        Raises ``signals.SignalRefused`` when it may not be signalled and
+        ``signals.ProcessGone`` when it is no longer there.
+        """
+        from gpufleet.server.gpu.signals import send_os_signal
+
+        send_os_signal(entry, signal)
 
 
 class ModelHost(abc.ABC):

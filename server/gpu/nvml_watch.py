@@ -23,7 +23,7 @@ from gpufleet.server.schemas import XID_ERRORS_KEPT, XidError, utc_now
 log = logging.getLogger("gpufleet.gpu")
 
 PCIE_INTERVAL_S = 2.0
-EVENT_WAIT_MS = 500  # also how long close() may wait for the thread
+EVENT_WAIT_MS = 200  # also how long close() may wait for the thread
 
 
 class NvmlWatcher:
@@ -66,6 +66,10 @@ class NvmlWatcher:
         """Block until ``predicate()`` holds after some round or event (tests await with it)."""
         with self._lock:
             return self._lock.wait_for(predicate, timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------ life
     def start(self) -> None:

@@ -36,6 +36,9 @@ log = logging.getLogger("gpufleet.gpu")
 UNKNOWN_PROCESS_NAME = "unknown"
 MIB = 1024 * 1024
 CHILDREN_REFRESH_S = 5.0  # process trees change slowly; a full /proc scan costs ~15 µs a process
+# Below this, CPU time (counted in 10 ms ticks) over the interval is noise: two clients
+# polling a few ms apart would read 0 % or 200 %. A closer snapshot repeats the last figure.
+CPU_MIN_WINDOW_S = 1.0
 CHILDREN_MAX = 16  # a short tree: nearest descendants first
 CHILDREN_DEPTH = 2  # children and grandchildren
 GPU_DEVICE_PREFIX = "/dev/nvidia"
@@ -79,6 +82,7 @@ class _Known:
     container_id: str | None
     cpu_s: float = 0.0
     cpu_at: float | None = None  # monotonic time of cpu_s; None before the first reading
+    cpu_percent: float | None = None  # the last figure, repeated within CPU_MIN_WINDOW_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +158,17 @@ class ProcessInspector:
             return INVISIBLE
         except psutil.AccessDenied:
             times, rss = None, None  # another user's process on a hardened /proc
-        cpu_percent = None
         if times is not None:
             cpu_s = times.user + times.system
             if known.cpu_at is None:
                 lifetime = now_wall - known.created
-                cpu_percent = 100.0 * cpu_s / lifetime if lifetime > 0 else None
-            elif now_mono > known.cpu_at:
-                cpu_percent = 100.0 * max(cpu_s - known.cpu_s, 0.0) / (now_mono - known.cpu_at)
-            known.cpu_s, known.cpu_at = cpu_s, now_mono
+                known.cpu_percent = 100.0 * cpu_s / lifetime if lifetime > 0 else None
+                known.cpu_s, known.cpu_at = cpu_s, now_mono
+            elif now_mono - known.cpu_at >= CPU_MIN_WINDOW_S:
+                known.cpu_percent = (100.0 * max(cpu_s - known.cpu_s, 0.0)
+                                     / (now_mono - known.cpu_at))
+                known.cpu_s, known.cpu_at = cpu_s, now_mono
+        cpu_percent = known.cpu_percent if times is not None else None
         return HostProcess(
             name=known.name, user=known.user, command=known.command, visible=True,
             cpu_percent=None if cpu_percent is None else round(cpu_percent, 1),

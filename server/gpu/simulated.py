@@ -28,6 +28,7 @@ from gpufleet.server.schemas import (
     GpuUtilization,
     LoadedModel,
     NodeInfo,
+    SignalName,
 )
 
 SIM_DRIVER_VERSION = "550.54.15"
@@ -311,9 +312,20 @@ class SimulatedBackend(GpuBackend, ModelHost):
             targets = [(g, x) for g in self._gpus for x in g.tenants if x.loaded and x.model.name == name]
             if not targets:
                 raise KeyError(name)
-            t = seconds_since_epoch(self._clock())
-            for gpu, tenant in targets:
-                gpu.set_loaded(tenant, False, t)
+            _free(targets, seconds_since_epoch(self._clock()))
+
+    def signal_process(self, entry: GpuProcess, signal: SignalName) -> None:
+        """Any of the three signals ends a simulated process: the GPUs it held are freed."""
+        from gpufleet.server.gpu.signals import ProcessGone, SignalRefused
+
+        if not entry.visible:  # the other container's PID: as unreachable as a real one
+            raise SignalRefused(f"PID {entry.pid} is not visible to this server (another PID "
+                                "namespace, such as a container): it will not signal it")
+        with self._lock:
+            targets = [(g, x) for g in self._gpus for x in g.tenants if x.loaded and x.pid == entry.pid]
+            if not targets:
+                raise ProcessGone(f"PID {entry.pid} exited before the signal")
+            _free(targets, seconds_since_epoch(self._clock()))
 
     def reload_all(self) -> None:
         """Load every unloaded model again (tests and demos); energy carries on from where it was."""
@@ -324,6 +336,12 @@ class SimulatedBackend(GpuBackend, ModelHost):
                     if not tenant.loaded:
                         gpu.set_loaded(tenant, True, t)
                         tenant.loaded_at = self._clock()
+
+
+def _free(targets: list[tuple[_SimGpu, _Tenant]], t: float) -> None:
+    """Their processes are gone: memory freed, energy carried on from t without them."""
+    for gpu, tenant in targets:
+        gpu.set_loaded(tenant, False, t)
 
 
 def simulated_backends(count: int, gpus_per_node: int | None = None, *,

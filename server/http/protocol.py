@@ -51,6 +51,8 @@ class ServerState:
     """What every connection needs to know about its server."""
 
     closing: bool = False  # shutting down: answer in-flight requests with Connection: close
+    # told (status, seconds) of every request refused before routing (for /metrics)
+    on_reject: Callable[[int, float], None] | None = None
     addresses: ClientAddresses = field(default_factory=ClientAddresses)  # trusted proxies
 
 
@@ -287,6 +289,8 @@ class HttpProtocol:
             pass  # the client is gone; nothing left to tell it
         _log_access(self._client, self._method, self._path, reject.status, len(response.body),
                     self._started, None)
+        if self._state.on_reject is not None:
+            self._state.on_reject(reject.status, _clock() - self._started)
         await self._stream.linger_close(self._limits.close_linger_s)
 
 

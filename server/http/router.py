@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -30,6 +31,7 @@ class Route:
     auth: str | None = None  # required scope; None means no authentication
     params: tuple[str, ...] = field(default=())  # names of the {param} segments, in order
     timeout_s: float | None = None  # this route's deadline; None: limits.handler_timeout_s
+    openapi: dict[str, Any] | None = None  # replaces these keys of its OpenAPI operation
 
 
 class Router:
@@ -43,7 +45,7 @@ class Router:
     def add(self, method: str, pattern: str, handler: Handler, *, name: str | None = None,
             summary: str = "", request_model: type[BaseModel] | None = None,
             response_model: type[BaseModel] | None = None, auth: str | None = None,
-            timeout_s: float | None = None) -> Route:
+            timeout_s: float | None = None, openapi: dict[str, Any] | None = None) -> Route:
         """Register ``handler`` for ``method`` on ``pattern`` (e.g. ``/v1/keys/{key_id}``).
 
         ``timeout_s`` replaces the server's ``handler_timeout_s`` for this route only.
@@ -62,7 +64,7 @@ class Router:
         route = Route(method=method, pattern=pattern, handler=handler,
                       name=name or f"{method} {pattern}", summary=summary,
                       request_model=request_model, response_model=response_model,
-                      auth=auth, params=params, timeout_s=timeout_s)
+                      auth=auth, params=params, timeout_s=timeout_s, openapi=openapi)
         by_method = self._methods_for(pattern, shape, params)
         if method in by_method:
             raise ValueError(f"route already registered: {method} {pattern}")

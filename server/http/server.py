@@ -22,6 +22,7 @@ import inspect
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from gpufleet.server.config import Limits
@@ -37,6 +38,9 @@ log = logging.getLogger("gpufleet.http")
 
 Middleware = Callable[[Request, Handler], Awaitable[Response]]
 ShutdownCallback = Callable[[], Awaitable[None] | None]
+# (route pattern, or "unmatched" / "http" before routing; method; status; seconds)
+Observer = Callable[[str, str, int, float], None]
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class HttpServer:
@@ -46,15 +50,19 @@ class HttpServer:
                  ssl_context: ssl.SSLContext | None = None,
                  middleware: Sequence[Middleware] = (),
                  on_shutdown: Sequence[ShutdownCallback] = (),
-                 addresses: ClientAddresses | None = None) -> None:
-        """``addresses`` knows the trusted proxies (X-Forwarded-For, no per-address cap)."""
+                 addresses: ClientAddresses | None = None,
+                 observer: Observer | None = None) -> None:
+        """``addresses`` knows the trusted proxies (X-Forwarded-For, no per-address cap);
+        ``observer`` is told of every answer (for /metrics); it must not raise or block."""
         self.router = router
+        self.observer = observer
         self.limits = limits
         self.ssl_context = ssl_context
         self.middleware = tuple(middleware)
         self.on_shutdown: list[ShutdownCallback] = list(on_shutdown)
         self.addresses = addresses or ClientAddresses()
-        self._state = ServerState(addresses=self.addresses)
+        self._state = ServerState(addresses=self.addresses,
+                                  on_reject=self._observe_reject if observer else None)
         self._per_address: dict[str, int] = {}  # open connections by peer address
         self._server: asyncio.Server | None = None
         self._protocols: dict[HttpProtocol, asyncio.Task[None]] = {}
@@ -141,6 +149,21 @@ class HttpServer:
 
     async def dispatch(self, request: Request) -> Response:
         """Route ``request``, run middleware and handler under the deadline; never raises."""
+        if self.observer is None:
+            return await self._dispatch(request)
+        started = time.perf_counter()
+        response = await self._dispatch(request)
+        route = request.route.pattern if request.route is not None else "unmatched"
+        # the method is the client's text: an unknown one must not make a series of its own
+        method = request.method if request.method in _METHODS else "other"
+        self.observer(route, method, response.status, time.perf_counter() - started)
+        return response
+
+    def _observe_reject(self, status: int, seconds: float) -> None:
+        if self.observer is not None:
+            self.observer("http", "other", status, seconds)
+
+    async def _dispatch(self, request: Request) -> Response:
         try:
             route, request.path_params = self.router.match(request.method, request.path)
             request.route = route
@@ -206,6 +229,7 @@ class HttpServer:
         response = json_error(503, message, {"Retry-After": "1"})
         peer = stream.peer[0] if stream.peer else "-"
         access_log.info("%s - - 503 %d 0.0ms -", peer, len(response.body))
+        self._observe_reject(503, 0.0)
         try:
             await stream.write(encode_closing(response))
         except Exception:

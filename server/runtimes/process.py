@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import psutil
 from pydantic import PrivateAttr
 
 from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot
+from gpufleet.server.gpu.signals import signal_refusal
 from gpufleet.server.runtimes.base import ModelGone, RuntimeAdapter, RuntimeAdapterError
 from gpufleet.server.schemas import GpuProcess, LoadedModel
 
@@ -114,7 +114,7 @@ class ProcessAdapter(RuntimeAdapter):
             if entry.pid in found:
                 found[entry.pid][1].append(entry)
                 continue
-            if not entry.visible or entry.pid <= 1 or entry.pid == os.getpid():
+            if signal_refusal(entry) is not None:  # the signal route's rules too
                 continue
             proc = self._confirm(entry)
             if proc is not None:

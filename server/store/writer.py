@@ -131,6 +131,9 @@ class StoreWriter:
         self._pending_since = time.monotonic()
         self._marked_us: int | None = None
         self._tails = TailCache(lambda: self._pending)
+        # totals for /metrics, written by the writer thread only (reading an int is safe)
+        self.samples_inserted = 0
+        self.samples_duplicate = 0
         self._fold_error: str | None = None  # the current episode of failing folds, if any
         self._fold_retry_at = 0.0
         self._storage_error: str | None = None  # the current episode of failing writes, if any
@@ -144,6 +147,11 @@ class StoreWriter:
     def pending_rows(self) -> int:
         """Acknowledged samples not yet folded into the rollup and the tail (0 when current)."""
         return self._pending_rows
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs (sample groups, calls) waiting for the writer thread."""
+        return self._queue.qsize()
 
     @property
     def alive(self) -> bool:
@@ -476,6 +484,8 @@ class StoreWriter:
                 _answer(job.done, None, refused[job.batch.job])
                 continue
             inserted = counts.get(job.batch.job, 0)
+            self.samples_inserted += inserted
+            self.samples_duplicate += job.batch.count - inserted
             _answer(job.done, WriteResult(inserted, job.batch.count - inserted), None)
         return None
 
