@@ -129,8 +129,9 @@ SELECT make_timestamp(t_us) AS ts, gpu_index, gpu_uuid,
        round(sm_clock_mhz * (0.3 + 0.7 * busy), 0) AS sm_clock_mhz, memory_clock_mhz,
        CASE WHEN part * jobs > 0.05 THEN job_id END AS job_id,
        team_id, model_tag, scheduler_source, node AS hostname,
-       round(gpu_fraction, 4) AS gpu_fraction,
-       CASE WHEN gpu_fraction IS NOT NULL THEN 'sm_utilization' END AS gpu_fraction_basis
+       -- as the agent: 4 digits, and a share that rounds to 0 is sent without one
+       CASE WHEN round(gpu_fraction, 4) > 0 THEN round(gpu_fraction, 4) END AS gpu_fraction,
+       CASE WHEN round(gpu_fraction, 4) > 0 THEN 'sm_utilization' END AS gpu_fraction_basis
 FROM shared
 """
 

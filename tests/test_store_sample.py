@@ -72,7 +72,15 @@ def test_sample_covers_last_month_and_this_month_to_the_given_day(
     this_month = store.chargeback("demo", date(2026, 3, 1), end, Pricing())
     assert {"ml-infra", "inference", "research", "data-science"} <= {t.team_id for t in this_month.teams}
     assert {t.team_id for t in february.teams} == {t.team_id for t in this_month.teams}
-    assert february.summary.total_gpu_hours == GPUS * 28 * 24
+    assert february.summary.total_gpu_hours == GPUS * 28 * 24  # a shared GPU still bills 24 h a day
+    # inf-l40s-01's GPU 3: data-science's bge-embed and inference's llama3.2-3b share it all month
+    shared = {t.team_id: t.shared_gpu_hours for t in february.teams if t.shared_gpu_hours}
+    assert set(shared) == {"data-science", "inference"}
+    # (a minute when one model's share rounds to 0 is the other's whole GPU, not shared)
+    assert 0.99 * 28 * 24 < sum(shared.values()) <= 28 * 24
+    fractions = store.query("SELECT min(gpu_fraction), max(gpu_fraction) FROM samples")
+    assert fractions[0][0] > 0 and fractions[0][1] <= 1
+    assert shared["data-science"] > shared["inference"]  # bge-embed runs around the clock
     assert 0 < this_month.summary.idle_gpu_hours < this_month.summary.total_gpu_hours
     # the same load every day: cost per day within 1 % between the two months
     feb_day = february.summary.total_cost_usd / 28
