@@ -1,6 +1,6 @@
 """31-day chargeback report over 1 M, 3 M and 10 M stored samples, JSON and CSV.
 
-    .venv/bin/python bench/bench_chargeback.py [--sizes 1000000,3000000,10000000] [--repeat 5]
+    .venv/bin/python bench/bench_chargeback.py [--sizes 1000000,3000000,10000000] [--repeat 5] [--shared 10]
 
 Samples are bulk-generated inside DuckDB (60 s apart, enough GPUs to fill 31
 days), the rollup is built once as after a load, then each report is timed
@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from gpufleet.server.config import Pricing
-from gpufleet.server.store import MetricsStore
+from gpufleet.server.store import MetricsStore, usage_sql
 from gpufleet.server.store.timeutil import epoch_us
 
 FROM, TO = date(2026, 1, 1), date(2026, 1, 31)
@@ -41,21 +41,27 @@ SELECT 'bench', make_timestamp($start_us + (i // $gpus) * 60000000), (i % $gpus)
 FROM range($n) t(i)
 """
 
-GPU_LAST_SQL = """
-INSERT OR REPLACE INTO gpu_last BY NAME
-SELECT account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w, energy_delta_j,
-       utilization_gpu_pct, received_at, hostname
-FROM samples QUALIFY row_number() OVER (PARTITION BY account, gpu_uuid ORDER BY ts DESC) = 1
+# --shared P: P % of the GPUs are shared: each reading gets the 0.75 share of its own row
+# and a second workload's row (another team and model) with the other 0.25.
+SHARE_SQL = """
+UPDATE samples SET gpu_fraction = 0.75 WHERE hash(gpu_uuid) % 100 < $pct;
+INSERT INTO samples BY NAME
+SELECT * REPLACE ('search' AS team_id, 'bge-embed' AS model_tag, 0.25 AS gpu_fraction)
+FROM samples WHERE hash(gpu_uuid) % 100 < $pct;
 """
 
 
-def fill(store: MetricsStore, n: int) -> float:
+def fill(store: MetricsStore, n: int, shared_pct: int = 0) -> float:
     gpus = -(-n // MINUTES)
     started = time.perf_counter()
 
     def load(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(FILL_SQL, {"n": n, "gpus": gpus, "start_us": epoch_us(datetime(2026, 1, 1, tzinfo=UTC))})
-        con.execute(GPU_LAST_SQL)
+        if shared_pct:
+            for statement in SHARE_SQL.strip().split(";")[:-1]:
+                con.execute(statement, {"pct": shared_pct})
+        con.execute("CREATE OR REPLACE TEMP TABLE redo AS SELECT DISTINCT account, gpu_uuid FROM samples")
+        usage_sql.rebuild_tails(con)  # every GPU's tail: its newest time's workloads
 
     store.writer.call(load)
     store.rebuild_rollup()
@@ -76,20 +82,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000000,3000000,10000000")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--shared", type=int, default=0, metavar="PCT",
+                        help="percent of GPUs shared by two workloads (0.75 / 0.25)")
     args = parser.parse_args()
     pricing = Pricing()
     raw_pricing = Pricing(expected_interval_s=59.0)  # not the rollup's: forces the raw path
     for n in (int(x) for x in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             store = MetricsStore.open(Path(tmp) / "cb.duckdb")
-            load_s = fill(store, n)
+            load_s = fill(store, n, args.shared)
             json_s = timed(lambda st=store: st.chargeback("bench", FROM, TO, pricing).model_dump_json(by_alias=True),
                            args.repeat)
             csv_s = timed(lambda st=store: st.chargeback_csv("bench", FROM, TO, pricing), args.repeat)
             raw_s = timed(lambda st=store: st.chargeback("bench", FROM, TO, raw_pricing), 1)
             rollup_rows = store.query("SELECT count(*) FROM usage_daily")[0][0]
+            stored = store.sample_count()
             store.close()
-        print(f"{n:>11,} samples (load+rollup {load_s:5.1f} s, {rollup_rows:,} rollup rows): "
+        shared = f", {stored - n:,} rows of a second workload on shared GPUs" if stored != n else ""
+        print(f"{n:>11,} samples{shared} (load+rollup {load_s:5.1f} s, {rollup_rows:,} rollup rows): "
               f"JSON median {json_s[0] * 1000:7.1f} ms (max {json_s[1] * 1000:.1f}), "
               f"CSV median {csv_s[0] * 1000:7.1f} ms (max {csv_s[1] * 1000:.1f}), "
               f"raw-samples path {raw_s[0] * 1000:8.1f} ms")

@@ -52,6 +52,7 @@ class Run:
     p99_ms: float
     max_ms: float
     stored: int
+    server_cpu_s: float = 0.0  # the server process's CPU time (user + system) during wrk's run
 
     @property
     def samples_per_s(self) -> float:
@@ -71,7 +72,14 @@ class Run:
                 f"{self.samples_per_s:10,.0f} samples/s  p50 {self.p50_ms:6.1f} ms  "
                 f"p90 {self.p90_ms:6.1f} ms  p99 {self.p99_ms:6.1f} ms  max {self.max_ms:6.1f} ms  "
                 f"non-200 {self.non200}  acked {self.acked:,}  stored {self.stored:,} "
-                f"(= acked + {self.in_flight_bodies:g} bodies in flight at wrk's stop)")
+                f"(= acked + {self.in_flight_bodies:g} bodies in flight at wrk's stop)  "
+                f"server CPU {1000 * self.server_cpu_s / max(self.acked, 1) * 1000:.1f} ms per 1,000 samples")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(db: Path, config: Path) -> tuple[subprocess.Popen[str], str]:
@@ -107,7 +115,9 @@ def run_size(size: int, args: argparse.Namespace, workdir: Path) -> Run:
         cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d",
                f"{args.duration}s", "--timeout", "30s", "--latency", "-s", str(LUA), url,
                "--", str(size), str(args.gpus), key, f"s{size}"]
+        cpu_before = process_cpu_s(proc.pid)
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        server_cpu_s = process_cpu_s(proc.pid) - cpu_before
         out, err = done.stdout, done.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -126,7 +136,7 @@ def run_size(size: int, args: argparse.Namespace, workdir: Path) -> Run:
         size_bytes = db.stat().st_size
     acked, non200, p50, p90, p99, worst = (int(v) for v in summary.groups())
     run = Run(size, int(requests.group(1)), seconds, acked, non200, p50 / 1000, p90 / 1000,
-              p99 / 1000, worst / 1000, stored)
+              p99 / 1000, worst / 1000, stored, server_cpu_s)
     if args.verbose:
         print(f"  store: {size_bytes / 1e6:.1f} MB for {stored:,} rows")
     return run

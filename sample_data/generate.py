@@ -46,7 +46,8 @@ def host_silence_s(fleet: Fleet, heartbeat_interval_s: float,
 
 
 def gpu_rows(fleet: Fleet, minutes: int, silence_s: dict[str, float] | None = None) -> list[tuple[Any, ...]]:
-    """One row per GPU: node, index, uuid, name, limits, its job's attribution and its sample count."""
+    """One row per GPU and job on it: node, index, uuid, name, limits, the job's attribution,
+    its sample count, and how many jobs share the GPU (a shared GPU has a row per job)."""
     silence_s = silence_s or {}
     rows = []
     for node in fleet.nodes:
@@ -54,17 +55,20 @@ def gpu_rows(fleet: Fleet, minutes: int, silence_s: dict[str, float] | None = No
         samples = max(0, minutes - math.ceil(silence_s.get(node.name, 0.0) / INTERVAL_S))
         for index, arch in enumerate(node.gpus):
             spec = fleet.gpu_models[arch]
-            job = fleet.job_for(node.name, index)
-            model = fleet.model(job.model) if job else None
+            jobs = fleet.jobs_for(node.name, index) or [None]
             uuid = simulated_gpu_uuid(fleet.seed, node.name, index)  # as the live simulated fleet
-            rows.append((
-                node.name, index, uuid, spec.name, spec.memory_mb, spec.power_limit_w,
-                spec.idle_power_w, spec.sm_clock_max_mhz, spec.memory_clock_mhz,
-                job.schedule if job else "idle", model.name if model else None,
-                model.team if model else None, model.memory_mb if model else 0,
-                f"{job.scheduler}-{job.model}-{node.name}" if job else None,
-                job.scheduler if job else None, samples,
-            ))
+            # a shared GPU's memory reading is every resident model's
+            resident_mb = sum(fleet.model(j.model).memory_mb for j in jobs if j is not None)
+            for job in jobs:
+                model = fleet.model(job.model) if job else None
+                rows.append((
+                    node.name, index, uuid, spec.name, spec.memory_mb, spec.power_limit_w,
+                    spec.idle_power_w, spec.sm_clock_max_mhz, spec.memory_clock_mhz,
+                    job.schedule if job else "idle", model.name if model else None,
+                    model.team if model else None, resident_mb,
+                    f"{job.scheduler}-{job.model}-{node.name}" if job else None,
+                    job.scheduler if job else None, samples, len(jobs),
+                ))
     return rows
 
 
@@ -72,11 +76,13 @@ GPU_COLUMNS = (
     "node VARCHAR, gpu_index INTEGER, gpu_uuid VARCHAR, gpu_name VARCHAR, memory_mb DOUBLE, "
     "power_limit_w DOUBLE, idle_power_w DOUBLE, sm_clock_mhz DOUBLE, memory_clock_mhz DOUBLE, "
     "schedule VARCHAR, model_tag VARCHAR, team_id VARCHAR, model_memory_mb DOUBLE, job_id VARCHAR, "
-    "scheduler_source VARCHAR, samples INTEGER"
+    "scheduler_source VARCHAR, samples INTEGER, jobs INTEGER"
 )
 
 # $start_us / $seed; `fleet_gpus` holds gpu_rows(), each GPU's `samples` minutes from the start.
 # Busy is a 0..1 load factor by schedule; an idle-but-loaded GPU still holds its model's memory.
+# A GPU shared by n jobs is one reading a minute (its load: each job's busy / n, summed) in
+# n rows, one per job, each with its share of the load as gpu_fraction (SM basis, as the agent).
 SAMPLES_SQL = """
 WITH grid AS (
     SELECT g.*, m AS minute, $start_us + m * 60000000 AS t_us
@@ -99,8 +105,15 @@ load AS (
                                     AND hour BETWEEN 10 + hash($seed, gpu_uuid, day_no) % 4
                                                  AND 13 + hash($seed, gpu_uuid, day_no) % 4
                                THEN 0.7 + 0.25 * r1 ELSE 0.015 * r1 END
-        ELSE 0.0 END AS busy
+        ELSE 0.0 END / jobs AS part
     FROM clock
+),
+shared AS (  -- the reading of a GPU with several jobs: their parts added up
+    SELECT *, part AS busy, NULL::DOUBLE AS gpu_fraction FROM load WHERE jobs = 1
+    UNION ALL
+    SELECT *, sum(part) OVER (PARTITION BY gpu_uuid, minute) AS busy,
+           part / sum(part) OVER (PARTITION BY gpu_uuid, minute) AS gpu_fraction
+    FROM load WHERE jobs > 1
 )
 SELECT make_timestamp(t_us) AS ts, gpu_index, gpu_uuid,
        round(idle_power_w + (power_limit_w - idle_power_w) * busy * (0.92 + 0.08 * r2), 1) AS power_draw_w,
@@ -114,9 +127,12 @@ SELECT make_timestamp(t_us) AS ts, gpu_index, gpu_uuid,
            AS energy_delta_j,
        round(30 + 60 * busy, 0) AS fan_speed_pct, memory_mb AS memory_total_mb,
        round(sm_clock_mhz * (0.3 + 0.7 * busy), 0) AS sm_clock_mhz, memory_clock_mhz,
-       CASE WHEN busy > 0.05 THEN job_id END AS job_id,
-       team_id, model_tag, scheduler_source, node AS hostname
-FROM load
+       CASE WHEN part * jobs > 0.05 THEN job_id END AS job_id,
+       team_id, model_tag, scheduler_source, node AS hostname,
+       -- as the agent: 4 digits, and a share that rounds to 0 is sent without one
+       CASE WHEN round(gpu_fraction, 4) > 0 THEN round(gpu_fraction, 4) END AS gpu_fraction,
+       CASE WHEN round(gpu_fraction, 4) > 0 THEN 'sm_utilization' END AS gpu_fraction_basis
+FROM shared
 """
 
 

@@ -84,6 +84,20 @@ class RateLimits(Section):
     # GET /v1/export/*: one request per exported day and table, so a bulk export needs room
     export: RateLimit = RateLimit(requests=600, per_s=60)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: Any) -> Any:
+        """A bucket given in part (``GPUFLEET_RATE_LIMITS__INGEST__REQUESTS=5`` alone, or one
+        key in the file) keeps its default for the other field, as the pricing table does."""
+        if not isinstance(value, dict):
+            return value
+        laid = dict(value)
+        for name, given in value.items():
+            default = cls.model_fields[name].default if name in cls.model_fields else None
+            if isinstance(given, dict) and isinstance(default, RateLimit):
+                laid[name] = {**default.model_dump(), **given}
+        return laid
+
 
 DEFAULT_GPU_RATES_USD: dict[str, float] = {
     # $/GPU-hour by architecture; override in [pricing.gpu_rates_usd]

@@ -97,6 +97,10 @@ class Fleet(_Frozen):
                 return job
         return None
 
+    def jobs_for(self, node: str, gpu_index: int) -> list[JobSpec]:
+        """Every job on one GPU: several share it (an Ollama node serving two teams' models)."""
+        return [job for job in self.jobs if job.node == node and gpu_index in job.gpus]
+
 
 def load_fleet(path: Path | None = None) -> Fleet:
     path = path or sample_data_dir() / "fleet.toml"

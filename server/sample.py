@@ -31,7 +31,7 @@ _COLUMNS = (
     "ts, gpu_index, gpu_uuid, power_draw_w, utilization_gpu_pct, utilization_memory_pct, "
     "temperature_c, memory_used_mb, gpu_name, power_limit_w, energy_delta_j, fan_speed_pct, "
     "memory_total_mb, sm_clock_mhz, memory_clock_mhz, job_id, team_id, model_tag, "
-    "scheduler_source, hostname"
+    "scheduler_source, hostname, gpu_fraction, gpu_fraction_basis"
 )
 
 
@@ -77,7 +77,7 @@ def load_sample_month(store: MetricsStore, account: str, *, end: date | None = N
     cap_us = 2 * store.rollup_params.interval_us
 
     def load(con: duckdb.DuckDBPyConnection) -> int:
-        uuids = [g[2] for g in gpus]
+        uuids = list(dict.fromkeys(g[2] for g in gpus))  # a shared GPU has a row per job
         latest = con.execute(
             "SELECT max(ts) FROM gpu_last WHERE account = ? AND list_contains(?, gpu_uuid)",
             [account, uuids],
@@ -92,7 +92,10 @@ def load_sample_month(store: MetricsStore, account: str, *, end: date | None = N
         skip_stored = "" if latest is None else """
             WHERE NOT EXISTS (
                 SELECT 1 FROM samples s WHERE s.account = $account AND s.gpu_uuid = r.gpu_uuid
-                  AND s.ts = r.ts AND s.ts >= $lo AND s.ts < $hi)"""
+                  AND s.ts = r.ts AND s.ts >= $lo AND s.ts < $hi
+                  AND coalesce(s.job_id, '') = coalesce(r.job_id, '')
+                  AND coalesce(s.team_id, '') = coalesce(r.team_id, '')
+                  AND coalesce(s.model_tag, '') = coalesce(r.model_tag, ''))"""
         inserted = con.execute(
             f"""INSERT INTO samples (account, {_COLUMNS}, received_at)
                 SELECT $account, {_COLUMNS}, ts + INTERVAL 2 SECOND FROM ({gen.SAMPLES_SQL}) r{skip_stored}""",
@@ -104,19 +107,12 @@ def load_sample_month(store: MetricsStore, account: str, *, end: date | None = N
             return 0
         # every GPU's tail, then its rollup from the day before the window
         con.execute(
-            """INSERT OR REPLACE INTO gpu_last BY NAME
-               SELECT account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w,
-                      energy_delta_j, utilization_gpu_pct, received_at, hostname
-               FROM samples WHERE account = $account AND list_contains($uuids, gpu_uuid)
-               QUALIFY row_number() OVER (PARTITION BY gpu_uuid ORDER BY ts DESC) = 1""",
-            {"account": account, "uuids": uuids},
-        )
-        con.execute(
             """CREATE OR REPLACE TEMP TABLE redo AS
                SELECT $account AS account, unnest($uuids) AS gpu_uuid, $from_us AS from_us""",
             {"account": account, "uuids": uuids,
              "from_us": epoch_us(start) - epoch_us(start) % usage_sql.DAY_US - usage_sql.DAY_US},
         )
+        usage_sql.rebuild_tails(con)
         con.execute(usage_sql.DELETE_REDO_DAYS)
         con.execute(usage_sql.RECOMPUTE_REDO, {"cap_us": cap_us, "idle_pct": store.rollup_params.idle_pct})
         for host, version, count, first, last in hb_rows:

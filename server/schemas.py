@@ -315,6 +315,11 @@ class GpuProcess(Value):
     user: str | None = None
     command: str | None = None
     type: Literal["compute", "graphics"] | None = None
+    # shared GPUs: this process's SM utilization on this GPU, the average of NVML's process
+    # utilization samples since the last snapshot (None: the driver gives none)
+    sm_util_pct: int | None = None
+    team_id: str | None = None  # whose process it is, when the backend knows (simulated)
+    model_tag: str | None = None
     visible: bool = True  # False: the driver reports the PID but this host cannot see it
     # additive (issue 14): the host's view of the process; None = unknown or not visible
     cpu_percent: float | None = None  # of one CPU (may pass 100): since the previous snapshot,
@@ -472,6 +477,21 @@ class SignalResult(Value):
 # --------------------------------------------------------------------------
 
 SchedulerSource = Literal["kubernetes", "slurm", "runai", "manual"]
+GpuFractionBasis = Literal["sm_utilization", "memory"]
+GPU_FRACTION_TEXT = (
+    "This workload's share of the GPU at this timestamp, in (0, 1]. The samples of one GPU "
+    "at one timestamp (one per workload) may add up to at most 1 (1.01 is allowed for "
+    "rounding and billed as 1); more, in one batch or with samples stored before, makes the "
+    "whole batch a 400 naming the GPU and the time. Samples without it share what the "
+    "others leave, equally; a lone sample without it is the whole GPU; a remainder no "
+    "sample claims is billed to no team (unattributed). GPU-hours, energy, idle GPU-hours "
+    "and cost of the interval are split by these shares."
+)
+GPU_FRACTION_BASIS_TEXT = (
+    "How gpu_fraction was measured: sm_utilization (the workload's processes' share of "
+    "the SM utilization NVML sampled over the interval) or memory (their share of the GPU "
+    "memory in use)."
+)
 
 REQUIRED_SAMPLE_FIELDS: tuple[str, ...] = (
     "timestamp",
@@ -495,6 +515,9 @@ OPTIONAL_SAMPLE_FIELDS: tuple[str, ...] = (
     "team_id",
     "model_tag",
     "scheduler_source",
+    # additive
+    "gpu_fraction",
+    "gpu_fraction_basis",
 )
 
 
@@ -504,7 +527,14 @@ def _sample_text(name: str, min_length: int | None = None) -> Any:
 
 
 class MetricSample(Value):
-    """One GPU reading as the agent posts it. Ranges are the documented ones."""
+    """One GPU reading as the agent posts it. Ranges are the documented ones.
+
+    A sample's identity is (account, gpu_uuid, timestamp, workload), the workload being
+    its job_id, team_id and model_tag (absent parts count as empty): the same identity
+    again is a duplicate, stored once. A shared GPU sends one sample per workload at the
+    same timestamp; they are one reading of the GPU split across the workloads by
+    gpu_fraction (see its description).
+    """
 
     timestamp: Annotated[UtcDateTime, AfterValidator(_not_too_old), Field(
         description="UTC; not before 2000-01-01T00:00:00Z (nor the server's retention, "
@@ -527,6 +557,9 @@ class MetricSample(Value):
     team_id: _sample_text("team_id") | None = None  # type: ignore[valid-type]
     model_tag: _sample_text("model_tag") | None = None  # type: ignore[valid-type]
     scheduler_source: SchedulerSource | None = None
+    # additive: shared GPUs
+    gpu_fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(default=None, description=GPU_FRACTION_TEXT)
+    gpu_fraction_basis: GpuFractionBasis | None = Field(default=None, description=GPU_FRACTION_BASIS_TEXT)
 
 
 class IngestResult(Value):
@@ -579,6 +612,13 @@ class HostsResponse(Value):
 # --------------------------------------------------------------------------
 
 
+SHARED_GPU_HOURS_TEXT = (
+    "The part of gpu_hours billed as a share of a shared GPU: time when several workloads "
+    "were sampled on one GPU at once (or one with a gpu_fraction below 1), each billed its "
+    "share. Already included in gpu_hours, never added to it."
+)
+
+
 class ReportPeriod(Value):
     from_: date = Field(alias="from")
     to: date
@@ -591,6 +631,7 @@ class ReportSummary(Value):
     energy_kwh: float = 0.0
     energy_cost_usd: float = 0.0
     idle_gpu_hours: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 class GpuArchUsage(Value):
@@ -601,6 +642,7 @@ class GpuArchUsage(Value):
     # additive
     energy_kwh: float = 0.0
     idle_gpu_hours: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 class ModelUsage(Value):
@@ -609,6 +651,7 @@ class ModelUsage(Value):
     cost_usd: float
     # additive
     energy_kwh: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 class TeamUsage(Value):
@@ -621,6 +664,7 @@ class TeamUsage(Value):
     energy_kwh: float = 0.0
     energy_cost_usd: float = 0.0
     idle_gpu_hours: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 class ChargebackReport(Value):
@@ -648,6 +692,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     # additive, only ever appended after the documented six
     "energy_kwh",
     "idle_gpu_hours",
+    "shared_gpu_hours",
 )
 
 
@@ -660,6 +705,7 @@ class ChargebackCsvRow(Value):
     cost_usd: float
     energy_kwh: float = 0.0
     idle_gpu_hours: float = 0.0
+    shared_gpu_hours: float = Field(default=0.0, description=SHARED_GPU_HOURS_TEXT)
 
 
 # --------------------------------------------------------------------------

@@ -50,10 +50,12 @@ def _pump(stream: object, sink: queue.Queue[str | None]) -> None:
     sink.put(None)
 
 
-def start_serve(db: Path, *extra: str, open_files: tuple[int, int] | None = None) -> ServeProcess:
+def start_serve(db: Path, *extra: str, open_files: tuple[int, int] | None = None,
+                env: dict[str, str] | None = None) -> ServeProcess:
     """Start ``gpufleet serve --port 0 --db DB --simulate ...`` and wait until it listens.
 
     ``open_files``: the server's (soft, hard) open-file limit, as ``ulimit -Sn``/``-Hn`` set.
+    ``env``: variables set for the server on top of this process's environment.
     """
     cmd = [sys.executable, "-m", "gpufleet.server.cli", "serve", "--port", "0", "--db", str(db),
            "--simulate", *extra]
@@ -64,7 +66,7 @@ def start_serve(db: Path, *extra: str, open_files: tuple[int, int] | None = None
         resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                             preexec_fn=limit_files if open_files else None)
     sink: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stderr, sink), daemon=True).start()

@@ -27,8 +27,10 @@ POD_UID = "0d6f5d4e-9c1b-4a8e-8f5e-3c2b1a0f9e8d"
 def slurm_child():
     env = dict(os.environ, SLURM_JOB_ID="4242", SLURM_JOB_ACCOUNT="nlp-research",
                GPUFLEET_MODEL_TAG="llama3-70b-finetune")
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                             env=env, stdin=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()"],
+                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    # /proc shows the job's environment only once the child has exec'd: wait for its line
+    assert child.stdout is not None and child.stdout.readline() == b"\n"
     yield child
     child.stdin.close()
     child.wait(timeout=10)

@@ -219,8 +219,10 @@ async def test_a_429_with_retry_after_is_honoured(tmp_path, store, key, nvml_nod
 async def test_slurm_job_of_a_child_process_lands_in_the_store(tmp_path, store, key, nvml_node) -> None:
     fake, backend = nvml_node
     env = dict(os.environ, SLURM_JOB_ID="913", SLURM_JOB_ACCOUNT="genomics")
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], env=env,
-                             stdin=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()"],
+                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    # /proc shows the job's environment only once the child has exec'd: wait for its line
+    assert child.stdout is not None and child.stdout.readline() == b"\n"
     try:
         fake.set_processes(5, compute=[fake.FakeProcess(child.pid, 20_000)])
         app = await start_server(server_settings(), backend, store)

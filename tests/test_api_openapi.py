@@ -108,3 +108,20 @@ async def test_every_status_a_route_answers_is_listed(tmp_path: Path) -> None:
     assert sample["gpu_uuid"]["maxLength"] == 128
     assert sample["team_id"]["anyOf"][0]["maxLength"] == 128
     assert schemas["Heartbeat"]["properties"]["hostname"]["maxLength"] == 255
+
+
+async def test_shared_gpu_fields_are_described(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        doc = (await srv.http.get("/v1/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    sample = schemas["MetricSample"]
+    assert "identity is (account, gpu_uuid, timestamp, workload)" in sample["description"]
+    fraction = sample["properties"]["gpu_fraction"]
+    assert {"exclusiveMinimum": 0, "maximum": 1} in [
+        {k: v for k, v in option.items() if k in ("exclusiveMinimum", "maximum")}
+        for option in fraction["anyOf"]]
+    assert "add up to at most 1" in fraction["description"] and "400" in fraction["description"]
+    assert "sm_utilization" in sample["properties"]["gpu_fraction_basis"]["description"]
+    for name in ("ReportSummary", "TeamUsage", "GpuArchUsage", "ModelUsage", "ChargebackCsvRow"):
+        assert "share of a shared GPU" in schemas[name]["properties"]["shared_gpu_hours"]["description"], name
+    assert "sm_util_pct" in schemas["GpuProcess"]["properties"]

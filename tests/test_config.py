@@ -158,3 +158,16 @@ def test_a_configured_gpu_rate_changes_that_architecture_only(tmp_path: Path) ->
     bad = write(tmp_path / "bad.toml", "[pricing.gpu_rates_usd]\nT4 = -1\n")
     with pytest.raises(ConfigError, match=r"pricing\.gpu_rates_usd\.T4: Input should be greater than or equal to 0"):
         load_settings(bad, environ={})
+
+
+def test_one_field_of_a_rate_limit_is_laid_over_its_default(tmp_path: Path) -> None:
+    settings = load_settings(environ={"GPUFLEET_RATE_LIMITS__INGEST__REQUESTS": "5",
+                                      "GPUFLEET_CONFIG": str(write(tmp_path / "c.toml",
+                                                       "[rate_limits.heartbeat]\nper_s = 30\n"))})
+    assert (settings.rate_limits.ingest.requests, settings.rate_limits.ingest.per_s) == (5, 60)
+    assert (settings.rate_limits.heartbeat.requests, settings.rate_limits.heartbeat.per_s) == (60, 30)
+    assert settings.rate_limits.chargeback.requests == 60
+    with pytest.raises(ConfigError, match=r"^environment variable GPUFLEET_RATE_LIMITS__INGEST__PER_S: "
+                                          r"rate_limits\.ingest\.per_s: "):
+        load_settings(environ={"GPUFLEET_RATE_LIMITS__INGEST__PER_S": "0",
+                               "GPUFLEET_CONFIG": str(tmp_path / "c.toml")})

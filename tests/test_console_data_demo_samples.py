@@ -64,7 +64,10 @@ def test_the_sample_data_never_makes_a_demo_node_stale_or_offline(demo_server: D
 
 def test_one_round_posts_a_sample_per_demo_gpu_and_advances_last_sample(demo_server: DemoServer) -> None:
     demo = [DemoHost(b.node_name, len(b.fleet.node(b.node_name).gpus), b) for b in demo_server.backends]
-    gpus = sum(host.gpu_count for host in demo)
+    # one sample per GPU, and one more for every further workload on a shared GPU
+    gpus = sum(max(1, len(b.fleet.jobs_for(b.node_name, i)))
+               for b in demo_server.backends for i in range(len(b.fleet.node(b.node_name).gpus)))
+    assert gpus > sum(host.gpu_count for host in demo)  # inf-l40s-01's GPU 3 is shared
     before_hosts = hosts_by_name(demo_server)
     before_count = demo_server.store.sample_count(ACCOUNT)
     beats = DemoHeartbeats(demo_server.url, demo_server.key, demo, interval_s=60)

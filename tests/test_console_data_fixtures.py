@@ -76,7 +76,12 @@ USAGE = [
     ("ml-infra", "mistral-7b-eval", "H100", 1, datetime(2026, 3, 11, 9, 0, tzinfo=UTC), 60),
     ("search", "bge-large", "A100", 1, datetime(2026, 3, 12, 10, 0, tzinfo=UTC), 120),
     ("vision", "yolo-v9", "L4", 1, datetime(2026, 2, 20, 14, 0, tzinfo=UTC), 60),
+    ("search", "bge-reranker", "H100", 1, datetime(2026, 3, 11, 9, 0, tzinfo=UTC), 60),
 ]
+# (team, model) -> the GPU it shares and its fraction: mistral-7b-eval's H100 hour is shared
+# half and half with search's bge-reranker, one row per workload at every minute
+SHARED = {("ml-infra", "mistral-7b-eval"): ("GPU-ml-infra-H100-0", 0.5),
+          ("search", "bge-reranker"): ("GPU-ml-infra-H100-0", 0.5)}
 
 
 def usage_samples() -> list[dict[str, object]]:
@@ -84,12 +89,14 @@ def usage_samples() -> list[dict[str, object]]:
 
     samples: list[dict[str, object]] = []
     for team, model, arch, gpus, start, minutes in USAGE:
+        shared_uuid, fraction = SHARED.get((team, model), (None, None))
         for gpu in range(gpus):
             for minute in range(minutes):
                 samples.append({
                     "timestamp": (start + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "gpu_index": gpu,
-                    "gpu_uuid": f"GPU-{team}-{arch}-{gpu}",
+                    "gpu_uuid": shared_uuid or f"GPU-{team}-{arch}-{gpu}",
+                    "gpu_fraction": fraction,
                     "gpu_name": GPU_NAMES[arch],
                     "power_draw_w": 300.0,
                     "utilization_gpu_pct": 80.0 if minute % 10 else 2.0,

@@ -79,8 +79,13 @@ async def test_enter_on_a_team_drills_into_architectures_and_models(
         assert isinstance(modal, TeamDrilldownModal)
         assert row_keys(modal.query_one("#drill-gpus", DataTable)) == ["H100"]
         # the three-hour fine-tune on two GPUs costs more than the one-hour eval
-        assert row_keys(modal.query_one("#drill-models", DataTable)) == [
-            "llama3-70b-finetune", "mistral-7b-eval"]
+        models = modal.query_one("#drill-models", DataTable)
+        assert row_keys(models) == ["llama3-70b-finetune", "mistral-7b-eval"]
+        # the eval shared its H100 half and half with search's reranker: its half hour is shared
+        assert [str(models.get_row(key)[2]) for key in ("llama3-70b-finetune", "mistral-7b-eval")] == \
+            ["-", "0.5"]
+        shared = modal.query_one("#drill-shared", Static)
+        assert str(shared.render()).startswith("Shared 0.5 GPU-h")
         await pilot.press("escape")
         await pilot.pause()
         assert isinstance(app.screen, ChargebackScreen)

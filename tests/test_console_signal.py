@@ -99,6 +99,31 @@ async def test_a_child_row_signals_its_gpu_process_and_says_so(nodes: dict[str, 
         assert f"child {parent.children[0].pid}" in text and f"signals {parent.pid}" in text
 
 
+async def test_a_sent_signal_is_shown_and_the_process_is_gone_at_the_next_poll(
+        nodes: dict[str, LiveNode]) -> None:
+    app = console_app([nodes[WS].target])
+    async with app.run_test(size=(120, 40)) as pilot:
+        detail = await open_detail(pilot, app, WS, 1)
+        table = detail.query_one(GpuProcessTable)
+        proc = table.current
+        assert proc is not None and proc.visible
+        modal = await open_signal(pilot, app)
+        await pilot.click("#signal-go")  # TERM, the default
+        await wait_for(pilot, lambda: modal.result is not None or modal.error is not None,
+                       "the signal's answer")
+        assert modal.error is None and modal.result is not None
+        assert modal.result.pid == proc.pid and modal.result.signal == "TERM"
+        await pilot.pause()
+        outcome = str(modal.query_one("#signal-outcome", Static).render())
+        assert f"Sent TERM to {proc.pid}" in outcome and modal.has_class("-success")
+        assert str(modal.query_one("#signal-cancel", Button).label) == "Close"
+        await pilot.press("enter")  # Close
+        await wait_for(pilot, lambda: isinstance(app.screen, GpuDetailScreen), "back on the detail")
+        # the simulated node let the process go: the next poll no longer lists it
+        await wait_for(pilot, lambda: all(p.pid != proc.pid for p in table.processes),
+                       "the signalled process gone from the table")
+
+
 async def test_a_failed_signal_is_shown_and_nothing_claims_success(nodes: dict[str, LiveNode]) -> None:
     app = console_app([nodes[WS].target])
     async with app.run_test(size=(80, 24)) as pilot:

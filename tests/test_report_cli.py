@@ -121,3 +121,20 @@ async def test_the_admin_report_route_checks_like_the_http_api(tmp_path: Path) -
             await asyncio.to_thread(use)
         finally:
             await channel.stop()
+
+
+def test_the_table_says_how_much_of_each_team_was_shared(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "shared.duckdb"
+    t0 = datetime(2026, 3, 10, tzinfo=UTC)
+    rows = [{"timestamp": t0 + timedelta(minutes=m), "gpu_index": 0, "gpu_uuid": "G", "power_draw_w": 100,
+             "utilization_gpu_pct": 50, "utilization_memory_pct": 1, "temperature_c": 50, "memory_used_mb": 1,
+             "gpu_name": "NVIDIA H100 80GB HBM3", "team_id": team, "gpu_fraction": fraction}
+            for m in range(120) for team, fraction in (("ml", 0.75), ("web", 0.25))]
+    with MetricsStore.open(db) as store:
+        store.writer.submit_sync("default", rows, t0)
+    assert run_report(["--from", DAY, "--to", DAY, "--db", str(db)]) == 0
+    lines = capsys.readouterr()[0].splitlines()
+    assert lines[1].split() == ["TEAM", "GPU-HOURS", "COST", "USD", "ENERGY", "KWH", "IDLE", "H", "SHARED", "H"]
+    assert [line.split()[:2] + line.split()[-1:] for line in lines[2:]] == [
+        ["ml", "1.50", "1.50"], ["web", "0.50", "0.50"], ["TOTAL", "2.00", "2.00"]]

@@ -370,3 +370,20 @@ def test_a_low_hard_open_file_limit_lowers_the_connection_cap_so_past_it_is_a_50
     assert server.wait_exit() == 0
     assert "open-file limit 160 leaves room for 96 connections, not limits.max_connections=1024" in server.log
     assert "Too many open files" not in server.log
+
+
+def test_one_rate_limit_field_from_the_environment_keeps_the_others_default(tmp_path: Path) -> None:
+    """``GPUFLEET_RATE_LIMITS__INGEST__REQUESTS=5`` alone: serve starts, ingest's bucket holds 5."""
+    db = tmp_path / "db.duckdb"
+    key = _create_key(db, ["ingest"])
+    server = start_serve(db, "--no-sampler", env={"GPUFLEET_RATE_LIMITS__INGEST__REQUESTS": "5",
+                                                  "XDG_CONFIG_HOME": str(tmp_path / "no-config")})
+    try:
+        response = httpx.post(f"{server.url}/v1/metrics/ingest", json=[_sample(0)],
+                              headers={"X-API-Key": key}, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-ratelimit-limit"] == "5"
+        assert response.headers["x-ratelimit-remaining"] == "4"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit() == 0

@@ -114,8 +114,10 @@ async def test_serves_own_sampler_attributes_gpus_like_the_agent(tmp_path: Path,
 
     env = dict(os.environ, SLURM_JOB_ID="777", SLURM_JOB_ACCOUNT="vision-team",
                GPUFLEET_MODEL_TAG="vit-huge")
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                             env=env, stdin=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()"],
+                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    # /proc shows the job's environment only once the child has exec'd: wait for its line
+    assert child.stdout is not None and child.stdout.readline() == b"\n"
     try:
         fake_nvml.configure([
             fake_nvml.FakeGpu(uuid="GPU-idle"),

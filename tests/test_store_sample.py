@@ -9,15 +9,23 @@ from pathlib import Path
 import pytest
 
 from gpufleet.server.config import Pricing
-from gpufleet.server.fleet import default_fleet
+from gpufleet.server.fleet import NodeSpec, default_fleet
 from gpufleet.server.sample import load_sample_month
 from gpufleet.server.store import MetricsStore
 
 FLEET = default_fleet()
 GPUS = sum(len(n.gpus) for n in FLEET.nodes)
+
+
+def rows_a_minute(node: NodeSpec) -> int:
+    """One sample per GPU, and one more for every further job on a shared GPU."""
+    return sum(max(1, len(FLEET.jobs_for(node.name, i))) for i in range(len(node.gpus)))
+
+
+ROWS = sum(rows_a_minute(n) for n in FLEET.nodes)
 STALE_NODE, OFFLINE_NODE = FLEET.nodes[-2], FLEET.nodes[-1]
 # minutes without samples at the end: the stale host 3 heartbeats (15 min), the offline one 12 (1 h)
-SILENT_SAMPLES = len(STALE_NODE.gpus) * 15 + len(OFFLINE_NODE.gpus) * 60
+SILENT_SAMPLES = rows_a_minute(STALE_NODE) * 15 + rows_a_minute(OFFLINE_NODE) * 60
 MARCH_END, MARCH_NOW = date(2026, 3, 31), datetime(2026, 4, 1, tzinfo=UTC)
 DEMO_NOW = datetime(2026, 11, 22, 8, 48, 30, tzinfo=UTC)
 
@@ -52,18 +60,27 @@ def test_sample_covers_last_month_and_this_month_to_the_given_day(
     store, inserted = march
     end, now = MARCH_END, MARCH_NOW
     # February (28 days) and March (31), every GPU every minute, less the silent hosts' tails
-    assert inserted == GPUS * 59 * 24 * 60 - SILENT_SAMPLES
+    assert ROWS == GPUS + 1  # inf-l40s-01's GPU 3: two teams' models on one GPU
+    assert inserted == ROWS * 59 * 24 * 60 - SILENT_SAMPLES
     assert load_sample_month(store, "demo", end=end, now=now) == 0
     assert store.sample_count("other") == 0
     days = _days(store, "demo")
     assert sorted(days) == [date(2026, 2, 1) + timedelta(days=i) for i in range(59)]
-    assert all(days[d] == (GPUS, GPUS * 1440) for d in days if d != end)
-    assert days[end] == (GPUS, GPUS * 1440 - SILENT_SAMPLES)
+    assert all(days[d] == (GPUS, ROWS * 1440) for d in days if d != end)
+    assert days[end] == (GPUS, ROWS * 1440 - SILENT_SAMPLES)
     february = store.chargeback("demo", date(2026, 2, 1), date(2026, 2, 28), Pricing())
     this_month = store.chargeback("demo", date(2026, 3, 1), end, Pricing())
     assert {"ml-infra", "inference", "research", "data-science"} <= {t.team_id for t in this_month.teams}
     assert {t.team_id for t in february.teams} == {t.team_id for t in this_month.teams}
-    assert february.summary.total_gpu_hours == GPUS * 28 * 24
+    assert february.summary.total_gpu_hours == GPUS * 28 * 24  # a shared GPU still bills 24 h a day
+    # inf-l40s-01's GPU 3: data-science's bge-embed and inference's llama3.2-3b share it all month
+    shared = {t.team_id: t.shared_gpu_hours for t in february.teams if t.shared_gpu_hours}
+    assert set(shared) == {"data-science", "inference"}
+    # (a minute when one model's share rounds to 0 is the other's whole GPU, not shared)
+    assert 0.99 * 28 * 24 < sum(shared.values()) <= 28 * 24
+    fractions = store.query("SELECT min(gpu_fraction), max(gpu_fraction) FROM samples")
+    assert fractions[0][0] > 0 and fractions[0][1] <= 1
+    assert shared["data-science"] > shared["inference"]  # bge-embed runs around the clock
     assert 0 < this_month.summary.idle_gpu_hours < this_month.summary.total_gpu_hours
     # the same load every day: cost per day within 1 % between the two months
     feb_day = february.summary.total_cost_usd / 28
@@ -77,7 +94,7 @@ def test_demo_mid_month_has_a_whole_last_month_and_this_month_so_far(
         demo: tuple[MetricsStore, int]) -> None:
     (store, inserted), now = demo, DEMO_NOW
     minutes = (31 + 21) * 1440 + 8 * 60 + 49  # October, November 1-21, and today 00:00-08:48
-    assert inserted == GPUS * minutes - SILENT_SAMPLES
+    assert inserted == ROWS * minutes - SILENT_SAMPLES
     assert load_sample_month(store, "demo", now=now + timedelta(minutes=5)) == 0
     days = _days(store, "demo")
     assert min(days) == date(2026, 10, 1) and max(days) == now.date()

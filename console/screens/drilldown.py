@@ -1,4 +1,8 @@
-"""A team's chargeback drilled down: its usage by GPU architecture and by model."""
+"""A team's chargeback drilled down: its usage by GPU architecture and by model.
+
+Shared GPUs show as the GPU-hours billed as a share ("Shared") beside each model,
+and as one line under the totals when the team had any.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,9 @@ class TeamDrilldownModal(ModalScreen[None]):
                 f"Cost {money(team.total_cost_usd)}   GPU-hours {hours(team.total_gpu_hours)}   "
                 f"Energy {hours(team.energy_kwh)} kWh   Idle {hours(team.idle_gpu_hours)} GPU-h"
             )
+            if team.shared_gpu_hours:
+                yield Static(f"Shared {hours(team.shared_gpu_hours)} GPU-h: its share of GPUs other "
+                             "workloads used at the same time", id="drill-shared")
             yield Label("By GPU architecture", classes="drill-heading")
             yield DataTable(id="drill-gpus", cursor_type="row", zebra_stripes=True)
             yield Label("By model", classes="drill-heading")
@@ -58,10 +65,13 @@ class TeamDrilldownModal(ModalScreen[None]):
                        hours(arch.energy_kwh), hours(arch.idle_gpu_hours))
             gpus.add_row(arch.gpu_arch, *map(numeric, figures), key=arch.gpu_arch)
         models = self.query_one("#drill-models", DataTable)
-        models.add_columns("Model", *map(numeric, ("GPU-h", "Cost", "Energy kWh")), "Share of team cost")
+        # "Shared": GPU-hours billed as a share of a GPU other workloads used at the same time
+        models.add_columns("Model", *map(numeric, ("GPU-h", "Shared", "Cost", "Energy kWh")),
+                           "Share of cost")
         for model in sorted(self._team.by_model, key=lambda m: -m.cost_usd):
-            models.add_row(model.model_tag, numeric(hours(model.gpu_hours)), numeric(money(model.cost_usd)),
-                           numeric(hours(model.energy_kwh)),
+            shared = hours(model.shared_gpu_hours) if model.shared_gpu_hours else "-"
+            models.add_row(model.model_tag, numeric(hours(model.gpu_hours)), numeric(shared),
+                           numeric(money(model.cost_usd)), numeric(hours(model.energy_kwh)),
                            share_bar(model.cost_usd, self._team.total_cost_usd, 10),
                            key=model.model_tag)
 

@@ -147,6 +147,11 @@ class GpuProcessTable(DataTable[Text]):
         self._cells: dict[str, list[Text]] = {}
 
     @property
+    def processes(self) -> list[GpuProcess]:
+        """The GPU processes shown, in table order."""
+        return list(self._processes)
+
+    @property
     def current(self) -> GpuProcess | None:
         """The GPU process of the row under the cursor (a child's row gives its GPU process)."""
         return self.current_row[0] if self.current_row else None

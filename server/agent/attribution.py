@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gpufleet.server.config import AgentSettings, AttributionRule
 from gpufleet.server.gpu.base import GpuSnapshot
-from gpufleet.server.schemas import GpuProcess
+from gpufleet.server.schemas import GpuInfo, GpuProcess
 
 log = logging.getLogger("gpufleet.agent")
 
@@ -155,6 +155,95 @@ def _first(env: dict[str, str], names: list[str]) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class WorkloadShare:
+    """One workload on a GPU: its attribution, and its share of the GPU when it shares it."""
+
+    fields: dict[str, str]  # any of job_id, team_id, model_tag, scheduler_source
+    fraction: float | None = None  # None: the only workload, or no basis to split by
+    basis: str | None = None  # "sm_utilization" or "memory": what fraction was measured by
+
+
+FRACTION_DIGITS = 4
+
+
+def workload_fractions(groups: list[list[GpuProcess]]) -> tuple[list[float | None], str | None]:
+    """Each group's share of its GPU, and the basis: per-process SM utilization (NVML's
+    process utilization samples) when the driver gives it and the GPU was busy, else each
+    group's share of the GPU memory its processes hold; none when neither is known.
+
+    Rounded to 4 digits, never adding up to more than 1; a share that rounds to 0 is
+    None (the server gives such a row what the others leave: nothing, or next to it).
+    """
+    for basis, value in (("sm_utilization", lambda p: p.sm_util_pct), ("memory", lambda p: p.memory_mb)):
+        if not any(value(p) is not None for g in groups for p in g):
+            continue
+        totals = [float(sum(value(p) or 0 for p in g)) for g in groups]
+        whole = sum(totals)
+        if whole <= 0:
+            continue
+        shares = [round(t / whole, FRACTION_DIGITS) for t in totals]
+        excess = round(sum(shares) - 1, FRACTION_DIGITS)
+        if excess > 0:  # 0.3334 x 3: the largest gives up the rounding
+            top = shares.index(max(shares))
+            shares[top] = round(shares[top] - excess, FRACTION_DIGITS)
+        return [s if s > 0 else None for s in shares], basis
+    return [None] * len(groups), None
+
+
+def group_workloads(processes: list[GpuProcess], specific: list[dict[str, str]],
+                    fallbacks: list[dict[str, str]]) -> list[WorkloadShare]:
+    """A GPU's workloads from its processes (largest memory first) and what each one says
+    about itself (``specific``: rules, scheduler facts, the process's own tags).
+
+    Processes that agree (no field with two values) are one workload; processes that say
+    nothing count with the largest workload; ``fallbacks`` (the GPU's own tags, then the
+    defaults) fill what a workload leaves open. Several workloads get their fractions.
+    """
+    groups: list[tuple[dict[str, str], list[GpuProcess]]] = []
+    unknown: list[GpuProcess] = []
+    for process, fields in zip(processes, specific, strict=True):
+        if not fields:
+            unknown.append(process)
+            continue
+        for merged, members in groups:
+            if all(merged.get(k, v) == v for k, v in fields.items()):
+                for k, v in fields.items():
+                    merged.setdefault(k, v)
+                members.append(process)
+                break
+        else:
+            groups.append((dict(fields), [process]))
+    if not groups:
+        groups.append(({}, []))
+    groups[0][1].extend(unknown)
+    # filled in, two workloads may name the same job, team and model: the server's identity
+    workloads: dict[tuple[str, str, str], tuple[dict[str, str], list[GpuProcess]]] = {}
+    for fields, members in groups:
+        for fallback in fallbacks:
+            for k, v in fallback.items():
+                fields.setdefault(k, v)
+        identity = (fields.get("job_id", ""), fields.get("team_id", ""), fields.get("model_tag", ""))
+        if identity in workloads:
+            workloads[identity][1].extend(members)
+        else:
+            workloads[identity] = (fields, members)
+    if len(workloads) == 1:
+        return [WorkloadShare(next(iter(workloads.values()))[0])]
+    fractions, basis = workload_fractions([members for _fields, members in workloads.values()])
+    return [WorkloadShare(fields, fraction, basis if fraction is not None else None)
+            for (fields, _members), fraction in zip(workloads.values(), fractions, strict=True)]
+
+
+def process_tags(process: GpuProcess) -> dict[str, str]:
+    """The team and model a backend knows a process by (the simulated fleet does)."""
+    return {k: v for k, v in (("team_id", process.team_id), ("model_tag", process.model_tag)) if v}
+
+
+def gpu_tags(gpu: GpuInfo) -> dict[str, str]:
+    return {k: v for k, v in (("team_id", gpu.team_id), ("model_tag", gpu.model_tag)) if v}
+
+
 class ProcessAttributor:
     """Attributes each GPU of a snapshot; the Sampler's ``attributor``."""
 
@@ -187,6 +276,38 @@ class ProcessAttributor:
                 for key, value in source.items():
                     merged.setdefault(key, value)
             result[gpu.index] = merged
+        self._reader.forget_except({p.pid for p in snapshot.processes})
+        return result
+
+    def workloads(self, snapshot: GpuSnapshot) -> dict[int, list[WorkloadShare]]:
+        """Per GPU index, its workloads: one per distinct attribution among its processes
+        (rules matched by that process, then its scheduler facts, then its own tags), each
+        with its fraction of the GPU when there are several (``group_workloads``)."""
+        by_gpu: dict[int, list[GpuProcess]] = {}
+        for process in snapshot.processes:
+            if process.gpu_index is not None:
+                by_gpu.setdefault(process.gpu_index, []).append(process)
+        real = not snapshot.node.simulated
+        result: dict[int, list[WorkloadShare]] = {}
+        for gpu in snapshot.gpus:
+            processes = sorted(by_gpu.get(gpu.index, []), key=lambda p: -(p.memory_mb or 0))
+            specific = []
+            for process in processes:
+                facts = self._reader.facts(process.pid) if process.visible and real else ProcessFacts()
+                fields: dict[str, str] = {}
+                rule = self._matching_rule(gpu.index, [process], [facts])
+                sources = [{k: v for k in FIELDS if (v := getattr(rule, k))} if rule else {},
+                           facts_to_fields(facts, self._settings), process_tags(process)]
+                for source in sources:
+                    for key, value in source.items():
+                        fields.setdefault(key, value)
+                specific.append(fields)
+            fallbacks = [gpu_tags(gpu), self._defaults()]
+            if not processes:
+                rule = self._matching_rule(gpu.index, [], [])
+                if rule is not None:
+                    fallbacks.insert(0, {k: v for k in FIELDS if (v := getattr(rule, k))})
+            result[gpu.index] = group_workloads(processes, specific, fallbacks)
         self._reader.forget_except({p.pid for p in snapshot.processes})
         return result
 

@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from gpufleet.server.agent.attribution import WorkloadShare, gpu_tags, group_workloads, process_tags
 from gpufleet.server.agent.energy import EnergyMeter
 from gpufleet.server.gpu.base import GpuBackend, GpuSnapshot
-from gpufleet.server.schemas import GpuInfo, format_utc
+from gpufleet.server.schemas import GpuInfo, GpuProcess, format_utc
 
 log = logging.getLogger("gpufleet.agent")
 
@@ -44,6 +45,12 @@ MAX_HOSTNAME_CHARS = 255  # as the heartbeat allows
 class Attributor(Protocol):
     def attribute(self, snapshot: GpuSnapshot) -> dict[int, dict[str, str]]:
         """Per GPU index: any of job_id, team_id, model_tag, scheduler_source."""
+        ...
+
+
+class WorkloadAttributor(Attributor, Protocol):
+    def workloads(self, snapshot: GpuSnapshot) -> dict[int, list[WorkloadShare]]:
+        """Per GPU index: its workloads, each with its share when there are several."""
         ...
 
 
@@ -108,10 +115,15 @@ class Sampler:
             )
             if delta is not None:
                 sample["energy_delta_j"] = delta
-            sample.update(attribution.get(gpu.index, {}))
             if hostname:
                 sample["hostname"] = hostname
-            samples.append(sample)
+            # A shared GPU: one sample per workload, the same reading, each with its share.
+            for workload in attribution.get(gpu.index) or [WorkloadShare({})]:
+                row = {**sample, **workload.fields}
+                if workload.fraction is not None:
+                    row["gpu_fraction"] = workload.fraction
+                    row["gpu_fraction_basis"] = workload.basis
+                samples.append(row)
         self._energy.forget(present)
         return samples
 
@@ -150,20 +162,33 @@ class Sampler:
                 sample[name] = value
         return sample
 
-    def _attribute(self, snapshot: GpuSnapshot) -> dict[int, dict[str, str]]:
+    def _attribute(self, snapshot: GpuSnapshot) -> dict[int, list[WorkloadShare]]:
         if self._attributor is None:
-            return {
-                gpu.index: {k: v for k, v in (("team_id", gpu.team_id), ("model_tag", gpu.model_tag)) if v}
-                for gpu in snapshot.gpus
-            }
-        try:
-            found = self._attributor.attribute(snapshot)
-        except Exception:  # attribution is best effort: it never stops sampling
-            log.exception("attribution failed; samples go out unattributed")
-            return {}
+            # the backend's own tags: a process's (the simulated fleet knows whose each one
+            # is), else the GPU's
+            by_gpu: dict[int, list[GpuProcess]] = {}
+            for process in snapshot.processes:
+                if process.gpu_index is not None:
+                    by_gpu.setdefault(process.gpu_index, []).append(process)
+            found: dict[int, list[WorkloadShare]] = {}
+            for gpu in snapshot.gpus:
+                processes = sorted(by_gpu.get(gpu.index, []), key=lambda p: -(p.memory_mb or 0))
+                found[gpu.index] = group_workloads(processes, [process_tags(p) for p in processes],
+                                                   [gpu_tags(gpu)])
+        else:
+            try:
+                workloads = getattr(self._attributor, "workloads", None)
+                found = workloads(snapshot) if workloads is not None else {
+                    index: [WorkloadShare(fields)]
+                    for index, fields in self._attributor.attribute(snapshot).items()}
+            except Exception:  # attribution is best effort: it never stops sampling
+                log.exception("attribution failed; samples go out unattributed")
+                return {}
         return {
-            index: {k: str(v)[:MAX_TAG_CHARS] for k, v in fields.items() if k in ATTRIBUTION_FIELDS and v}
-            for index, fields in found.items()
+            index: [WorkloadShare({k: str(v)[:MAX_TAG_CHARS] for k, v in w.fields.items()
+                                   if k in ATTRIBUTION_FIELDS and v}, w.fraction, w.basis)
+                    for w in workloads]
+            for index, workloads in found.items()
         }
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:

@@ -73,7 +73,9 @@ class IngestRoutes:
                                                          now=received_at, finite=True,
                                                          max_age=self._max_age,
                                                          max_depth=self._max_depth)
-            keys = (columns["gpu_uuid"], columns[TS_US])
+            fractions = columns["gpu_fraction"]
+            keys = (columns["gpu_uuid"], columns[TS_US],
+                    None if fractions.count(None) == len(fractions) else fractions)
         except IngestValidationError:
             # Anything unusual (a parse error, a rule broken) is answered exactly as the
             # stdlib parser + validation always answered it: same texts, same edge cases.
@@ -82,7 +84,12 @@ class IngestRoutes:
                                          now=received_at, max_age=self._max_age)
             except IngestValidationError as exc:
                 raise HttpError(400, str(exc)) from None
-        result = await self._store.writer.submit(request.account or "", samples, received_at, keys)
+        from gpufleet.server.store.shares import GpuShareError  # the store loads with it
+
+        try:
+            result = await self._store.writer.submit(request.account or "", samples, received_at, keys)
+        except GpuShareError as exc:  # one GPU's shares at one time over 1: nothing stored
+            raise HttpError(400, str(exc)) from None
         body = IngestResult(success=True, inserted=result.inserted,
                             message=success_message(result.inserted, result.duplicates),
                             duplicates=result.duplicates)

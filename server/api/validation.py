@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Any
+from typing import Any, get_args
 
 from gpufleet.server.schemas import (
     OLDEST_SAMPLE_TIME,
@@ -26,6 +26,7 @@ from gpufleet.server.schemas import (
     REQUIRED_SAMPLE_FIELDS,
     SAMPLE_TEXT_MAX_CHARS,
     TEXT_RULE,
+    GpuFractionBasis,
     format_utc,
     text_problem,
 )
@@ -185,7 +186,7 @@ def _columns_if_valid(payload: list[Any], window: _Window, finite: bool) -> dict
     """
     if set(map(type, payload)) != _DICT:
         return None
-    columns = {name: [s.get(name) for s in payload] for name in ALL_FIELDS}
+    columns = {name: [s.get(name) for s in payload] for name in _COLUMN_FIELDS}
     absent = 0  # known fields missing or null, summed over the batch (see _unknown_too_deep)
     try:
         raw_ts = columns["timestamp"]
@@ -236,6 +237,10 @@ def _columns_if_valid(payload: list[Any], window: _Window, finite: bool) -> dict
         absent += sources.count(None)
         hosts = columns["hostname"] = [s.get("hostname") for s in payload]
         absent += hosts.count(None)
+        shares_absent = _shares_absent_if_valid(payload, columns, absent, finite)
+        if shares_absent is None:
+            return None
+        absent += shares_absent
         if window.max_depth is not None and _unknown_too_deep(payload, absent, window.max_depth):
             return None
     except TypeError:  # an unhashable value (a list where a string belongs)
@@ -367,6 +372,59 @@ def _problems(s: dict[str, Any], window: _Window) -> list[str]:
     source = s.get("scheduler_source")
     if source is not None and source not in SCHEDULER_SOURCES:
         problems.append(f"scheduler_source must be one of: {', '.join(SCHEDULER_SOURCES)}")
+    problems.extend(_share_problems(s))
+    return problems
+
+
+# Shared GPUs (additive fields): a workload's share of its GPU, and how it was measured.
+# Whether one GPU's shares at one time add up to at most 1 is the store's check
+# (store.shares): it also counts the samples stored by earlier batches.
+GPU_FRACTION_BASES: tuple[str, ...] = get_args(GpuFractionBasis)
+_BASES_OR_NONE = {*GPU_FRACTION_BASES, None}
+_SHARE_FIELDS = ("gpu_fraction", "gpu_fraction_basis")
+_COLUMN_FIELDS = tuple(name for name in ALL_FIELDS if name not in _SHARE_FIELDS)
+
+
+def _shares_absent_if_valid(payload: list[dict[str, Any]], columns: dict[str, list[Any]],
+                            absent: int, finite: bool) -> int | None:
+    """Both fields' columns: how many of their values are missing or null; None: one is invalid.
+
+    ``absent``: the other known fields' missing or null values. When every key of every
+    sample is one of those (almost every batch), neither field is there: no columns to read.
+    """
+    count = len(payload)
+    if sum(map(len, payload)) == (len(_KNOWN_KEYS) - len(_SHARE_FIELDS)) * count - absent:
+        columns["gpu_fraction"], columns["gpu_fraction_basis"] = [None] * count, [None] * count
+        return 2 * count
+    for name in _SHARE_FIELDS:
+        columns[name] = [s.get(name) for s in payload]
+    fractions = columns["gpu_fraction"]
+    kinds = set(map(type, fractions))
+    if kinds != _NONE_ONLY:
+        if not kinds <= _NUMBER_OR_NONE:
+            return None
+        given = [v for v in fractions if v is not None]
+        if not finite and sum(given) != sum(given):
+            return None
+        if min(given) <= 0 or max(given) > 1:
+            return None
+    bases = columns["gpu_fraction_basis"]
+    if not set(bases) <= _BASES_OR_NONE:
+        return None
+    return fractions.count(None) + bases.count(None)
+
+
+def _share_problems(s: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    fraction = s.get("gpu_fraction")
+    if fraction is not None:
+        if type(fraction) not in (int, float):
+            problems.append("gpu_fraction must be a number")
+        elif not 0 < fraction <= 1:
+            problems.append("gpu_fraction must be greater than 0 and at most 1")
+    basis = s.get("gpu_fraction_basis")
+    if basis is not None and (type(basis) is not str or basis not in GPU_FRACTION_BASES):
+        problems.append(f"gpu_fraction_basis must be one of: {', '.join(GPU_FRACTION_BASES)}")
     return problems
 
 

@@ -150,12 +150,12 @@ def _render(report, fmt: str) -> str:
     lines = [f"Chargeback {report.period.from_} .. {report.period.to}"]
     if report.simulated:
         lines.append(SIMULATED_NOTE)
-    header = ("TEAM", "GPU-HOURS", "COST USD", "ENERGY KWH", "IDLE H")
+    header = ("TEAM", "GPU-HOURS", "COST USD", "ENERGY KWH", "IDLE H", "SHARED H")
     rows = [(t.team_id, f"{t.total_gpu_hours:,.2f}", f"{t.total_cost_usd:,.2f}", f"{t.energy_kwh:,.3f}",
-             f"{t.idle_gpu_hours:,.2f}") for t in report.teams]
+             f"{t.idle_gpu_hours:,.2f}", f"{t.shared_gpu_hours:,.2f}") for t in report.teams]
     s = report.summary
     rows.append(("TOTAL", f"{s.total_gpu_hours:,.2f}", f"{s.total_cost_usd:,.2f}", f"{s.energy_kwh:,.3f}",
-                 f"{s.idle_gpu_hours:,.2f}"))
+                 f"{s.idle_gpu_hours:,.2f}", f"{s.shared_gpu_hours:,.2f}"))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))))

@@ -86,6 +86,8 @@ class NvmlBackend(GpuBackend):
         self._uuids: dict[int, str] = {}
         self._max_links: dict[int, tuple[int | None, int | None]] = {}
         self._process_calls = ProcessListCalls(nvml)
+        self._util_seen: dict[int, int] = {}  # per GPU: the newest process utilization sample (µs)
+        self._sm_now: dict[int, dict[int, int]] = {}  # this snapshot: per GPU, PID -> SM %
         self._node = NodeInfo(
             hostname=socket.gethostname(),
             driver_version=self._system("driver_version", nvml.nvmlSystemGetDriverVersion),
@@ -129,6 +131,7 @@ class NvmlBackend(GpuBackend):
             hosts = self._inspector.describe({entry.pid for _, _, entry in listed})
             processes = [_process(index, kind, entry, hosts[entry.pid])
                          for index, kind, entry in listed]
+            processes = self._with_sm_util(processes)
             self._log_quiet()
             warnings, self._new_warnings = tuple(self._new_warnings), []
             return GpuSnapshot(taken_at=taken_at, node=self._node, gpus=tuple(gpus),
@@ -203,6 +206,7 @@ class NvmlBackend(GpuBackend):
                 xid_error_count=None if xids is None else xids[1],
             )
             procs = self._processes(index, handle, field)
+            self._read_sm_util(index, handle, field, procs)
         except _GpuLost:
             return self._lost_gpu(index), []
         return gpu, procs
@@ -221,6 +225,36 @@ class NvmlBackend(GpuBackend):
         if calls.version != first_version:  # the driver's process call is now known: say which
             self._node = self._node.model_copy(update={"nvml_process_api": calls.version})
         return result
+
+    def _read_sm_util(self, index: int, handle: Any, field: _FieldReader, procs: list[_Listed]) -> None:
+        """Each listed process's SM utilization on this GPU: the mean of NVML's process
+        utilization samples since the last snapshot (a process without one was idle: 0).
+        Unsupported (MIG, vGPU, old drivers): none, said once."""
+        if not procs:
+            return
+        nvml = self._nvml
+
+        def samples(device: Any, since: int) -> list[Any]:
+            try:
+                return nvml.nvmlDeviceGetProcessUtilization(device, since)
+            except nvml.NVMLError_NotFound:  # no sample since then: every process was idle
+                return []
+
+        found = field("process_utilization", samples, self._util_seen.get(index, 0))
+        if found is None:
+            return
+        per_pid: dict[int, list[int]] = {}
+        for sample in found:
+            per_pid.setdefault(sample.pid, []).append(min(int(sample.smUtil), 100))
+            self._util_seen[index] = max(self._util_seen.get(index, 0), int(sample.timeStamp))
+        self._sm_now[index] = {entry.pid: round(sum(v) / len(v)) if (v := per_pid.get(entry.pid)) else 0
+                               for _, _, entry in procs}
+
+    def _with_sm_util(self, processes: list[GpuProcess]) -> list[GpuProcess]:
+        """The processes with the SM utilization this snapshot read (``_read_sm_util``)."""
+        sm, self._sm_now = self._sm_now, {}
+        return [p.model_copy(update={"sm_util_pct": sm[p.gpu_index][p.pid]})
+                if p.gpu_index in sm and p.pid in sm[p.gpu_index] else p for p in processes]
 
     def _mig_devices(self, index: int, handle: Any) -> list[MigDevice]:
         nvml = self._nvml

@@ -72,44 +72,71 @@ def _uuid(salt: int) -> str:
     return f"GPU-{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:32]}"
 
 @dataclass(slots=True)
+class _Tenant:
+    """One job's model on a GPU; a shared GPU (several jobs on it) has several."""
+
+    job: JobSpec
+    model: ModelSpec
+    curve: LoadCurve
+    pid: int
+    job_seed: int
+    loaded: bool = True
+    loaded_at: datetime | None = None  # when a reload_all() started its process again
+
+
+@dataclass(slots=True)
 class _SimGpu:
-    """One simulated GPU and its mutable state (loaded or not, energy anchor)."""
+    """One simulated GPU and its mutable state (which models are loaded, energy anchor)."""
 
     index: int
     spec: GpuModelSpec
     uuid: str
     salt: int
-    job: JobSpec | None
-    model: ModelSpec | None
-    curve: LoadCurve | None
-    pid: int | None
+    tenants: list[_Tenant]
     overhead_mb: int
     residual_mb: int
     ambient_c: float
     passive: bool  # SXM modules have no fan of their own: NVML says Not Supported
     foreign_mb: int = 0
-    loaded: bool = False
-    energy_offset_j: float = 0.0
-    idle_since: float | None = None  # seconds since EPOCH when its model was unloaded
-    idle_energy_j: float = 0.0
+    energy_offset_j: float = 0.0  # keeps the counter continuous when models load or unload
     ever_unloaded: bool = False
     fault: depth.Fault | None = None
-    job_seed: int = 0
-    loaded_at: datetime | None = None  # when a reload_all() started its process again
+
+    @property
+    def job(self) -> JobSpec | None:
+        return self.tenants[0].job if self.tenants else None
+
+    @property
+    def model(self) -> ModelSpec | None:
+        return self.tenants[0].model if self.tenants else None
+
+    @property
+    def loaded(self) -> bool:
+        return any(t.loaded for t in self.tenants)
+
+    @property
+    def weight(self) -> float:
+        """Each tenant's part of the GPU at full load: tenants share it equally."""
+        return 1.0 / len(self.tenants) if self.tenants else 0.0
 
     def busy_power_w(self) -> float:
         return PEAK_POWER_SHARE * self.spec.power_limit_w - self.spec.idle_power_w
 
-    def scheduled_energy_j(self, t: float) -> float:
-        idle = self.spec.idle_power_w * max(t, 0.0)
-        if self.curve is None:
-            return idle
-        return idle + self.busy_power_w() * self.curve.integral(t)
+    def loads(self, t: float) -> list[float]:
+        """Each tenant's share of the GPU's compute at ``t`` (0 when unloaded)."""
+        return [self.weight * x.curve.utilization(t, self.salt) if x.loaded else 0.0 for x in self.tenants]
 
     def energy_j(self, t: float) -> float:
-        if self.idle_since is not None:
-            return self.idle_energy_j + self.spec.idle_power_w * max(t - self.idle_since, 0.0)
-        return self.scheduled_energy_j(t) + self.energy_offset_j
+        busy = sum(self.weight * x.curve.integral(t) for x in self.tenants if x.loaded)
+        return self.energy_offset_j + self.spec.idle_power_w * max(t, 0.0) + self.busy_power_w() * busy
+
+    def set_loaded(self, tenant: _Tenant, loaded: bool, t: float) -> None:
+        """Load or unload one tenant at ``t``; the energy counter carries on from where it was."""
+        before = self.energy_j(t)
+        tenant.loaded = loaded
+        self.energy_offset_j += before - self.energy_j(t)
+        if not loaded:
+            self.ever_unloaded = True
 
 
 class SimulatedBackend(GpuBackend, ModelHost):
@@ -129,9 +156,8 @@ class SimulatedBackend(GpuBackend, ModelHost):
         self._started = self._clock()  # XIDs are "since the server started"; jobs ran before
         self._lock = threading.Lock()
         self._seed = node_seed(self.fleet.seed, self.node_name)
-        jobs = {i: job for job in self.fleet.jobs if job.node == self.node_name for i in job.gpus}
         models = {m.name: m for m in self.fleet.models}
-        self._gpus = [self._build_gpu(i, arch, jobs.get(i), models)
+        self._gpus = [self._build_gpu(i, arch, self.fleet.jobs_for(self.node_name, i), models)
                       for i, arch in enumerate(node.gpus)]
         if self.node_name == self.fleet.local_node and self._gpus:
             # A PID from another container: the driver reports it, this host cannot see it.
@@ -143,29 +169,29 @@ class SimulatedBackend(GpuBackend, ModelHost):
             simulated=True, backend="simulated", gpufleet_version=__version__,
         )
 
-    def _build_gpu(self, index: int, arch: str, job: JobSpec | None,
+    def _build_gpu(self, index: int, arch: str, jobs: list[JobSpec],
                    models: dict[str, ModelSpec]) -> _SimGpu:
         spec = self.fleet.gpu_models[arch]
         salt = mix(self._seed, index)
         fault = depth.fault_for(self.node_name, index, salt)
-        model = models[job.model] if job else None
-        job_seed = mix(self._seed, 1000 + job.gpus[0]) if job else 0
-        pid = None
-        if job and model:
+        tenants = []
+        for number, job in enumerate(jobs):
+            model = models[job.model]
+            job_seed = (mix(self._seed, 1000 + job.gpus[0]) if number == 0
+                        else mix(self._seed, 5000 + 97 * index + number))
             # A server runtime is one process across the job's GPUs; a training job is one per GPU.
             pid = 2_000 + job_seed % 60_000 + (0 if model.runtime != "process" else job.gpus.index(index))
+            tenants.append(_Tenant(job=job, model=model, curve=LoadCurve(job.schedule, job_seed), pid=pid,
+                                   job_seed=job_seed))
         return _SimGpu(
             index=index, spec=spec,
             uuid=_uuid(salt),
-            salt=salt, job=job, model=model,
-            curve=LoadCurve(job.schedule, job_seed) if job else None,
-            pid=pid,
+            salt=salt, tenants=tenants,
             overhead_mb=400 + int(500 * unit(salt, 3)),
             residual_mb=300 + int(200 * unit(salt, 4)),
             ambient_c=28.0 + 6.0 * unit(salt, 5) + (depth.HOT_SLOT_C if fault == "thermal" else 0.0),
             passive="SXM" in spec.name or "HBM" in spec.name,
-            loaded=model is not None,
-            fault=fault, job_seed=job_seed,
+            fault=fault,
         )
 
     # ------------------------------------------------------------ GpuBackend
@@ -185,22 +211,30 @@ class SimulatedBackend(GpuBackend, ModelHost):
     def _read(self, gpu: _SimGpu, t: float, now: datetime) -> tuple[GpuInfo, list[GpuProcess]]:
         spec = gpu.spec
         bucket = int(t // JITTER_BUCKET_S)
-        loaded = gpu.loaded and gpu.model is not None and gpu.curve is not None
-        util = gpu.curve.utilization(t, gpu.salt) if loaded and gpu.curve else 0.0
+        loaded = gpu.loaded
+        loads = gpu.loads(t)
+        util = sum(loads)
         procs: list[GpuProcess] = []
         used = gpu.foreign_mb + (gpu.residual_mb if gpu.ever_unloaded and not loaded else 0)
-        if loaded and gpu.model and gpu.job:
-            room = spec.memory_mb - gpu.model.memory_mb - gpu.overhead_mb - gpu.foreign_mb - 256
-            working = int(util * max(0, min(4096, room)))  # activations / KV cache grow with load
-            process_mb = gpu.model.memory_mb + gpu.overhead_mb + working
+        resident = [x for x in gpu.tenants if x.loaded]
+        for tenant, load in zip(gpu.tenants, loads, strict=True):
+            if not tenant.loaded:
+                continue
+            model = tenant.model
+            # activations / KV cache grow with load, in what the resident models leave free
+            room = (spec.memory_mb - sum(x.model.memory_mb for x in resident) - gpu.overhead_mb
+                    - gpu.foreign_mb - 256)
+            working = int(load / gpu.weight * max(0, min(4096, room)) / len(resident))
+            process_mb = model.memory_mb + gpu.overhead_mb // len(resident) + working
             used += process_mb
-            started = gpu.loaded_at or depth.first_start(self._started, gpu.job_seed)
-            host = depth.process_depth(gpu.model, gpu.job, gpu.pid or 0, gpu.job_seed, util, now,
-                                       started, bucket)
+            started = tenant.loaded_at or depth.first_start(self._started, tenant.job_seed)
+            host = depth.process_depth(model, tenant.job, tenant.pid, tenant.job_seed, load / gpu.weight,
+                                       now, started, bucket)
             procs.append(GpuProcess(
-                pid=gpu.pid or 0, name=_PROCESS_NAMES.get(gpu.model.runtime, "python"),
-                memory_mb=process_mb, gpu_index=gpu.index, user=gpu.model.team,
-                command=_command(gpu.model, gpu.job, gpu.index), type="compute",
+                pid=tenant.pid, name=_PROCESS_NAMES.get(model.runtime, "python"),
+                memory_mb=process_mb, gpu_index=gpu.index, user=model.team,
+                command=_command(model, tenant.job, gpu.index), type="compute",
+                sm_util_pct=round(100 * load), team_id=model.team, model_tag=model.name,
                 cpu_percent=host.cpu_percent, host_rss_mb=host.host_rss_mb,
                 started_at=host.started_at, elapsed_s=host.elapsed_s, cgroup=host.cgroup,
                 container_id=host.container_id, children=host.children,
@@ -244,8 +278,8 @@ class SimulatedBackend(GpuBackend, ModelHost):
             memory_clock_mhz=spec.memory_clock_mhz if loaded or gpu.passive else 405,
             pstate="P0" if loaded else "P8",
             mig_mode=False,
-            team_id=gpu.model.team if loaded and gpu.model else None,
-            model_tag=gpu.model.name if loaded and gpu.model else None,
+            team_id=resident[0].model.team if resident else None,
+            model_tag=resident[0].model.name if resident else None,
             throttle_reasons=reasons, ecc_errors=health.ecc, remapped_rows=health.remapped_rows,
             pcie=depth.pcie(spec.name, util, loaded, gpu.salt, bucket),
             xid_errors=health.xids, xid_error_count=len(health.xids),
@@ -258,23 +292,24 @@ class SimulatedBackend(GpuBackend, ModelHost):
             t = seconds_since_epoch(self._clock())
             found: dict[str, LoadedModel] = {}
             for gpu in self._gpus:
-                if not gpu.loaded or gpu.model is None or gpu.curve is None:
-                    continue
-                name = gpu.model.name
-                prior = found.get(name)
-                found[name] = LoadedModel(
-                    name=name, runtime="simulated",
-                    gpu_index=prior.gpu_index if prior else gpu.index,
-                    memory_mb=((prior.memory_mb or 0) if prior else 0) + gpu.model.memory_mb,
-                    in_use=(prior.in_use if prior else False) or gpu.curve.busy(t),
-                    gpu_indices=[*(prior.gpu_indices or []), gpu.index] if prior else [gpu.index],
-                )
+                for tenant in gpu.tenants:
+                    if not tenant.loaded:
+                        continue
+                    name = tenant.model.name
+                    prior = found.get(name)
+                    found[name] = LoadedModel(
+                        name=name, runtime="simulated",
+                        gpu_index=prior.gpu_index if prior else gpu.index,
+                        memory_mb=((prior.memory_mb or 0) if prior else 0) + tenant.model.memory_mb,
+                        in_use=(prior.in_use if prior else False) or tenant.curve.busy(t),
+                        gpu_indices=[*(prior.gpu_indices or []), gpu.index] if prior else [gpu.index],
+                    )
             return list(found.values())
 
     def unload(self, name: str) -> None:
         """Free the model on every GPU it was on; it stays unloaded until reload_all()."""
         with self._lock:
-            targets = [g for g in self._gpus if g.loaded and g.model and g.model.name == name]
+            targets = [(g, x) for g in self._gpus for x in g.tenants if x.loaded and x.model.name == name]
             if not targets:
                 raise KeyError(name)
             _free(targets, seconds_since_epoch(self._clock()))
@@ -287,8 +322,7 @@ class SimulatedBackend(GpuBackend, ModelHost):
             raise SignalRefused(f"PID {entry.pid} is not visible to this server (another PID "
                                 "namespace, such as a container): it will not signal it")
         with self._lock:
-            targets = [g for g in self._gpus if g.loaded and g.model is not None
-                       and g.pid == entry.pid]
+            targets = [(g, x) for g in self._gpus for x in g.tenants if x.loaded and x.pid == entry.pid]
             if not targets:
                 raise ProcessGone(f"PID {entry.pid} exited before the signal")
             _free(targets, seconds_since_epoch(self._clock()))
@@ -298,21 +332,16 @@ class SimulatedBackend(GpuBackend, ModelHost):
         with self._lock:
             t = seconds_since_epoch(self._clock())
             for gpu in self._gpus:
-                if gpu.model is not None and not gpu.loaded:
-                    energy = gpu.energy_j(t)
-                    gpu.idle_since = None
-                    gpu.energy_offset_j = energy - gpu.scheduled_energy_j(t)
-                    gpu.loaded = True
-                    gpu.loaded_at = self._clock()
+                for tenant in gpu.tenants:
+                    if not tenant.loaded:
+                        gpu.set_loaded(tenant, True, t)
+                        tenant.loaded_at = self._clock()
 
 
-def _free(gpus: list[_SimGpu], t: float) -> None:
-    """Their process is gone: memory freed, energy carried on at idle power from t."""
-    for gpu in gpus:
-        gpu.idle_energy_j = gpu.energy_j(t)
-        gpu.idle_since = t
-        gpu.loaded = False
-        gpu.ever_unloaded = True
+def _free(targets: list[tuple[_SimGpu, _Tenant]], t: float) -> None:
+    """Their processes are gone: memory freed, energy carried on from t without them."""
+    for gpu, tenant in targets:
+        gpu.set_loaded(tenant, False, t)
 
 
 def simulated_backends(count: int, gpus_per_node: int | None = None, *,

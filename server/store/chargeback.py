@@ -58,19 +58,22 @@ class UsageRow:
     energy_kwh: float
     energy_cost_usd: float
     idle_gpu_hours: float
+    shared_gpu_hours: float = 0.0  # the part of gpu_hours billed as a share of a shared GPU
 
 
-def usage_rows(raw: Iterable[tuple[str, str, str, int, float, int]], pricing: Pricing) -> list[UsageRow]:
-    """Raw sums (team, model, gpu_name, covered_us, energy_j, idle_us) -> rounded priced rows."""
-    sums: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0])
-    for team, model, name, covered_us, energy_j, idle_us in raw:
+def usage_rows(raw: Iterable[tuple[str, str, str, float, float, float, float]],
+               pricing: Pricing) -> list[UsageRow]:
+    """Raw sums (team, model, gpu_name, covered_us, energy_j, idle_us, shared_us) -> rounded priced rows."""
+    sums: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    for team, model, name, covered_us, energy_j, idle_us, shared_us in raw:
         key = (team or UNATTRIBUTED, model or UNTAGGED, gpu_arch(name))
         acc = sums[key]
-        acc[0] += int(covered_us)
+        acc[0] += float(covered_us)
         acc[1] += float(energy_j or 0.0)
-        acc[2] += int(idle_us)
+        acc[2] += float(idle_us)
+        acc[3] += float(shared_us or 0.0)
     rows = []
-    for (team, model, arch), (covered_us, energy_j, idle_us) in sums.items():
+    for (team, model, arch), (covered_us, energy_j, idle_us, shared_us) in sums.items():
         hours = round(covered_us / US_PER_HOUR, 2)
         kwh = round(energy_j / J_PER_KWH, 3)
         rate = rate_for(arch, pricing)
@@ -79,6 +82,7 @@ def usage_rows(raw: Iterable[tuple[str, str, str, int, float, int]], pricing: Pr
             cost_usd=round(hours * rate, 2), energy_kwh=kwh,
             energy_cost_usd=round(kwh * pricing.energy_usd_per_kwh, 2),
             idle_gpu_hours=round(idle_us / US_PER_HOUR, 2),
+            shared_gpu_hours=round(shared_us / US_PER_HOUR, 2),
         ))
     rows.sort(key=lambda r: (r.team_id, -r.cost_usd, r.model_tag, r.gpu_arch))
     return rows
@@ -104,6 +108,7 @@ def build_report(rows: list[UsageRow], from_date: date, to_date: date, now: date
                 gpu_arch=arch, gpu_hours=_sum((r.gpu_hours for r in rs), 2), rate=rs[0].rate,
                 cost_usd=_sum((r.cost_usd for r in rs), 2), energy_kwh=_sum((r.energy_kwh for r in rs), 3),
                 idle_gpu_hours=_sum((r.idle_gpu_hours for r in rs), 2),
+                shared_gpu_hours=_sum((r.shared_gpu_hours for r in rs), 2),
             )
             for arch, rs in archs.items()
         ]
@@ -111,6 +116,7 @@ def build_report(rows: list[UsageRow], from_date: date, to_date: date, now: date
             ModelUsage(
                 model_tag=model, gpu_hours=_sum((r.gpu_hours for r in rs), 2),
                 cost_usd=_sum((r.cost_usd for r in rs), 2), energy_kwh=_sum((r.energy_kwh for r in rs), 3),
+                shared_gpu_hours=_sum((r.shared_gpu_hours for r in rs), 2),
             )
             for model, rs in models.items()
         ]
@@ -124,6 +130,7 @@ def build_report(rows: list[UsageRow], from_date: date, to_date: date, now: date
             energy_kwh=_sum((r.energy_kwh for r in team_rows), 3),
             energy_cost_usd=_sum((r.energy_cost_usd for r in team_rows), 2),
             idle_gpu_hours=_sum((r.idle_gpu_hours for r in team_rows), 2),
+            shared_gpu_hours=_sum((r.shared_gpu_hours for r in team_rows), 2),
         ))
     teams.sort(key=lambda t: (-t.total_cost_usd, t.team_id))
     summary = ReportSummary(
@@ -132,6 +139,7 @@ def build_report(rows: list[UsageRow], from_date: date, to_date: date, now: date
         energy_kwh=_sum((t.energy_kwh for t in teams), 3),
         energy_cost_usd=_sum((t.energy_cost_usd for t in teams), 2),
         idle_gpu_hours=_sum((t.idle_gpu_hours for t in teams), 2),
+        shared_gpu_hours=_sum((t.shared_gpu_hours for t in teams), 2),
     )
     return ChargebackReport(
         period=ReportPeriod.model_validate({"from": from_date, "to": to_date}),
@@ -151,6 +159,7 @@ def rows_csv(rows: list[UsageRow]) -> str:
             csv_text(row.team_id), csv_text(row.model_tag), csv_text(row.gpu_arch),
             f"{row.gpu_hours:.2f}", _money_rate(row.rate),
             f"{row.cost_usd:.2f}", f"{row.energy_kwh:.3f}", f"{row.idle_gpu_hours:.2f}",
+            f"{row.shared_gpu_hours:.2f}",
         ]))
     return "".join(lines)
 

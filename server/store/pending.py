@@ -20,15 +20,15 @@ their tail, so the same recovery covers them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 import duckdb
 
 from gpufleet.server.store import usage_sql
 from gpufleet.server.store.staging import Key, Range
 
-PENDING_COLUMNS = ("account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w, "
-                   "energy_delta_j, utilization_gpu_pct, received_at, hostname")
+PENDING_COLUMNS = ("account, gpu_uuid, ts, job_id, gpu_name, team_id, model_tag, power_draw_w, "
+                   "energy_delta_j, utilization_gpu_pct, received_at, hostname, gpu_fraction")
 # how far below a group's oldest pending sample the durable mark goes, so the next
 # groups (other GPUs a little behind) rarely need to move it
 MARK_MARGIN_US = 600 * 1_000_000
@@ -52,42 +52,28 @@ _ROWS_NEWER_THAN_TAIL = f"""
     WHERE s.ts >= {{floor}} AND (g.ts IS NULL OR s.ts > g.ts)
 """
 
-_NEWER = "excluded.ts > gpu_last.ts"
-# Each GPU's newest pending sample becomes its tail (the latest non-empty hostname
-# and the latest receive time win, as when groups are folded one by one).
-_FOLD_GPU_LAST = f"""
-    INSERT INTO gpu_last BY NAME
-    SELECT account, gpu_uuid, max(ts) AS ts,
-           arg_max_null(gpu_name, ts) AS gpu_name, arg_max_null(team_id, ts) AS team_id,
-           arg_max_null(model_tag, ts) AS model_tag, arg_max_null(power_draw_w, ts) AS power_draw_w,
-           arg_max_null(energy_delta_j, ts) AS energy_delta_j,
-           arg_max_null(utilization_gpu_pct, ts) AS utilization_gpu_pct,
-           max(received_at) AS received_at, arg_max(hostname, ts) AS hostname
-    FROM pending_rows GROUP BY account, gpu_uuid
-    ON CONFLICT DO UPDATE SET
-        {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE gpu_last.{c} END"
-                   for c in ("ts", "gpu_name", "team_id", "model_tag", "power_draw_w",
-                             "energy_delta_j", "utilization_gpu_pct"))},
-        received_at = greatest(excluded.received_at, gpu_last.received_at),
-        hostname = coalesce(excluded.hostname, gpu_last.hostname)
-"""
-
-
 def mark(con: duckdb.DuckDBPyConnection, since_us: int) -> None:
     """Inside a group's transaction: every pending sample is at or after ``since_us``."""
     con.execute("DELETE FROM pending_since")
     con.execute(f"INSERT INTO pending_since VALUES (make_timestamp({int(since_us)}))")
 
 
-def fold(con: duckdb.DuckDBPyConnection, ranges: Mapping[Key, Range], cap_us: int, idle_pct: float) -> None:
-    """Inside an open transaction: fold the writer's pending ranges into the rollup and the tail."""
+def fold(con: duckdb.DuckDBPyConnection, ranges: Mapping[Key, Range], cap_us: int, idle_pct: float,
+         shared: Set[Key] = frozenset()) -> None:
+    """Inside an open transaction: fold the writer's pending ranges into the rollup and the tail.
+
+    ``shared``: the pending GPUs whose rows share a time or carry a gpu_fraction; GPUs whose
+    stored tail is shared are looked up here. Only those take the grouping SQL: the others
+    (almost always all of them) the plain one, which costs about half as much.
+    """
     if ranges:
         keys = list(ranges)
         values = list(ranges.values())
         con.execute(_ROWS_IN_RANGES.format(floor=_literal_us(min(v[0] for v in values))), {
             "account": [k[0] for k in keys], "uuid": [k[1] for k in keys],
             "lo": [v[0] for v in values], "hi": [v[1] for v in values]})
-        _fold_rows(con, cap_us, idle_pct)
+        tails = con.execute(usage_sql.SHARED_TAILS).fetchall()
+        _fold_rows(con, cap_us, idle_pct, (set(shared) | set(tails)) & set(keys))
     con.execute("DELETE FROM pending_since")
 
 
@@ -128,10 +114,30 @@ def _recovery_floor(con: duckdb.DuckDBPyConnection) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
-def _fold_rows(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float) -> None:
-    con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
-    con.execute(usage_sql.APPEND_IN_ORDER, {"cap_us": cap_us, "idle_pct": idle_pct})
-    con.execute(_FOLD_GPU_LAST)
+def _fold_rows(con: duckdb.DuckDBPyConnection, cap_us: int, idle_pct: float,
+               shared: Set[Key] | None = None) -> None:
+    """``pending_rows`` into the rollup and the tails; GPUs in ``shared`` (None: any GPU may
+    be) take the grouping SQL, the others the plain one (one row per GPU and time, no
+    fractions: the same rule, without grouping)."""
+    params = {"cap_us": cap_us, "idle_pct": idle_pct}
+    if shared is None:
+        con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
+        con.execute(usage_sql.APPEND_IN_ORDER, params)
+        usage_sql.update_tails(con)
+    elif not shared:
+        con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows")
+        con.execute(usage_sql.APPEND_IN_ORDER_PLAIN, params)
+        usage_sql.update_tails(con, plain=True)
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE shared_gpus (account VARCHAR, gpu_uuid VARCHAR)")
+        con.executemany("INSERT INTO shared_gpus VALUES (?, ?)", sorted(shared))
+        for negate, sql, plain in (("NOT", usage_sql.APPEND_IN_ORDER_PLAIN, True),
+                                   ("", usage_sql.APPEND_IN_ORDER, False)):
+            con.execute(f"""CREATE OR REPLACE TEMP VIEW cand AS SELECT *, false AS ooo FROM pending_rows
+                            WHERE (account, gpu_uuid) {negate} IN (SELECT account, gpu_uuid FROM shared_gpus)""")
+            con.execute(sql, params)
+            usage_sql.update_tails(con, plain=plain)
+        con.execute("DROP TABLE shared_gpus")
     con.execute("DROP TABLE pending_rows")
 
 

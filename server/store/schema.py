@@ -175,6 +175,53 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     (
         "CREATE TABLE store_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
     ),
+    # 10: shared GPUs. A sample is one workload's row (identity: account, gpu_uuid, ts and
+    # job_id, team_id, model_tag) with its additive gpu_fraction (and how the agent measured
+    # it, gpu_fraction_basis); gpu_tail holds every workload sampled at each GPU's newest
+    # time with its share (and what nobody claimed), so the open tail is split without
+    # work at report time; the rollup holds shares of GPU time (DOUBLE) and the part of it
+    # spent on shared GPUs. usage_daily is derived: made anew here, rebuilt from samples at
+    # open (its rule comment is gone, see usage_sql.ROLLUP_METHOD). Each step may run
+    # again on a store that has it (a store taken back to an older version by hand).
+    (
+        "ALTER TABLE samples ADD COLUMN IF NOT EXISTS gpu_fraction DOUBLE",
+        "ALTER TABLE samples ADD COLUMN IF NOT EXISTS gpu_fraction_basis VARCHAR",
+        """CREATE TABLE IF NOT EXISTS gpu_tail (
+            account VARCHAR NOT NULL,
+            gpu_uuid VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            job_id VARCHAR,
+            team_id VARCHAR,
+            model_tag VARCHAR,
+            gpu_name VARCHAR,
+            gpu_fraction DOUBLE,
+            power_draw_w DOUBLE NOT NULL,
+            energy_delta_j DOUBLE,
+            utilization_gpu_pct DOUBLE NOT NULL,
+            share DOUBLE NOT NULL,
+            unclaimed BOOLEAN NOT NULL
+        )""",
+        """INSERT INTO gpu_tail
+           SELECT account, gpu_uuid, ts, NULL, team_id, model_tag, gpu_name, NULL, power_draw_w,
+                  energy_delta_j, utilization_gpu_pct, 1.0, false
+           FROM gpu_last g
+           WHERE NOT EXISTS (SELECT 1 FROM gpu_tail t
+                             WHERE t.account = g.account AND t.gpu_uuid = g.gpu_uuid)""",
+        "DROP TABLE IF EXISTS usage_daily",
+        """CREATE TABLE usage_daily (
+            account VARCHAR NOT NULL,
+            day DATE NOT NULL,
+            gpu_uuid VARCHAR NOT NULL,
+            team_id VARCHAR NOT NULL,
+            model_tag VARCHAR NOT NULL,
+            gpu_name VARCHAR NOT NULL,
+            covered_us DOUBLE NOT NULL,
+            energy_j DOUBLE NOT NULL,
+            idle_us DOUBLE NOT NULL,
+            shared_us DOUBLE NOT NULL,
+            PRIMARY KEY (account, day, gpu_uuid, team_id, model_tag, gpu_name)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

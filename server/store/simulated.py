@@ -79,7 +79,7 @@ def remove_sample_fleet(con: duckdb.DuckDBPyConnection, uuids: Collection[str],
     """
     gpus = [list(uuids)]
     samples = con.execute("DELETE FROM samples WHERE list_contains(?, gpu_uuid)", gpus).fetchone()[0]
-    for table in ("gpu_last", "usage_daily"):
+    for table in ("gpu_last", "gpu_tail", "usage_daily"):  # gpu_tail: the tails' shares
         con.execute(f"DELETE FROM {table} WHERE list_contains(?, gpu_uuid)", gpus)
     hosts = con.execute("DELETE FROM hosts WHERE list_contains(?, hostname)",
                         [list(hostnames)]).fetchone()[0]

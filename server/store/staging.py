@@ -28,6 +28,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from gpufleet.server.store import shares
 from gpufleet.server.store.timeutil import epoch_us, to_db
 
 log = logging.getLogger("gpufleet.store.staging")
@@ -40,7 +41,7 @@ FIELD_TYPES: dict[str, str] = {
     "energy_delta_j": "DOUBLE", "fan_speed_pct": "DOUBLE", "memory_total_mb": "DOUBLE",
     "sm_clock_mhz": "DOUBLE", "memory_clock_mhz": "DOUBLE", "job_id": "VARCHAR",
     "team_id": "VARCHAR", "model_tag": "VARCHAR", "scheduler_source": "VARCHAR",
-    "hostname": "VARCHAR",
+    "hostname": "VARCHAR", "gpu_fraction": "DOUBLE", "gpu_fraction_basis": "VARCHAR",
 }
 SAMPLE_FIELDS: tuple[str, ...] = tuple(FIELD_TYPES)
 
@@ -60,7 +61,9 @@ _INT64 = 2**63
 
 Key = tuple[str, str]
 Range = tuple[int, int, int]  # a GPU's lowest and highest timestamp (µs) in a group, and its count
-SampleKeys = tuple[Sequence[str], Sequence[int]]  # every sample's gpu_uuid and timestamp (µs)
+# every sample's gpu_uuid and timestamp (µs), and optionally its gpu_fraction (a third
+# item of None: no sample has one)
+SampleKeys = tuple[Sequence[str], Sequence[int]] | tuple[Sequence[str], Sequence[int], Sequence[Any] | None]
 
 
 STAGING_DIR_ENV = "GPUFLEET_STAGING_DIR"  # where staging folders go (default: MEMORY_DIR)
@@ -109,8 +112,12 @@ class StagedBatch:
     job: int  # unique per stager: the batch's tag in ``staging.job``
     account: str
     received_at: datetime
-    count: int
-    ranges: dict[str, Range] | None  # per gpu_uuid; None when a (gpu, timestamp) repeats
+    count: int  # samples submitted, repeats of a workload within the batch included
+    ranges: dict[str, Range] | None  # per gpu_uuid, over the samples staged
+    staged: int = -1  # samples staged: the first of each workload (-1: all of them)
+    # GPUs with a shared time (several workloads' rows) or a gpu_fraction in this batch:
+    # their rollup upkeep takes the grouping SQL (see pending.fold)
+    shared_gpus: frozenset[str] = frozenset()
     path: str | None = None  # a big batch's own file
     packed: bytes | None = None  # a small batch's rows, tagged, as a JSON array
 
@@ -140,7 +147,28 @@ class JsonStager:
         job = next(self._jobs)
         if keys is None:
             keys = ([s["gpu_uuid"] for s in samples], timestamps_us(samples))
-        batch = StagedBatch(job, account, received_at, len(samples), batch_ranges(*keys))
+        uuids, stamps = keys[0], keys[1]
+        fractions = keys[2] if len(keys) > 2 else [s.get("gpu_fraction") for s in samples]
+        count = len(samples)
+        keep = None
+        if len(set(zip(uuids, stamps, strict=True))) != count:
+            # the same GPU and time twice: a shared GPU's workloads, or a repeat (kept once)
+            keep = shares.first_of_each_workload(samples, uuids, stamps)
+        shared: set[str] = set()
+        if fractions is not None and fractions.count(None) != count:
+            shares.check_batch(uuids, stamps, fractions, keep)
+            shared.update(u for u, f in zip(uuids, fractions, strict=True) if f is not None)
+        if keep is not None:
+            if len(keep) != count:
+                samples = [samples[i] for i in keep]
+                uuids, stamps = [uuids[i] for i in keep], [stamps[i] for i in keep]
+            seen: set[tuple[str, int]] = set()
+            for key in zip(uuids, stamps, strict=True):
+                if key in seen:
+                    shared.add(key[0])
+                seen.add(key)
+        batch = StagedBatch(job, account, received_at, count, batch_ranges(uuids, stamps),
+                            staged=len(samples), shared_gpus=frozenset(shared))
         if len(samples) >= PACK_BELOW_ROWS:
             batch.path = self._write(f"batch-{job}.json", _dumps(samples))
         else:
@@ -226,10 +254,9 @@ def _big_batches_select(big: Sequence[StagedBatch], fields: str) -> str:
                FROM {source} r"""
 
 
-def batch_ranges(uuids: Sequence[str], stamps: Sequence[int]) -> dict[str, Range] | None:
-    """Each GPU's lowest and highest timestamp and sample count; None if a (gpu, timestamp) repeats."""
-    if len(set(zip(uuids, stamps, strict=True))) != len(stamps):
-        return None
+def batch_ranges(uuids: Sequence[str], stamps: Sequence[int]) -> dict[str, Range]:
+    """Each GPU's lowest and highest timestamp and sample count (a shared GPU's workloads
+    at one time are several samples)."""
     low: dict[str, int] = {}
     high: dict[str, int] = {}
     count: dict[str, int] = {}

@@ -227,8 +227,9 @@ class MetricsStore:
         return cb.usage_rows(self.raw_usage(account, from_date, to_date, pricing), pricing)
 
     def raw_usage(self, account: str, from_date: date, to_date: date,
-                  pricing: Pricing) -> list[tuple[str, str, str, int, float, int]]:
-        """Unrounded sums per (team, model, gpu_name): covered µs, energy J, idle µs ('' = absent)."""
+                  pricing: Pricing) -> list[tuple[str, str, str, float, float, float, float]]:
+        """Unrounded sums per (team, model, gpu_name): covered µs, energy J, idle µs and
+        shared µs ('' = absent); shares of a shared GPU's time are fractions of a µs."""
         cb.check_range(from_date, to_date)
         self.writer.sync_rollup()
         p0, p1 = cb.period_bounds_us(from_date, to_date)

@@ -8,9 +8,11 @@ per-value Python conversion, no GIL held while DuckDB parses), COMMITs, and
 only then resolves every waiter. A group whose samples are all new and newer
 than their GPU's stored tail (live agents) is inserted as is and its rollup
 upkeep deferred (folded in batches, see ``pending``); any other group
-(duplicates, late samples) first folds what is pending, then dedups on
-(account, gpu_uuid, timestamp) through the ``staging`` table and keeps the
-rollup in SQL. A failure rolls the whole group back; a group of several batches
+(duplicates, late samples) first folds what is pending, then dedups on a
+sample's identity (account, gpu_uuid, timestamp and workload, see ``shares``)
+through the ``staging`` table, refuses a batch whose ``gpu_fraction`` values
+would push a GPU's shares at one time over 1 with what is stored (that batch
+alone, with GpuShareError), and keeps the rollup in SQL. A failure rolls the whole group back; a group of several batches
 is then written batch by batch, so only the batch that fails gets the exception.
 A fold that fails is healed by the catch-up the store runs at open (every sample
 since the durable mark that is newer than its GPU's tail), so one bad fold never
@@ -39,6 +41,7 @@ import duckdb
 
 from gpufleet.server.failures import RollupBehindError, StorageFullError
 from gpufleet.server.store import pending, usage_sql
+from gpufleet.server.store.shares import OVER_SHARE_SUM, GpuShareError
 from gpufleet.server.store.staging import (
     SAMPLE_FIELDS,
     STAGING_DDL,
@@ -48,6 +51,7 @@ from gpufleet.server.store.staging import (
     SampleKeys,
     StagedBatch,
     TailCache,
+    timestamps_us,
 )
 
 log = logging.getLogger("gpufleet.store.writer")
@@ -123,6 +127,7 @@ class StoreWriter:
         # each GPU's range, their count, and the durable mark below them (see ``pending``)
         self._pending: dict[Key, Range] = {}
         self._pending_rows = 0
+        self._pending_shared: set[Key] = set()  # of those GPUs, the shared ones (see ``pending.fold``)
         self._pending_since = time.monotonic()
         self._marked_us: int | None = None
         self._tails = TailCache(lambda: self._pending)
@@ -201,7 +206,10 @@ class StoreWriter:
         except BaseException:
             release(batch)
             raise
-        return await future
+        try:
+            return await future
+        except GpuShareError as exc:  # the writer knows the GPU and time; the batch, the index
+            raise exc.located(samples, keys[1] if keys else timestamps_us(samples)) from None
 
     def submit_sync(self, account: str, samples: Sequence[dict[str, Any]], received_at: datetime) -> WriteResult:
         """The blocking form of ``submit`` for threads without an event loop (loaders, CLI)."""
@@ -213,6 +221,8 @@ class StoreWriter:
         try:
             self._put(_SampleJob(batch, _resolver(future)))
             return future.result()
+        except GpuShareError as exc:
+            raise exc.located(samples, timestamps_us(samples)) from None
         finally:
             self._stager.release(batch)
 
@@ -325,7 +335,8 @@ class StoreWriter:
         con = self._con
         try:
             con.begin()
-            pending.fold(con, self._pending, self._rollup.cap_us, self._rollup.idle_pct)
+            pending.fold(con, self._pending, self._rollup.cap_us, self._rollup.idle_pct,
+                         self._pending_shared)
             con.commit()
         except Exception as exc:
             _rollback(con)
@@ -367,6 +378,7 @@ class StoreWriter:
             self._fold_error = None
         self._pending = {}
         self._pending_rows = 0
+        self._pending_shared = set()
         self._marked_us = None
 
     def _storage_failure(self, exc: BaseException) -> StorageFullError | None:
@@ -430,6 +442,7 @@ class StoreWriter:
         con = self._con
         batches = [job.batch for job in group]
         newest = None
+        refused: dict[int, GpuShareError] = {}
         try:
             newest = self._tails.newest_if_fresh(con, [(b.account, b.ranges) for b in batches])
             if newest is None and not self._fold():
@@ -444,10 +457,10 @@ class StoreWriter:
                 if self._marked_us is None or low < self._marked_us:
                     mark_us = low - pending.MARK_MARGIN_US
                     pending.mark(con, mark_us)
-                counts = {b.job: b.count for b in batches}
+                counts = {b.job: b.staged if b.staged >= 0 else b.count for b in batches}
             else:
                 self._stager.stage(con, batches)
-                counts = write_careful(con, self._rollup)
+                counts, refused = write_careful(con, self._rollup)
                 con.execute("DELETE FROM staging")
             con.commit()
         except BaseException as exc:
@@ -463,9 +476,13 @@ class StoreWriter:
                 self._marked_us = mark_us
             self._tails.advance(newest)
             _merge(self._pending, newest)
+            self._pending_shared.update((b.account, uuid) for b in batches for uuid in b.shared_gpus)
         else:
             self._tails.invalidate()
         for job in group:
+            if job.batch.job in refused:
+                _answer(job.done, None, refused[job.batch.job])
+                continue
             inserted = counts.get(job.batch.job, 0)
             self.samples_inserted += inserted
             self.samples_duplicate += job.batch.count - inserted
@@ -479,29 +496,23 @@ class StoreWriter:
         return exc
 
 
-def write_careful(con: duckdb.DuckDBPyConnection, rollup: RollupParams) -> dict[int, int]:
+def write_careful(con: duckdb.DuckDBPyConnection, rollup: RollupParams
+                  ) -> tuple[dict[int, int], dict[int, GpuShareError]]:
     """Inside an open transaction, ``staging`` loaded and nothing pending: dedup, insert, roll up.
 
     The path for groups with duplicates or samples older than their GPU's tail (resends,
-    late agents); returns inserted rows per job.
+    late agents, a workload's row for a time already stored); returns inserted rows per
+    job, and the jobs refused because their fractions would push a GPU's shares at some
+    time over 1 (their rows are left out; the rest of the group is written).
     """
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE cand_rows AS
-        SELECT st.job, st.account, st.ts, {_STAGED}, st.received_at,
-               coalesce(st.ts <= g.ts, false) AS ooo
-        FROM staging st
-        LEFT JOIN gpu_last g ON g.account = st.account AND g.gpu_uuid = st.gpu_uuid
-        QUALIFY row_number() OVER (PARTITION BY st.account, st.gpu_uuid, st.ts ORDER BY st.job) = 1
-    """)
-    late = con.execute("SELECT min(ts), max(ts) FROM cand_rows WHERE ooo").fetchone()
-    if late and late[0] is not None:
-        # only rows not newer than their GPU's tail can already be stored
-        con.execute(
-            """DELETE FROM cand_rows USING samples s
-               WHERE cand_rows.ooo AND s.ts BETWEEN $lo AND $hi AND s.account = cand_rows.account
-                 AND s.gpu_uuid = cand_rows.gpu_uuid AND s.ts = cand_rows.ts""",
-            {"lo": late[0], "hi": late[1]},
-        )
+    refused: dict[int, GpuShareError] = {}
+    while True:
+        _candidates(con, list(refused))
+        problem = _first_share_problem(con)
+        if problem is None:
+            break
+        job, uuid, ts_us, total, stored = problem
+        refused[int(job)] = GpuShareError(uuid, int(ts_us), float(total), stored=float(stored))
     con.execute("CREATE OR REPLACE TEMP VIEW cand AS SELECT * FROM cand_rows")
     params = {"cap_us": rollup.cap_us, "idle_pct": rollup.idle_pct}
     con.execute(
@@ -517,9 +528,66 @@ def write_careful(con: duckdb.DuckDBPyConnection, rollup: RollupParams) -> dict[
     if con.execute("SELECT count(*) FROM redo").fetchone()[0]:
         con.execute(usage_sql.DELETE_REDO_DAYS)
         con.execute(usage_sql.RECOMPUTE_REDO, params)
-    con.execute(_UPSERT_GPU_LAST)
+    usage_sql.update_tails(con)
     rows = con.execute("SELECT job, count(*) FROM cand GROUP BY job").fetchall()
-    return {int(job): int(n) for job, n in rows}
+    return {int(job): int(n) for job, n in rows}, refused
+
+
+def _candidates(con: duckdb.DuckDBPyConnection, refused: list[int]) -> None:
+    """``cand_rows``: the staged rows of jobs not refused, the first of each identity
+    (account, gpu_uuid, ts, workload), less those already stored; ``ooo`` marks rows not
+    newer than their GPU's tail (only those can already be stored)."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE cand_rows AS
+        SELECT st.job, st.account, st.ts, {_STAGED}, st.received_at,
+               coalesce(st.ts <= g.ts, false) AS ooo
+        FROM staging st
+        LEFT JOIN gpu_last g ON g.account = st.account AND g.gpu_uuid = st.gpu_uuid
+        WHERE NOT list_contains($refused, st.job)
+        QUALIFY row_number() OVER (PARTITION BY st.account, st.gpu_uuid, st.ts, {_workload_of("st")}
+                                   ORDER BY st.job) = 1
+    """, {"refused": refused})
+    late = con.execute("SELECT min(ts), max(ts) FROM cand_rows WHERE ooo").fetchone()
+    if late and late[0] is not None:
+        con.execute(
+            f"""DELETE FROM cand_rows USING samples s
+               WHERE cand_rows.ooo AND s.ts BETWEEN $lo AND $hi AND s.account = cand_rows.account
+                 AND s.gpu_uuid = cand_rows.gpu_uuid AND s.ts = cand_rows.ts
+                 AND {_same_workload("s", "cand_rows")}""",
+            {"lo": late[0], "hi": late[1]},
+        )
+
+
+def _first_share_problem(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """The first job (in group order) whose fractions push a GPU's shares at a time over
+    the limit, counting what is stored and what earlier jobs of the group bring:
+    (job, gpu_uuid, ts µs, total, stored part), or None."""
+    span = con.execute("SELECT min(ts), max(ts) FROM cand_rows WHERE gpu_fraction IS NOT NULL").fetchone()
+    if span is None or span[0] is None:
+        return None
+    return con.execute("""
+        WITH new AS (
+            SELECT job, account, gpu_uuid, ts, sum(gpu_fraction) AS f
+            FROM cand_rows WHERE gpu_fraction IS NOT NULL GROUP BY ALL
+        ),
+        stored AS (  -- only rows not newer than the tail can have stored company
+            SELECT s.account, s.gpu_uuid, s.ts, sum(s.gpu_fraction) AS f
+            FROM samples s
+            JOIN (SELECT DISTINCT account, gpu_uuid, ts FROM cand_rows
+                  WHERE ooo AND gpu_fraction IS NOT NULL) c
+              ON s.account = c.account AND s.gpu_uuid = c.gpu_uuid AND s.ts = c.ts
+            WHERE s.ts BETWEEN $lo AND $hi AND s.gpu_fraction IS NOT NULL
+            GROUP BY ALL
+        ),
+        running AS (
+            SELECT n.job, n.gpu_uuid, n.ts, coalesce(st.f, 0) AS stored_f,
+                   coalesce(st.f, 0) + sum(n.f) OVER (PARTITION BY n.account, n.gpu_uuid, n.ts
+                                                      ORDER BY n.job) AS total
+            FROM new n LEFT JOIN stored st USING (account, gpu_uuid, ts)
+        )
+        SELECT job, gpu_uuid, epoch_us(ts), total, stored_f FROM running
+        WHERE total > $most ORDER BY job, ts LIMIT 1
+    """, {"lo": span[0], "hi": span[1], "most": OVER_SHARE_SUM}).fetchone()
 
 
 def write_fresh(con: duckdb.DuckDBPyConnection, source: str) -> None:
@@ -543,19 +611,16 @@ def _merge(into: dict[Key, Range], ranges: dict[Key, Range]) -> None:
 
 
 _STAGED = ", ".join("st." + f for f in SAMPLE_FIELDS)
-_NEWER = "excluded.ts > gpu_last.ts"
-_UPSERT_GPU_LAST = f"""
-    INSERT INTO gpu_last BY NAME
-    SELECT account, gpu_uuid, ts, gpu_name, team_id, model_tag, power_draw_w, energy_delta_j,
-           utilization_gpu_pct, received_at, hostname
-    FROM cand QUALIFY row_number() OVER (PARTITION BY account, gpu_uuid ORDER BY ts DESC) = 1
-    ON CONFLICT DO UPDATE SET
-        {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE gpu_last.{c} END"
-                   for c in ("ts", "gpu_name", "team_id", "model_tag", "power_draw_w",
-                             "energy_delta_j", "utilization_gpu_pct"))},
-        received_at = greatest(excluded.received_at, gpu_last.received_at),
-        hostname = coalesce(excluded.hostname, gpu_last.hostname)
-"""
+
+
+def _workload_of(alias: str) -> str:
+    """A row's workload as SQL: job, team and model, absent parts as ''."""
+    return ", ".join(f"coalesce({alias}.{c}, '')" for c in ("job_id", "team_id", "model_tag"))
+
+
+def _same_workload(a: str, b: str) -> str:
+    return " AND ".join(f"coalesce({a}.{c}, '') = coalesce({b}.{c}, '')"
+                        for c in ("job_id", "team_id", "model_tag"))
 
 
 # How DuckDB words a write the filesystem refused (its IOException, or a failed COMMIT).

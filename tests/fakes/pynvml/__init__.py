@@ -183,6 +183,11 @@ class c_nvmlUtilization_t(Structure):
     _fields_ = [("gpu", c_uint), ("memory", c_uint)]
 
 
+class c_nvmlProcessUtilizationSample_t(Structure):
+    _fields_ = [("pid", c_uint), ("timeStamp", c_ulonglong), ("smUtil", c_uint), ("memUtil", c_uint),
+                ("encUtil", c_uint), ("decUtil", c_uint)]
+
+
 class _c_nvmlProcessInfo_v1_t(Structure):
     """The original process struct; pynvml no longer ships it, drivers before R450 still use it."""
 
@@ -248,6 +253,9 @@ class FakeProcess:
     used_mib: int | None  # None: the driver cannot say (WDDM)
     gpu_instance_id: int = 0xFFFFFFFF
     compute_instance_id: int = 0xFFFFFFFF
+    # nvmlDeviceGetProcessUtilization: this process's SM %, in one sample stamped with its
+    # GPU's ``util_sample_us`` (None: the driver holds no sample of it)
+    sm_util: int | None = None
 
 
 @dataclass
@@ -300,6 +308,7 @@ class FakeGpu:
     not_supported: set[str] = field(default_factory=set)
     no_permission: set[str] = field(default_factory=set)
     lost: bool = False  # every query on this device raises NVMLError_GpuIsLost
+    util_sample_us: int = 1_000_000  # CPU timestamp (µs) of the processes' utilization samples
 
     @property
     def handle(self) -> c_nvmlDevice_t:
@@ -678,6 +687,21 @@ def nvmlDeviceGetComputeRunningProcesses(handle):
 
 def nvmlDeviceGetGraphicsRunningProcesses(handle):
     return _unversioned(nvmlDeviceGetGraphicsRunningProcesses_v3, handle)
+
+
+def nvmlDeviceGetProcessUtilization(handle, timeStamp):
+    """As the driver: samples newer than ``timeStamp`` (µs), NotFound when there are none,
+    NotSupported in MIG mode."""
+    gpu = _device("nvmlDeviceGetProcessUtilization", handle)
+    if gpu.mig_mode == NVML_DEVICE_MIG_ENABLE:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    samples = [c_nvmlProcessUtilizationSample_t(pid=p.pid, timeStamp=gpu.util_sample_us, smUtil=p.sm_util,
+                                                memUtil=0, encUtil=0, decUtil=0)
+               for p in gpu.compute_processes + gpu.graphics_processes
+               if p.sm_util is not None and gpu.util_sample_us > timeStamp]
+    if not samples:
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+    return samples
 
 
 # What older drivers lack, by the symbols gpufleet calls (newest first).
