@@ -62,8 +62,11 @@ def test_prometheus_scrapes_serve_and_answers_a_dcgm_query(tmp_path: Path) -> No
         deadline = time.monotonic() + DEADLINE_S
 
         def gpu_util() -> list[dict]:
-            answer = httpx.get(f"{api}/query", params={"query": "DCGM_FI_DEV_GPU_UTIL"},
-                               timeout=2.0).json()
+            response = httpx.get(f"{api}/query", params={"query": "DCGM_FI_DEV_GPU_UTIL"},
+                                 timeout=2.0)
+            if response.status_code != 200:  # "Service Unavailable" (text) until its TSDB is open
+                return []
+            answer = response.json()
             return answer["data"]["result"] if answer.get("status") == "success" else []
 
         series = _poll("DCGM_FI_DEV_GPU_UTIL through Prometheus", gpu_util, deadline)
