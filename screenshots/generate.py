@@ -126,6 +126,7 @@ async def shoot(servers: Servers, size: tuple[int, int]) -> list[Path]:
         await until(pilot, lambda: getattr(app.screen, "report", None) is not None, "the chargeback report")
         await pilot.pause()
         save("chargeback")
+        await pilot.press("down")  # inference: its own GPUs and a share of the L40S it shares
         await pilot.press("enter")
         await pilot.pause(0.3)
         save("chargeback-team")
