@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,10 +127,10 @@ async def test_a_rotation_past_its_deadline_still_hands_over_the_new_key(tmp_pat
         real_rotate = store.rotate_key
         release, committed = threading.Event(), threading.Event()
 
-        def slow_rotate(key_id: str, account: str | None = None) -> Any:
+        def slow_rotate(key_id: str, account: str | None = None, **kwargs: Any) -> Any:
             release.wait(10)  # held until the handler's deadline has fired
             try:
-                return real_rotate(key_id, account)
+                return real_rotate(key_id, account, **kwargs)
             finally:
                 committed.set()
 
@@ -155,3 +156,52 @@ async def test_a_rotation_past_its_deadline_still_hands_over_the_new_key(tmp_pat
         assert stale.status_code == 401
         info = await asyncio.to_thread(store.authenticate, new)
         assert info is not None and info.name == "ingest-key" and info.revoked_at is None
+
+
+async def test_two_rotations_with_one_secret_give_one_new_secret_and_a_401(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A retried or doubled rotation must not hand out a secret that the other one replaced."""
+    import threading
+
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        store = srv.app.store
+        real_rotate = store.rotate_key
+        both_in = threading.Barrier(2, timeout=10)
+
+        def rotate_together(*args: Any, **kwargs: Any) -> Any:
+            both_in.wait()  # both requests authenticated with the old secret before either commits
+            return real_rotate(*args, **kwargs)
+
+        monkeypatch.setattr(store, "rotate_key", rotate_together)
+        old = {"X-API-Key": srv.keys["ingest"]}
+        answers = await asyncio.gather(srv.http.post("/v1/keys/rotate", headers=old),
+                                       srv.http.post("/v1/keys/rotate", headers=old))
+        assert sorted(a.status_code for a in answers) == [200, 401], [a.text for a in answers]
+        refused = next(a for a in answers if a.status_code == 401)
+        assert refused.json() == {"error": "Missing or invalid API key"}
+        new = next(a for a in answers if a.status_code == 200).json()["key"]
+        fresh = await srv.http.post("/v1/metrics/ingest", json=[SAMPLE], headers={"X-API-Key": new})
+        assert fresh.status_code == 200, fresh.text
+        rotations = {k.name: len(k.rotations) for k in store.list_keys()}
+        assert rotations["ingest-key"] == 1
+
+
+async def test_a_secret_rotated_elsewhere_cannot_rotate_the_key_back(tmp_path: Path) -> None:
+    """A secret still in the server's key cache after `gpufleet keys rotate` elsewhere is stale."""
+    from gpufleet.server.auth import StoreKeyResolver
+    from gpufleet.server.store import MetricsStore
+    from tests.api_server import running_app
+
+    with MetricsStore.open(tmp_path / "db.duckdb") as store:
+        created = store.create_key("agents", ["ingest", "read"], "default")
+        # a cache that outlives the test, so the stale secret is surely still cached
+        resolver = StoreKeyResolver(store, ttl_s=3600)
+        async with running_app(store=store, resolver=resolver) as srv:
+            old = {"X-API-Key": created.key}
+            assert (await srv.http.get("/v1/agent/hosts", headers=old)).status_code == 200
+            elsewhere = await asyncio.to_thread(store.rotate_key, created.info.id)  # not via this server
+            again = await srv.http.post("/v1/keys/rotate", headers=old)
+            assert again.status_code == 401, again.text
+            hosts = await srv.http.get("/v1/agent/hosts", headers={"X-API-Key": elsewhere.key})
+            assert hosts.status_code == 200
+            assert store.authenticate(elsewhere.key) is not None

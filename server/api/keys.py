@@ -7,10 +7,11 @@ import logging
 
 from gpufleet.server.api.context import ApiContext
 from gpufleet.server.api.guard import add_route
-from gpufleet.server.auth import ANY_KEY, authenticate
+from gpufleet.server.auth import ANY_KEY, authenticate, presented_secret, unauthorized
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.types import Request, Response
 from gpufleet.server.schemas import KeyCreated
+from gpufleet.server.store import StaleSecretError, UnknownKeyError
 
 log = logging.getLogger("gpufleet.auth")
 
@@ -33,8 +34,17 @@ class KeyRoutes:
     async def rotate(self, request: Request) -> Response:
         # The guard authenticated already; resolving again gives this handler the key's id.
         key = await authenticate(request, self._ctx.resolver)
-        rotation = asyncio.ensure_future(asyncio.to_thread(self._store.rotate_key, key.id))
-        created = await _outlive_cancellation(rotation)
+        # Only while the presented secret is still the key's: a second rotation sent with
+        # the same secret (or one cached after another process rotated or revoked the key)
+        # is a 401, not a second new secret that silently replaces the first.
+        rotation = asyncio.ensure_future(asyncio.to_thread(
+            self._store.rotate_key, key.id, presented_secret=presented_secret(request)))
+        try:
+            created = await _outlive_cancellation(rotation)
+        except (StaleSecretError, UnknownKeyError):
+            if self._ctx.resolver is not None:
+                self._ctx.resolver.forget(key)
+            raise unauthorized() from None
         if self._ctx.resolver is not None:
             self._ctx.resolver.forget(key)
         log.info("key %r of account %r rotated", key.name, key.account)

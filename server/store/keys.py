@@ -49,6 +49,10 @@ class KeyAlreadyRevokedError(ValueError):
     """The key was revoked before; revoking it again changes nothing."""
 
 
+class StaleSecretError(LookupError):
+    """The secret a rotation was asked with is no longer the key's (rotated or revoked since)."""
+
+
 def check_name(what: str, value: str) -> str:
     """``value`` as a key's name or account: 1 to MAX_NAME_CHARS printable characters.
 
@@ -195,13 +199,27 @@ class KeyStore:
         self._forget(info.id)
         return info
 
-    def rotate(self, key_id: str, account: str | None = None) -> KeyCreated:
-        """A new secret for the same key (id, name, scopes, account); the old secret stops now."""
+    def rotate(self, key_id: str, account: str | None = None, *,
+               presented_secret: str | None = None) -> KeyCreated:
+        """A new secret for the same key (id, name, scopes, account); the old secret stops now.
+
+        ``presented_secret``: the secret the caller proved itself with (the API's rotation).
+        The rotation then happens only while it is still the key's, in the same transaction:
+        two rotations sent with one secret (a retry, two processes sharing a key) give one
+        new secret and a StaleSecretError, never two secrets of which only the last works.
+        """
 
         def rotate(con: duckdb.DuckDBPyConnection) -> KeyCreated:
             row = self._find(con, key_id, account)
             if row[7] is not None:
+                if presented_secret is not None:
+                    raise StaleSecretError(f"key {row[1]!r} was revoked")
                 raise KeyError_(f"key {row[1]!r} is revoked; create a new one")
+            if presented_secret is not None:
+                stored = con.execute("SELECT secret_sha256 FROM api_keys WHERE id = ?",
+                                     [row[0]]).fetchone()[0]
+                if not hmac.compare_digest(stored, hash_secret(presented_secret)):
+                    raise StaleSecretError(f"key {row[1]!r} was rotated since")
             secret = new_secret()
             con.execute("INSERT INTO key_rotations VALUES (?, ?, ?)",
                         [row[0], to_db(datetime.now(UTC)), row[4]])

@@ -186,8 +186,9 @@ class MetricsStore:
     def revoke_key(self, id_or_name: str, account: str | None = None) -> KeyInfo:
         return self.keys.revoke(id_or_name, account)
 
-    def rotate_key(self, key_id: str, account: str | None = None) -> KeyCreated:
-        return self.keys.rotate(key_id, account)
+    def rotate_key(self, key_id: str, account: str | None = None, *,
+                   presented_secret: str | None = None) -> KeyCreated:
+        return self.keys.rotate(key_id, account, presented_secret=presented_secret)
 
     def authenticate(self, secret: str) -> KeyInfo | None:
         return self.keys.authenticate(secret)
