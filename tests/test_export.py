@@ -257,3 +257,67 @@ def test_an_export_of_simulated_data_says_so_and_the_folder_remembers(tmp_path: 
     assert "SIMULATED" not in capsys.readouterr().out
     state = json.loads((tmp_path / "real-lake" / "_gpufleet_export.json").read_text())
     assert state["simulated"] is False
+
+
+async def test_a_full_disk_under_the_servers_store_is_507_once_logged_and_heals(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The day's file is written in the store's folder: no room there is a 507, not a 500."""
+    import contextlib
+    import logging
+    import subprocess
+
+    from gpufleet.server.store.export import StoreExport
+
+    folder = tmp_path / "fs"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(folder)],
+        capture_output=True).returncode == 0
+    fault = {"on": False}
+    if not mounted:  # DuckDB's own wording of ENOSPC, from the COPY
+        for name in ("copy_samples", "copy_usage"):
+            real = getattr(StoreExport, name)
+
+            def failing(self, *args, _real=real):  # type: ignore[no-untyped-def]
+                if fault["on"]:
+                    raise duckdb.IOException('IO Error: Could not write file "x.parquet": '
+                                             "No space left on device")
+                return _real(self, *args)
+
+            monkeypatch.setattr(StoreExport, name, failing)
+    filler = folder / "filler"
+    try:
+        async with store_app(folder / "db.duckdb") as srv:
+            await asyncio.to_thread(_store, srv.app.store, "default", _samples(DAY1, 200), DAY1)
+            day = {"day": DAY1.date().isoformat()}
+            read = srv.auth("read")
+            assert (await srv.http.get("/v1/export/samples", params=day, headers=read)).status_code == 200
+            if mounted:
+                free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+                filler.write_bytes(b"\0" * free)
+            fault["on"] = True
+            with caplog.at_level(logging.INFO):
+                for path in ("samples", "usage", "samples"):
+                    full = await srv.http.get(f"/v1/export/{path}", params=day, headers=read)
+                    assert full.status_code == 507, full.text
+                    assert full.headers["retry-after"] == "30"
+                    assert "Insufficient storage" in full.json()["error"]
+                with contextlib.suppress(FileNotFoundError):
+                    filler.unlink()
+                fault["on"] = False
+                healed = await srv.http.get("/v1/export/usage", params=day, headers=read)
+                assert healed.status_code == 200
+                assert healed.headers["x-gpufleet-rows"] == str(len(_usage_in_rollup(srv.app.store)))
+            said = [r for r in caplog.records if "export file cannot be written" in r.getMessage()]
+            assert len(said) == 1  # once per episode
+            assert not any(r.exc_info for r in caplog.records)  # no traceback per request
+            assert "can be written again" in caplog.text
+            assert not list(folder.glob(".export-*"))
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _usage_in_rollup(store: MetricsStore) -> list[tuple]:
+    store.writer.sync_rollup()
+    return store.query("SELECT * FROM usage_daily WHERE day = ?", [DAY1.date()])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -30,9 +31,12 @@ from gpufleet.server.http.router import Router
 from gpufleet.server.http.types import HttpError, Request, Response
 from gpufleet.server.schemas import SIMULATED_HEADER
 from gpufleet.server.store.export import MAX_US, NO_MARK_US, StoreExport, utc_us
+from gpufleet.server.store.writer import storage_failure
 
 if TYPE_CHECKING:
     from gpufleet.server.store import MetricsStore
+
+log = logging.getLogger("gpufleet.api")
 
 PARQUET = "application/vnd.apache.parquet"
 ROWS_HEADER = "X-Gpufleet-Rows"
@@ -62,6 +66,18 @@ class ExportAnswers:
         self._store = store
         self._export = StoreExport(store)
         self._now = now
+        self._full_since_log = False  # an export failed for want of space, and said so
+
+    def _write_failed(self, exc: Exception) -> Exception:
+        """``exc`` as the StorageFullError (507) it is when the disk refused the file, else as is."""
+        failure = storage_failure(exc)
+        if failure is None:
+            return exc
+        if not self._full_since_log:
+            self._full_since_log = True
+            log.error("an export file cannot be written in %s: %s; exports are answered 507 "
+                      "until one can", self._store.path.parent, exc)
+        return failure
 
     async def days(self, account: str | None, query: dict[str, str]) -> Response:
         """``?from=&to=`` (both optional): every day with samples or usage, and its marks.
@@ -104,24 +120,38 @@ class ExportAnswers:
         await asyncio.to_thread(self._export.barrier)
 
         def copy(path: Path) -> tuple[int, int | None]:
-            self._export.copy_usage(path, account, day)
-            return 1, None
+            return self._export.copy_usage(path, account, day), None
 
-        return await self._file(copy)
+        # a file even with no rows: the client replaces what it had for that day
+        return await self._file(copy, empty_is_204=False)
 
-    async def _file(self, write: Callable[[Path], tuple[int, int | None]]) -> Response:
-        fd, name = tempfile.mkstemp(prefix=".export-", suffix=".parquet",
-                                    dir=self._store.path.parent)
-        os.close(fd)
+    async def _file(self, write: Callable[[Path], tuple[int, int | None]], *,
+                    empty_is_204: bool = True) -> Response:
+        """The file ``write`` makes in the store's folder, sent and removed.
+
+        A full disk there (or another I/O error on write) is a 507 with Retry-After, as for
+        every write of the store, logged once until an export writes again.
+        """
+        try:
+            fd, name = tempfile.mkstemp(prefix=".export-", suffix=".parquet",
+                                        dir=self._store.path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise self._write_failed(exc) from None
         path = Path(name)
         try:
             rows, newest = await asyncio.to_thread(write, path)
-            if not rows:
+            if not rows and empty_is_204:
                 return Response(status=204)
             body = await asyncio.to_thread(path.read_bytes)
+        except Exception as exc:
+            raise self._write_failed(exc) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if self._full_since_log:
+            log.info("export files can be written again")
+            self._full_since_log = False
         headers = [(ROWS_HEADER, str(rows))]
         if newest is not None:
             headers.append((RECEIVED_MAX_HEADER, str(newest)))
@@ -142,7 +172,8 @@ _PARQUET_ANSWER = {
         PARQUET: {"schema": {"type": "string", "format": "binary"}}}},
     "204": {"description": "Nothing new for that day"}}
 _OPENAPI_DAYS = {"parameters": [
-    _query("from", "First day (UTC), inclusive; default the first with samples", required=False),
+    _query("from", "First day (UTC), inclusive; default the first with samples; not after `to`",
+           required=False),
     _query("to", "Last day (UTC), inclusive; default the last with samples", required=False)]}
 _OPENAPI_SAMPLES = {"responses": _PARQUET_ANSWER, "parameters": [
     _query("day", "The day (UTC)", required=True),

@@ -91,6 +91,7 @@ _USAGE = """
         ORDER BY ALL
     ) TO '{path}' (FORMAT parquet, COMPRESSION zstd)
 """
+_USAGE_COUNT = "SELECT count(*) FROM usage_daily WHERE account = $account AND day = $day"
 NO_MARK_US = -(2**62)  # "nothing exported yet": before any received_at
 MAX_US = 2**62
 
@@ -141,9 +142,17 @@ class StoreExport:
                 cur.rollback()
         return int(count), newest
 
-    def copy_usage(self, path: Path, account: str, day: date) -> None:
+    def copy_usage(self, path: Path, account: str, day: date) -> int:
+        """Write the day's usage rollup rows to ``path`` (a file even when there are none); their count."""
+        params = {"account": account, "day": day}
         with self._store._cursor() as cur:
-            cur.execute(_USAGE.format(path=_path_literal(path)), {"account": account, "day": day})
+            cur.begin()
+            try:
+                count = cur.execute(_USAGE_COUNT, params).fetchone()[0]
+                cur.execute(_USAGE.format(path=_path_literal(path)), params)
+            finally:
+                cur.rollback()
+        return int(count)
 
 
 def utc_us(moment: datetime) -> int:
