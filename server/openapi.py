@@ -61,6 +61,20 @@ _ROUTE_ERRORS: dict[str, dict[str, str]] = {
                "sent; retry after Retry-After",
     },
 }
+_EXPORT_FULL = {"507": "The store's disk is full: the day's file cannot be written there; "
+                        "retry after Retry-After"}
+_ROUTE_ERRORS.update({
+    "exportSamples": _EXPORT_FULL,
+    "exportUsage": _EXPORT_FULL,
+    "exportDays": {"400": "A parameter is not a date, or `from` is after `to`"},
+    # open to loopback clients; a key from anyone else ([metrics] access)
+    "getMetrics": {
+        "401": "A key is needed here (a client off loopback, or through a proxy) and is "
+               "missing or invalid",
+        "403": "The key lacks the read (or operator) scope",
+        "429": "Too many wrong keys from this address; see Retry-After",
+    },
+})
 # Path parameters that are numbers (the rest are strings).
 _INTEGER_PARAMS = {"pid": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}
 

@@ -125,3 +125,20 @@ async def test_shared_gpu_fields_are_described(tmp_path: Path) -> None:
     for name in ("ReportSummary", "TeamUsage", "GpuArchUsage", "ModelUsage", "ChargebackCsvRow"):
         assert "share of a shared GPU" in schemas[name]["properties"]["shared_gpu_hours"]["description"], name
     assert "sm_util_pct" in schemas["GpuProcess"]["properties"]
+
+
+async def test_metrics_and_export_list_the_statuses_they_answer(tmp_path: Path) -> None:
+    async with store_app(tmp_path / "db.duckdb") as srv:
+        doc = (await srv.http.get("/v1/openapi.json")).json()
+        proxied = {"X-Forwarded-For": "203.0.113.9"}  # not taken for a loopback client
+        assert (await srv.http.get("/metrics", headers=proxied)).status_code == 401
+        wrong = await srv.http.get("/metrics", headers={**proxied, **srv.auth("ingest")})
+        assert wrong.status_code == 403
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]
+    assert {"200", "401", "403", "429"} <= set(metrics)
+    assert set(metrics["200"]["content"]) == {"text/plain; version=0.0.4",
+                                              "application/openmetrics-text; version=1.0.0"}
+    for path in ("/v1/export/samples", "/v1/export/usage"):  # written in the store's folder
+        assert "507" in doc["paths"][path]["get"]["responses"], path
+    days = doc["paths"]["/v1/export/days"]["get"]
+    assert "after `to`" in days["responses"]["400"]["description"]
