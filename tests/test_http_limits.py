@@ -236,3 +236,65 @@ async def test_httpx_client_sending_a_huge_body_reads_the_413_not_a_reset() -> N
         response = await client.post("/echo", content=b"x" * (FAST.max_body_bytes * 64))
     assert response.status_code == 413
     assert response.json()["error"].startswith("Request body too large")
+
+
+def _blocking_exchange(address: tuple[str, int], data: bytes) -> bytes:
+    """Send all of ``data`` at once (so the server finds it buffered) and read to the close."""
+    import socket
+
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("shape", ["tiny chunks", "pipelined requests"])
+async def test_a_client_that_keeps_its_socket_full_never_holds_the_loop(
+        shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buffered bytes are parsed without waiting, so the loop must yield on its own: between
+    two turns of another coroutine the server parses a bounded run of events, not all of them."""
+    import h11
+
+    from gpufleet.server.http import protocol
+
+    turns = 0
+    runs: dict[int, int] = {}  # loop turn -> body chunks and requests parsed in it
+    real_next_event = protocol.HttpProtocol._next_event
+
+    def counted(self: protocol.HttpProtocol):  # type: ignore[no-untyped-def]
+        event = real_next_event(self)
+        if isinstance(event, h11.Data | h11.Request):
+            runs[turns] = runs.get(turns, 0) + 1
+        return event
+
+    monkeypatch.setattr(protocol.HttpProtocol, "_next_event", counted)
+    if shape == "tiny chunks":
+        data = (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                b"Connection: close\r\n\r\n" + b"1\r\nx\r\n" * 20_000 + b"0\r\n\r\n")
+    else:
+        data = b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n" * 2_000 + \
+            b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    async with running_server() as server:
+        assert server.address is not None
+        stop = asyncio.Event()
+
+        async def other_work() -> None:  # what every other connection would be: a turn of the loop
+            nonlocal turns
+            while not stop.is_set():
+                turns += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(other_work())
+        try:
+            raw = await asyncio.to_thread(_blocking_exchange, server.address, data)
+        finally:
+            stop.set()
+            await ticker
+        if shape == "tiny chunks":
+            assert parse(raw)[:1] == (200,) and raw.endswith(b"x" * 20_000)
+        else:
+            assert raw.count(b"HTTP/1.1 200 OK") == 2_001
+    assert sum(runs.values()) >= 2_001
+    assert max(runs.values()) <= protocol.YIELD_EVERY_EVENTS, max(runs.values())

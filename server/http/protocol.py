@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,8 +40,15 @@ log = logging.getLogger("gpufleet.http")
 # Each deadline is absolute: a client trickling bytes cannot extend it. Any
 # protocol error or exceeded limit answers {"error": ...} with Connection: close,
 # then lingers briefly so the client reads the answer instead of a reset.
+# A read returns at once while bytes are buffered, so a client that keeps its
+# socket full (pipelined requests, a body of tiny chunks) would never let the loop
+# run anyone else: the loop yields before each pipelined request and every
+# YIELD_EVERY_EVENTS body events, so other connections are served in between.
 
 Dispatch = Callable[[Request], Awaitable[Response]]
+
+# Body events (h11 Data: one per chunk of a chunked body) parsed between two yields to the loop.
+YIELD_EVERY_EVENTS = 64
 
 # The access log's clock (a module name so a test can step it without touching the loop's).
 _clock = time.perf_counter
@@ -112,6 +120,8 @@ class HttpProtocol:
                 if not await self._send_response(request, response):
                     return
                 self._h11.start_next_cycle()
+                if self._h11.trailing_data[0]:
+                    await asyncio.sleep(0)  # a pipelined request waits its turn behind others
         except PeerGone:
             self._stream.abort()
         finally:
@@ -196,7 +206,11 @@ class HttpProtocol:
         chunks: list[bytes] = []
         size = 0
         deadline = self._stream.now() + limits.body_timeout_s
+        events = 0
         while True:
+            events += 1
+            if events % YIELD_EVERY_EVENTS == 0:
+                await asyncio.sleep(0)  # a body of tiny chunks must not hold the loop
             event = self._next_event()
             if event is h11.NEED_DATA:
                 try:
