@@ -138,3 +138,61 @@ def test_the_table_says_how_much_of_each_team_was_shared(tmp_path: Path,
     assert lines[1].split() == ["TEAM", "GPU-HOURS", "COST", "USD", "ENERGY", "KWH", "IDLE", "H", "SHARED", "H"]
     assert [line.split()[:2] + line.split()[-1:] for line in lines[2:]] == [
         ["ml", "1.50", "1.50"], ["web", "0.50", "0.50"], ["TOTAL", "2.00", "2.00"]]
+
+
+HOSTILE_TEAM = "\x1b]0;owned\x07\x1b[2J\x1b[31mops"
+
+
+async def _ingest_hostile(db: Path) -> None:
+    """What any holder of an ingest key can send: the API takes any text but NUL and surrogates."""
+    from tests.api_server import store_app
+
+    t0 = datetime(2026, 3, 10, tzinfo=UTC)
+    body = [{"timestamp": (t0 + timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+             "gpu_index": 0, "gpu_uuid": "G", "power_draw_w": 100, "utilization_gpu_pct": 50,
+             "utilization_memory_pct": 1, "temperature_c": 50, "memory_used_mb": 1,
+             "team_id": HOSTILE_TEAM, "model_tag": "m\r\nforged,row"} for m in range(3)]
+    async with store_app(db) as srv:
+        response = await srv.http.post("/v1/metrics/ingest", json=body, headers=srv.auth("ingest"))
+        assert response.status_code == 200, response.text
+
+
+async def test_team_names_an_agent_sent_never_reach_the_terminal_raw(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import os
+    import pty
+
+    db = tmp_path / "hostile.duckdb"
+    await _ingest_hostile(db)
+    assert run_report(["--from", DAY, "--to", DAY, "--db", str(db)]) == 0
+    table = capsys.readouterr()[0]
+    assert "\x1b" not in table and "\x07" not in table
+    assert r"\x1b]0;owned\x07\x1b[2J\x1b[31mops" in table.splitlines()[2]
+    # CSV is the stored data, byte for byte, into a file or a pipe...
+    assert run_report(["--from", DAY, "--to", DAY, "--db", str(db), "--format", "csv"]) == 0
+    assert HOSTILE_TEAM in capsys.readouterr()[0]
+
+    # ...and escaped on a terminal
+    def on_a_terminal() -> bytes:
+        leader, follower = pty.openpty()
+        child = subprocess.Popen([sys.executable, "-m", "gpufleet.server.cli", "report", "--from",
+                                  DAY, "--to", DAY, "--db", str(db), "--format", "csv"],
+                                 stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 1 << 16)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(leader)
+        assert child.wait(timeout=60) == 0
+        return seen
+
+    shown = await asyncio.to_thread(on_a_terminal)
+    assert b"\x1b" not in shown and b"\x07" not in shown, shown
+    assert rb"\x1b]0;owned\x07\x1b[2J\x1b[31mops" in shown

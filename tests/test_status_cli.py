@@ -169,3 +169,33 @@ def test_elapsed_is_written_as_ps_does():
 
     assert [elapsed(s) for s in (None, 0, 59.9, 61, 3_600, 86_399, 90_061)] == [
         "", "00:00", "00:59", "01:01", "01:00:00", "23:59:59", "1-01:01:01"]
+
+
+def test_a_command_line_with_escape_sequences_cannot_drive_the_readers_terminal():
+    """Any user names their own processes: their bytes reach root's terminal only as escapes."""
+    import psutil
+
+    from gpufleet.server.commands.status import render_table
+    from gpufleet.server.gpu.processes import ProcessInspector
+    from gpufleet.server.schemas import GpuProcess
+
+    hostile = "\x1b]0;owned\x07\x1b[2J\u202e\nFORGED ROW"
+    # its argv[0]: the command line starts with it, as a user's renamed process would
+    child = subprocess.Popen([hostile, "-c", "import sys; sys.stdin.read()"],
+                             executable=sys.executable, stdin=subprocess.PIPE)
+    try:
+        seen = ProcessInspector().describe([child.pid])[child.pid]
+        assert seen.visible and hostile in (seen.command or "")  # /proc gives it back as sent
+        process = GpuProcess(pid=child.pid, name=seen.name, memory_mb=1024, gpu_index=0,
+                             user="x\x1b[8m", command=seen.command, visible=True)
+        table = render_table(GpuStatusResponse(
+            timestamp=psutil.Process(child.pid).create_time(), gpus=[], processes=[process],
+            total_gpus=0))
+    finally:
+        child.kill()
+        child.wait()
+    assert not any(ch in table for ch in "\x1b\x07\u202e")
+    assert r"\x1b]0;owned\x07\x1b[2J" in table and r"\u202e" in table and r"x\x1b[8m" in table
+    row = next(line for line in table.splitlines() if str(child.pid) in line)
+    assert r"\x0aFORGED ROW" in row  # its line break is no new row
+    assert not any(line.startswith("FORGED") for line in table.splitlines())

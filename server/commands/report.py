@@ -13,6 +13,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from gpufleet.server.commands.terminal import printable, printable_lines
+
 HELP = "chargeback report (GPU-hours, energy, cost by team) as a table, JSON or CSV"
 MAX_SPAN_DAYS = 366
 EXIT_CODES = """\
@@ -69,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         args.output.write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        # CSV is the data as stored, for files and pipes; on a terminal, shown escaped
+        sys.stdout.write(printable_lines(text) if args.format == "csv" and sys.stdout.isatty()
+                         else text)
     if args.format == "csv" and simulated:  # the CSV's columns are fixed: say it beside it
         print(f"gpufleet report: {SIMULATED_NOTE}", file=sys.stderr)
     return 0
@@ -151,7 +155,8 @@ def _render(report, fmt: str) -> str:
     if report.simulated:
         lines.append(SIMULATED_NOTE)
     header = ("TEAM", "GPU-HOURS", "COST USD", "ENERGY KWH", "IDLE H", "SHARED H")
-    rows = [(t.team_id, f"{t.total_gpu_hours:,.2f}", f"{t.total_cost_usd:,.2f}", f"{t.energy_kwh:,.3f}",
+    # team names are what agents sent: printable() keeps their escapes off the terminal
+    rows = [(printable(t.team_id), f"{t.total_gpu_hours:,.2f}", f"{t.total_cost_usd:,.2f}", f"{t.energy_kwh:,.3f}",
              f"{t.idle_gpu_hours:,.2f}", f"{t.shared_gpu_hours:,.2f}") for t in report.teams]
     s = report.summary
     rows.append(("TOTAL", f"{s.total_gpu_hours:,.2f}", f"{s.total_cost_usd:,.2f}", f"{s.energy_kwh:,.3f}",

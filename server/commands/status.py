@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from gpufleet.server.commands.terminal import printable
+
 if TYPE_CHECKING:
     from gpufleet.server.schemas import GpuInfo, GpuProcess, GpuStatusResponse
 
@@ -64,8 +66,8 @@ def render_table(status: GpuStatusResponse) -> str:
     node = status.node
     if node is not None:
         label = "SIMULATED (demo fleet, not this machine's GPUs)" if node.simulated else "NVML"
-        lines.append(f"{node.hostname}  {label}  driver {node.driver_version or 'n/a'}  "
-                     f"CUDA {node.cuda_version or 'n/a'}  {format_utc(status.timestamp)}")
+        lines.append(printable(f"{node.hostname}  {label}  driver {node.driver_version or 'n/a'}  "
+                               f"CUDA {node.cuda_version or 'n/a'}  {format_utc(status.timestamp)}"))
     per_gpu: dict[int, int] = {}
     for proc in status.processes:
         if proc.gpu_index is not None:
@@ -84,7 +86,7 @@ def render_table(status: GpuStatusResponse) -> str:
     for gpu in status.gpus:  # what needs a look: heat, ECC, repairs waiting for a reset, XIDs
         problems = [p for p in gpu.health_problems() if p != "GPU is lost"]
         if problems:
-            lines.append(f"GPU {gpu.index}: " + "; ".join(problems))
+            lines.append(printable(f"GPU {gpu.index}: " + "; ".join(problems)))
     lines.append("")
     if not status.processes:
         lines.append("No GPU processes.")
@@ -119,7 +121,7 @@ def format_table(columns: tuple[tuple[str, bool], ...], rows: list[list[str]]) -
 
 
 def _gpu_cells(gpu: GpuInfo, processes: int) -> list[str]:
-    name = _clip(gpu.name, NAME_WIDTH)
+    name = _clip(printable(gpu.name), NAME_WIDTH)
     if gpu.lost:
         return [str(gpu.index), name, "lost", "", "", "", "", "", str(processes)]
     mem = gpu.memory
@@ -133,15 +135,18 @@ def _gpu_cells(gpu: GpuInfo, processes: int) -> list[str]:
 def _process_cells(proc: GpuProcess) -> list[str]:
     gpu = "?" if proc.gpu_index is None else str(proc.gpu_index)
     memory = "n/a" if proc.memory_mb is None else str(proc.memory_mb)
+    # a process names itself: any user of the machine chooses these words
+    name = printable(proc.name)
     if proc.visible:
-        what = proc.name
+        what = name
         if proc.command:
-            what = f"{proc.name}  {_clip(proc.command, COMMAND_WIDTH)}"
+            what = f"{name}  {_clip(printable(proc.command), COMMAND_WIDTH)}"
     else:
-        what = f"{proc.name} (PID not visible from this host, e.g. another container)"
+        what = f"{name} (PID not visible from this host, e.g. another container)"
     cpu = "" if proc.cpu_percent is None else f"{proc.cpu_percent:.1f}"
     host = "" if proc.host_rss_mb is None else str(proc.host_rss_mb)
-    return [gpu, str(proc.pid), proc.user or "?", memory, cpu, host, elapsed(proc.elapsed_s), what]
+    return [gpu, str(proc.pid), printable(proc.user or "?"), memory, cpu, host,
+            elapsed(proc.elapsed_s), what]
 
 
 def elapsed(seconds: float | None) -> str:
