@@ -72,3 +72,12 @@ def test_a_reader_that_leaves_early_gets_no_traceback(argv: list[str], tmp_path)
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err.decode()) == (141, "")
+
+
+@pytest.mark.parametrize(("path", "parser"), ALL, ids=[path for path, _ in ALL])
+def test_help_fits_an_80_column_terminal(path: str, parser: argparse.ArgumentParser,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps options to it; epilogs are ours
+    wide = [line for line in parser.format_help().splitlines() if len(line) > 79
+            and not line.lstrip().startswith(("duckdb -c", "python -c"))]  # commands to copy
+    assert wide == [], f"{path}: lines over 79 columns"
