@@ -18,8 +18,8 @@ HELP = "Open the fleet console: live GPUs of every node, purge, chargeback and h
 EXIT_CODES = """\
   0    quit (q)
   1    the console could not start its local server or reach one
-  2    a bad setting or flag
-  130  interrupted (Ctrl-C)
+  2    a bad setting or flag, or no terminal (stdin or stdout is not a tty)
+  129  SIGHUP (a dropped SSH session); 130 SIGINT (Ctrl-C); 143 SIGTERM
 """
 
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes-file", type=Path, action="append", default=[], metavar="PATH",
                         help="extra [[nodes]] TOML (e.g. the one `gpufleet simulate` writes); repeatable")
     parser.add_argument("--readonly", action="store_true", default=None,
-                        help="no purge: watch only")
+                        help="no purge and no signal: watch only")
     parser.add_argument("--refresh", type=float, default=None, metavar="S",
                         help="seconds between polls of each node (default 2, at least 0.5)")
     parser.add_argument("--theme", default=None, help="Textual theme name (t toggles light/dark)")

@@ -60,3 +60,24 @@ def test_the_installed_command_answers_dash_v() -> None:
     result = subprocess.run([sys.executable, "-m", "gpufleet.server.cli", "-V"],
                             capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout.strip()) == (0, f"gpufleet {__version__}")
+
+
+@pytest.mark.parametrize("argv", [["status", "--simulate"], ["config"]],
+                         ids=["short output", "output past the pipe buffer"])
+def test_a_reader_that_leaves_early_gets_no_traceback(argv: list[str], tmp_path) -> None:
+    # `gpufleet status | head -1`: the pipe closes before (or while) the command writes.
+    proc = subprocess.Popen([sys.executable, "-m", "gpufleet.server.cli", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.decode()) == (141, "")
+
+
+@pytest.mark.parametrize(("path", "parser"), ALL, ids=[path for path, _ in ALL])
+def test_help_fits_an_80_column_terminal(path: str, parser: argparse.ArgumentParser,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps options to it; epilogs are ours
+    wide = [line for line in parser.format_help().splitlines() if len(line) > 79
+            and not line.lstrip().startswith(("duckdb -c", "python -c"))]  # commands to copy
+    assert wide == [], f"{path}: lines over 79 columns"

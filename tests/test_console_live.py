@@ -164,8 +164,11 @@ async def test_node_goes_down_and_comes_back(nodes: list[LiveNode]) -> None:
         seen_at = h100.last_ok_at
         down = next(n for n in nodes if n.name == H100)
         await down.stop()
-        app.clock.advance(minutes=3)  # type: ignore[attr-defined]
+        # A poll in flight when the node stops is still answered (a graceful stop), and its
+        # answer is timed when it arrives: move the clock only once the failure is in, or
+        # that answer is "seen" 3 minutes later. A node's polls never overlap, so none follows.
         await wait_for(pilot, lambda: h100.reachable is False, "the node to be marked unreachable")
+        app.clock.advance(minutes=3)  # type: ignore[attr-defined]
         assert h100.last_ok_at == seen_at and h100.last_error == "connection failed"
         # The other nodes keep answering while one is down.
         polls_before = len(app.fleet.nodes["ws-gpu-01"].histories[0])

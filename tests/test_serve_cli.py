@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,12 @@ def test_tls_needs_both_files_and_the_port_must_be_in_range(
 def test_simulate_serves_n_nodes_with_a_private_token(tmp_path: Path) -> None:
     token_file = tmp_path / "sim.token"
     nodes_file = tmp_path / "nodes.toml"
+    # Relative paths, as the README's outage recipe gives them: the nodes file must
+    # still name the token by its absolute path, for a console started elsewhere.
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpufleet.server.cli", "simulate", "--nodes", "3", "--gpus-per-node", "2",
-         "--token-file", str(token_file), "--nodes-file", str(nodes_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--token-file", "sim.token", "--nodes-file", "nodes.toml"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert proc.stdout is not None
@@ -191,8 +194,9 @@ def test_simulate_serves_n_nodes_with_a_private_token(tmp_path: Path) -> None:
             assert body["node"]["simulated"] is True
             assert httpx.get(f"{url}/v1/gpu/status", timeout=10).status_code == 401
             assert httpx.get(f"{url}/v1/metrics/ingest", timeout=10).status_code == 404
-        snippet = nodes_file.read_text()
-        assert snippet.count("[[nodes]]") == 3 and nodes[0][1] in snippet
+        snippet = tomllib.loads(nodes_file.read_text())["nodes"]
+        assert [(n["name"], n["url"]) for n in snippet] == [(name, url) for name, url in nodes]
+        assert {n["token_file"] for n in snippet} == {str(token_file)}
     finally:
         proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0

@@ -19,9 +19,12 @@ if TYPE_CHECKING:
 
 HELP = "Stream this machine's GPU telemetry to a gpufleet ingest server (spooled, exactly once)."
 EXIT_CODES = """\
-  0   stopped by SIGTERM or SIGINT (spooled samples stay for the next start); --once: delivered
-  1   --once: samples stay in the spool (the server could not be reached); the spool is in use
-  2   no GPU (without --simulate), or the server refused the key (401/403)
+  0   stopped by SIGTERM or SIGINT (spooled samples stay for the next start);
+      --once: delivered
+  1   --once: samples stay in the spool (the server could not be reached);
+      the spool is in use by another agent
+  2   no GPU (without --simulate), or the server refused the agent (401/403:
+      the key; 409: simulated samples to a server that stores real data)
   64  a bad setting, no server URL or no usable key file
 """
 

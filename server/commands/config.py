@@ -22,9 +22,10 @@ EXIT_CODES = """\
   2  a setting is invalid (each problem is printed with where it came from)
 """
 EPILOG = """\
-precedence, lowest first: default, the TOML file (--config, GPUFLEET_CONFIG or the platform
-config dir), GPUFLEET_* environment variables (a field's path with __ between levels:
-GPUFLEET_LIMITS__MAX_BODY_BYTES), then flags. examples/config.toml lists every setting.
+precedence, lowest first: default, the TOML file (--config, GPUFLEET_CONFIG or
+the platform config dir), GPUFLEET_* environment variables (a field's path with
+__ between levels: GPUFLEET_LIMITS__MAX_BODY_BYTES), then flags.
+examples/config.toml lists every setting.
 """
 MASK = "***"
 _SECRET_NAME = re.compile(r"(secret|password|passwd|token|api_key)$", re.IGNORECASE)

@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
-HELP = "reset the console's demo data (its own store), or remove the sample fleet from a store"
+HELP = "Reset the console's demo data (its own store), or remove the sample fleet from a store."
 EXIT_CODES = """\
   0  deleted or removed (or there was no demo store to reset)
-  1  not done: a process holds the store, or it holds no simulated data (not the demo's)
+  1  not done: a process holds the store, or it holds no simulated data (not
+     the demo's)
   2  a bad setting
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
-    text = ("delete the demo's store (the next demo starts afresh); "
-            "with --db, remove the sample fleet's data from that store")
-    reset = sub.add_parser("reset", help=text, description=text, epilog=parser.epilog,
+    text = ("Delete the demo's store (the next demo starts afresh); "
+            "with --db, remove the sample fleet's data from that store.")
+    reset = sub.add_parser("reset", help=text, description=textwrap.fill(text, 79), epilog=parser.epilog,
                            formatter_class=parser.formatter_class)
     reset.add_argument("--db", type=Path, default=None, metavar="PATH",
                        help="a store to remove the sample fleet's samples, usage and hosts from, "

@@ -23,7 +23,8 @@ read back (one line each):
 """
 EXIT_CODES = """\
   0  exported (or nothing was new)
-  1  the export failed (store, server, folder); every file already written stays whole
+  1  the export failed (store, server, folder); every file already written
+     stays whole
   2  a bad flag or setting
 """
 

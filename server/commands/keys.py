@@ -14,10 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "create, list, revoke or rotate API keys (secrets are shown once)"
+HELP = "Create, list, revoke or rotate API keys (a secret is shown once, when it is made)."
 EXIT_CODES = """\
   0  done
-  1  no such key, the name is taken, or the store is held by a server without an admin channel
+  1  no such key, the key is already revoked, the name is taken, or the store
+     is held by a server without an admin channel
   2  a bad flag or setting
 """
 
@@ -26,10 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # --db and --config go before or after the action: `keys --db X list` and `keys list --db X`
     store_options = argparse.ArgumentParser(add_help=False)
     store_options.add_argument("--db", type=Path, default=argparse.SUPPRESS,
-                               help="store file (default: the server's)")
+                               help="store file (default: the server's, <data dir>/gpufleet.duckdb)")
     store_options.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                                help="configuration file")
-    parser.add_argument("--db", type=Path, default=None, help="store file (default: the server's)")
+    parser.add_argument("--db", type=Path, default=None, help="store file (default: the server's, <data dir>/gpufleet.duckdb)")
     parser.add_argument("--config", type=Path, default=None, help="configuration file")
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 

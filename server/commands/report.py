@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gpufleet.server.commands.terminal import printable, printable_lines
 
-HELP = "chargeback report (GPU-hours, energy, cost by team) as a table, JSON or CSV"
+HELP = "Print a chargeback report (GPU-hours, energy, cost by team) as a table, JSON or CSV."
 MAX_SPAN_DAYS = 366
 EXIT_CODES = """\
   0  printed (or written to --output)
@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="write to this file instead of stdout")
     parser.add_argument("--server", default=None, help="server URL (default: GPUFLEET_URL; else the local store)")
     parser.add_argument("--key-file", type=Path, default=None, help="file holding a read key (or GPUFLEET_KEY)")
-    parser.add_argument("--db", type=Path, default=None, help="this store file (read directly, or through the gpufleet serve that holds it)")
-    parser.add_argument("--account", default=None, help="with --db: the account (default: server.account)")
+    parser.add_argument("--db", type=Path, default=None, help="this store file (read directly, or through the gpufleet serve that holds it; "
+                             "default: <data dir>/gpufleet.duckdb)")
+    parser.add_argument("--account", default=None, help="from a store (--db or the default one): the account (default: server.account)")
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML configuration (default: the platform config dir)")
 

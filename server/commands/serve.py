@@ -19,8 +19,10 @@ HELP = ("Run the gpufleet server: this node's GPU API, metrics ingest, chargebac
         "agent heartbeats over a local DuckDB store.")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_CODES = """\
-  0  stopped by SIGTERM or SIGINT: in-flight requests finished, queued writes committed
-  1  cannot start: the address cannot be bound, the store is locked or unreadable
+  0  stopped by SIGTERM or SIGINT: in-flight requests finished, queued writes
+     committed
+  1  cannot start: the address cannot be bound, or the store is locked or
+     unreadable
   2  a bad setting, flag or TLS file (the store is left untouched)
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def nodes_toml(nodes: list[tuple[str, str]], token_file: Path) -> str:
     """The console's ``[[nodes]]`` entries for the running nodes."""
     lines = ["# gpufleet simulate: paste into the console's config.toml", ""]
+    # json.dumps writes a valid TOML basic string, whatever the path holds (quotes, \\).
     for name, url in nodes:
-        lines += ["[[nodes]]", f'name = "{name}"', f'url = "{url}"',
-                  f'token_file = "{token_file}"', ""]
+        lines += ["[[nodes]]", f"name = {json.dumps(name)}", f"url = {json.dumps(url)}",
+                  f"token_file = {json.dumps(str(token_file))}", ""]
     return "\n".join(lines)
 
 
@@ -64,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gpufleet simulate: {exc}", file=sys.stderr)
         return 2
-    token_file = args.token_file or state_dir() / "simulate.token"
-    nodes_file = args.nodes_file or state_dir() / "simulate-nodes.toml"
+    # Absolute, so the nodes file works from whatever folder the console starts in.
+    token_file = (args.token_file or state_dir() / "simulate.token").absolute()
+    nodes_file = (args.nodes_file or state_dir() / "simulate-nodes.toml").absolute()
     try:
         return asyncio.run(_simulate(settings, args, token_file, nodes_file))
     except OSError as exc:
