@@ -67,7 +67,7 @@ class ExportPathModal(ModalScreen[Path | None]):
         border: thick $primary; background: $surface; padding: 1 2;
     }
     ExportPathModal #export-title { text-style: bold; margin-bottom: 1; }
-    ExportPathModal #export-error { color: $error; height: auto; }
+    ExportPathModal #export-error { color: $text-error; height: auto; }
     ExportPathModal Horizontal { height: auto; align-horizontal: right; margin-top: 1; }
     ExportPathModal Button { margin-left: 1; }
     """
@@ -119,7 +119,7 @@ class ConfirmOverwriteModal(ModalScreen[bool]):
         width: 76; max-width: 100%; height: auto;
         border: thick $warning; background: $surface; padding: 1 2;
     }
-    ConfirmOverwriteModal #overwrite-title { text-style: bold; color: $warning; }
+    ConfirmOverwriteModal #overwrite-title { text-style: bold; color: $text-warning; }
     ConfirmOverwriteModal Horizontal { height: auto; align-horizontal: right; margin-top: 1; }
     ConfirmOverwriteModal Button { margin-left: 1; }
     """

@@ -12,6 +12,7 @@ from gpufleet.console.export import ConfirmOverwriteModal, ExportPathModal
 from gpufleet.console.screens.chargeback import ChargebackScreen, TeamDrilldownModal
 from gpufleet.console.screens.help import HelpScreen, collect_bindings
 from gpufleet.console.screens.hosts import HostsScreen
+from tests.legibility import illegible_text
 from tests.test_console_data_fixtures import (
     FROZEN_TODAY,
     DataScreensApp,
@@ -227,16 +228,19 @@ async def test_the_console_app_mounts_chargeback_and_hosts(live_server: LiveServ
     from gpufleet.server.config import ConsoleSettings
 
     source = ClientDataSource.connect(live_server.url, live_server.key)
-    app = GpuFleetApp(ConsoleSettings(), [], data_source=source, clock=live_server.now)
+    # Light: the cost figures and host states were drawn in bar colours, unreadable there.
+    app = GpuFleetApp(ConsoleSettings(theme="textual-light"), [], data_source=source, clock=live_server.now)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.press("c")
             await settle(pilot)
             assert isinstance(app.screen, ChargebackScreen)
             assert row_keys(app.screen.query_one("#cb-teams", DataTable)) == ["ml-infra", "search"]
+            assert illegible_text(app) == []
             await pilot.press("h")
             await settle(pilot)
             assert isinstance(app.screen, HostsScreen)
             assert app.screen.query_one("#hosts-table", DataTable).row_count == 3
+            assert illegible_text(app) == []
     finally:
         await source.aclose()

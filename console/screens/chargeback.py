@@ -75,14 +75,14 @@ class ChargebackScreen(Screen[None]):
     ChargebackScreen #cb-custom Input { width: 18; }
     ChargebackScreen #cb-custom Label { padding: 1 1 0 0; }
     ChargebackScreen #cb-apply { margin: 1 0 0 2; }
-    ChargebackScreen #cb-custom-error { color: $error; height: auto; }
+    ChargebackScreen #cb-custom-error { color: $text-error; height: auto; }
     ChargebackScreen #cb-summary { height: 2; padding: 0 1; margin-top: 1; }
     ChargebackScreen .stat { width: 1fr; height: 2; }
     ChargebackScreen .stat-name { color: $text-muted; }
-    ChargebackScreen .stat-value { text-style: bold; color: $accent; }
+    ChargebackScreen .stat-value { text-style: bold; color: $text-accent; }
     ChargebackScreen #cb-message { height: auto; padding: 1 2; display: none; }
     ChargebackScreen.-empty #cb-message, ChargebackScreen.-failed #cb-message { display: block; }
-    ChargebackScreen.-failed #cb-message { color: $error; }
+    ChargebackScreen.-failed #cb-message { color: $text-error; }
     ChargebackScreen.-empty #cb-teams, ChargebackScreen.-failed #cb-teams { display: none; }
     ChargebackScreen #cb-teams { height: 1fr; margin-top: 1; }
     """

@@ -167,7 +167,7 @@ class GpuDetailScreen(Screen[None]):
         history = node.histories.get(self.gpu_index)
         stale_age = None if node.reachable else ago(node.last_ok_at, self.clock())
         window = window_name(HISTORY_WINDOW_S)
-        heading = f"History · {window}" + (f" · [$warning]last reading {stale_age}[/]" if stale_age else "")
+        heading = f"History · {window}" + (f" · [$text-warning]last reading {stale_age}[/]" if stale_age else "")
         set_text(self.query_one("#detail-history-title", Static), heading, layout=False)
         if gpu is None:
             self.query_one(GpuProcessTable).show([])
@@ -179,7 +179,7 @@ class GpuDetailScreen(Screen[None]):
             self._show_graphs(gpu, history, stale_age)
         facts = gpu_facts(gpu)
         if stale_age:
-            facts = f"[$warning]as of {stale_age}[/] " + facts
+            facts = f"[$text-warning]as of {stale_age}[/] " + facts
         set_text(self.query_one("#detail-facts", Static), facts)
         self.query_one(GpuProcessTable).show(node.processes_on(self.gpu_index))
 
@@ -209,10 +209,10 @@ class GpuDetailScreen(Screen[None]):
         if node.reachable is None:
             return "waiting for the first answer"
         if not node.reachable:
-            return (f"[$error]unreachable[/] · last seen {ago(node.last_ok_at, self.clock())}"
+            return (f"[$text-error]unreachable[/] · last seen {ago(node.last_ok_at, self.clock())}"
                     f" · {_esc(node.last_error or '')} · showing the last readings")
         info = node.status.node if node.status else None
-        parts = ["[$success]up[/]", rtt(node.rtt_ms, masked=self.mask_rtt)]
+        parts = ["[$text-success]up[/]", rtt(node.rtt_ms, masked=self.mask_rtt)]
         if info is not None:
             if info.hostname != node.name:
                 parts.append(f"host {_esc(info.hostname)}")

@@ -28,7 +28,7 @@ class TeamDrilldownModal(ModalScreen[None]):
         width: 110; max-width: 100%; height: auto; max-height: 100%;
         border: thick $primary; background: $surface; padding: 0 1;
     }
-    TeamDrilldownModal .drill-title { text-style: bold; color: $accent; }
+    TeamDrilldownModal .drill-title { text-style: bold; color: $text-accent; }
     TeamDrilldownModal .drill-heading { text-style: bold; margin-top: 1; }
     TeamDrilldownModal DataTable { height: auto; max-height: 10; }
     TeamDrilldownModal .drill-hint { color: $text-muted; margin-top: 1; }

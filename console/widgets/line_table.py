@@ -93,7 +93,7 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
     LineTable > .line-table--bar-crit { color: $error; background: $surface; }
     LineTable > .line-table--dim { color: $text-muted; background: $surface; }
     LineTable > .line-table--bar-free { color: $foreground 25%; background: $surface; }
-    LineTable > .line-table--badge { background: $warning; color: $background; text-style: bold; }
+    LineTable > .line-table--badge { background: $warning; color: $text; text-style: bold; }
     """
     BINDINGS = [
         Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up"),
