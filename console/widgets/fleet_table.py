@@ -18,7 +18,7 @@ from rich.segment import Segment
 
 from gpufleet.console.state import FleetRow
 from gpufleet.console.thresholds import Levels
-from gpufleet.console.widgets.format import fitted_gpu_name, gb, pct, temp, watts
+from gpufleet.console.widgets.format import fitted_gpu_name, gb, pct, temp, watts, workloads_text
 from gpufleet.console.widgets.line_table import Column, LineTable, fit
 from gpufleet.console.widgets.line_table import header_cell as header_cell
 from gpufleet.console.widgets.memory_bar import bar_segments
@@ -167,7 +167,8 @@ class FleetTable(LineTable[FleetRow]):
                 case "energy":
                     segments.append(Segment(fit(energy(gpu.energy_j), w, ">"), self._style(tone("ok"))))
                 case "holder":
-                    segments.append(Segment(" " + fit(row.holder or "—", w - 1),
+                    text = workloads_text(row.workloads, w - 1)
+                    segments.append(Segment(" " + fit(text, w - 1),
                                             self._style(tone("ok") if row.holder else "dim")))
         return segments
 
