@@ -69,6 +69,19 @@ def test_the_sort_arrow_never_moves_a_title() -> None:
                     assert ("▼" if reverse else "▲") in sorted_
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_sort_arrow_never_joins_two_titles(flat: bool) -> None:
+    # At 80 columns "UTIL▼TEMP", "TEMP▼POWER" and "POWER▼PROCS" ran together.
+    for width in (80, 99, 100, 120, 160, 200):
+        columns = layout(width, flat=flat)
+        assert sum(c.width for c in columns) <= max(width, sum(c.width for c in columns[:-1]) + 8)
+        for sort in (c.sort for c in columns if c.sort):
+            for reverse in (False, True):
+                cells = [header_cell(c, sort, reverse) for c in columns]
+                for left, right in zip(cells, cells[1:]):
+                    assert left.endswith(" ") or right.startswith(" "), (width, sort, left, right)
+
+
 async def test_detail_shows_the_whole_uuid_at_80_columns(fleet: EmbeddedFleet) -> None:
     app = console_app(fleet.targets, refresh_s=3600.0)
     async with app.run_test(size=(80, 24)) as pilot:

@@ -46,11 +46,13 @@ def layout(width: int, *, flat: bool = False) -> list[Column]:
     fixed = [
         *lead,
         Column(None, "GPU", gpu_width, name="gpu"),
-        Column("memory", "MEMORY", (16 if flat else 19) if compact else 28, name="memory"),
+        # Narrow, the bars give up cells rather than the titles their gaps: a right-aligned
+        # title needs one cell more than itself for the sort arrow ("UTIL▼TEMP" ran together).
+        Column("memory", "MEMORY", (15 if flat else 17) if compact else 28, name="memory"),
         Column("util", "UTIL", 9 if compact else 14, ">", name="util"),
-        Column("temp", "TEMP", 5 if compact else 6, ">", name="temp"),
-        Column("power", "POWER", 6 if compact else 11, ">", name="power"),
-        Column("procs", "PROCS", 6 if compact else 7, ">", name="procs"),
+        Column("temp", "TEMP", 6, ">", name="temp"),
+        Column("power", "POWER", 7 if compact else 11, ">", name="power"),
+        Column("procs", "PROCS", 7, ">", name="procs"),
     ]
     if width >= WIDE_FROM:
         fixed += [
