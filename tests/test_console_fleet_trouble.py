@@ -186,6 +186,15 @@ async def test_gpu_trouble_is_marked_and_logged_and_a_new_fault_is_notified() ->
                 table.scroll_to(y=index, animate=False, immediate=True)
                 line = table.render_line(1 + index - table.scroll_offset.y).text
                 assert line[4:6] == f"{mark} ", (key, line)
+            # At 80 columns the log's NODE column says node/GPU (cut in the middle) and WHAT
+            # the trouble itself, not the node and GPU again ("dgx-a100-01 GPU 5: 1 uncorrected ECC er…").
+            await pilot.press("l")
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause()
+            log = app.screen.query_one(EventTable)
+            lines = [log.render_line(1 + i).text for i in range(len(log.rows))]
+            ecc = next(line for line in lines if "uncorrected" in line)
+            assert "dgx-a…-01/5  1 uncorrected ECC error(s)" in ecc and "GPU 5:" not in ecc
     finally:
         moving.close()
 
@@ -391,5 +400,7 @@ async def test_a_node_going_down_in_place_is_dimmed_at_once() -> None:
             assert drawn_row is table.rows[index] and drawn_for is False
             figures = [seg for seg in segments if seg.text.strip().endswith(("°C", "%", "W"))]
             assert len(figures) == 3 and all(seg.style is not None and seg.style.color == dim for seg in figures)
+            name = next(seg for seg in segments if "A100" in seg.text)  # the GPU's name too, not only its figures
+            assert name.style is not None and name.style.color == dim
     finally:
         doomed.close()

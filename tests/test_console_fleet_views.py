@@ -18,7 +18,7 @@ from gpufleet.console.screens.help import HelpScreen
 from gpufleet.console.screens.purge import PurgeModal
 from gpufleet.console.widgets.fleet_table import FleetTable
 from gpufleet.console.widgets.format import workloads_text
-from gpufleet.console.widgets.line_table import LineTable
+from gpufleet.console.widgets.line_table import LineTable, fit_middle
 from gpufleet.console.widgets.process_table import ProcessTable
 from gpufleet.server.config import ConsoleSettings
 from tests.test_console_live_fixtures import Clock, EmbeddedFleet, all_polled, console_app, wait_for
@@ -144,6 +144,35 @@ async def test_a_shared_gpu_shows_every_workload_grouped_flat_and_in_the_detail(
         await pilot.pause()
         text = str(title.render())
         assert text.endswith("· data-science / bge-embed +1") and cell_len(text) <= title.content_region.width
+
+
+def test_a_name_too_long_for_its_column_is_cut_in_the_middle() -> None:
+    assert fit_middle("sim-node-022", 11) == "sim-n…e-022"
+    assert fit_middle("dgx-a100-01/5", 11) == "dgx-a…-01/5"
+    assert fit_middle("ws-gpu-01", 11) == "ws-gpu-01  "
+
+
+async def test_narrow_node_columns_keep_the_end_of_node_names() -> None:
+    """At 80 columns the flat and process views cut node names at the end: every sim-node-0… alike."""
+    six = EmbeddedFleet(6)  # the demo's five nodes and sim-node-001, too long for the column
+    try:
+        app = console_app(six.targets, refresh_s=HOUR)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+            await pilot.press("v")
+            await pilot.pause()
+            table = screen_of(app).query_one(FleetTable)
+            assert table.move_to(("sim-node-001", 0))
+            await pilot.pause()
+            line = table.render_line(1 + table.cursor - table.scroll_offset.y).text
+            assert line.startswith("sim-n…e-001 ")
+            await pilot.press("o", "slash", *"sim-node", "enter")
+            await pilot.pause()
+            procs = screen_of(app).query_one(ProcessTable)
+            assert procs.rows and all(procs.render_line(1 + i).text.startswith("sim-n…e-001 ")
+                                      for i in range(len(procs.rows)))
+    finally:
+        six.close()
 
 
 async def test_wide_terminals_get_fan_clock_pstate_and_energy(fleet: EmbeddedFleet) -> None:

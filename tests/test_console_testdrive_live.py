@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -78,7 +79,7 @@ def test_the_sort_arrow_never_joins_two_titles(flat: bool) -> None:
         for sort in (c.sort for c in columns if c.sort):
             for reverse in (False, True):
                 cells = [header_cell(c, sort, reverse) for c in columns]
-                for left, right in zip(cells, cells[1:]):
+                for left, right in itertools.pairwise(cells):
                     assert left.endswith(" ") or right.startswith(" "), (width, sort, left, right)
 
 

@@ -19,7 +19,7 @@ from rich.segment import Segment
 from gpufleet.console.state import FleetRow
 from gpufleet.console.thresholds import Levels
 from gpufleet.console.widgets.format import fitted_gpu_name, gb, pct, temp, watts, workloads_text
-from gpufleet.console.widgets.line_table import Column, LineTable, fit
+from gpufleet.console.widgets.line_table import Column, LineTable, fit, fit_middle
 from gpufleet.console.widgets.line_table import header_cell as header_cell
 from gpufleet.console.widgets.memory_bar import bar_segments
 from gpufleet.console.widgets.node_header import node_header_parts
@@ -135,7 +135,7 @@ class FleetTable(LineTable[FleetRow]):
             w = column.width
             match column.name:
                 case "node":
-                    segments.append(Segment(fit(row.node.name, w - 1) + " ", plain))
+                    segments.append(Segment(fit_middle(row.node.name, w - 1) + " ", dim if stale else plain))
                 case "index":
                     number = fit(f"{gpu.index}" if self.flat else f"  {gpu.index}", w - 2)
                     segments.append(Segment(number, dim))
@@ -144,7 +144,7 @@ class FleetTable(LineTable[FleetRow]):
                     name = fitted_gpu_name(gpu.name, w - 1)
                     if cell_len(name) > w - 1:  # the model alone says more than a cut "A100 …"
                         name = re.split(r"[\s-]+", name)[0]
-                    segments.append(Segment(fit(name, w - 1) + " ", plain))
+                    segments.append(Segment(fit(name, w - 1) + " ", dim if stale else plain))
                 case "memory":
                     segments += self._memory(row, w, tone)
                 case "util":
