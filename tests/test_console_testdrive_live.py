@@ -57,6 +57,31 @@ async def test_force_confirmation_stays_whole_and_readable(fleet: EmbeddedFleet,
         assert not modal.query_one("#purge-go", Button).disabled
 
 
+async def test_a_forced_purge_plan_is_whole_at_80x24(fleet: EmbeddedFleet) -> None:
+    """GPU 7's model spans GPU 6: with force on, "also frees GPU 6" was below a scroll at 80x24."""
+    app = console_app(fleet.targets, refresh_s=3600.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        assert app.screen.query_one(FleetTable).move_to((H100, 7))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: isinstance(app.screen, PurgeModal), "the purge modal")
+        modal = app.screen
+        switch = modal.query_one("#purge-force", Switch)
+        assert switch.region.height == 1  # one row on a short screen (three on a tall one)
+        blurred = switch.rich_style.bgcolor
+        await pilot.press("tab", "tab")  # Purge, then the switch: its focus must still show
+        await pilot.pause()
+        assert app.focused is switch and switch.rich_style.bgcolor != blurred
+        await pilot.press("space")
+        await pilot.pause()
+        body = modal.query_one("#purge-body")
+        plan = str(modal.query_one("#purge-plan", Static).render())
+        assert "also frees GPU 6" in plan and "qwen-3.5-27b" in plan
+        assert body.max_scroll_y == 0 and body.region.height >= len(plan.splitlines())
+        for part in ("#purge-force", "#purge-confirm", "#purge-buttons"):
+            assert modal.query_one("#purge-dialog").region.contains_region(modal.query_one(part).region), part
+
+
 def test_the_sort_arrow_never_moves_a_title() -> None:
     for width in (120, 80):
         for column in layout(width):
