@@ -100,12 +100,22 @@ def test_the_sort_arrow_never_joins_two_titles(flat: bool) -> None:
     # At 80 columns "UTIL▼TEMP", "TEMP▼POWER" and "POWER▼PROCS" ran together.
     for width in (80, 99, 100, 120, 160, 200):
         columns = layout(width, flat=flat)
-        assert sum(c.width for c in columns) <= max(width, sum(c.width for c in columns[:-1]) + 8)
         for sort in (c.sort for c in columns if c.sort):
             for reverse in (False, True):
                 cells = [header_cell(c, sort, reverse) for c in columns]
                 for left, right in itertools.pairwise(cells):
                     assert left.endswith(" ") or right.startswith(" "), (width, sort, left, right)
+                assert "…" not in "".join(cells), (width, sort)  # every title whole
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_fleet_columns_fit_every_width_and_leave_team_model_room(flat: bool) -> None:
+    # A flat table between 100 and 112 columns was wider than the screen: TEAM / MODEL cut off.
+    for width in range(80, 240):
+        columns = layout(width, flat=flat)
+        assert sum(c.width for c in columns) == width, width
+        holder = columns[-1]
+        assert holder.name == "holder" and holder.width >= (24 if width >= 100 else 12), width
 
 
 async def test_detail_shows_the_whole_uuid_at_80_columns(fleet: EmbeddedFleet) -> None:

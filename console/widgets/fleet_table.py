@@ -27,7 +27,6 @@ from gpufleet.console.widgets.node_header import node_header_parts
 RowKey = tuple[str, int | None]
 MEMORY_LABEL_WIDTH = 13  # " 123.4/141.0G "
 WIDE_FROM = 160  # columns: fan, SM clock, P-state and energy appear
-COMPACT_BELOW = 100
 
 
 @lru_cache(maxsize=64)
@@ -35,23 +34,46 @@ def _layout(width: int, flat: bool) -> tuple[Column, ...]:
     return tuple(layout(width, flat=flat))
 
 
+# Each shrinkable column's full width and its narrowest, in the order they give cells up:
+# the bars first, then the power limit, the GPU's full name and the node's.
+_SHRINK_ORDER = ("memory", "util", "power", "gpu", "node")
+HOLDER_ROOM = 24  # TEAM / MODEL keeps this much while other columns can still give cells up
+
+
 def layout(width: int, *, flat: bool = False) -> list[Column]:
-    """Columns for a table ``width`` cells wide; narrow tables squeeze the name and the bars."""
-    compact = width < COMPACT_BELOW
+    """Columns for a table ``width`` cells wide; narrower tables squeeze the bars, then the names.
+
+    The columns never add up to more than ``width`` (from 80 cells on): a flat table between
+    100 and 112 columns was wider than the screen, its TEAM / MODEL cut off whole.
+    """
+    full = {"node": 16, "gpu": 18, "memory": 28, "util": 14, "power": 11}
+    # Narrow, the bars give up cells rather than the titles their gaps: a right-aligned
+    # title needs one cell more than itself for the sort arrow ("UTIL▼TEMP" ran together).
+    least = {"node": 12, "gpu": 7 if flat else 10, "memory": 15 if flat else 17, "util": 9, "power": 7}
+    widths = dict(full) if flat else {k: v for k, v in full.items() if k != "node"}
+    fixed_rest = (4 if flat else 6) + 6 + 7 + (28 if width >= WIDE_FROM else 0)  # index, temp, procs, wide
+    over = sum(widths.values()) + fixed_rest + HOLDER_ROOM - width
+    for name in _SHRINK_ORDER:
+        if over <= 0:
+            break
+        if name not in widths:
+            continue
+        give = min(over, widths[name] - least[name])
+        if name == "power" and give > 0:
+            give = widths[name] - least[name]  # the limit ("313/350W") fits whole or not at all
+        widths[name] -= give
+        over -= give
     lead = (
-        [Column("node", "NODE", 12 if compact else 16, name="node"), Column(None, "#", 4, name="index")]
+        [Column("node", "NODE", widths["node"], name="node"), Column(None, "#", 4, name="index")]
         if flat else [Column("node", "NODE", 6, name="index")]
     )
-    gpu_width = (7 if flat else 10) if compact else 18
     fixed = [
         *lead,
-        Column(None, "GPU", gpu_width, name="gpu"),
-        # Narrow, the bars give up cells rather than the titles their gaps: a right-aligned
-        # title needs one cell more than itself for the sort arrow ("UTIL▼TEMP" ran together).
-        Column("memory", "MEMORY", (15 if flat else 17) if compact else 28, name="memory"),
-        Column("util", "UTIL", 9 if compact else 14, ">", name="util"),
+        Column(None, "GPU", widths["gpu"], name="gpu"),
+        Column("memory", "MEMORY", widths["memory"], name="memory"),
+        Column("util", "UTIL", widths["util"], ">", name="util"),
         Column("temp", "TEMP", 6, ">", name="temp"),
-        Column("power", "POWER", 7 if compact else 11, ">", name="power"),
+        Column("power", "POWER", widths["power"], ">", name="power"),
         Column("procs", "PROCS", 7, ">", name="procs"),
     ]
     if width >= WIDE_FROM:
@@ -62,7 +84,10 @@ def layout(width: int, *, flat: bool = False) -> list[Column]:
             Column("energy", "ENERGY", 10, ">", name="energy"),
         ]
     used = sum(c.width for c in fixed)
-    return [*fixed, Column("holder", " TEAM / MODEL", max(8, width - used), name="holder")]
+    room = max(8, width - used)
+    # Its title whole, with the sort arrow's cell, even when the column is narrow.
+    title = " TEAM / MODEL" if room > len(" TEAM / MODEL") else " TEAM/MODEL"
+    return [*fixed, Column("holder", title, room, name="holder")]
 
 
 def energy(joules: float | None) -> str:
