@@ -246,5 +246,6 @@ class GpuDetailScreen(Screen[None]):
         self.app.open_signal(self.node_name, self.gpu_index, proc, child_pid)  # type: ignore[attr-defined]
 
     def action_signal_disabled(self) -> None:
+        # Notifications are markup: "[console]" unescaped was taken for a tag and vanished.
         self.notify("Signalling processes is disabled: this console is read-only "
-                    "(--readonly or [console] readonly).", title="Read-only", severity="warning", timeout=5)
+                    "(--readonly, or readonly in \\[console]).", title="Read-only", severity="warning", timeout=5)
