@@ -12,6 +12,7 @@ from rich.cells import cell_len
 from textual.widgets import Static
 
 from gpufleet.console.app import GpuFleetApp
+from gpufleet.console.messages import NodeFailed
 from gpufleet.console.screens.events import EventLogScreen, EventTable
 from gpufleet.console.state import FleetState, RowQuery
 from gpufleet.console.thresholds import Levels
@@ -404,3 +405,21 @@ async def test_a_node_going_down_in_place_is_dimmed_at_once() -> None:
             assert name.style is not None and name.style.color == dim
     finally:
         doomed.close()
+
+
+async def test_a_nodes_error_text_is_shown_as_text_never_as_markup(fleet4: EmbeddedFleet) -> None:
+    """An error body from whatever answers at a node's address ends up in a toast: "[/]" crashed it."""
+    app = console_app(fleet4.targets, refresh_s=HOUR)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        error = "HTTP 503: maintenance [/] until [b]noon"
+        app.post_message(NodeFailed(WS, error, FROZEN, status=503))
+        await wait_for(pilot, lambda: app.fleet.nodes[WS].health == "down"
+                       and any(error in n.message for n in app._notifications), "the outage toast")
+        await pilot.pause()
+        toast = next(n for n in app._notifications if error in n.message)
+        assert not toast.markup and app.is_running
+        await pilot.press("l")
+        await pilot.pause()
+        log = app.screen.query_one(EventTable)
+        assert any(error in log.render_line(1 + i).text for i in range(len(log.rows)))
