@@ -123,8 +123,11 @@ class ChargebackScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="cb-title-row"):
             yield Label("Chargeback", id="cb-title")
-            if self._simulated:
-                yield Label("SIMULATED DATA", classes="badge")
+            # Shown from the start when the fleet is simulated, then as each report says: the
+            # store may hold real data behind a simulated fleet, or simulated behind a real one.
+            badge = Label("SIMULATED DATA", classes="badge", id="cb-simulated")
+            badge.display = self._simulated
+            yield badge
         with Horizontal(id="cb-periods"):
             for kind, name in PERIOD_NAMES.items():
                 yield Button(name + ("…" if kind == "custom" else ""), id=f"period-{kind}",
@@ -177,6 +180,7 @@ class ChargebackScreen(Screen[None]):
         if message.period != self.period:
             return  # an answer for a period the user already left
         self.report = report = message.report
+        self.query_one("#cb-simulated").display = report.simulated
         summary = report.summary
         self.query_one("#stat-cost", Label).update(money(summary.total_cost_usd))
         self.query_one("#stat-gpu-hours", Label).update(hours(summary.total_gpu_hours))
@@ -311,10 +315,16 @@ class ChargebackScreen(Screen[None]):
 
     # -- export -------------------------------------------------------------
 
+    @property
+    def simulated(self) -> bool:
+        """Whether the figures on screen are simulated: as the report says, once there is one."""
+        return self.report.simulated if self.report is not None else self._simulated
+
     def action_export_csv(self) -> None:
         period = self.period
-        suggested = default_export_path(period.from_, period.to, self._export_dir)
-        self.app.push_screen(ExportPathModal(suggested, period.label),
+        simulated = self.simulated
+        suggested = default_export_path(period.from_, period.to, self._export_dir, simulated=simulated)
+        self.app.push_screen(ExportPathModal(suggested, period.label, simulated=simulated),
                              lambda path: self._export_to(path, period))
 
     def _export_to(self, path: Path | None, period: Period) -> None:
@@ -339,7 +349,8 @@ class ChargebackScreen(Screen[None]):
 
     @on(ExportFinished)
     def _export_done(self, message: ExportFinished) -> None:
-        self.notify(f"Saved {display_path(message.path)}", title="CSV exported")
+        mark = " (SIMULATED DATA, not billable)" if self.simulated else ""
+        self.notify(f"Saved {display_path(message.path)}{mark}", title="CSV exported", markup=False)
 
     @on(ExportFailed)
     def _export_failed(self, message: ExportFailed) -> None:
