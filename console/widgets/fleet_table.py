@@ -34,9 +34,6 @@ def _layout(width: int, flat: bool) -> tuple[Column, ...]:
     return tuple(layout(width, flat=flat))
 
 
-# Each shrinkable column's full width and its narrowest, in the order they give cells up:
-# the bars first, then the power limit, the GPU's full name and the node's.
-_SHRINK_ORDER = ("memory", "util", "power", "gpu", "node")
 HOLDER_ROOM = 24  # TEAM / MODEL keeps this much while other columns can still give cells up
 
 
@@ -44,7 +41,9 @@ def layout(width: int, *, flat: bool = False) -> list[Column]:
     """Columns for a table ``width`` cells wide; narrower tables squeeze the bars, then the names.
 
     The columns never add up to more than ``width`` (from 80 cells on): a flat table between
-    100 and 112 columns was wider than the screen, its TEAM / MODEL cut off whole.
+    100 and 112 columns was wider than the screen, its TEAM / MODEL cut off whole. Cells are
+    given up in turn by the bars (both together, down to 5 cells), the power limit, the bars
+    again, the GPU's full name and the node's.
     """
     full = {"node": 16, "gpu": 18, "memory": 28, "util": 14, "power": 11}
     # Narrow, the bars give up cells rather than the titles their gaps: a right-aligned
@@ -53,16 +52,27 @@ def layout(width: int, *, flat: bool = False) -> list[Column]:
     widths = dict(full) if flat else {k: v for k, v in full.items() if k != "node"}
     fixed_rest = (4 if flat else 6) + 6 + 7 + (28 if width >= WIDE_FROM else 0)  # index, temp, procs, wide
     over = sum(widths.values()) + fixed_rest + HOLDER_ROOM - width
-    for name in _SHRINK_ORDER:
+    bars = {"memory": MEMORY_LABEL_WIDTH, "util": 6}  # the cells of each column that are not bar
+    # Bars of 5 cells still read as bars: the power limit goes before they shrink further.
+    soft = {"memory": MEMORY_LABEL_WIDTH + 5, "util": 6 + 5}
+    for stage in (soft, "power", least, "gpu", "node"):
         if over <= 0:
             break
-        if name not in widths:
-            continue
-        give = min(over, widths[name] - least[name])
-        if name == "power" and give > 0:
-            give = widths[name] - least[name]  # the limit ("313/350W") fits whole or not at all
-        widths[name] -= give
-        over -= give
+        if isinstance(stage, dict):
+            # The two bars give a cell each in turn, the longer first, so neither shrinks alone.
+            while over > 0:
+                shrinkable = [n for n in bars if widths[n] > max(stage[n], least[n])]
+                if not shrinkable:
+                    break
+                name = max(shrinkable, key=lambda n: widths[n] - bars[n])
+                widths[name] -= 1
+                over -= 1
+        elif stage in widths:
+            give = min(over, widths[stage] - least[stage])
+            if stage == "power" and give > 0:
+                give = widths[stage] - least[stage]  # the limit ("313/350W") fits whole or not at all
+            widths[stage] -= give
+            over -= give
     lead = (
         [Column("node", "NODE", widths["node"], name="node"), Column(None, "#", 4, name="index")]
         if flat else [Column("node", "NODE", 6, name="index")]
