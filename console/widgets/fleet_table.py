@@ -42,8 +42,8 @@ def layout(width: int, *, flat: bool = False) -> list[Column]:
 
     The columns never add up to more than ``width`` (from 80 cells on): a flat table between
     100 and 112 columns was wider than the screen, its TEAM / MODEL cut off whole. Cells are
-    given up in turn by the bars (both together, down to 5 cells), the power limit, the bars
-    again, the GPU's full name and the node's.
+    given up in turn by the bars (both together, down to 5 cells), the power limit, the GPU's
+    full name, the bars again, the GPU's short name and the node's.
     """
     full = {"node": 16, "gpu": 18, "memory": 28, "util": 14, "power": 11}
     # Narrow, the bars give up cells rather than the titles their gaps: a right-aligned
@@ -53,26 +53,31 @@ def layout(width: int, *, flat: bool = False) -> list[Column]:
     fixed_rest = (4 if flat else 6) + 6 + 7 + (28 if width >= WIDE_FROM else 0)  # index, temp, procs, wide
     over = sum(widths.values()) + fixed_rest + HOLDER_ROOM - width
     bars = {"memory": MEMORY_LABEL_WIDTH, "util": 6}  # the cells of each column that are not bar
-    # Bars of 5 cells still read as bars: the power limit goes before they shrink further.
+    # Bars of 5 cells still read as bars; "A100 80GB" says what "A100-SXM4-80GB" does.
     soft = {"memory": MEMORY_LABEL_WIDTH + 5, "util": 6 + 5}
-    for stage in (soft, "power", least, "gpu", "node"):
+    steps: list[tuple[str, int] | dict[str, int]] = [soft, ("power", least["power"]), ("gpu", 10),
+                                                     least, ("gpu", least["gpu"]), ("node", least["node"])]
+    for step in steps:
         if over <= 0:
             break
-        if isinstance(stage, dict):
+        if isinstance(step, dict):
             # The two bars give a cell each in turn, the longer first, so neither shrinks alone.
             while over > 0:
-                shrinkable = [n for n in bars if widths[n] > max(stage[n], least[n])]
+                shrinkable = [n for n in bars if widths[n] > max(step[n], least[n])]
                 if not shrinkable:
                     break
                 name = max(shrinkable, key=lambda n: widths[n] - bars[n])
                 widths[name] -= 1
                 over -= 1
-        elif stage in widths:
-            give = min(over, widths[stage] - least[stage])
-            if stage == "power" and give > 0:
-                give = widths[stage] - least[stage]  # the limit ("313/350W") fits whole or not at all
-            widths[stage] -= give
-            over -= give
+            continue
+        name, floor = step
+        if name not in widths or widths[name] <= floor:
+            continue
+        give = min(over, widths[name] - floor)
+        if name == "power":
+            give = widths[name] - floor  # the limit ("313/350W") fits whole or not at all
+        widths[name] -= give
+        over -= give
     lead = (
         [Column("node", "NODE", widths["node"], name="node"), Column(None, "#", 4, name="index")]
         if flat else [Column("node", "NODE", 6, name="index")]
