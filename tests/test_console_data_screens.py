@@ -85,7 +85,7 @@ async def test_enter_on_a_team_drills_into_architectures_and_models(
         assert row_keys(models) == ["llama3-70b-finetune", "mistral-7b-eval"]
         # the eval shared its H100 half and half with search's reranker: its half hour is shared
         assert [str(models.get_row(key)[2]) for key in ("llama3-70b-finetune", "mistral-7b-eval")] == \
-            ["-", "0.5"]
+            ["—", "0.5"]  # none: the console's dash for no figure, as in the fleet
         shared = modal.query_one("#drill-shared", Static)
         assert str(shared.render()).startswith("Shared 0.5 GPU-h")
         await pilot.press("escape")

@@ -145,7 +145,7 @@ class ChargebackScreen(Screen[None]):
                                ("energy", "Energy"), ("idle", "Idle GPU-hours")):
                 with Vertical(classes="stat"):
                     yield Label(name, classes="stat-name")
-                    yield Label("-", id=f"stat-{stat}", classes="stat-value")
+                    yield Label("—", id=f"stat-{stat}", classes="stat-value")
         yield Static("", id="cb-message")
         yield DataTable(id="cb-teams", cursor_type="row", zebra_stripes=True)
         yield ConsoleFooter()
@@ -213,7 +213,7 @@ class ChargebackScreen(Screen[None]):
         self.query_one("#cb-teams", DataTable).loading = False
         self._focus_teams()
         for stat in ("cost", "gpu-hours", "energy", "idle"):
-            self.query_one(f"#stat-{stat}", Label).update("-")
+            self.query_one(f"#stat-{stat}", Label).update("—")
         self.set_class(False, "-empty")
         self.set_class(True, "-failed")
         self.query_one("#cb-message", Static).update(
