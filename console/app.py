@@ -362,8 +362,9 @@ class GpuFleetApp(App[None]):
             return
         if len(events) <= NOTIFY_EACH_UP_TO:
             for event in events:
+                # Plain text: an event quotes what a node answered, which is never markup.
                 self.notify(event.text, title=TITLES[event.kind], severity=event.severity,
-                            timeout=8 if event.severity == "error" else 5)
+                            timeout=8 if event.severity == "error" else 5, markup=False)
             return
         worst = "error" if any(e.severity == "error" for e in events) else (
             "warning" if any(e.severity == "warning" for e in events) else "information")
@@ -371,4 +372,4 @@ class GpuFleetApp(App[None]):
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
         nodes = "1 node" if len(names) == 1 else f"{len(names)} nodes"
         self.notify(f"{len(events)} changes on {nodes}: {shown}. The event log (l) lists each.",
-                    title="Fleet changes", severity=worst, timeout=8)
+                    title="Fleet changes", severity=worst, timeout=8, markup=False)

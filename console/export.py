@@ -23,9 +23,15 @@ class ExportError(Exception):
     """The CSV could not be written; ``str(exc)`` says why, for a notification."""
 
 
-def default_export_path(from_: date, to: date, directory: Path | None = None) -> Path:
-    """``<cwd>/chargeback-<from>-to-<to>.csv``: a name that says which period it holds."""
-    return (directory or Path.cwd()) / f"chargeback-{from_.isoformat()}-to-{to.isoformat()}.csv"
+def default_export_path(from_: date, to: date, directory: Path | None = None, *,
+                        simulated: bool = False) -> Path:
+    """``<cwd>/chargeback-<from>-to-<to>.csv``: a name that says which period it holds.
+
+    ``chargeback-simulated-...`` for a store of simulated data: the CSV's columns are fixed
+    by the API and cannot say it, and a file outlives the screen that marked it.
+    """
+    kind = "chargeback-simulated" if simulated else "chargeback"
+    return (directory or Path.cwd()) / f"{kind}-{from_.isoformat()}-to-{to.isoformat()}.csv"
 
 
 def resolve_export_path(text: str) -> Path:
@@ -67,19 +73,21 @@ class ExportPathModal(ModalScreen[Path | None]):
         border: thick $primary; background: $surface; padding: 1 2;
     }
     ExportPathModal #export-title { text-style: bold; margin-bottom: 1; }
-    ExportPathModal #export-error { color: $error; height: auto; }
+    ExportPathModal #export-error { color: $text-error; height: auto; }
     ExportPathModal Horizontal { height: auto; align-horizontal: right; margin-top: 1; }
     ExportPathModal Button { margin-left: 1; }
     """
 
-    def __init__(self, suggested: Path, period_label: str) -> None:
+    def __init__(self, suggested: Path, period_label: str, *, simulated: bool = False) -> None:
         super().__init__()
         self._suggested = suggested
         self._period_label = period_label
+        self._simulated = simulated
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f"Export chargeback CSV · {self._period_label}", id="export-title")
+            mark = " · SIMULATED DATA, not billable" if self._simulated else ""
+            yield Label(f"Export chargeback CSV · {self._period_label}{mark}", id="export-title")
             yield Label("Save to:")
             yield Input(str(self._suggested), id="export-path")
             yield Static("", id="export-error")
@@ -119,7 +127,7 @@ class ConfirmOverwriteModal(ModalScreen[bool]):
         width: 76; max-width: 100%; height: auto;
         border: thick $warning; background: $surface; padding: 1 2;
     }
-    ConfirmOverwriteModal #overwrite-title { text-style: bold; color: $warning; }
+    ConfirmOverwriteModal #overwrite-title { text-style: bold; color: $text-warning; }
     ConfirmOverwriteModal Horizontal { height: auto; align-horizontal: right; margin-top: 1; }
     ConfirmOverwriteModal Button { margin-left: 1; }
     """

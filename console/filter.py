@@ -68,7 +68,7 @@ class FleetFilter:
         assert gpu is not None
         if word in self._gpu_words:
             return self._gpu_words[word](gpu)
-        if _in(word, [gpu.name, gpu.team_id or "", gpu.model_tag or "", row.holder]):
+        if _in(word, [gpu.name, gpu.team_id or "", gpu.model_tag or "", row.holder, *row.shared]):
             return True  # the cheap fields first: most words are a GPU or team name
         processes = row.node.processes_on(gpu.index)
         if word.isdigit() and any(p.pid == int(word) for p in processes):

@@ -151,8 +151,13 @@ class FleetRow:
     node: NodeState
     gpu: GpuInfo | None = None
     procs: int = 0
-    holder: str = ""
+    holder: str = ""  # the GPU's first workload, ``team / model`` (what the TEAM / MODEL column sorts by)
     collapsed: bool = False  # a node row whose GPU rows are folded away
+    shared: tuple[str, ...] = ()  # the other workloads on a shared GPU
+
+    @property
+    def workloads(self) -> tuple[str, ...]:
+        return (self.holder, *self.shared) if self.holder else ()
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -184,12 +189,26 @@ class RowQuery:
     trouble_first: bool = True
 
 
-def holder_of(gpu: GpuInfo, models: list[LoadedModel]) -> str:
-    """Who holds a GPU: its team and model when the node says so, else its loaded models."""
-    parts = [p for p in (gpu.team_id, gpu.model_tag) if p]
-    if not parts:
-        parts = sorted({m.name for m in models if m.gpu_index == gpu.index})
-    return " / ".join(parts)
+def workloads_on(gpu: GpuInfo, processes: list[GpuProcess], models: list[LoadedModel]) -> tuple[str, ...]:
+    """Who holds a GPU, one ``team / model`` label per workload; a shared GPU has several.
+
+    The GPU's own team and model come first (what the node says holds it), then those of
+    its other processes, biggest GPU memory first; without any, the models loaded on it.
+    """
+    labels: list[str] = []
+
+    def add(*parts: str | None) -> None:
+        label = " / ".join(p for p in parts if p)
+        if label and label not in labels:
+            labels.append(label)
+
+    add(gpu.team_id, gpu.model_tag)
+    for proc in sorted(processes, key=lambda p: -(p.memory_mb or 0)):
+        add(proc.team_id, proc.model_tag)
+    if not labels:
+        for name in sorted({m.name for m in models if m.occupies({gpu.index})}):
+            add(name)
+    return tuple(labels)
 
 
 def _pstate_number(pstate: str | None) -> float | None:
@@ -424,8 +443,11 @@ class FleetState:
             counts: dict[int | None, int] = {}
             for proc in node.status.processes:
                 counts[proc.gpu_index] = counts.get(proc.gpu_index, 0) + 1
-            node._rows = [FleetRow("gpu", node, gpu, counts.get(gpu.index, 0), holder_of(gpu, models))
-                          for gpu in node.status.gpus]
+            node._rows = []
+            for gpu in node.status.gpus:
+                labels = workloads_on(gpu, node.processes_on(gpu.index), models)
+                node._rows.append(FleetRow("gpu", node, gpu, counts.get(gpu.index, 0),
+                                           labels[0] if labels else "", shared=labels[1:]))
             node._rows_of = node.status
         return list(node._rows)
 

@@ -166,7 +166,7 @@ def start_live_server(directory: Path, *, simulate: bool = False) -> tuple[LiveS
     url = server.start()
     assert server.app is not None
     server.app.context.now = clock  # the API's injectable clock: heartbeats land when we say
-    with GpuFleetClient(url, api_key=key) as client:
+    with GpuFleetClient(url, api_key=key, simulated=simulate) as client:  # simulated: sent marked
         result = client.ingest(usage_samples())
         assert result.inserted == len(usage_samples())
         for hostname, minutes in sorted(HEARTBEATS.items(), key=lambda kv: -kv[1]):

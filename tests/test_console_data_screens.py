@@ -6,18 +6,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, Label, Static
 
 from gpufleet.console.export import ConfirmOverwriteModal, ExportPathModal
 from gpufleet.console.screens.chargeback import ChargebackScreen, TeamDrilldownModal
 from gpufleet.console.screens.help import HelpScreen, collect_bindings
 from gpufleet.console.screens.hosts import HostsScreen
+from tests.legibility import illegible_text
 from tests.test_console_data_fixtures import (
     FROZEN_TODAY,
     DataScreensApp,
     LiveServer,
     serve_module,
     settle,
+    start_live_server,
 )
 
 
@@ -83,7 +85,7 @@ async def test_enter_on_a_team_drills_into_architectures_and_models(
         assert row_keys(models) == ["llama3-70b-finetune", "mistral-7b-eval"]
         # the eval shared its H100 half and half with search's reranker: its half hour is shared
         assert [str(models.get_row(key)[2]) for key in ("llama3-70b-finetune", "mistral-7b-eval")] == \
-            ["-", "0.5"]
+            ["—", "0.5"]  # none: the console's dash for no figure, as in the fleet
         shared = modal.query_one("#drill-shared", Static)
         assert str(shared.render()).startswith("Shared 0.5 GPU-h")
         await pilot.press("escape")
@@ -163,6 +165,43 @@ async def test_csv_export_writes_the_servers_csv(live_server: LiveServer, tmp_pa
     assert any(str(target) in note for note in notes)
 
 
+async def test_the_simulated_mark_follows_the_store_and_the_export_carries_it(
+        live_server: LiveServer, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The badge said what the live fleet was, not what the report was billed from; a CSV never said it."""
+    # A simulated fleet over a store of real data (a `serve` of real data is running): no badge
+    # once the report has said so, and a plain file name.
+    app = DataScreensApp(live_server.url, live_server.key, lambda source: ChargebackScreen(
+        source, clock=lambda: FROZEN_TODAY, simulated=True, export_dir=tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert not app.screen.query_one("#cb-simulated").display
+        await pilot.press("e")
+        await pilot.pause()
+        assert app.screen.query_one("#export-path", Input).value.endswith("/chargeback-2026-03-01-to-2026-03-17.csv")
+    # A store of simulated data, the chargeback opened before any node answered: marked, and the
+    # export's name, its dialog and its notice say so.
+    simulated, stop = start_live_server(tmp_path_factory.mktemp("simulated"), simulate=True)
+    try:
+        app = DataScreensApp(simulated.url, simulated.key, lambda source: ChargebackScreen(
+            source, clock=lambda: FROZEN_TODAY, export_dir=tmp_path))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            assert app.screen.query_one("#cb-simulated").display
+            await pilot.press("e")
+            await pilot.pause()
+            modal = app.screen
+            assert isinstance(modal, ExportPathModal)
+            assert "SIMULATED DATA" in str(modal.query_one("#export-title", Label).render())
+            path = modal.query_one("#export-path", Input).value
+            assert path.endswith("/chargeback-simulated-2026-03-01-to-2026-03-17.csv")
+            await pilot.press("enter")
+            await settle(pilot)
+            assert any(path in n.message and "SIMULATED DATA" in n.message for n in app._notifications)
+    finally:
+        stop()
+    assert (tmp_path / "chargeback-simulated-2026-03-01-to-2026-03-17.csv").read_text().startswith("team_id,")
+
+
 async def test_existing_file_needs_confirmation(live_server: LiveServer, tmp_path: Path) -> None:
     target = tmp_path / "report.csv"
     target.write_text("keep me\n")
@@ -227,16 +266,19 @@ async def test_the_console_app_mounts_chargeback_and_hosts(live_server: LiveServ
     from gpufleet.server.config import ConsoleSettings
 
     source = ClientDataSource.connect(live_server.url, live_server.key)
-    app = GpuFleetApp(ConsoleSettings(), [], data_source=source, clock=live_server.now)
+    # Light: the cost figures and host states were drawn in bar colours, unreadable there.
+    app = GpuFleetApp(ConsoleSettings(theme="textual-light"), [], data_source=source, clock=live_server.now)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.press("c")
             await settle(pilot)
             assert isinstance(app.screen, ChargebackScreen)
             assert row_keys(app.screen.query_one("#cb-teams", DataTable)) == ["ml-infra", "search"]
+            assert illegible_text(app) == []
             await pilot.press("h")
             await settle(pilot)
             assert isinstance(app.screen, HostsScreen)
             assert app.screen.query_one("#hosts-table", DataTable).row_count == 3
+            assert illegible_text(app) == []
     finally:
         await source.aclose()

@@ -29,7 +29,7 @@ EXPORT_DIR = Path("/srv/finance")  # shown in the export modal, never written to
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    yield from serve_module(tmp_path_factory)
+    yield from serve_module(tmp_path_factory, simulate=True)  # a demo store: the screens say SIMULATED
 
 
 def chargeback(server: LiveServer) -> DataScreensApp:

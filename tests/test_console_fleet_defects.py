@@ -132,6 +132,13 @@ async def test_the_filter_count_stays_whole_at_80_columns(fleet: EmbeddedFleet) 
         text = str(status.render())
         assert "9/22" in text or "9 of 22" in text
         assert cell_len(text) <= status.region.width  # nothing cut off at the edge
+        # The longest status: the process view's count. It stops short of the SIMULATED badge
+        # (it ran into it: "1 of 23 processes SIMULATED").
+        pid = app.fleet.nodes["inf-l40s-01"].status.processes[0].pid  # type: ignore[union-attr]
+        await pilot.press("escape", "o", "slash", *str(pid), "enter")
+        await pilot.pause()
+        text = str(status.render())
+        assert text.endswith("processes") and cell_len(text) <= status.region.width - 2, text
 
 
 async def test_a_wrong_token_says_auth_failed_not_unreachable(fleet: EmbeddedFleet) -> None:

@@ -12,6 +12,7 @@ from rich.cells import cell_len
 from textual.widgets import Static
 
 from gpufleet.console.app import GpuFleetApp
+from gpufleet.console.messages import NodeFailed
 from gpufleet.console.screens.events import EventLogScreen, EventTable
 from gpufleet.console.state import FleetState, RowQuery
 from gpufleet.console.thresholds import Levels
@@ -186,6 +187,15 @@ async def test_gpu_trouble_is_marked_and_logged_and_a_new_fault_is_notified() ->
                 table.scroll_to(y=index, animate=False, immediate=True)
                 line = table.render_line(1 + index - table.scroll_offset.y).text
                 assert line[4:6] == f"{mark} ", (key, line)
+            # At 80 columns the log's NODE column says node/GPU (cut in the middle) and WHAT
+            # the trouble itself, not the node and GPU again ("dgx-a100-01 GPU 5: 1 uncorrected ECC er…").
+            await pilot.press("l")
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause()
+            log = app.screen.query_one(EventTable)
+            lines = [log.render_line(1 + i).text for i in range(len(log.rows))]
+            ecc = next(line for line in lines if "uncorrected" in line)
+            assert "dgx-a…-01/5  1 uncorrected ECC error(s)" in ecc and "GPU 5:" not in ecc
     finally:
         moving.close()
 
@@ -391,5 +401,25 @@ async def test_a_node_going_down_in_place_is_dimmed_at_once() -> None:
             assert drawn_row is table.rows[index] and drawn_for is False
             figures = [seg for seg in segments if seg.text.strip().endswith(("°C", "%", "W"))]
             assert len(figures) == 3 and all(seg.style is not None and seg.style.color == dim for seg in figures)
+            name = next(seg for seg in segments if "A100" in seg.text)  # the GPU's name too, not only its figures
+            assert name.style is not None and name.style.color == dim
     finally:
         doomed.close()
+
+
+async def test_a_nodes_error_text_is_shown_as_text_never_as_markup(fleet4: EmbeddedFleet) -> None:
+    """An error body from whatever answers at a node's address ends up in a toast: "[/]" crashed it."""
+    app = console_app(fleet4.targets, refresh_s=HOUR)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        error = "HTTP 503: maintenance [/] until [b]noon"
+        app.post_message(NodeFailed(WS, error, FROZEN, status=503))
+        await wait_for(pilot, lambda: app.fleet.nodes[WS].health == "down"
+                       and any(error in n.message for n in app._notifications), "the outage toast")
+        await pilot.pause()
+        toast = next(n for n in app._notifications if error in n.message)
+        assert not toast.markup and app.is_running
+        await pilot.press("l")
+        await pilot.pause()
+        log = app.screen.query_one(EventTable)
+        assert any(error in log.render_line(1 + i).text for i in range(len(log.rows)))

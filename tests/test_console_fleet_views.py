@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from rich.cells import cell_len
 from textual.binding import Binding
 from textual.widgets import DataTable
 from textual.widgets._footer import FooterKey
@@ -16,7 +17,8 @@ from gpufleet.console.screens.fleet import FleetScreen
 from gpufleet.console.screens.help import HelpScreen
 from gpufleet.console.screens.purge import PurgeModal
 from gpufleet.console.widgets.fleet_table import FleetTable
-from gpufleet.console.widgets.line_table import LineTable
+from gpufleet.console.widgets.format import workloads_text
+from gpufleet.console.widgets.line_table import LineTable, fit_middle
 from gpufleet.console.widgets.process_table import ProcessTable
 from gpufleet.server.config import ConsoleSettings
 from tests.test_console_live_fixtures import Clock, EmbeddedFleet, all_polled, console_app, wait_for
@@ -97,6 +99,80 @@ async def test_process_view_lists_every_process_and_enter_opens_its_gpu(fleet: E
         await pilot.press("escape", "o")
         await pilot.pause()
         assert screen.view == "grouped"
+
+
+def test_a_shared_gpus_workloads_fit_any_width_and_always_say_shared() -> None:
+    both = ("data-science / bge-embed", "inference / llama3.2-3b")
+    assert workloads_text(both, 60) == "data-science / bge-embed + inference / llama3.2-3b"
+    assert workloads_text(both, 40) == "data-science / bge-embed +1"
+    assert workloads_text(both, 17) == "data-science… +1"  # the first cut, the count kept whole
+    assert workloads_text(both[:1], 10) == "data-science / bge-embed"  # one workload: the caller cuts
+    assert workloads_text((), 10) == "—"
+
+
+async def test_a_shared_gpu_shows_every_workload_grouped_flat_and_in_the_detail(fleet: EmbeddedFleet) -> None:
+    """inf-l40s-01's GPU 3 serves data-science's bge-embed and inference's llama3.2-3b (issue 16)."""
+    shared = ("inf-l40s-01", 3)
+    app = console_app(fleet.targets, refresh_s=HOUR)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        table = screen_of(app).query_one(FleetTable)
+
+        def line_of(key: tuple[str, int]) -> str:
+            index = next(i for i, r in enumerate(table.rows) if r.key == key)
+            table.scroll_to(y=index, animate=False, immediate=True)
+            return table.render_line(1 + index - table.scroll_offset.y).text
+
+        row = next(r for r in table.rows if r.key == shared)
+        assert (row.holder, row.shared) == ("data-science / bge-embed", ("inference / llama3.2-3b",))
+        assert line_of(shared).rstrip().endswith("data-science / bge-embed +1")  # grouped, 120 columns
+        assert line_of(("inf-l40s-01", 2)).rstrip().endswith("data-science / bge-embed")  # not shared
+        await pilot.press("slash", *"llama3.2", "enter")  # the second workload finds the GPU too
+        await pilot.pause()
+        assert [r.key for r in table.rows if r.kind == "gpu"] == [shared]
+        await pilot.press("escape", "v")
+        await pilot.resize_terminal(200, 40)
+        await pilot.pause()
+        assert line_of(shared).rstrip().endswith("data-science / bge-embed + inference / llama3.2-3b")  # flat
+        table.move_to(shared)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, GpuDetailScreen), "the detail")
+        await pilot.pause()
+        title = app.screen.query_one("#detail-title")
+        assert str(title.render()).endswith("· data-science / bge-embed + inference / llama3.2-3b")
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        text = str(title.render())
+        assert text.endswith("· data-science / bge-embed +1") and cell_len(text) <= title.content_region.width
+
+
+def test_a_name_too_long_for_its_column_is_cut_in_the_middle() -> None:
+    assert fit_middle("sim-node-022", 11) == "sim-n…e-022"
+    assert fit_middle("dgx-a100-01/5", 11) == "dgx-a…-01/5"
+    assert fit_middle("ws-gpu-01", 11) == "ws-gpu-01  "
+
+
+async def test_narrow_node_columns_keep_the_end_of_node_names() -> None:
+    """At 80 columns the flat and process views cut node names at the end: every sim-node-0… alike."""
+    six = EmbeddedFleet(6)  # the demo's five nodes and sim-node-001, too long for the column
+    try:
+        app = console_app(six.targets, refresh_s=HOUR)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+            await pilot.press("v")
+            await pilot.pause()
+            table = screen_of(app).query_one(FleetTable)
+            assert table.move_to(("sim-node-001", 0))
+            await pilot.pause()
+            line = table.render_line(1 + table.cursor - table.scroll_offset.y).text
+            assert line.startswith("sim-n…e-001 ")
+            await pilot.press("o", "slash", *"sim-node", "enter")
+            await pilot.pause()
+            procs = screen_of(app).query_one(ProcessTable)
+            assert procs.rows and all(procs.render_line(1 + i).text.startswith("sim-n…e-001 ")
+                                      for i in range(len(procs.rows)))
+    finally:
+        six.close()
 
 
 async def test_wide_terminals_get_fan_clock_pstate_and_energy(fleet: EmbeddedFleet) -> None:

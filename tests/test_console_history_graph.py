@@ -55,6 +55,14 @@ def test_bucket_never_invents_or_loses_a_reading() -> None:
                 assert columns[column] is not None and columns[column] >= value
 
 
+def test_a_reading_taken_now_is_in_the_last_column_at_every_width() -> None:
+    # The float division put it one column past the end at some widths (44 of 40..59): an
+    # 80x24 detail then drew an empty memory graph beside "13.2 GB now".
+    for width in range(1, 200):
+        columns = bucket([NOW], [42.0], now=NOW, window_s=WINDOW, width=width, hold_s=7200)
+        assert columns[-1] == 42.0, width
+
+
 def test_bars_use_eighths_and_a_floor_for_readings_below_an_eighth() -> None:
     rows = bar_cells([0.0, 50.0, 100.0, None, 1.0], height=2, top=100)
     assert rows == [[" ", " ", "█", " ", " "], [FLOOR, "█", "█", " ", FLOOR]]

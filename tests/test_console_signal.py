@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from textual.content import Content
 from textual.widgets import Button, Static
 
 from gpufleet.console.app import GpuFleetApp
@@ -154,6 +155,9 @@ async def test_readonly_hides_signal_and_says_so_when_k_is_pressed(nodes: dict[s
         assert isinstance(app.screen, GpuDetailScreen)
         messages = [n.message for n in app._notifications]
         assert any("read-only" in m and "Signal" in m for m in messages), messages
+        # A notification is markup: as its toast shows it, "[console]" stays (it was taken for a tag).
+        shown = [Content.from_markup(m).plain for m in messages]
+        assert any("(--readonly, or readonly in [console])" in text for text in shown), shown
 
 
 async def test_signal_is_in_the_palette_and_remappable(nodes: dict[str, LiveNode]) -> None:

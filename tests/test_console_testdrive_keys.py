@@ -89,7 +89,7 @@ async def test_force_plan_says_what_force_changes_and_enter_after_the_name(fleet
         assert "llama3-70b-finetune" in plan() and "skipped unless forced" in plan()
         await pilot.click("#purge-force")
         await pilot.pause()
-        assert "unloaded anyway (force)" in plan() and "skipped unless forced" not in plan()
+        assert "unloaded (force)" in plan() and "skipped unless forced" not in plan()
         go = modal.query_one("#purge-go", Button)
         await pilot.press(*"dgx-a100", "enter")  # not the whole name: nothing moves, it says why
         await pilot.pause()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -56,6 +57,31 @@ async def test_force_confirmation_stays_whole_and_readable(fleet: EmbeddedFleet,
         assert not modal.query_one("#purge-go", Button).disabled
 
 
+async def test_a_forced_purge_plan_is_whole_at_80x24(fleet: EmbeddedFleet) -> None:
+    """GPU 7's model spans GPU 6: with force on, "also frees GPU 6" was below a scroll at 80x24."""
+    app = console_app(fleet.targets, refresh_s=3600.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        assert app.screen.query_one(FleetTable).move_to((H100, 7))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: isinstance(app.screen, PurgeModal), "the purge modal")
+        modal = app.screen
+        switch = modal.query_one("#purge-force", Switch)
+        assert switch.region.height == 1  # one row on a short screen (three on a tall one)
+        blurred = switch.rich_style.bgcolor
+        await pilot.press("tab", "tab")  # Purge, then the switch: its focus must still show
+        await pilot.pause()
+        assert app.focused is switch and switch.rich_style.bgcolor != blurred
+        await pilot.press("space")
+        await pilot.pause()
+        body = modal.query_one("#purge-body")
+        plan = str(modal.query_one("#purge-plan", Static).render())
+        assert "also frees GPU 6" in plan and "qwen-3.5-27b" in plan
+        assert body.max_scroll_y == 0 and body.region.height >= len(plan.splitlines())
+        for part in ("#purge-force", "#purge-confirm", "#purge-buttons"):
+            assert modal.query_one("#purge-dialog").region.contains_region(modal.query_one(part).region), part
+
+
 def test_the_sort_arrow_never_moves_a_title() -> None:
     for width in (120, 80):
         for column in layout(width):
@@ -67,6 +93,29 @@ def test_the_sort_arrow_never_moves_a_title() -> None:
                 assert plain.index(title) == sorted_.index(title), (width, column.title)
                 if column.sort:
                     assert ("▼" if reverse else "▲") in sorted_
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_sort_arrow_never_joins_two_titles(flat: bool) -> None:
+    # At 80 columns "UTIL▼TEMP", "TEMP▼POWER" and "POWER▼PROCS" ran together.
+    for width in (80, 99, 100, 120, 160, 200):
+        columns = layout(width, flat=flat)
+        for sort in (c.sort for c in columns if c.sort):
+            for reverse in (False, True):
+                cells = [header_cell(c, sort, reverse) for c in columns]
+                for left, right in itertools.pairwise(cells):
+                    assert left.endswith(" ") or right.startswith(" "), (width, sort, left, right)
+                assert "…" not in "".join(cells), (width, sort)  # every title whole
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_fleet_columns_fit_every_width_and_leave_team_model_room(flat: bool) -> None:
+    # A flat table between 100 and 112 columns was wider than the screen: TEAM / MODEL cut off.
+    for width in range(80, 240):
+        columns = layout(width, flat=flat)
+        assert sum(c.width for c in columns) == width, width
+        holder = columns[-1]
+        assert holder.name == "holder" and holder.width >= (24 if width >= 100 else 12), width
 
 
 async def test_detail_shows_the_whole_uuid_at_80_columns(fleet: EmbeddedFleet) -> None:

@@ -75,14 +75,14 @@ class ChargebackScreen(Screen[None]):
     ChargebackScreen #cb-custom Input { width: 18; }
     ChargebackScreen #cb-custom Label { padding: 1 1 0 0; }
     ChargebackScreen #cb-apply { margin: 1 0 0 2; }
-    ChargebackScreen #cb-custom-error { color: $error; height: auto; }
+    ChargebackScreen #cb-custom-error { color: $text-error; height: auto; }
     ChargebackScreen #cb-summary { height: 2; padding: 0 1; margin-top: 1; }
     ChargebackScreen .stat { width: 1fr; height: 2; }
     ChargebackScreen .stat-name { color: $text-muted; }
-    ChargebackScreen .stat-value { text-style: bold; color: $accent; }
+    ChargebackScreen .stat-value { text-style: bold; color: $text-accent; }
     ChargebackScreen #cb-message { height: auto; padding: 1 2; display: none; }
     ChargebackScreen.-empty #cb-message, ChargebackScreen.-failed #cb-message { display: block; }
-    ChargebackScreen.-failed #cb-message { color: $error; }
+    ChargebackScreen.-failed #cb-message { color: $text-error; }
     ChargebackScreen.-empty #cb-teams, ChargebackScreen.-failed #cb-teams { display: none; }
     ChargebackScreen #cb-teams { height: 1fr; margin-top: 1; }
     """
@@ -123,8 +123,11 @@ class ChargebackScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="cb-title-row"):
             yield Label("Chargeback", id="cb-title")
-            if self._simulated:
-                yield Label("SIMULATED DATA", classes="badge")
+            # Shown from the start when the fleet is simulated, then as each report says: the
+            # store may hold real data behind a simulated fleet, or simulated behind a real one.
+            badge = Label("SIMULATED DATA", classes="badge", id="cb-simulated")
+            badge.display = self._simulated
+            yield badge
         with Horizontal(id="cb-periods"):
             for kind, name in PERIOD_NAMES.items():
                 yield Button(name + ("…" if kind == "custom" else ""), id=f"period-{kind}",
@@ -142,7 +145,7 @@ class ChargebackScreen(Screen[None]):
                                ("energy", "Energy"), ("idle", "Idle GPU-hours")):
                 with Vertical(classes="stat"):
                     yield Label(name, classes="stat-name")
-                    yield Label("-", id=f"stat-{stat}", classes="stat-value")
+                    yield Label("—", id=f"stat-{stat}", classes="stat-value")
         yield Static("", id="cb-message")
         yield DataTable(id="cb-teams", cursor_type="row", zebra_stripes=True)
         yield ConsoleFooter()
@@ -177,6 +180,7 @@ class ChargebackScreen(Screen[None]):
         if message.period != self.period:
             return  # an answer for a period the user already left
         self.report = report = message.report
+        self.query_one("#cb-simulated").display = report.simulated
         summary = report.summary
         self.query_one("#stat-cost", Label).update(money(summary.total_cost_usd))
         self.query_one("#stat-gpu-hours", Label).update(hours(summary.total_gpu_hours))
@@ -209,7 +213,7 @@ class ChargebackScreen(Screen[None]):
         self.query_one("#cb-teams", DataTable).loading = False
         self._focus_teams()
         for stat in ("cost", "gpu-hours", "energy", "idle"):
-            self.query_one(f"#stat-{stat}", Label).update("-")
+            self.query_one(f"#stat-{stat}", Label).update("—")
         self.set_class(False, "-empty")
         self.set_class(True, "-failed")
         self.query_one("#cb-message", Static).update(
@@ -311,10 +315,16 @@ class ChargebackScreen(Screen[None]):
 
     # -- export -------------------------------------------------------------
 
+    @property
+    def simulated(self) -> bool:
+        """Whether the figures on screen are simulated: as the report says, once there is one."""
+        return self.report.simulated if self.report is not None else self._simulated
+
     def action_export_csv(self) -> None:
         period = self.period
-        suggested = default_export_path(period.from_, period.to, self._export_dir)
-        self.app.push_screen(ExportPathModal(suggested, period.label),
+        simulated = self.simulated
+        suggested = default_export_path(period.from_, period.to, self._export_dir, simulated=simulated)
+        self.app.push_screen(ExportPathModal(suggested, period.label, simulated=simulated),
                              lambda path: self._export_to(path, period))
 
     def _export_to(self, path: Path | None, period: Period) -> None:
@@ -339,7 +349,8 @@ class ChargebackScreen(Screen[None]):
 
     @on(ExportFinished)
     def _export_done(self, message: ExportFinished) -> None:
-        self.notify(f"Saved {display_path(message.path)}", title="CSV exported")
+        mark = " (SIMULATED DATA, not billable)" if self.simulated else ""
+        self.notify(f"Saved {display_path(message.path)}{mark}", title="CSV exported", markup=False)
 
     @on(ExportFailed)
     def _export_failed(self, message: ExportFailed) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from rich.cells import cell_len
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -19,7 +20,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Static
 
-from gpufleet.console.state import HISTORY_WINDOW_S, FleetState, GpuHistory, NodeState
+from gpufleet.console.state import HISTORY_WINDOW_S, FleetState, GpuHistory, NodeState, workloads_on
 from gpufleet.console.widgets.badges import SimulatedBadge, set_text
 from gpufleet.console.widgets.footer import ConsoleFooter
 from gpufleet.console.widgets.format import (
@@ -30,6 +31,7 @@ from gpufleet.console.widgets.format import (
     ago,
     rtt,
     short_gpu_name,
+    workloads_text,
 )
 from gpufleet.console.widgets.gpu_facts import clocks_line, health_line, link_line
 from gpufleet.console.widgets.gpu_process_table import GpuProcessTable
@@ -119,6 +121,7 @@ class GpuDetailScreen(Screen[None]):
     def on_resize(self, event: events.Resize) -> None:
         self.set_class(event.size.height >= TALL_FROM, "-tall")
         self.set_class(event.size.width >= WIDE_FROM, "-wide")
+        self.refresh_fleet(force=True)  # the title fits the shared GPU's workloads to the width
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # A read-only console has no purge and no signal: hidden, not merely disabled.
@@ -167,7 +170,7 @@ class GpuDetailScreen(Screen[None]):
         history = node.histories.get(self.gpu_index)
         stale_age = None if node.reachable else ago(node.last_ok_at, self.clock())
         window = window_name(HISTORY_WINDOW_S)
-        heading = f"History · {window}" + (f" · [$warning]last reading {stale_age}[/]" if stale_age else "")
+        heading = f"History · {window}" + (f" · [$text-warning]last reading {stale_age}[/]" if stale_age else "")
         set_text(self.query_one("#detail-history-title", Static), heading, layout=False)
         if gpu is None:
             self.query_one(GpuProcessTable).show([])
@@ -179,15 +182,22 @@ class GpuDetailScreen(Screen[None]):
             self._show_graphs(gpu, history, stale_age)
         facts = gpu_facts(gpu)
         if stale_age:
-            facts = f"[$warning]as of {stale_age}[/] " + facts
+            facts = f"[$text-warning]as of {stale_age}[/] " + facts
         set_text(self.query_one("#detail-facts", Static), facts)
         self.query_one(GpuProcessTable).show(node.processes_on(self.gpu_index))
 
     def _title(self, gpu: GpuInfo | None) -> str:
+        """``node · GPU 3 · L40S · team / model``: every workload of a shared GPU, or ``+N`` when they do not fit."""
         name = short_gpu_name(gpu.name) if gpu else "unknown GPU"
         title = f"{self.node_name} · GPU {self.gpu_index} · {name}"
-        holder = " / ".join(p for p in (gpu.team_id, gpu.model_tag) if p) if gpu else ""
-        return _esc(title) + (f" [$text-muted]· {_esc(holder)}[/]" if holder else "")
+        node = self.node
+        labels = workloads_on(gpu, node.processes_on(self.gpu_index),
+                              (node.status.models or []) if node.status else []) if gpu else ()
+        if not labels:
+            return _esc(title)
+        # The bar: the title's padding, the SIMULATED badge, " · " before the workloads.
+        room = (self.size.width or self.app.size.width) - 2 - (11 if node.simulated else 0) - cell_len(title) - 3
+        return _esc(title) + f" [$text-muted]· {_esc(workloads_text(labels, max(8, room)))}[/]"
 
     def _show_graphs(self, gpu: GpuInfo, history: GpuHistory, stale_age: str | None) -> None:
         now = self.clock().timestamp()
@@ -209,10 +219,10 @@ class GpuDetailScreen(Screen[None]):
         if node.reachable is None:
             return "waiting for the first answer"
         if not node.reachable:
-            return (f"[$error]unreachable[/] · last seen {ago(node.last_ok_at, self.clock())}"
+            return (f"[$text-error]unreachable[/] · last seen {ago(node.last_ok_at, self.clock())}"
                     f" · {_esc(node.last_error or '')} · showing the last readings")
         info = node.status.node if node.status else None
-        parts = ["[$success]up[/]", rtt(node.rtt_ms, masked=self.mask_rtt)]
+        parts = ["[$text-success]up[/]", rtt(node.rtt_ms, masked=self.mask_rtt)]
         if info is not None:
             if info.hostname != node.name:
                 parts.append(f"host {_esc(info.hostname)}")
@@ -236,5 +246,6 @@ class GpuDetailScreen(Screen[None]):
         self.app.open_signal(self.node_name, self.gpu_index, proc, child_pid)  # type: ignore[attr-defined]
 
     def action_signal_disabled(self) -> None:
+        # Notifications are markup: "[console]" unescaped was taken for a tag and vanished.
         self.notify("Signalling processes is disabled: this console is read-only "
-                    "(--readonly or [console] readonly).", title="Read-only", severity="warning", timeout=5)
+                    "(--readonly, or readonly in \\[console]).", title="Read-only", severity="warning", timeout=5)

@@ -28,7 +28,7 @@ class TeamDrilldownModal(ModalScreen[None]):
         width: 110; max-width: 100%; height: auto; max-height: 100%;
         border: thick $primary; background: $surface; padding: 0 1;
     }
-    TeamDrilldownModal .drill-title { text-style: bold; color: $accent; }
+    TeamDrilldownModal .drill-title { text-style: bold; color: $text-accent; }
     TeamDrilldownModal .drill-heading { text-style: bold; margin-top: 1; }
     TeamDrilldownModal DataTable { height: auto; max-height: 10; }
     TeamDrilldownModal .drill-hint { color: $text-muted; margin-top: 1; }
@@ -69,7 +69,7 @@ class TeamDrilldownModal(ModalScreen[None]):
         models.add_columns("Model", *map(numeric, ("GPU-h", "Shared", "Cost", "Energy kWh")),
                            "Share of cost")
         for model in sorted(self._team.by_model, key=lambda m: -m.cost_usd):
-            shared = hours(model.shared_gpu_hours) if model.shared_gpu_hours else "-"
+            shared = hours(model.shared_gpu_hours) if model.shared_gpu_hours else "—"
             models.add_row(model.model_tag, numeric(hours(model.gpu_hours)), numeric(shared),
                            numeric(money(model.cost_usd)), numeric(hours(model.energy_kwh)),
                            share_bar(model.cost_usd, self._team.total_cost_usd, 10),

@@ -17,7 +17,7 @@ from gpufleet.console.events import Event, EventLog
 from gpufleet.console.widgets.badges import set_text
 from gpufleet.console.widgets.footer import ConsoleFooter
 from gpufleet.console.widgets.format import ago
-from gpufleet.console.widgets.line_table import Column, LineTable, fit
+from gpufleet.console.widgets.line_table import Column, LineTable, fit, fit_middle
 
 SEVERITY_ROLES = {"information": "ok", "warning": "warn", "error": "crit"}
 SEVERITY_WORDS = {"information": "ok", "warning": "warn", "error": "ERROR"}
@@ -57,18 +57,24 @@ class EventTable(LineTable[Event]):
         wide = width >= 100
         stamp = f"{row.at:%Y-%m-%d %H:%M:%S}Z" if wide else f"{row.at:%H:%M:%S}Z"
         node = row.node if row.gpu is None else f"{row.node}/{row.gpu}"
+        # NODE already says which GPU: WHAT gives its room to what happened.
+        what = row.text.removeprefix(f"{row.node} GPU {row.gpu}: ") if row.gpu is not None else row.text
         cells = {
             "time": (stamp, None),
             "ago": (ago(row.at, self.clock()), "dim"),
             "severity": (" " + SEVERITY_WORDS[row.severity], role),
             "node": (node, None),
-            "text": (" " + row.text, None),
+            "text": (" " + what, None),
         }
         segments = []
         for column in event_layout(width):
             text, cell_role = cells[column.name]
-            segments.append(Segment(fit(text, column.width - (0 if column.align == ">" else 1), column.align)
-                                    + ("" if column.align == ">" else " "), self._style(cell_role)))
+            if column.name == "node":  # node names differ at their end: cut in the middle
+                cell = fit_middle(text, column.width - 1) + " "
+            else:
+                cell = (fit(text, column.width - (0 if column.align == ">" else 1), column.align)
+                        + ("" if column.align == ">" else " "))
+            segments.append(Segment(cell, self._style(cell_role)))
         return segments
 
 

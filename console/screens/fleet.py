@@ -186,7 +186,8 @@ class FleetScreen(Screen[None]):
             sort, reverse = str(self.sort).replace("_", " "), self.reverse
             empty = not rows
         self._show_no_match(bool(self.query_text) and empty, noun)
-        room = max(10, width - 10 - (11 if self.state.simulated else 0))
+        # The title takes 10 cells, the SIMULATED badge 11 and two blank ones before it.
+        room = max(10, width - 10 - (13 if self.state.simulated else 0))
         status = fitted(status_variants(self.view, sort, reverse, self.query_text, matched, of, noun,
                                         self.readonly), room)
         # One line of fixed size: a change needs no layout, and most polls change nothing here.

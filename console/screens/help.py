@@ -102,7 +102,7 @@ class HelpScreen(ModalScreen[None]):
         width: 100; max-width: 100%; height: 100%; max-height: 36;
         border: thick $primary; background: $surface; padding: 0 1;
     }
-    HelpScreen #help-title { text-style: bold; color: $accent; }
+    HelpScreen #help-title { text-style: bold; color: $text-accent; }
     HelpScreen #help-hint { color: $text-muted; height: auto; margin-bottom: 1; }
     HelpScreen DataTable { height: 1fr; }
     """

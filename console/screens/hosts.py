@@ -30,7 +30,7 @@ COMPACT_BELOW = 100  # columns: narrower screens get short headings and relative
 COLUMNS = ("Status", "Hostname", "Agent", "GPUs", "Last heartbeat", "Last sample", "First seen")
 COMPACT_COLUMNS = ("Status", "Hostname", "Agent", "GPUs", "Heartbeat", "Sample", "First seen")
 # Each status is drawn in a theme colour, looked up by variable name at render time.
-STATUS_VARIABLES: dict[HostStatus, str] = {"alive": "success", "stale": "warning", "offline": "error"}
+STATUS_VARIABLES: dict[HostStatus, str] = {"alive": "text-success", "stale": "text-warning", "offline": "text-error"}
 STATUS_ORDER: dict[HostStatus, int] = {"offline": 0, "stale": 1, "alive": 2}
 
 
@@ -72,12 +72,12 @@ class HostsScreen(Screen[None]):
     HostsScreen .badge { background: $warning; color: $text; padding: 0 1; text-style: bold; }
     HostsScreen #hosts-counts { height: 1; padding: 0 1; margin-top: 1; }
     HostsScreen #hosts-counts Label { margin-right: 3; }
-    HostsScreen .-alive { color: $success; }
-    HostsScreen .-stale { color: $warning; }
-    HostsScreen .-offline { color: $error; }
+    HostsScreen .-alive { color: $text-success; }
+    HostsScreen .-stale { color: $text-warning; }
+    HostsScreen .-offline { color: $text-error; }
     HostsScreen #hosts-message { height: auto; padding: 1 2; display: none; }
     HostsScreen.-empty #hosts-message, HostsScreen.-failed #hosts-message { display: block; }
-    HostsScreen.-failed #hosts-message { color: $error; }
+    HostsScreen.-failed #hosts-message { color: $text-error; }
     HostsScreen.-empty #hosts-table { display: none; }
     HostsScreen #hosts-table { height: 1fr; margin-top: 1; }
     """
@@ -195,7 +195,7 @@ class HostsScreen(Screen[None]):
             f"Could not load hosts: {message.message} (press r to retry)")
 
     def _row(self, host: HostInfo, now: datetime) -> tuple[Text | str, ...]:
-        colour = self.app.theme_variables.get(STATUS_VARIABLES.get(host.status, "error"), "")
+        colour = self.app.theme_variables.get(STATUS_VARIABLES.get(host.status, "text-error"), "")
         last_sample = (f"{relative_age(host.last_sample_at, now)}"
                        if host.last_sample_at is not None else "never")
         heartbeat: Text | str = relative_age(host.last_heartbeat, now)

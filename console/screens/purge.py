@@ -24,6 +24,8 @@ FORCE_ON = "Force is ON: unloads models in use, signals busy processes"
 # the bordered force row (with its margin), the confirmation input and the buttons.
 DIALOG_CHROME_ROWS = 4
 FORCE_ROW_ROWS = 6
+SHORT_FORCE_ROW_ROWS = 4  # on a short screen the switch is one row, not three
+SHORT_BELOW = 30  # screen rows
 CONFIRM_ROWS = 3
 BUTTON_ROWS = 4
 MIN_BODY_ROWS = 3
@@ -43,19 +45,20 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None, *, force: bool
     scope = "every GPU" if gpu_indices is None else ", ".join(f"GPU {i}" for i in gpu_indices)
     lines.append(f"Node [b]{_esc(node.name)}[/b] · {scope}")
     if not node.reachable:
-        lines.append("[$error]This node is not answering: the purge will most likely fail.[/]")
+        lines.append("[$text-error]This node is not answering: the purge will most likely fail.[/]")
     used = sum(g.memory.used_mb for g in gpus)
     total = sum(g.memory.total_mb for g in gpus)
-    lines.append(f"Memory in use: [b]{gb(used)} / {gb(total)} {MEMORY_UNIT}[/b]")
-    if len(gpus) <= 2:
+    # One line for one GPU: at 80x24 with force on, every line of the plan must fit unscrolled.
+    one = f" ({short_gpu_name(gpus[0].name)})" if len(gpus) == 1 else ""
+    lines.append(f"Memory in use: [b]{gb(used)} / {gb(total)} {MEMORY_UNIT}[/b]{one}")
+    if len(gpus) == 2:
         for gpu in gpus:
             lines.append(f"  GPU {gpu.index} {short_gpu_name(gpu.name)}: {gb(gpu.memory.used_mb)} {MEMORY_UNIT} used")
-    else:
+    elif len(gpus) > 2:
         lines.append(f"  {MEMORY_UNIT} used per GPU: " + " · ".join(f"{g.index}: {gb(g.memory.used_mb)}" for g in gpus))
     models = node.models_on(gpu_indices)
     runtimes = [m for m in models if m.runtime != "process"]
     processes = [m for m in models if m.runtime == "process"]
-    lines.append("")
     lines.append("Loaded models (unloaded by the purge):" if runtimes else "No loaded models reported.")
     for model in runtimes:
         on = list(model.gpu_indices or [])
@@ -64,9 +67,9 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None, *, force: bool
         where = ("GPU " if len(on) == 1 else "GPUs ") + ",".join(map(str, on)) if on else "any GPU"
         size = f"{gb(model.memory_mb)} {MEMORY_UNIT}" if model.memory_mb is not None else "size unknown"
         if not model.in_use:
-            state = "[$success]idle: unloaded[/]"
+            state = "[$text-success]idle: unloaded[/]"
         else:
-            state = "[$error]in use: unloaded anyway (force)[/]" if force else "[$warning]in use: skipped unless forced[/]"
+            state = "[$text-error]in use: unloaded (force)[/]" if force else "[$text-warning]in use: skipped unless forced[/]"
         lines.append(f"  {_esc(model.name)} ({model.runtime}, {where}, {size}) {state}")
         # a model sharded over GPUs outside the selection is unloaded whole: say what else it frees
         beyond = [i for i in on if gpu_indices is not None and i not in gpu_indices]
@@ -78,7 +81,7 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None, *, force: bool
             if not proc.in_use:
                 state = "idle"
             else:
-                state = "[$error]busy: signalled anyway (force)[/]" if force else "[$warning]busy: only with force[/]"
+                state = "[$text-error]busy: signalled (force)[/]" if force else "[$text-warning]busy: only with force[/]"
             lines.append(f"  {_esc(proc.name)} (GPU {proc.gpu_index}) {state}")
     others = [p for p in (status.processes if status else [])
               if gpu_indices is None or p.gpu_index in gpu_indices]
@@ -90,7 +93,7 @@ def describe_plan(node: NodeState, gpu_indices: list[int] | None, *, force: bool
 
 def describe_result(result: PurgeResult) -> list[str]:
     """The outcome: status, freed memory, models unloaded and skipped, actions, errors, advice."""
-    colour = {"success": "$success", "partial": "$warning", "error": "$error"}[result.status]
+    colour = {"success": "$text-success", "partial": "$text-warning", "error": "$text-error"}[result.status]
     lines = [
         f"Status: [{colour}]{result.status}[/]",
         f"Freed [b]{result.memory_freed_gb:.1f} {MEMORY_UNIT}[/b]: {result.memory_before.used_gb:.1f} → "
@@ -101,13 +104,13 @@ def describe_result(result: PurgeResult) -> list[str]:
     skipped = set(result.skipped)
     errors = [e for e in result.errors if e not in skipped]
     if result.skipped:
-        lines.append("[$warning]Skipped:[/]")
-        lines += [f"  [$warning]• {_esc(s)}[/]" for s in result.skipped]
+        lines.append("[$text-warning]Skipped:[/]")
+        lines += [f"  [$text-warning]• {_esc(s)}[/]" for s in result.skipped]
     lines.append("Actions:" if result.actions else "Actions: none")
     lines += [f"  • {_esc(a)}" for a in result.actions]
     if errors:
-        lines.append("[$error]Errors:[/]")
-        lines += [f"  [$error]✖ {_esc(e)}[/]" for e in errors]
+        lines.append("[$text-error]Errors:[/]")
+        lines += [f"  [$text-error]✖ {_esc(e)}[/]" for e in errors]
     lines.append(f"Recommendation: {_esc(result.recommendation)}")
     return lines
 
@@ -152,9 +155,11 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
 
     def _fit_body(self) -> None:
         """Give the plan whatever height the fixed parts leave, so they are never squeezed."""
+        short = self.size.height < SHORT_BELOW
+        self.set_class(short, "-short")
         fixed = DIALOG_CHROME_ROWS + BUTTON_ROWS
         if self.query_one("#purge-force-row").display:
-            fixed += FORCE_ROW_ROWS
+            fixed += SHORT_FORCE_ROW_ROWS if short else FORCE_ROW_ROWS
         if self.query_one("#purge-confirm", Input).display:
             fixed += CONFIRM_ROWS
         room = self.size.height - fixed
@@ -232,7 +237,7 @@ class PurgeModal(ModalScreen[PurgeResult | None]):
 
     def _show_failure(self, message: str) -> None:
         self.error = message
-        self._finish(f"[$error]Purge failed: {_esc(message)}[/]\nNothing is known to have been "
+        self._finish(f"[$text-error]Purge failed: {_esc(message)}[/]\nNothing is known to have been "
                      "unloaded; check the node and try again.", "error")
 
     def _finish(self, text: str, status: str) -> None:

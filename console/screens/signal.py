@@ -51,10 +51,10 @@ def describe_target(node: str, gpu_index: int, proc: GpuProcess, child_pid: int 
         command = proc.command if len(proc.command) <= COMMAND_SHOWN else proc.command[:COMMAND_SHOWN - 1] + "…"
         lines.append(f"[$text-muted]{_esc(command)}[/]")
     if child_pid is not None:
-        lines.append(f"[$warning]The selected row is its child {child_pid}: only GPU processes can be "
+        lines.append(f"[$text-warning]The selected row is its child {child_pid}: only GPU processes can be "
                      f"signalled, so this signals {proc.pid}.[/]")
     if not proc.visible:
-        lines.append("[$warning]This host cannot see the process (another PID namespace); "
+        lines.append("[$text-warning]This host cannot see the process (another PID namespace); "
                      "the node decides whether it may signal it.[/]")
     if proc.children:
         lines.append(f"Its {len(proc.children)} child process(es) get no signal from here; "
@@ -63,7 +63,7 @@ def describe_target(node: str, gpu_index: int, proc: GpuProcess, child_pid: int 
 
 
 def describe_outcome(result: SignalResult) -> str:
-    return (f"[$success]Sent {result.signal} to {result.pid} ({_esc(result.name)}).[/]\n"
+    return (f"[$text-success]Sent {result.signal} to {result.pid} ({_esc(result.name)}).[/]\n"
             f"{_esc(result.message)}\nThe process table shows whether it has gone at the next poll.")
 
 
@@ -126,7 +126,7 @@ class SignalModal(ModalScreen[SignalResult | None]):
             result = await self._send(self.proc.pid, signal)
         except Exception as exc:  # every failure is shown, never swallowed
             self.error = describe_error(exc)
-            self._finish(f"[$error]Signal not sent: {_esc(self.error)}[/]", "error")
+            self._finish(f"[$text-error]Signal not sent: {_esc(self.error)}[/]", "error")
         else:
             self.result = result
             self._finish(describe_outcome(result), "success")

@@ -18,8 +18,8 @@ from rich.segment import Segment
 
 from gpufleet.console.state import FleetRow
 from gpufleet.console.thresholds import Levels
-from gpufleet.console.widgets.format import fitted_gpu_name, gb, pct, temp, watts
-from gpufleet.console.widgets.line_table import Column, LineTable, fit
+from gpufleet.console.widgets.format import fitted_gpu_name, gb, pct, temp, watts, workloads_text
+from gpufleet.console.widgets.line_table import Column, LineTable, fit, fit_middle
 from gpufleet.console.widgets.line_table import header_cell as header_cell
 from gpufleet.console.widgets.memory_bar import bar_segments
 from gpufleet.console.widgets.node_header import node_header_parts
@@ -27,7 +27,6 @@ from gpufleet.console.widgets.node_header import node_header_parts
 RowKey = tuple[str, int | None]
 MEMORY_LABEL_WIDTH = 13  # " 123.4/141.0G "
 WIDE_FROM = 160  # columns: fan, SM clock, P-state and energy appear
-COMPACT_BELOW = 100
 
 
 @lru_cache(maxsize=64)
@@ -35,22 +34,62 @@ def _layout(width: int, flat: bool) -> tuple[Column, ...]:
     return tuple(layout(width, flat=flat))
 
 
+HOLDER_ROOM = 24  # TEAM / MODEL keeps this much while other columns can still give cells up
+
+
 def layout(width: int, *, flat: bool = False) -> list[Column]:
-    """Columns for a table ``width`` cells wide; narrow tables squeeze the name and the bars."""
-    compact = width < COMPACT_BELOW
+    """Columns for a table ``width`` cells wide; narrower tables squeeze the bars, then the names.
+
+    The columns never add up to more than ``width`` (from 80 cells on): a flat table between
+    100 and 112 columns was wider than the screen, its TEAM / MODEL cut off whole. Cells are
+    given up in turn by the bars (both together, down to 5 cells), the power limit, the GPU's
+    full name, the bars again, the GPU's short name and the node's.
+    """
+    full = {"node": 16, "gpu": 18, "memory": 28, "util": 14, "power": 11}
+    # Narrow, the bars give up cells rather than the titles their gaps: a right-aligned
+    # title needs one cell more than itself for the sort arrow ("UTIL▼TEMP" ran together).
+    least = {"node": 12, "gpu": 7 if flat else 10, "memory": 15 if flat else 17, "util": 9, "power": 7}
+    widths = dict(full) if flat else {k: v for k, v in full.items() if k != "node"}
+    fixed_rest = (4 if flat else 6) + 6 + 7 + (28 if width >= WIDE_FROM else 0)  # index, temp, procs, wide
+    over = sum(widths.values()) + fixed_rest + HOLDER_ROOM - width
+    bars = {"memory": MEMORY_LABEL_WIDTH, "util": 6}  # the cells of each column that are not bar
+    # Bars of 5 cells still read as bars; "A100 80GB" says what "A100-SXM4-80GB" does.
+    soft = {"memory": MEMORY_LABEL_WIDTH + 5, "util": 6 + 5}
+    steps: list[tuple[str, int] | dict[str, int]] = [soft, ("power", least["power"]), ("gpu", 10),
+                                                     least, ("gpu", least["gpu"]), ("node", least["node"])]
+    for step in steps:
+        if over <= 0:
+            break
+        if isinstance(step, dict):
+            # The two bars give a cell each in turn, the longer first, so neither shrinks alone.
+            while over > 0:
+                shrinkable = [n for n in bars if widths[n] > max(step[n], least[n])]
+                if not shrinkable:
+                    break
+                name = max(shrinkable, key=lambda n: widths[n] - bars[n])
+                widths[name] -= 1
+                over -= 1
+            continue
+        name, floor = step
+        if name not in widths or widths[name] <= floor:
+            continue
+        give = min(over, widths[name] - floor)
+        if name == "power":
+            give = widths[name] - floor  # the limit ("313/350W") fits whole or not at all
+        widths[name] -= give
+        over -= give
     lead = (
-        [Column("node", "NODE", 12 if compact else 16, name="node"), Column(None, "#", 4, name="index")]
+        [Column("node", "NODE", widths["node"], name="node"), Column(None, "#", 4, name="index")]
         if flat else [Column("node", "NODE", 6, name="index")]
     )
-    gpu_width = (7 if flat else 10) if compact else 18
     fixed = [
         *lead,
-        Column(None, "GPU", gpu_width, name="gpu"),
-        Column("memory", "MEMORY", (16 if flat else 19) if compact else 28, name="memory"),
-        Column("util", "UTIL", 9 if compact else 14, ">", name="util"),
-        Column("temp", "TEMP", 5 if compact else 6, ">", name="temp"),
-        Column("power", "POWER", 6 if compact else 11, ">", name="power"),
-        Column("procs", "PROCS", 6 if compact else 7, ">", name="procs"),
+        Column(None, "GPU", widths["gpu"], name="gpu"),
+        Column("memory", "MEMORY", widths["memory"], name="memory"),
+        Column("util", "UTIL", widths["util"], ">", name="util"),
+        Column("temp", "TEMP", 6, ">", name="temp"),
+        Column("power", "POWER", widths["power"], ">", name="power"),
+        Column("procs", "PROCS", 7, ">", name="procs"),
     ]
     if width >= WIDE_FROM:
         fixed += [
@@ -60,7 +99,10 @@ def layout(width: int, *, flat: bool = False) -> list[Column]:
             Column("energy", "ENERGY", 10, ">", name="energy"),
         ]
     used = sum(c.width for c in fixed)
-    return [*fixed, Column("holder", " TEAM / MODEL", max(8, width - used), name="holder")]
+    room = max(8, width - used)
+    # Its title whole, with the sort arrow's cell, even when the column is narrow.
+    title = " TEAM / MODEL" if room > len(" TEAM / MODEL") else " TEAM/MODEL"
+    return [*fixed, Column("holder", title, room, name="holder")]
 
 
 def energy(joules: float | None) -> str:
@@ -133,7 +175,7 @@ class FleetTable(LineTable[FleetRow]):
             w = column.width
             match column.name:
                 case "node":
-                    segments.append(Segment(fit(row.node.name, w - 1) + " ", plain))
+                    segments.append(Segment(fit_middle(row.node.name, w - 1) + " ", dim if stale else plain))
                 case "index":
                     number = fit(f"{gpu.index}" if self.flat else f"  {gpu.index}", w - 2)
                     segments.append(Segment(number, dim))
@@ -142,7 +184,7 @@ class FleetTable(LineTable[FleetRow]):
                     name = fitted_gpu_name(gpu.name, w - 1)
                     if cell_len(name) > w - 1:  # the model alone says more than a cut "A100 …"
                         name = re.split(r"[\s-]+", name)[0]
-                    segments.append(Segment(fit(name, w - 1) + " ", plain))
+                    segments.append(Segment(fit(name, w - 1) + " ", dim if stale else plain))
                 case "memory":
                     segments += self._memory(row, w, tone)
                 case "util":
@@ -167,7 +209,8 @@ class FleetTable(LineTable[FleetRow]):
                 case "energy":
                     segments.append(Segment(fit(energy(gpu.energy_j), w, ">"), self._style(tone("ok"))))
                 case "holder":
-                    segments.append(Segment(" " + fit(row.holder or "—", w - 1),
+                    text = workloads_text(row.workloads, w - 1)
+                    segments.append(Segment(" " + fit(text, w - 1),
                                             self._style(tone("ok") if row.holder else "dim")))
         return segments
 

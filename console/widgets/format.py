@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
+from rich.cells import cell_len, set_cell_size
 from rich.text import Text
 
 Level = Literal["ok", "warn", "crit"]
@@ -45,6 +47,25 @@ def fitted_gpu_name(name: str, width: int) -> str:
     words = re.split(r"[\s-]+", short)
     memory = next((w for w in words[1:] if re.fullmatch(r"[0-9]+GB", w)), None)
     return f"{words[0]} {memory}" if memory else short
+
+
+def workloads_text(labels: Sequence[str], width: int) -> str:
+    """A GPU's workloads in ``width`` cells: all of them when they fit, else the first and ``+N``.
+
+    ``data-science / bge-embed + inference / llama3.2-3b`` on a wide screen,
+    ``data-science / bge… +1`` on a narrow one: a shared GPU always says it is shared.
+    """
+    if not labels:
+        return "—"
+    whole = " + ".join(labels)
+    if len(labels) == 1 or cell_len(whole) <= width:
+        return whole
+    more = f" +{len(labels) - 1}"
+    first = labels[0]
+    room = width - len(more)
+    if cell_len(first) > room:
+        first = set_cell_size(first, room - 1).rstrip(" /") + "…" if room > 1 else ""
+    return first + more
 
 
 def gb(mb: float) -> str:

@@ -38,7 +38,7 @@ def clocks_line(gpu: GpuInfo) -> str:
     ]
     line = SEP.join(parts)
     if gpu.lost:
-        line = "[$error]GPU is lost: the driver reports no readings[/]\n" + line
+        line = "[$text-error]GPU is lost: the driver reports no readings[/]\n" + line
     return line
 
 
@@ -51,7 +51,7 @@ def throttle_part(reasons: list[str] | None) -> str:
     words = []
     for reason in reasons:
         word = reason.replace("_", " ")
-        words.append(f"[$error]{word}[/]" if reason in THROTTLING_REASONS else word)
+        words.append(f"[$text-error]{word}[/]" if reason in THROTTLING_REASONS else word)
     return f"{_label('throttle')} " + ", ".join(words)
 
 
@@ -68,7 +68,7 @@ def ecc_part(gpu: GpuInfo) -> str:
     def count(value: int | None, bad: bool = False) -> str:
         if value is None:
             return "?"
-        return f"[$error]{value}[/]" if bad and value else str(value)
+        return f"[$text-error]{value}[/]" if bad and value else str(value)
 
     return (f"{_label('ECC')} {count(ecc.volatile_corrected)} corr/"
             f"{count(ecc.volatile_uncorrected, True)} uncorr boot, "
@@ -83,15 +83,15 @@ def pages_part(gpu: GpuInfo) -> str:
                   if rows.correctable or rows.uncorrectable else "0")
         text = f"{_label('remapped rows')} {counts}"
         if rows.failed:
-            return text + " [$error]remap failed: service the GPU[/]"
-        return text + (" [$warning]pending reset[/]" if rows.pending else "")
+            return text + " [$text-error]remap failed: service the GPU[/]"
+        return text + (" [$text-warning]pending reset[/]" if rows.pending else "")
     pages = gpu.retired_pages
     if pages is not None:
         single = "?" if pages.single_bit_ecc is None else pages.single_bit_ecc
         double = "?" if pages.double_bit_ecc is None else pages.double_bit_ecc
         counts = "0" if single == 0 and double == 0 else f"{single} single-bit/{double} double-bit"
         text = f"{_label('retired pages')} {counts}"
-        return text + (" [$warning]pending reset[/]" if pages.pending else "")
+        return text + (" [$text-warning]pending reset[/]" if pages.pending else "")
     return f"{_label('retired pages')} {NA}"
 
 
@@ -101,7 +101,7 @@ def xid_part(gpu: GpuInfo) -> str:
         return f"{_label('XID')} {NA}"
     if not gpu.xid_error_count:
         return f"{_label('XID')} none"
-    text = f"{_label('XID')} [$error]{gpu.xid_error_count}"
+    text = f"{_label('XID')} [$text-error]{gpu.xid_error_count}"
     if gpu.xid_errors:
         last = gpu.xid_errors[-1]
         text += f", last {last.xid} at {last.at:%H:%M:%S}Z"

@@ -55,7 +55,9 @@ def bucket(times: Sequence[float], values: Sequence[float | None], *, now: float
         end = min(times[i + 1] if i + 1 < count else now, begin + hold_s, now)
         if end < start or begin > now:
             continue
-        first = max(0, int((begin - start) // span))
+        # A reading taken at ``now`` itself is the last column's (the float division can land
+        # just past it, which would drop the newest reading from the graph).
+        first = min(width - 1, max(0, int((begin - start) // span)))
         # A reading that ends exactly on a column's edge does not reach into that column.
         last = int((end - start) // span) if end > begin else first
         if last > first and (end - start) % span == 0:

@@ -53,6 +53,21 @@ def fit(text: str, width: int, align: str = "<") -> str:
     return pad + text if align == ">" else text + pad
 
 
+def fit_middle(text: str, width: int) -> str:
+    """``text`` in exactly ``width`` cells, cut in the middle: ``sim-n…e-022``.
+
+    For names that differ at their end (``sim-node-021``, ``sim-node-022``): an end cut
+    would draw every one of them as ``sim-node-0…``.
+    """
+    if width <= 0:
+        return ""
+    if cell_len(text) <= width:
+        return text + " " * (width - cell_len(text))
+    head = (width - 1) // 2
+    tail = width - 1 - head
+    return set_cell_size(text[:head], head) + "…" + set_cell_size(text[len(text) - tail:], tail)
+
+
 def header_cell(column: Column, sort: str, reverse: bool) -> str:
     """A column title with a one-cell slot for the sort arrow, so sorting never shifts the text.
 
@@ -93,7 +108,7 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
     LineTable > .line-table--bar-crit { color: $error; background: $surface; }
     LineTable > .line-table--dim { color: $text-muted; background: $surface; }
     LineTable > .line-table--bar-free { color: $foreground 25%; background: $surface; }
-    LineTable > .line-table--badge { background: $warning; color: $background; text-style: bold; }
+    LineTable > .line-table--badge { background: $warning; color: $text; text-style: bold; }
     """
     BINDINGS = [
         Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up"),

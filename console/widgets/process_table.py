@@ -10,7 +10,7 @@ from textual.binding import Binding
 
 from gpufleet.console.state import ProcessRow
 from gpufleet.console.widgets.format import MEMORY_UNIT, gb
-from gpufleet.console.widgets.line_table import Column, LineTable, fit
+from gpufleet.console.widgets.line_table import Column, LineTable, fit, fit_middle
 
 COMPACT_BELOW = 100
 WIDE_FROM = 160
@@ -75,7 +75,7 @@ class ProcessTable(LineTable[ProcessRow]):
             w = column.width
             match column.name:
                 case "node":
-                    segments.append(Segment(fit(row.node.name, w - 1) + " ", plain))
+                    segments.append(Segment(fit_middle(row.node.name, w - 1) + " ", plain))
                 case "gpu":
                     index = "—" if proc.gpu_index is None else str(proc.gpu_index)
                     segments.append(Segment(fit(index, w, ">"), dim))
