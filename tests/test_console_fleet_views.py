@@ -266,3 +266,30 @@ async def test_the_console_freezes_its_start_up_objects_out_of_the_collector(
     async with plain.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: all_polled(plain), "every node's first answer")
     assert freezes == [4]
+
+
+async def test_a_view_switch_keeps_the_footers_keys_and_shows_only_the_views_own(fleet: EmbeddedFleet) -> None:
+    # Recomposing the footer mounted every key again and laid the screen out a second time:
+    # the slowest part of `o`. Its keys are now hidden and shown where they are.
+    app = console_app(fleet.targets, refresh_s=HOUR)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: all_polled(app), "every node's first answer")
+        await pilot.pause()
+        composed = list(app.screen.query(FooterKey))
+
+        def shown() -> list[str]:
+            return [key.key for key in app.screen.query(FooterKey) if key.display]
+
+        grouped = shown()
+        assert "v" in grouped and "o" in grouped
+        await pilot.press("o")
+        await pilot.pause()
+        assert screen_of(app).view == "processes"
+        assert shown() == [k for k in grouped if k != "v"]  # `v` toggles GPU views: not here
+        await pilot.press("v")  # no binding in this view: nothing happens
+        await pilot.pause()
+        assert screen_of(app).view == "processes"
+        await pilot.press("o", "v")
+        await pilot.pause()
+        assert screen_of(app).view == "flat" and shown() == grouped
+        assert list(app.screen.query(FooterKey)) == composed  # the same widgets throughout
