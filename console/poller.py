@@ -23,6 +23,7 @@ from textual.message import Message
 
 from gpufleet.console.config import NodeTarget
 from gpufleet.console.messages import NodeFailed, NodePolled
+from gpufleet.console.transport import KeepAliveTransport
 from gpufleet.server.client import (
     AsyncGpuFleetClient,
     ConnectionFailed,
@@ -68,7 +69,7 @@ class SharedTransportFactory:
         self._ssl = httpx.create_ssl_context()
 
     def __call__(self, target: NodeTarget, timeout_s: float) -> AsyncGpuFleetClient:
-        transport = httpx.AsyncHTTPTransport(verify=self._ssl, limits=httpx.Limits(max_connections=2))
+        transport = KeepAliveTransport(self._ssl)
         return AsyncGpuFleetClient(target.url, api_key=target.api_key, timeout=timeout_s,
                                    transport=transport)
 
@@ -107,7 +108,9 @@ async def poll_node(
     while True:
         started = time.perf_counter()
         try:
-            status = await asyncio.wait_for(client.get_gpu_status(), timeout_s)
+            # asyncio.timeout, not wait_for: wait_for wraps every poll in a task of its own.
+            async with asyncio.timeout(timeout_s):
+                status = await client.get_gpu_status()
         except (GpuFleetError, ValidationError, TimeoutError) as exc:
             message = describe_error(exc, timeout_s=timeout_s)
             log.debug("node %s: %s", target.name, message)
