@@ -87,6 +87,8 @@ class NodeState:
     _procs_of: GpuStatusResponse | None = field(default=None, repr=False)
     _rows_of: GpuStatusResponse | None = field(default=None, repr=False)
     _rows: list[FleetRow] = field(default_factory=list, repr=False)
+    _proc_rows_of: GpuStatusResponse | None = field(default=None, repr=False)
+    _proc_rows: list[ProcessRow] = field(default_factory=list, repr=False)
     _filter_cache: tuple[object, ...] | None = field(default=None, repr=False)
     _totals: tuple[GpuStatusResponse, tuple[float, ...]] | None = field(default=None, repr=False)
     _procs_by_gpu: dict[int | None, list[GpuProcess]] = field(default_factory=dict, repr=False)
@@ -412,14 +414,21 @@ class FleetState:
         matcher = FleetFilter(query, self.levels)
         rows: list[ProcessRow] = []
         for node in self.nodes.values():
-            if node.status is None:
-                continue
-            gpus = {g.index: g for g in node.status.gpus}
-            for proc in node.status.processes:
-                row = ProcessRow(node, proc, gpus.get(proc.gpu_index) if proc.gpu_index is not None else None)
-                if not matcher.active or matcher.process_matches(row):
-                    rows.append(row)
+            node_rows = self._process_rows(node)
+            rows += [r for r in node_rows if matcher.process_matches(r)] if matcher.active else node_rows
         return _sorted_processes(rows, sort, reverse)
+
+    @staticmethod
+    def _process_rows(node: NodeState) -> list[ProcessRow]:
+        """The node's process rows, built once per answer: a redraw reuses the lines of nodes that did not answer."""
+        if node.status is None:
+            return []
+        if node._proc_rows_of is not node.status:
+            gpus = {g.index: g for g in node.status.gpus}
+            node._proc_rows = [ProcessRow(node, proc, gpus.get(proc.gpu_index) if proc.gpu_index is not None else None)
+                               for proc in node.status.processes]
+            node._proc_rows_of = node.status
+        return node._proc_rows
 
     @staticmethod
     def _filtered(node: NodeState, rows: list[FleetRow], matcher: FleetFilter) -> list[FleetRow]:

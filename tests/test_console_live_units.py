@@ -105,6 +105,20 @@ def test_filter_matches_node_gpu_team_model_and_process(fleet: FleetState) -> No
     assert fleet.rows(query="no-such-thing") == []
 
 
+
+def test_process_rows_last_as_long_as_their_nodes_answer(fleet: FleetState) -> None:
+    # The process table reuses a drawn line while its row object is the same: a poll of one
+    # node must leave every other node's rows (and lines) alone, in any sort.
+    before = {r.key: r for r in fleet.process_rows()}
+    assert {r.node.name for r in before.values()} >= {"dgx-a100-01", "dgx-h100-01"}
+    node = fleet.nodes["dgx-h100-01"]
+    assert node.status is not None
+    fleet.apply_status("dgx-h100-01", node.status.model_copy(), 3.0, T0 + timedelta(seconds=2))
+    after = fleet.process_rows(sort="pid", reverse=False)
+    assert after and all((row is before[row.key]) == (row.node.name != "dgx-h100-01") for row in after)
+    assert [r.key for r in fleet.process_rows(query="dgx-a100")] == \
+        [r.key for r in fleet.process_rows() if r.node.name == "dgx-a100-01"]
+
 def test_failure_keeps_last_readings_and_history_is_bounded(fleet: FleetState) -> None:
     node = fleet.nodes["ws-gpu-01"]
     fleet.apply_failure("ws-gpu-01", "connection failed", T0 + timedelta(minutes=5))

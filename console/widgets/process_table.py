@@ -65,6 +65,10 @@ class ProcessTable(LineTable[ProcessRow]):
     def columns(self, width: int) -> list[Column]:
         return list(process_layout(width))
 
+    def cache_token(self, row: ProcessRow) -> Hashable | None:
+        # A process row lives as long as its node's answer; dimmed when the node stops answering.
+        return row.node.reachable
+
     def row_segments(self, row: ProcessRow, width: int) -> list[Segment]:
         proc = row.proc
         stale = not row.node.reachable
