@@ -140,7 +140,7 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
         self.sort = ""
         self.reverse = False
         self._cursor_key: Hashable | None = None
-        self._lines: dict[Hashable, tuple[RowT, Hashable, list[Segment]]] = {}
+        self._lines: dict[Hashable, tuple[RowT, Hashable, Strip]] = {}
         self._lines_for: Hashable = None
 
     # -- what subclasses provide ---------------------------------------------------------
@@ -318,15 +318,16 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
         index = self.scroll_offset.y + y - 1
         if index >= len(self.rows):
             return Strip.blank(width, cell)
-        strip = Strip(self._row_line(self.rows[index], width, cell)).crop_extend(0, width, cell)
+        strip = self._row_line(self.rows[index], width, cell)
         if index == self.cursor:
             strip = self._with_cursor(strip, cell)
         return strip
 
-    def _row_line(self, row: RowT, width: int, cell: Style) -> list[Segment]:
+    def _row_line(self, row: RowT, width: int, cell: Style) -> Strip:
+        """The row drawn ``width`` cells wide; the same row object and token reuse the line drawn before."""
         token = self.cache_token(row)
         if token is None:
-            return self.row_segments(row, width)
+            return Strip(self.row_segments(row, width)).crop_extend(0, width, cell)
         generation = (width, cell, self.layout_token())
         if generation != self._lines_for or len(self._lines) > 4 * len(self.rows) + 64:
             self._lines, self._lines_for = {}, generation
@@ -334,9 +335,10 @@ class LineTable(ScrollView, Generic[RowT], can_focus=True):
         cached = self._lines.get(key)
         if cached is not None and cached[0] is row and cached[1] == token:
             return cached[2]
-        segments = self.row_segments(row, width)
-        self._lines[key] = (row, token, segments)
-        return segments
+        # The finished strip is kept (a Strip is immutable): each one built costs Textual's caches.
+        strip = Strip(self.row_segments(row, width)).crop_extend(0, width, cell)
+        self._lines[key] = (row, token, strip)
+        return strip
 
     def _with_cursor(self, strip: Strip, cell: Style) -> Strip:
         """The cursor's background on every cell of the row (over the cells' own), badges kept."""
