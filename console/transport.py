@@ -136,11 +136,13 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 raise httpx.RemoteProtocolError("the server closed the connection without an answer") from None
             except asyncio.LimitOverrunError:
                 raise httpx.RemoteProtocolError("the answer's headers are too long") from None
-            status, reason, headers = _parse_head(head)
+            version, status, reason, headers = _parse_head(head)
             if not 100 <= status < 200:  # an interim answer (100 Continue) is followed by the real one
                 break
         fields = {name.lower(): value for name, value in headers}
-        keep = b"close" not in fields.get(b"connection", b"").lower() \
+        connection = fields.get(b"connection", b"").lower()
+        # HTTP/1.0 closes after each answer unless it says otherwise; 1.1 keeps it open unless it says so.
+        keep = (b"keep-alive" in connection if version == b"HTTP/1.0" else b"close" not in connection) \
             and "close" not in request.headers.get("connection", "").lower()
         if request.method == "HEAD" or status in (204, 304):
             body = b""
@@ -204,7 +206,7 @@ async def _chunked(reader: asyncio.StreamReader) -> bytes:
         size += length
 
 
-def _parse_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
     lines = head[:-4].split(b"\r\n")
     parts = lines[0].split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
@@ -215,7 +217,7 @@ def _parse_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if not colon or not name or name != name.strip():
             raise httpx.RemoteProtocolError("a malformed header line")
         headers.append((name, value.strip()))
-    return int(parts[1]), parts[2] if len(parts) > 2 else b"", headers
+    return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else b"", headers
 
 
 def _request_bytes(request: httpx.Request, body: bytes) -> bytes:

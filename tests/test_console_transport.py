@@ -179,3 +179,15 @@ async def test_https_with_the_shared_tls_context(certificate: tuple[Path, Path])
         async with client(server.url, KeepAliveTransport(ssl.create_default_context())) as untrusted:
             with pytest.raises(httpx.ConnectError):
                 await untrusted.get("/hello")  # not signed by a CA the context trusts
+
+
+async def test_an_http_1_0_answer_is_not_kept_unless_it_says_keep_alive() -> None:
+    async def one_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()  # never answers again, and never closes first
+
+    async with raw_server(one_per_connection) as (url, accepted), client(url, timeout=2.0) as http:
+        answers = [(await http.get("/")).text for _ in range(2)]
+    assert answers == ["ok", "ok"] and len(accepted) == 2
