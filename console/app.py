@@ -41,9 +41,12 @@ from gpufleet.server.schemas import GpuProcess, PurgeResult, SignalName, SignalR
 log = logging.getLogger("gpufleet.console")
 
 REDRAW_DELAY_S = 0.05  # a burst of node updates within this window redraws once
-# Polls are spread over the interval, so a big fleet answers all the time: redraw at most
-# this often (a key press still redraws at once), or every answer would repaint the table.
+# Polls are spread over the interval, so a big fleet answers all the time: redraw at most twice
+# an interval, within these bounds (a key press still redraws at once), or every answer would
+# repaint the table. Each redraw sorts and sums the fleet and composites the summary line and
+# every changed line on screen: twice an interval shows every answer within half of one.
 MIN_REDRAW_INTERVAL_S = 0.25
+MAX_REDRAW_INTERVAL_S = 0.5
 PURGE_TIMEOUT_S = 120.0  # a purge waits for runtimes to unload and memory to settle
 LIGHT_THEME = "textual-light"
 NOTIFY_EACH_UP_TO = 3  # more changes than this in one redraw are notified as one summary
@@ -118,6 +121,7 @@ class GpuFleetApp(App[None]):
         self._clients: dict[str, AsyncGpuFleetClient] = {}
         self._redraw_pending = False
         self._last_redraw = 0.0
+        self.redraw_interval_s = min(MAX_REDRAW_INTERVAL_S, max(MIN_REDRAW_INTERVAL_S, self.refresh_s / 2))
         self.redraws = 0  # how many coalesced redraws ran (tests and the bench read it)
         self.theme = settings.theme
         self._dark_theme = settings.theme if settings.theme != LIGHT_THEME else "textual-dark"
@@ -325,7 +329,7 @@ class GpuFleetApp(App[None]):
         if not self._redraw_pending:
             self._redraw_pending = True
             since = time.monotonic() - self._last_redraw
-            self.set_timer(max(REDRAW_DELAY_S, MIN_REDRAW_INTERVAL_S - since), self._redraw)
+            self.set_timer(max(REDRAW_DELAY_S, self.redraw_interval_s - since), self._redraw)
 
     def _redraw(self) -> None:
         self._redraw_pending = False

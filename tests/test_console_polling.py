@@ -101,3 +101,20 @@ async def test_httpcore_does_not_search_for_a_missing_sniffio(monkeypatch: pytes
             import sniffio  # noqa: F401
     skip_missing_sniffio()  # idempotent
     assert httpcore._synchronization.current_async_library() == "asyncio"
+
+
+@pytest.mark.parametrize(("refresh_s", "every_s"), [(1.0, 0.5), (0.5, 0.25), (3600.0, 0.5)])
+def test_answers_redraw_at_most_twice_a_refresh_interval(
+        refresh_s: float, every_s: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Four redraws a second at a 1 s refresh composited the summary and the changed lines twice
+    # as often as the answers need; a key press still redraws at once (not through this).
+    import gpufleet.console.app as console_app_module
+
+    app = console_app([], refresh_s=refresh_s)
+    timers: list[float] = []
+    monkeypatch.setattr(app, "set_timer", lambda delay, callback: timers.append(delay))
+    monkeypatch.setattr(console_app_module.time, "monotonic", lambda: 1000.0)
+    app._last_redraw = 1000.0 - 0.1  # the last redraw was 0.1 s ago
+    app._schedule_redraw()
+    app._schedule_redraw()  # one pending redraw covers every answer until it runs
+    assert app.redraw_interval_s == every_s and timers == [pytest.approx(every_s - 0.1)]
