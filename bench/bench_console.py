@@ -201,6 +201,9 @@ def press_filter_keys(term: Terminal, presses: int, rng: random.Random) -> tuple
     return latencies, missed
 
 
+BY_KEY: dict[str, list[float]] = {}  # press_views' latencies of each key, for the per-key lines
+
+
 def press_views(term: Terminal, presses: int, rng: random.Random) -> tuple[list[float], int]:
     """`v` (grouped <-> flat) and `o` (processes <-> back): the status line names the view."""
     latencies, missed = [], 0
@@ -215,6 +218,7 @@ def press_views(term: Terminal, presses: int, rng: random.Random) -> tuple[list[
             missed += 1
         else:
             latencies.append((at - sent) * 1000)
+            BY_KEY.setdefault(f"{key.decode()} -> {text.split(' ')[0]}", []).append(latencies[-1])
     return latencies, missed
 
 
@@ -300,6 +304,8 @@ def measure(args: argparse.Namespace, nodes_file: Path, env: dict[str, str],
             presses = args.presses if run is not press_filter else max(5, args.presses // 3)
             ms, missed = run(term, presses, rng)
             figures[label] = summary(ms) + (f", {missed} missed" if missed else "")
+            if run is press_views:  # which switch is slow: v (grouped <-> flat) or o (processes)
+                figures.update({f"  {step}": summary(values) for step, values in BY_KEY.items()})
         figures["exit code after ctrl+c"] = str(quit_console(term))
     finally:
         if term.proc.poll() is None:
