@@ -605,6 +605,10 @@ class HostsResponse(Value):
     generated_at: UtcDateTime
     heartbeat_interval_s: int
     hosts: list[HostInfo]
+    # additive: the store holds simulated data (demo, --simulate), so its hosts may be made up
+    simulated: bool = Field(default=False, description=(
+        "true when the store holds simulated data (the console's demo store, serve --simulate): "
+        "these hosts may be simulated ones"))
 
 
 # --------------------------------------------------------------------------

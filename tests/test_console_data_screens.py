@@ -282,3 +282,23 @@ async def test_the_console_app_mounts_chargeback_and_hosts(live_server: LiveServ
             assert illegible_text(app) == []
     finally:
         await source.aclose()
+
+
+async def test_the_hosts_badge_follows_the_store(live_server: LiveServer,
+                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The demo fleet beside a `serve` of real data marked that server's real hosts SIMULATED DATA."""
+    app = DataScreensApp(live_server.url, live_server.key, lambda source: HostsScreen(
+        source, clock=live_server.now, refresh_s=None, simulated=True))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#hosts-table", DataTable).row_count == 3
+        assert not app.screen.query_one("#hosts-simulated").display
+    simulated, stop = start_live_server(tmp_path_factory.mktemp("simulated-hosts"), simulate=True)
+    try:
+        app = DataScreensApp(simulated.url, simulated.key, lambda source: HostsScreen(
+            source, clock=simulated.now, refresh_s=None))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            assert app.screen.query_one("#hosts-simulated").display
+    finally:
+        stop()
