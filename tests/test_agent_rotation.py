@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -273,3 +274,56 @@ async def test_a_server_that_cannot_be_asked_now_is_asked_again_and_nothing_goes
                 await app.stop()
         assert {uuid for uuid, _ in stored(store, "research")} == {"GPU-old"}
     assert not old.exists()
+
+
+# ---------------------------------------------------------------- a running agent
+
+
+async def wait_until(condition: Any, *, what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` every 50 ms; fail (not hang) after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_running_agent_started_in_an_outage_sends_the_old_spool_when_the_server_is_back(
+        tmp_path: Path) -> None:
+    spool, log = tmp_path / "spool", tmp_path / "agent.log"
+    with MetricsStore.open(tmp_path / "m.duckdb") as store:
+        created = store.create_key("agent", ["ingest"], "research")
+        app = await serving(store)
+        url, port = app.url, app.http.address[1]
+        assert (await once(url, created.key, spool, tmp_path)).returncode == 0
+        await app.stop()
+        assert (await once(url, created.key, spool, tmp_path)).returncode == 1
+        old_dir = destination_dir(spool, url, created.key, simulated=False)
+        waiting = spooled(old_dir)
+        new = store.rotate_key(created.info.id).key  # `gpufleet keys rotate`, the server away
+        env = {"GPUFLEET_KEY": new, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+               "PYTHONPATH": one_gpu_pythonpath(tmp_path), "GPUFLEET_AGENT__RETRY_BASE_S": "0.1",
+               "GPUFLEET_AGENT__RETRY_MAX_S": "0.3",
+               **{k: v for k, v in os.environ.items() if k.startswith("XDG_")}}
+        with open(log, "wb") as stderr:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "gpufleet.server.cli", "agent", "--server", url,
+                 "--interval", "1", "--spool-dir", str(spool)],
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            await wait_until(lambda: "they stay there until the server confirms" in log.read_text(),
+                             what="the agent naming the old spool while the server is away")
+            assert pending_samples(old_dir) == len(waiting)
+            app = await serving(store, port)
+            await wait_until(lambda: not old_dir.exists(), what="the old spool sent")
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(timeout=20) == 0
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+            await app.stop()
+        assert set(waiting) <= stored(store, "research")
+    text = log.read_text()
+    assert "spooled under an earlier secret of this key" in text
+    assert new not in text and created.key not in text
