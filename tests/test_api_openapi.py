@@ -12,7 +12,8 @@ EXPECTED = {
     ("post", "/v1/gpu/processes/{pid}/signal"),
     ("get", "/v1/metrics/ingest"), ("post", "/v1/metrics/ingest"),
     ("get", "/v1/chargeback/report"), ("post", "/v1/agent/heartbeat"), ("get", "/v1/agent/hosts"),
-    ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"), ("get", "/healthz"),
+    ("post", "/v1/keys/rotate"), ("get", "/v1/keys/self"), ("get", "/v1/openapi.json"),
+    ("get", "/healthz"),
     ("get", "/readyz"), ("get", "/metrics"),
     ("get", "/v1/export/days"), ("get", "/v1/export/samples"), ("get", "/v1/export/usage"),
 }
