@@ -344,3 +344,23 @@ async def test_reload_keeps_custom_dates(live_server: LiveServer, tmp_path: Path
         assert (screen.period.kind, screen.period.from_, screen.period.to) == (
             "custom", date(2026, 2, 1), date(2026, 2, 28))
         assert row_keys(screen.query_one("#cb-teams", DataTable)) == ["vision"]
+
+
+async def test_the_hosts_badge_follows_the_store(live_server: LiveServer,
+                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The demo fleet beside a `serve` of real data marked that server's real hosts SIMULATED DATA."""
+    app = DataScreensApp(live_server.url, live_server.key, lambda source: HostsScreen(
+        source, clock=live_server.now, refresh_s=None, simulated=True))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#hosts-table", DataTable).row_count == 3
+        assert not app.screen.query_one("#hosts-simulated").display
+    simulated, stop = start_live_server(tmp_path_factory.mktemp("simulated-hosts"), simulate=True)
+    try:
+        app = DataScreensApp(simulated.url, simulated.key, lambda source: HostsScreen(
+            source, clock=simulated.now, refresh_s=None))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            assert app.screen.query_one("#hosts-simulated").display
+    finally:
+        stop()
