@@ -32,6 +32,7 @@ from gpufleet.server.schemas import (
     IngestHealth,
     IngestResult,
     KeyCreated,
+    KeyInfo,
     PurgeResult,
     SignalName,
     SignalResult,
@@ -355,6 +356,10 @@ class GpuFleetClient(_ClientBase):
     def rotate_key(self) -> KeyCreated:
         return self._model(_Call("POST", "/v1/keys/rotate", "bearer"), KeyCreated)
 
+    def own_key(self) -> KeyInfo:
+        """Which key this client's secret is (id, name, account; the same across rotations)."""
+        return self._model(_Call("GET", "/v1/keys/self", "bearer"), KeyInfo)
+
     # Collector API (X-API-Key)
     def ingest(self, samples: list[dict[str, Any]] | bytes) -> IngestResult:
         return self._model(_ingest_call(samples), IngestResult)
@@ -438,6 +443,10 @@ class AsyncGpuFleetClient(_ClientBase):
 
     async def rotate_key(self) -> KeyCreated:
         return await self._model(_Call("POST", "/v1/keys/rotate", "bearer"), KeyCreated)
+
+    async def own_key(self) -> KeyInfo:
+        """Which key this client's secret is (id, name, account; the same across rotations)."""
+        return await self._model(_Call("GET", "/v1/keys/self", "bearer"), KeyInfo)
 
     async def ingest(self, samples: list[dict[str, Any]] | bytes) -> IngestResult:
         return await self._model(_ingest_call(samples), IngestResult)

@@ -79,6 +79,7 @@ class RateLimits(Section):
     heartbeat: RateLimit = RateLimit(requests=60, per_s=60)
     hosts: RateLimit = RateLimit(requests=60, per_s=60)
     key_rotation: RateLimit = RateLimit(requests=5, per_s=3600)
+    key_self: RateLimit = RateLimit(requests=60, per_s=60)  # GET /v1/keys/self: an agent asks once a start
     # Per client address, on every authenticated route: presented keys that were not valid.
     failed_auth: RateLimit = RateLimit(requests=30, per_s=60)
     # GET /v1/export/*: one request per exported day and table, so a bulk export needs room

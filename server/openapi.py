@@ -42,6 +42,7 @@ _ERRORS = {
     "413": "Request body too large",
     "415": "Content-Type must be application/json",
     "429": "Rate limit exceeded; see Retry-After and X-RateLimit-Reset",
+    "429-auth": "Too many wrong keys from this address; see Retry-After",
     "431": "Request header fields too large",
     "500": "Internal server error; retry with exponential back-off",
     "503": "Unavailable now (too many connections, GPU backend or usage rollup); retry later",
@@ -162,8 +163,12 @@ def _operation(route: Route) -> dict[str, Any]:
         op["description"] = " ".join(notes)
     if limited:
         wanted.append("429")
-    _document_simulated(route, ok, wanted)
     particular = _ROUTE_ERRORS.get(route.name, {})
+    if route.auth is not None and not limited and "429" not in particular:
+        # the failed-auth limiter answers 429 on every route behind a key
+        particular = {**particular, "429": _ERRORS["429-auth"]}
+        wanted.append("429")
+    _document_simulated(route, ok, wanted)
     for status in sorted(set(wanted) | set(particular)):
         responses[status] = {"description": particular.get(status) or _ERRORS[status],
                              "content": _json_content(_ref(ErrorBody))}

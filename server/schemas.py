@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -71,8 +72,9 @@ def _valid_text(value: Any) -> Any:
     return value
 
 
-# A request's string: valid text (see TEXT_RULE); pair it with a max_length.
-ValidText = AfterValidator(_valid_text)
+# A request's string: valid text (see TEXT_RULE); pair it with a max_length. Checked before
+# pydantic's own str validation, which rejects a lone surrogate with a parse error of its own.
+ValidText = BeforeValidator(_valid_text)
 
 # The longest string each sample field takes (maxLength in the OpenAPI document):
 # team_id and model_tag as documented; NVML's UUIDs and names are under 96 characters.
@@ -605,6 +607,10 @@ class HostsResponse(Value):
     generated_at: UtcDateTime
     heartbeat_interval_s: int
     hosts: list[HostInfo]
+    # additive: the store holds simulated data (demo, --simulate), so its hosts may be made up
+    simulated: bool = Field(default=False, description=(
+        "true when the store holds simulated data (the console's demo store, serve --simulate): "
+        "these hosts may be simulated ones"))
 
 
 # --------------------------------------------------------------------------

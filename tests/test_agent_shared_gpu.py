@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -142,8 +142,11 @@ def test_serves_own_sampler_stores_the_split_and_bills_it(fake_nvml, two_jobs, t
         stored = store.query("SELECT job_id, gpu_fraction, gpu_fraction_basis FROM samples"
                              " WHERE gpu_uuid = 'GPU-shared' ORDER BY job_id")
         assert stored == [("101", 0.75, "sm_utilization"), ("202", 0.25, "sm_utilization")]
-        today = datetime.now(UTC).date()
-        teams = {t.team_id: t.total_gpu_hours for t in store.chargeback("default", today, today, Pricing()).teams}
+        # The sample's day and the next: one taken in a day's last minute bills its minute
+        # past midnight (the wall clock picks the day; a one-day report cut it short).
+        day = store.query("SELECT max(ts) FROM samples")[0][0].date()
+        teams = {t.team_id: t.total_gpu_hours
+                 for t in store.chargeback("default", day, day + timedelta(days=1), Pricing()).teams}
         assert teams["nlp"] == round(0.75 / 60, 2) and teams["vision"] == round(0.25 / 60, 2)
 
 

@@ -268,7 +268,7 @@ async def test_a_purge_cut_short_by_its_deadline_is_still_audited(tmp_path, monk
             raise AssertionError("not reached")
 
     # The real deadline covers every configured runtime; this stub needs only a short one.
-    monkeypatch.setattr(gpu_api, "purge_deadline_s", lambda settings: 0.3)
+    monkeypatch.setattr(gpu_api, "purge_deadline_s", lambda settings: 1.0)  # short, with room for a loaded box to unload "first"
     backend = SimulatedBackend()
     store = MetricsStore.open(tmp_path / "db.duckdb")
     try:

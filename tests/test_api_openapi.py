@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.api_server import running_app, store_app
+from tests.api_server import api_settings, running_app, store_app
 
 EXPECTED = {
     ("get", "/v1/gpu/status"), ("get", "/v1/gpu/memory"), ("post", "/v1/gpu/purge"),
     ("post", "/v1/gpu/processes/{pid}/signal"),
     ("get", "/v1/metrics/ingest"), ("post", "/v1/metrics/ingest"),
     ("get", "/v1/chargeback/report"), ("post", "/v1/agent/heartbeat"), ("get", "/v1/agent/hosts"),
-    ("post", "/v1/keys/rotate"), ("get", "/v1/openapi.json"), ("get", "/healthz"),
+    ("post", "/v1/keys/rotate"), ("get", "/v1/keys/self"), ("get", "/v1/openapi.json"),
+    ("get", "/healthz"),
     ("get", "/readyz"), ("get", "/metrics"),
     ("get", "/v1/export/days"), ("get", "/v1/export/samples"), ("get", "/v1/export/usage"),
 }
@@ -67,7 +68,8 @@ async def test_operations_describe_auth_limits_and_bodies(tmp_path: Path) -> Non
     status = doc["paths"]["/v1/gpu/status"]["get"]
     assert status["responses"]["200"]["content"]["application/json"]["schema"] == \
         {"$ref": "#/components/schemas/GpuStatusResponse"}
-    assert "429" not in status["responses"]
+    assert "headers" not in status["responses"]["200"]  # no rate limit of its own
+    assert "wrong keys" in status["responses"]["429"]["description"]  # the failed-auth one
     report = doc["paths"]["/v1/chargeback/report"]["get"]
     assert [p["name"] for p in report["parameters"]] == ["from", "to", "format"]
     sample = doc["components"]["schemas"]["MetricSample"]
@@ -142,3 +144,21 @@ async def test_metrics_and_export_list_the_statuses_they_answer(tmp_path: Path) 
         assert "507" in doc["paths"][path]["get"]["responses"], path
     days = doc["paths"]["/v1/export/days"]["get"]
     assert "after `to`" in days["responses"]["400"]["description"]
+
+
+async def test_routes_behind_a_key_list_the_429_of_too_many_wrong_keys(tmp_path: Path) -> None:
+    # The failed-auth limiter answers 429 on every route behind a key, rate-limited or not
+    # (GET /v1/gpu/status answered one the document did not list).
+    settings = api_settings(**{"rate_limits.failed_auth.requests": 2})
+    async with store_app(tmp_path / "db.duckdb", settings) as srv:
+        wrong = {"Authorization": "Bearer gf_not_a_key"}
+        codes = [(await srv.http.get("/v1/gpu/status", headers=wrong)).status_code
+                 for _ in range(3)]
+        doc = (await srv.http.get("/v1/openapi.json")).json()
+    assert codes == [401, 401, 429]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if op["security"]:
+                assert "429" in op["responses"], (method, path)
+    status_429 = doc["paths"]["/v1/gpu/status"]["get"]["responses"]["429"]["description"]
+    assert "wrong keys" in status_429

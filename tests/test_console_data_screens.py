@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,84 @@ async def test_the_console_app_mounts_chargeback_and_hosts(live_server: LiveServ
             assert illegible_text(app) == []
     finally:
         await source.aclose()
+
+
+async def test_a_preset_period_follows_the_clock_past_midnight(live_server: LiveServer,
+                                                               tmp_path: Path) -> None:
+    # Left open over the end of February: "This month" must become March on reload (r) and
+    # on coming back to the screen, not stay February under March's name.
+    from gpufleet.console.app import GpuFleetApp
+    from gpufleet.console.datasource import ClientDataSource
+    from gpufleet.server.config import ConsoleSettings
+
+    now = [datetime(2026, 2, 28, 23, 59, 50, tzinfo=UTC)]
+    source = ClientDataSource.connect(live_server.url, live_server.key)
+    app = GpuFleetApp(ConsoleSettings(), [], data_source=source, clock=lambda: now[0])
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("c")
+            await settle(pilot)
+            screen = app.screen
+            assert isinstance(screen, ChargebackScreen)
+            assert (screen.period.from_, screen.period.to) == (date(2026, 2, 1), date(2026, 2, 28))
+            assert row_keys(screen.query_one("#cb-teams", DataTable)) == ["vision"]
+            now[0] = datetime(2026, 3, 17, 0, 0, 5, tzinfo=UTC)
+            await pilot.press("r")
+            await settle(pilot)
+            assert (screen.period.kind, screen.period.from_, screen.period.to) == (
+                "this_month", date(2026, 3, 1), date(2026, 3, 17))
+            assert row_keys(screen.query_one("#cb-teams", DataTable)) == ["ml-infra", "search"]
+            assert "2026-03-01 → 2026-03-17" in str(screen.query_one("#cb-title", Label).render())
+            await pilot.press("w", "f")  # last 7 days, then away over another midnight
+            now[0] = datetime(2026, 3, 19, 0, 0, 5, tzinfo=UTC)
+            await pilot.press("c")
+            await settle(pilot)
+            assert app.screen is screen
+            assert (screen.period.kind, screen.period.from_, screen.period.to) == (
+                "last_7_days", date(2026, 3, 13), date(2026, 3, 19))
+            assert row_keys(screen.query_one("#cb-teams", DataTable)) == []
+    finally:
+        await source.aclose()
+
+
+async def test_reload_keeps_custom_dates(live_server: LiveServer, tmp_path: Path) -> None:
+    today = [FROZEN_TODAY]
+    app = DataScreensApp(live_server.url, live_server.key, lambda source: ChargebackScreen(
+        source, clock=lambda: today[0], export_dir=tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, ChargebackScreen)
+        await pilot.press("c")
+        screen.query_one("#cb-from", Input).value = "2026-02-01"
+        screen.query_one("#cb-to", Input).value = "2026-02-28"
+        screen.query_one("#cb-to", Input).focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert (screen.period.kind, screen.period.from_) == ("custom", date(2026, 2, 1))
+        today[0] = date(2026, 4, 2)
+        await pilot.press("escape", "r")
+        await settle(pilot)
+        assert (screen.period.kind, screen.period.from_, screen.period.to) == (
+            "custom", date(2026, 2, 1), date(2026, 2, 28))
+        assert row_keys(screen.query_one("#cb-teams", DataTable)) == ["vision"]
+
+
+async def test_the_hosts_badge_follows_the_store(live_server: LiveServer,
+                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The demo fleet beside a `serve` of real data marked that server's real hosts SIMULATED DATA."""
+    app = DataScreensApp(live_server.url, live_server.key, lambda source: HostsScreen(
+        source, clock=live_server.now, refresh_s=None, simulated=True))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#hosts-table", DataTable).row_count == 3
+        assert not app.screen.query_one("#hosts-simulated").display
+    simulated, stop = start_live_server(tmp_path_factory.mktemp("simulated-hosts"), simulate=True)
+    try:
+        app = DataScreensApp(simulated.url, simulated.key, lambda source: HostsScreen(
+            source, clock=simulated.now, refresh_s=None))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            assert app.screen.query_one("#hosts-simulated").display
+    finally:
+        stop()

@@ -121,3 +121,23 @@ def test_a_holder_that_is_not_gpufleet_is_named_at_once(tmp_path: Path, refused_
     (line,) = served.stderr.strip().splitlines()
     assert f"in use by process {holder.pid} (python" in line and "--db PATH" in line
     assert "Conflicting lock" not in line and "IO Error" not in line
+
+
+def test_a_gpufleet_export_holding_the_store_is_named_as_one(tmp_path: Path) -> None:
+    # `gpufleet export --db` holds the store for its run; it was named "the gpufleet console",
+    # so a console starting meanwhile said to quit it instead of waiting for it to finish.
+    from gpufleet.server.store.holder import describe_holder, holder_command
+
+    script = Path(sys.executable).parent / "gpufleet"
+    holder = subprocess.Popen(
+        [str(script), "-c", "import sys; print('ready', flush=True); sys.stdin.read()",
+         "export", "--output", str(tmp_path / "lake")],
+        executable=sys.executable, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        command, words = holder_command(holder.pid), describe_holder(holder.pid)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert (command, words) == ("export", f"gpufleet export (pid {holder.pid})")

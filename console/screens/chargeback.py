@@ -259,7 +259,17 @@ class ChargebackScreen(Screen[None]):
         self._load(Period.preset(kind, self._clock()))
 
     def action_reload(self) -> None:
-        self._load(self.period)
+        self._load(self._current(self.period))
+
+    def on_screen_resume(self) -> None:
+        # A mode's screen lives on while the user is elsewhere: back after midnight, a
+        # preset ("This month" on the 1st) names other days now, so it is fetched again.
+        if self.is_mounted and (period := self._current(self.period)) != self.period:
+            self._load(period)
+
+    def _current(self, period: Period) -> Period:
+        """A preset taken again from today's clock (presets are relative); custom dates stay."""
+        return period if period.kind == "custom" else Period.preset(period.kind, self._clock())
 
     def action_custom_period(self) -> None:
         self.add_class("-custom")

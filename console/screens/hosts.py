@@ -107,8 +107,11 @@ class HostsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="hosts-title-row"):
             yield Label("Hosts · agents reporting to the local server", id="hosts-title")
-            if self._simulated:
-                yield Label("SIMULATED DATA", classes="badge")
+            # Shown from the start when the fleet is simulated, then as each answer says: the
+            # demo fleet may run beside a server of real data, whose hosts are real.
+            badge = Label("SIMULATED DATA", classes="badge", id="hosts-simulated")
+            badge.display = self._simulated
+            yield badge
         with Horizontal(id="hosts-counts"):
             for status in ("alive", "stale", "offline"):
                 yield Label(f"● - {status}", id=f"hosts-count-{status}", classes=f"-{status}")
@@ -163,6 +166,7 @@ class HostsScreen(Screen[None]):
     @on(HostsLoaded)
     def _show_hosts(self, message: HostsLoaded) -> None:
         self.response = message.response
+        self.query_one("#hosts-simulated").display = message.response.simulated
         now = self._clock()
         hosts = sorted(message.response.hosts,
                        key=lambda h: (STATUS_ORDER.get(h.status, 0), h.hostname))

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="F", help="settings TOML ([agent] section)")
     parser.add_argument("--spool-dir", type=Path, metavar="DIR",
                         help="where undelivered batches wait, one folder per server, key and "
-                             "real/simulated (default: <state dir>/spool)")
+                             "real/simulated; after a rotation, the key's earlier folders are sent "
+                             "once the server confirms the key (default: <state dir>/spool)")
     parser.add_argument("--once", action="store_true", help="one sample, deliver (or spool), exit")
     parser.add_argument("--simulate", action="store_true",
                         help="sample the simulated fleet; its samples are marked simulated, and a "
@@ -123,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
 async def _main(
     settings: Settings, server: str, key: str, spool_base: Path, *, once: bool, simulate: bool
 ) -> int:
+    from gpufleet.server.agent.adoption import Adoption
     from gpufleet.server.agent.attribution import ProcessAttributor
+    from gpufleet.server.agent.delivery import MAX_BATCH_BYTES, Backoff
     from gpufleet.server.agent.destinations import claim, destination_dir, name_the_others
     from gpufleet.server.agent.runner import AgentRunner
     from gpufleet.server.agent.sampler import Sampler
@@ -147,11 +150,16 @@ async def _main(
         backend.close()
         return 1
     claim(spool_dir, server, key, simulated=simulate)
-    name_the_others(spool_base, spool_dir)
-    sampler = Sampler(backend, ProcessAttributor(agent))
     client = AsyncGpuFleetClient(server, api_key=key, timeout=agent.request_timeout_s,
                                  simulated=simulate)
-    runner = AgentRunner(agent, sampler=sampler, spool=spool, client=client)
+    # Folders of this key's earlier secrets (after a rotation) go out once the server
+    # vouches for them; they are named, if they stay, when it has answered.
+    adoption = Adoption(spool_base, spool_dir, server, simulated=simulate, client=client,
+                        max_samples=agent.batch_max_samples, max_bytes=MAX_BATCH_BYTES,
+                        backoff=Backoff(base_s=agent.retry_base_s, max_s=agent.retry_max_s))
+    name_the_others(spool_base, spool_dir, besides=adoption.candidates)
+    sampler = Sampler(backend, ProcessAttributor(agent))
+    runner = AgentRunner(agent, sampler=sampler, spool=spool, client=client, adoption=adoption)
     source = "the simulated fleet" if simulate else "NVML"
     if once:
         log.info("agent: one sample of %s (--once) into %s, delivering to %s", source, spool_dir, server)
@@ -168,5 +176,6 @@ async def _main(
         return await runner.run(stop)
     finally:
         await client.aclose()
+        adoption.close()
         spool.close()
         backend.close()

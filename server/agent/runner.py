@@ -18,7 +18,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gpufleet.server import __version__
-from gpufleet.server.agent.delivery import AuthProblem, Backoff, Delivery, Step, auth_problem
+from gpufleet.server.agent.adoption import Adoption
+from gpufleet.server.agent.delivery import (
+    AuthProblem,
+    Backoff,
+    Delivery,
+    DeliveryStats,
+    Step,
+    auth_problem,
+)
 from gpufleet.server.agent.sampler import Sampler
 from gpufleet.server.agent.spool import Spool
 from gpufleet.server.client import Conflict, Forbidden, GpuFleetError, RateLimited, Unauthorized
@@ -58,7 +66,9 @@ class AgentRunner:
         client: AgentClient,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
+        adoption: Adoption | None = None,
     ) -> None:
+        """``adoption``: the folders of the key's earlier secrets, sent first once the server vouches."""
         self._settings = settings
         self._sampler = sampler
         self._spool = spool
@@ -66,6 +76,7 @@ class AgentRunner:
         self._clock = clock
         backoff = backoff or Backoff(base_s=settings.retry_base_s, max_s=settings.retry_max_s)
         self.delivery = Delivery(spool, client, max_samples=settings.batch_max_samples, backoff=backoff)
+        self.adoption = adoption
         self.samples_taken = 0
         self.sample_errors = 0
         self._data = asyncio.Event()
@@ -118,6 +129,8 @@ class AgentRunner:
             heartbeat_error = exc.message
         # One attempt per batch: the reason is said once, below, not as "next try in ..." lines.
         self.delivery.retry_log_level = logging.DEBUG
+        if self.adoption is not None:
+            self.adoption.retry_log_level = logging.DEBUG
         self._draining.set()
         try:
             await asyncio.wait_for(self._delivery_loop(), self._settings.flush_timeout_s)
@@ -126,10 +139,15 @@ class AgentRunner:
         except AuthProblem as exc:
             return self._stop_for_auth(exc)
         pending = self._spool.stats.pending_samples
+        folders = [str(self._spool.directory)]
+        if self.adoption is not None and self.adoption.pending_samples:
+            pending += self.adoption.pending_samples
+            folders += [str(f) for f in self.adoption.folders]
         if pending:
+            errors = [s.last_error for s in self._delivery_stats() if s.last_error]
             log.error(
                 "not delivered: %d samples (%s); they stay in the spool %s and go out on the next run",
-                pending, self.delivery.stats.last_error or "the flush timed out", self._spool.directory,
+                pending, errors[-1] if errors else "the flush timed out", ", ".join(folders),
             )
             return EXIT_UNDELIVERED
         if heartbeat_error is not None:
@@ -189,10 +207,18 @@ class AgentRunner:
 
     # ---- delivery --------------------------------------------------------------------------
 
+    async def _step(self) -> tuple[Step, float]:
+        """One delivery step: an earlier secret's spool first (once the server vouches), then this run's."""
+        if self.adoption is not None:
+            step, delay = await self.adoption.step()
+            if step is not Step.IDLE:
+                return step, delay
+        return await self.delivery.step()
+
     async def _delivery_loop(self) -> None:
         while True:
             self._data.clear()
-            step, delay = await self.delivery.step()
+            step, delay = await self._step()
             if step is Step.SENT:
                 continue
             if self._draining.is_set():
@@ -239,11 +265,17 @@ class AgentRunner:
             await asyncio.sleep(self._settings.status_interval_s)
             self.log_status()
 
+    def _delivery_stats(self) -> list[DeliveryStats]:
+        """This run's delivery and, before it, those of earlier secrets' spools."""
+        return [*(self.adoption.stats if self.adoption is not None else []), self.delivery.stats]
+
     def log_status(self) -> None:
-        d, s = self.delivery.stats, self._spool.stats
+        every, s = self._delivery_stats(), self._spool.stats
+        errors = [d.last_error for d in every if d.last_error]
         log.info(
             "agent status: %d samples taken, %d sent (%d already stored), %d spooled in %d batches, "
             "%d dropped, %d rejected, last error: %s",
-            self.samples_taken, d.sent_samples, d.duplicates, s.pending_samples, s.pending_records,
-            s.dropped_samples, d.rejected_samples, d.last_error or "none",
+            self.samples_taken, sum(d.sent_samples for d in every), sum(d.duplicates for d in every),
+            s.pending_samples, s.pending_records, s.dropped_samples,
+            sum(d.rejected_samples for d in every), errors[-1] if errors else "none",
         )

@@ -131,27 +131,34 @@ def _read_records(path: Path, seq: int, offset: int,
         pos = body_end
 
 
-def pending_samples(directory: Path) -> int:
-    """Samples a spool directory holds that no server acknowledged, read without locking it.
+def pending_records(directory: Path) -> list[SpoolRecord]:
+    """The records a spool directory holds that no server acknowledged, oldest first, read
+    without locking it.
 
     For naming spools this run does not deliver (another destination may be in use by
-    another agent right now): a count, never a change.
+    another agent right now): a reading, never a change.
     """
     try:
         seq, offset = (int(v) for v in (directory / "ack").read_text().split())
     except (OSError, ValueError):
         seq, offset = 0, 0
-    total = 0
+    numbered = []
     for path in directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}"):
         try:
-            number = int(path.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)])
+            numbered.append((int(path.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]), path))
         except ValueError:
             continue
-        if number < seq:
-            continue
-        start = offset if number == seq else 0
-        total += sum(r.count for r in _read_records(path, number, start, lambda *_: None))
-    return total
+    records: list[SpoolRecord] = []
+    for number, path in sorted(numbered):
+        if number >= seq:
+            start = offset if number == seq else 0
+            records += _read_records(path, number, start, lambda *_: None)
+    return records
+
+
+def pending_samples(directory: Path) -> int:
+    """Samples a spool directory holds that no server acknowledged (``pending_records``)."""
+    return sum(r.count for r in pending_records(directory))
 
 
 class Spool:

@@ -40,5 +40,6 @@ class AgentRoutes:
         interval = self._ctx.settings.server.heartbeat_interval_s
         hosts = await asyncio.to_thread(self._store.list_hosts, request.account or "", now,
                                         interval)
+        simulated = self._store.simulated is not None  # the store's mark, as chargeback says it
         return Response.json(HostsResponse(generated_at=now, heartbeat_interval_s=int(interval),
-                                           hosts=hosts))
+                                           hosts=hosts, simulated=simulated))

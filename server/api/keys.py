@@ -1,4 +1,9 @@
-"""``/v1/keys/rotate``: a key replaces itself; the old secret stops working at once."""
+"""``/v1/keys/rotate`` and ``/v1/keys/self``: a key replaces its secret, or says which key it is.
+
+A rotation keeps the key's id, name and account, so ``/v1/keys/self`` answers the same
+identity before and after one: an agent uses that to deliver what it spooled under
+the old secret, and only then.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from gpufleet.server.api.guard import add_route
 from gpufleet.server.auth import ANY_KEY, authenticate, presented_secret, unauthorized
 from gpufleet.server.http.router import Router
 from gpufleet.server.http.types import Request, Response
-from gpufleet.server.schemas import KeyCreated
+from gpufleet.server.schemas import KeyCreated, KeyInfo
 from gpufleet.server.store import StaleSecretError, UnknownKeyError
 
 log = logging.getLogger("gpufleet.auth")
@@ -30,6 +35,19 @@ class KeyRoutes:
         add_route(router, self._ctx, "POST", "/v1/keys/rotate", self.rotate, scope=ANY_KEY,
                   limit="key_rotation", name="rotateKey", response_model=KeyCreated,
                   summary="Replace the calling key with a new secret (shown once)")
+        add_route(router, self._ctx, "GET", "/v1/keys/self", self.whoami, scope=ANY_KEY,
+                  limit="key_self", name="getOwnKey", response_model=KeyInfo,
+                  summary="The calling key: its id, name, account, scopes and rotations (never "
+                          "its secret); the same across rotations")
+
+    async def whoami(self, request: Request) -> Response:
+        key = await authenticate(request, self._ctx.resolver)
+        # Read now, not from the resolver's cache: the answer lists every rotation.
+        listed = await asyncio.to_thread(self._store.list_keys, key.account)
+        for info in listed:
+            if info.id == key.id and info.revoked_at is None:
+                return Response.json(info)
+        raise unauthorized()  # revoked since the guard resolved the secret
 
     async def rotate(self, request: Request) -> Response:
         # The guard authenticated already; resolving again gives this handler the key's id.

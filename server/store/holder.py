@@ -7,7 +7,8 @@ import os
 import psutil
 
 # gpufleet's subcommands; a gpufleet process naming none of them is the console (the default)
-_COMMANDS = ("agent", "console", "demo", "keys", "report", "serve", "simulate", "status")
+_COMMANDS = ("agent", "config", "console", "demo", "export", "keys", "report", "serve", "simulate",
+             "status")
 _MODULE = "gpufleet.server.cli"
 
 
