@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from gpufleet.server.agent.destinations import (
     DESTINATION_FILE,
@@ -45,14 +41,6 @@ def test_a_destination_is_the_url_the_key_and_the_kind() -> None:
     assert KEY not in str(others) and key_fingerprint(KEY) not in str(others)
 
 
-@pytest.fixture
-def dead_url() -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
-
-
 def agent_once(url: str, key: str, spool: Path, *, simulate: bool, home: Path) -> subprocess.CompletedProcess[str]:
     env = {"GPUFLEET_KEY": key, "PATH": "/usr/bin:/bin", "HOME": str(home),
            "PYTHONPATH": one_gpu_pythonpath(home),
@@ -75,19 +63,19 @@ async def serving(store: MetricsStore, **settings: Any) -> ServerApp:
 
 
 async def test_real_runs_never_send_simulated_samples_and_no_server_gets_anothers(
-        tmp_path: Path, dead_url: str) -> None:
+        tmp_path: Path, refused_url: str) -> None:
     spool = tmp_path / "spool"
     simulated = set(sample_fleet_gpu_uuids())
     with MetricsStore.open(tmp_path / "real.duckdb") as store:
         key = store.create_key("agent", ["ingest"], "default").key
         # simulated samples spooled against a dead port: they wait for that server only
-        down = await asyncio.to_thread(agent_once, dead_url, key, spool, simulate=True, home=tmp_path)
+        down = await asyncio.to_thread(agent_once, refused_url, key, spool, simulate=True, home=tmp_path)
         assert down.returncode == 1, down.stderr
-        for_dead = destination_dir(spool, dead_url, key, simulated=True)
+        for_dead = destination_dir(spool, refused_url, key, simulated=True)
         waiting = pending_samples(for_dead)
         assert waiting > 0
         info = json.loads((for_dead / DESTINATION_FILE).read_text())
-        assert info == {"server": dead_url, "key_sha256": key_fingerprint(key), "simulated": True}
+        assert info == {"server": refused_url, "key_sha256": key_fingerprint(key), "simulated": True}
         assert key not in (for_dead / DESTINATION_FILE).read_text()
 
         app = await serving(store)  # a server of real data
@@ -108,19 +96,19 @@ async def test_real_runs_never_send_simulated_samples_and_no_server_gets_another
     # each spool it did not send is named once, and left as it was
     named = [line for line in real.stderr.splitlines() if "they stay there" in line]
     assert len(named) == 2, real.stderr
-    assert any(f"the spool {for_dead} holds {waiting} simulated samples for {dead_url}" in line
+    assert any(f"the spool {for_dead} holds {waiting} simulated samples for {refused_url}" in line
                for line in named)
     assert pending_samples(for_dead) == waiting
     assert not simulated & {GPU_UUID}
 
 
-async def test_a_simulated_run_sends_only_its_own_servers_samples(tmp_path: Path, dead_url: str) -> None:
+async def test_a_simulated_run_sends_only_its_own_servers_samples(tmp_path: Path, refused_url: str) -> None:
     spool = tmp_path / "spool"
     with MetricsStore.open(tmp_path / "sim.duckdb") as store:
         key = store.create_key("agent", ["ingest"], "default").key
-        down = await asyncio.to_thread(agent_once, dead_url, key, spool, simulate=True, home=tmp_path)
+        down = await asyncio.to_thread(agent_once, refused_url, key, spool, simulate=True, home=tmp_path)
         assert down.returncode == 1
-        waiting = pending_samples(destination_dir(spool, dead_url, key, simulated=True))
+        waiting = pending_samples(destination_dir(spool, refused_url, key, simulated=True))
         app = await serving(store, **{"server.simulate": True})
         try:
             done = await asyncio.to_thread(agent_once, app.url, key, spool, simulate=True,
@@ -131,15 +119,15 @@ async def test_a_simulated_run_sends_only_its_own_servers_samples(tmp_path: Path
         gpus = len(SimulatedBackend().snapshot().gpus)
         assert store.sample_count() == gpus  # this run's samples; the dead port's stayed behind
         assert store.simulated is not None
-    assert pending_samples(destination_dir(spool, dead_url, key, simulated=True)) == waiting
+    assert pending_samples(destination_dir(spool, refused_url, key, simulated=True)) == waiting
 
 
 def test_batches_an_older_agent_spooled_into_the_base_stay_and_are_named(
-        tmp_path: Path, dead_url: str) -> None:
+        tmp_path: Path, refused_url: str) -> None:
     spool = tmp_path / "spool"
     with Spool(spool, max_bytes=1 << 20) as old:  # the layout before destinations
         old.append(b'[{"gpu_uuid":"GPU-old"}]', 1)
-    done = agent_once(dead_url, KEY, spool, simulate=True, home=tmp_path)
+    done = agent_once(refused_url, KEY, spool, simulate=True, home=tmp_path)
     assert done.returncode == 1
     (line,) = [ln for ln in done.stderr.splitlines() if "they stay there" in ln]
     assert f"the spool {spool} holds 1 sample of an unknown destination" in line

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -29,15 +28,6 @@ from gpufleet.console.embedded import (
 from gpufleet.server.client import GpuFleetClient, Unauthorized
 from gpufleet.server.config import Settings
 from gpufleet.server.schemas import HostInfo
-
-
-@pytest.fixture
-def refused_url() -> Iterator[str]:
-    """A loopback URL nobody listens on: the port is bound (so nothing else takes it) but not listening."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
 
 
 def console_settings(tmp_path: Path, local_url: str) -> Settings:

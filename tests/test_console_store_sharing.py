@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +20,6 @@ from gpufleet.server.client import GpuFleetClient
 from gpufleet.server.config import Settings
 from gpufleet.server.store import MetricsStore
 from tests.serve_process import start_serve
-
-
-@pytest.fixture
-def refused_url() -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
 
 
 def settings_for(db: Path, local_url: str) -> Settings:
