@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +19,8 @@ from gpufleet.server.config import Settings
 from gpufleet.server.gpu.simulated import SimulatedBackend
 from gpufleet.server.sample import sample_fleet_gpu_uuids
 from gpufleet.server.store import MetricsStore
-from tests.fake_gpu_process import GPU_UUID, one_gpu_pythonpath
+from tests.fake_gpu_process import GPU_UUID, agent_once
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "gf_" + "k" * 40
 
 
@@ -39,16 +35,6 @@ def test_a_destination_is_the_url_the_key_and_the_kind() -> None:
               destination_dir(base, "http://collector:8765", KEY, simulated=True)}
     assert one not in others and len(others) == 3
     assert KEY not in str(others) and key_fingerprint(KEY) not in str(others)
-
-
-def agent_once(url: str, key: str, spool: Path, *, simulate: bool, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {"GPUFLEET_KEY": key, "PATH": "/usr/bin:/bin", "HOME": str(home),
-           "PYTHONPATH": one_gpu_pythonpath(home),
-           **{k: v for k, v in os.environ.items() if k.startswith("XDG_")}}
-    return subprocess.run(
-        [sys.executable, "-m", "gpufleet.server.cli", "agent", "--server", url, "--once",
-         "--spool-dir", str(spool), *(["--simulate"] if simulate else [])],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 
 def stored_uuids(store: MetricsStore) -> set[str]:

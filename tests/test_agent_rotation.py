@@ -31,22 +31,11 @@ from gpufleet.server.client import AsyncGpuFleetClient
 from gpufleet.server.config import Settings
 from gpufleet.server.gpu.simulated import SimulatedBackend
 from gpufleet.server.store import MetricsStore
-from tests.fake_gpu_process import GPU_UUID, one_gpu_pythonpath
+from tests.fake_gpu_process import GPU_UUID, agent_once, one_gpu_pythonpath
 
 REPO = Path(__file__).resolve().parent.parent
 SampleKey = tuple[str, datetime]
 NOW = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def agent_once(url: str, key: str, spool: Path, home: Path, *, simulate: bool = False
-               ) -> subprocess.CompletedProcess[str]:
-    env = {"GPUFLEET_KEY": key, "PATH": "/usr/bin:/bin", "HOME": str(home),
-           "PYTHONPATH": one_gpu_pythonpath(home),
-           **{k: v for k, v in os.environ.items() if k.startswith("XDG_")}}
-    return subprocess.run(
-        [sys.executable, "-m", "gpufleet.server.cli", "agent", "--server", url, "--once",
-         "--spool-dir", str(spool), *(["--simulate"] if simulate else [])],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 
 async def once(url: str, key: str, spool: Path, home: Path, *, simulate: bool = False
