@@ -9,10 +9,10 @@ import pytest
 
 from gpufleet.console.embedded import server_answers
 from gpufleet.console.startup import UI_MODULE, connect_while_importing
-from tests.test_console_data_embedded import console_settings, refused_url  # noqa: F401 (fixture)
+from tests.test_console_data_embedded import console_settings
 
 
-def test_the_server_starts_while_the_ui_imports(tmp_path: Path, refused_url: str) -> None:  # noqa: F811
+def test_the_server_starts_while_the_ui_imports(tmp_path: Path, refused_url: str) -> None:
     # A machine with a GPU: no demo fleet and no sample month, just the local server.
     connections = connect_while_importing(console_settings(tmp_path, refused_url), directory=tmp_path / "data",
                                           gpu_present=True, demo_nodes=0)
@@ -24,7 +24,7 @@ def test_the_server_starts_while_the_ui_imports(tmp_path: Path, refused_url: str
         connections.stop()
 
 
-def test_a_failed_start_is_raised_in_the_caller(tmp_path: Path, refused_url: str) -> None:  # noqa: F811
+def test_a_failed_start_is_raised_in_the_caller(tmp_path: Path, refused_url: str) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     settings = console_settings(tmp_path, refused_url).with_overrides(
